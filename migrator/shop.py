@@ -1,0 +1,138 @@
+"""The demo shop database: customers, products, orders, order_items (used by the demo, the
+tests and the benchmarks)."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+SCHEMA = [
+    """CREATE TABLE customers (
+        id INT PRIMARY KEY AUTO_INCREMENT,
+        email VARCHAR(190) NOT NULL UNIQUE,
+        name VARCHAR(100) NOT NULL,
+        vip TINYINT(1) NOT NULL DEFAULT 0,
+        created_at DATETIME(3) NOT NULL
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE products (
+        id INT PRIMARY KEY AUTO_INCREMENT,
+        sku VARCHAR(32) NOT NULL UNIQUE,
+        title VARCHAR(200) NOT NULL,
+        price DECIMAL(10,2) NOT NULL,
+        tags SET('new','sale','eco','gift') NOT NULL DEFAULT ''
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE orders (
+        id BIGINT PRIMARY KEY AUTO_INCREMENT,
+        order_no VARCHAR(20) NOT NULL,
+        customer_id INT NULL,
+        status ENUM('new','paid','shipped','cancelled') NOT NULL DEFAULT 'new',
+        total DECIMAL(12,2) NOT NULL DEFAULT 0,
+        note TEXT NULL,
+        legacy_flag TINYINT NOT NULL DEFAULT 0,
+        created_at DATETIME NOT NULL,
+        CONSTRAINT fk_orders_customer FOREIGN KEY (customer_id) REFERENCES customers(id)
+            ON DELETE SET NULL
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE order_items (
+        order_id BIGINT NOT NULL,
+        line_no SMALLINT NOT NULL,
+        product_id INT NOT NULL,
+        qty INT NOT NULL,
+        unit_price DECIMAL(10,2) NOT NULL,
+        PRIMARY KEY (order_id, line_no),
+        CONSTRAINT fk_items_order FOREIGN KEY (order_id) REFERENCES orders(id) ON DELETE CASCADE,
+        CONSTRAINT fk_items_product FOREIGN KEY (product_id) REFERENCES products(id)
+    ) ENGINE=InnoDB""",
+]
+
+MAPPING = """\
+# The demo shop: one document per order, its items embedded, its customer as a sub-document.
+version: 1
+source:
+  url: "{mysql_url}"
+target:
+  url: "{mongo_url}"
+  database: {target_db}
+state:
+  database: {state_db}
+backfill:
+  chunk_size: {chunk_size}
+collections:
+  - name: orders
+    from: orders
+    fields:
+      orderNo: order_no
+      total: {{column: total, type: decimal}}
+      placedAt: created_at
+    exclude: [legacy_flag]
+    embed:
+      - as: items
+        from: order_items
+        on: {{order_id: id}}
+        many: true
+        order_by: [line_no]
+        exclude: [order_id]
+      - as: customer
+        from: customers
+        on: {{id: customer_id}}
+        many: false
+        all_columns: false
+        fields: {{id: id, email: email, name: name}}
+  - name: customers
+    from: customers
+  - name: products
+    from: products
+"""
+
+
+def create_shop(conn: Any, database: str, *, customers: int = 50, products: int = 20,
+                orders: int = 200, seed: int = 7) -> dict[str, int]:
+    """(Re)create the shop database and fill it; returns row counts per table."""
+    rnd = random.Random(seed)
+    cur = conn.cursor()
+    cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+    cur.execute(f"USE `{database}`")
+    for stmt in SCHEMA:
+        cur.execute(stmt)
+    base = datetime(2024, 1, 1)
+    cur.executemany(
+        "INSERT INTO customers (id, email, name, vip, created_at) VALUES (%s, %s, %s, %s, %s)",
+        [(i, f"user{i}@example.com", f"Customer {i}", int(rnd.random() < 0.1),
+          base + timedelta(minutes=i, milliseconds=rnd.randrange(1000)))
+         for i in range(1, customers + 1)])
+    tags = ["", "new", "sale", "eco", "new,gift", "sale,eco"]
+    cur.executemany(
+        "INSERT INTO products (id, sku, title, price, tags) VALUES (%s, %s, %s, %s, %s)",
+        [(i, f"SKU-{i:05d}", f"Product {i}", f"{rnd.randrange(100, 100000) / 100:.2f}",
+          rnd.choice(tags)) for i in range(1, products + 1)])
+    order_rows, item_rows = [], []
+    for o in range(1, orders + 1):
+        lines = rnd.randrange(0, 5)
+        total = 0.0
+        for ln in range(1, lines + 1):
+            price = rnd.randrange(100, 10000) / 100
+            qty = rnd.randrange(1, 4)
+            total += price * qty
+            item_rows.append((o, ln, rnd.randrange(1, products + 1), qty, f"{price:.2f}"))
+        cust = rnd.randrange(1, customers + 1) if rnd.random() > 0.05 else None
+        order_rows.append((o, f"SO-{o:07d}", cust, rnd.choice(["new", "paid", "shipped"]),
+                           f"{total:.2f}", rnd.choice([None, "leave at door", "gift 🎁"]),
+                           base + timedelta(hours=o)))
+    cur.executemany(
+        "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)", order_rows)
+    if item_rows:
+        cur.executemany(
+            "INSERT INTO order_items (order_id, line_no, product_id, qty, unit_price) "
+            "VALUES (%s, %s, %s, %s, %s)", item_rows)
+    conn.commit()
+    return {"customers": customers, "products": products, "orders": orders,
+            "order_items": len(item_rows)}
+
+
+def shop_mapping(mysql_url: str, mongo_url: str, *, target_db: str = "shop",
+                 state_db: str = "_migrator", chunk_size: int = 100) -> str:
+    return MAPPING.format(mysql_url=mysql_url, mongo_url=mongo_url, target_db=target_db,
+                          state_db=state_db, chunk_size=chunk_size)

@@ -1,0 +1,1 @@
+"""The MongoDB side: connections and the bulk writer."""

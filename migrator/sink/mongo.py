@@ -1,0 +1,85 @@
+"""MongoDB connections and idempotent bulk writes, through one retry wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pymongo import MongoClient, ReplaceOne
+from pymongo.collection import Collection
+from pymongo.errors import (
+    AutoReconnect,
+    ConfigurationError,
+    ConnectionFailure,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+)
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ..errors import ConnectError
+from ..urls import redact
+
+T = TypeVar("T")
+
+# Transient: a primary stepping down, a dropped socket. Writes here are idempotent, so retrying
+# a bulk that may have partly applied converges to the same documents.
+_retry = retry(
+    retry=retry_if_exception_type((AutoReconnect, NetworkTimeout)),
+    wait=wait_exponential(multiplier=0.2, max=5),
+    stop=stop_after_attempt(8),
+    reraise=True,
+)
+
+
+def with_retry(fn: Callable[[], T]) -> T:
+    return _retry(fn)()
+
+
+def host_of(url: str) -> str:
+    try:
+        return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
+    except ValueError:
+        return redact(url)
+
+
+def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> MongoClient[Any]:
+    """A client that has answered a ping, or a ConnectError naming the host and the setting."""
+    try:
+        client: MongoClient[Any] = MongoClient(
+            url, serverSelectionTimeoutMS=timeout_ms, tz_aware=False, appname="migrator")
+        client.admin.command("ping")
+        return client
+    except ConfigurationError as exc:
+        raise ConnectError(f"{setting}: invalid MongoDB URL {redact(url)}: {exc}") from None
+    except OperationFailure as exc:
+        if exc.code in (18, 13):
+            raise ConnectError(f"MongoDB at {host_of(url)} refused the credentials ({setting})",
+                               hint="check the user and password (the password is not shown)"
+                               ) from None
+        raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {exc}") from None
+    except ConnectionFailure:
+        raise ConnectError(f"cannot reach MongoDB at {host_of(url)} ({setting})",
+                           hint="check the host and port, and that the server is running"
+                           ) from None
+    except PyMongoError as exc:
+        raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {redact(str(exc))}") from None
+
+
+class DocumentWriter:
+    """Idempotent replace-upserts by _id in bounded batches (small batches keep slow servers
+    responsive and a retried batch cheap)."""
+
+    def __init__(self, collection: Collection[Any], batch_size: int = 1000) -> None:
+        self.collection = collection
+        self.batch_size = batch_size
+
+    def upsert(self, docs: Sequence[dict[str, Any]]) -> int:
+        written = 0
+        for i in range(0, len(docs), self.batch_size):
+            batch = docs[i : i + self.batch_size]
+            ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in batch]
+            with_retry(lambda ops=ops: self.collection.bulk_write(ops, ordered=False))
+            written += len(batch)
+        return written

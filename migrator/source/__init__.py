@@ -1,0 +1,1 @@
+"""The MySQL side: connections, schema introspection, chunked readers."""

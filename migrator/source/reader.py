@@ -1,0 +1,128 @@
+"""Chunked reads by primary key (keyset pagination) and per-chunk reads of embedded rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..mapping import CollectionPlan, EmbedPlan, Row, TableView
+from .connection import quote_ident
+
+Key = tuple[Any, ...]
+
+
+def _after(cols: Sequence[str], strict: bool = True) -> str:
+    """(a, b) > (x, y) spelled out so every MySQL/MariaDB version uses the index range."""
+    ors = []
+    for i, c in enumerate(cols):
+        eqs = [f"{quote_ident(p)} = %s" for p in cols[:i]]
+        op = ">" if (strict or i < len(cols) - 1) else ">="
+        ors.append("(" + " AND ".join([*eqs, f"{quote_ident(c)} {op} %s"]) + ")")
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _upto(cols: Sequence[str]) -> str:
+    """(a, b) <= (x, y)."""
+    ors = []
+    for i, c in enumerate(cols):
+        eqs = [f"{quote_ident(p)} = %s" for p in cols[:i]]
+        op = "<" if i < len(cols) - 1 else "<="
+        ors.append("(" + " AND ".join([*eqs, f"{quote_ident(c)} {op} %s"]) + ")")
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _bound_args(key: Key) -> list[Any]:
+    args: list[Any] = []
+    for i in range(len(key)):
+        args.extend(key[: i + 1])
+    return args
+
+
+def range_clause(pk: Sequence[str], lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
+    """WHERE text for lo < pk <= hi (None = unbounded)."""
+    parts, args = [], []
+    if lo is not None:
+        parts.append(_after(pk))
+        args += _bound_args(lo)
+    if hi is not None:
+        parts.append(_upto(pk))
+        args += _bound_args(hi)
+    return (" AND ".join(parts) or "1=1"), args
+
+
+class ChunkReader:
+    """Reads one collection's chunks: root rows by key range, then each embed in one query."""
+
+    def __init__(self, conn: Any, plan: CollectionPlan) -> None:
+        self.conn = conn
+        self.plan = plan
+        self.pk = plan.pk
+        self._select = (f"SELECT {', '.join(map(quote_ident, plan.root.columns))} "
+                        f"FROM {quote_ident(plan.table.name)}")
+        self._order = " ORDER BY " + ", ".join(map(quote_ident, self.pk))
+
+    def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql, tuple(args) or None)
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+    def boundaries(self, chunk_size: int, start: Key | None = None) -> Iterator[Key]:
+        """Upper keys (inclusive) of successive chunks of `chunk_size` rows, walking the PK index."""
+        cols = ", ".join(map(quote_ident, self.pk))
+        table = quote_ident(self.plan.table.name)
+        lo = start
+        while True:
+            where, args = range_clause(self.pk, lo, None)
+            rows = self._fetch(f"SELECT {cols} FROM {table} WHERE {where}{self._order} "
+                               f"LIMIT 1 OFFSET {chunk_size - 1}", args)
+            if not rows:
+                return
+            key = self.key_params(rows[0])
+            yield key
+            lo = key
+
+    def key_params(self, pk_row: Row) -> Key:
+        t = self.plan.table
+        from ..typerules import param_value
+
+        return tuple(param_value(t.column(c), v) for c, v in zip(self.pk, pk_row, strict=True))
+
+    def read_rows(self, lo: Key | None, hi: Key | None) -> list[Row]:
+        where, args = range_clause(self.pk, lo, hi)
+        if self.plan.spec.filter:
+            where = f"{where} AND ({self.plan.spec.filter})"
+        return self._fetch(f"{self._select} WHERE {where}{self._order}", args)
+
+    def read_embeds(self, rows: Sequence[Row]) -> dict[str, list[Row]]:
+        return {e.name: self.read_embed(e, rows) for e in self.plan.embeds}
+
+    def read_embed(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row]:
+        root: TableView = self.plan.root
+        keys = {root.params(r, e.root_columns) for r in rows}
+        keys = {k for k in keys if all(v is not None for v in k)}
+        if not keys:
+            return []
+        view = e.view
+        select = (f"SELECT {', '.join(map(quote_ident, view.columns))} "
+                  f"FROM {quote_ident(view.table.name)}")
+        args: list[Any] = []
+        if len(e.child_columns) == 1:
+            cond = f"{quote_ident(e.child_columns[0])} IN ({', '.join(['%s'] * len(keys))})"
+            args = [k[0] for k in keys]
+        else:
+            one = "(" + ", ".join(["%s"] * len(e.child_columns)) + ")"
+            cond = (f"({', '.join(map(quote_ident, e.child_columns))}) IN "
+                    f"({', '.join([one] * len(keys))})")
+            for k in keys:
+                args.extend(k)
+        order = ""
+        if e.many:
+            order = " ORDER BY " + ", ".join(map(quote_ident, [*e.child_columns, *e.order_by]))
+        return self._fetch(f"{select} WHERE {cond}{order}", args)
+
+    def sample(self, limit: int = 1) -> list[Row]:
+        where = f" WHERE ({self.plan.spec.filter})" if self.plan.spec.filter else ""
+        return self._fetch(f"{self._select}{where}{self._order} LIMIT {int(limit)}", [])

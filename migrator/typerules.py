@@ -1,0 +1,258 @@
+"""Default type rules: one converter per column from what a SELECT returns to a BSON value.
+
+The SELECT path reads with mysqlclient and no driver-side conversion: numbers, dates and binary
+values arrive as bytes, text as str. Converting once, here, is both the fastest path and the
+single place where the rules live (the README's type table mirrors this file):
+
+integers -> int64 (BIGINT UNSIGNED above 2^63-1 -> Decimal128); TINYINT(1), BIT(1) -> bool;
+BIT(n) -> int; DECIMAL -> Decimal128; FLOAT/DOUBLE -> double; DATETIME/TIMESTAMP -> UTC datetime
+(ms); DATE -> datetime at midnight UTC; TIME -> "HH:MM:SS[.fff]"; YEAR -> int; JSON -> embedded
+value (integers beyond int64 kept as Decimal128); BLOB/BINARY/GEOMETRY -> binary; ENUM and text
+-> string; SET -> array of strings; zero dates -> null; NULL -> null.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+
+from .errors import ConversionError
+from .source.schema import GEOMETRY_TYPES, Column
+
+Converter = Callable[[Any], Any]
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes | bytearray) else str(v)
+
+
+def to_decimal128(v: Any) -> Decimal128:
+    s = _text(v)
+    try:
+        return Decimal128(s)
+    except (InvalidOperation, ArithmeticError):
+        raise ConversionError(
+            f"{s} has more than the 34 significant digits Decimal128 holds",
+            hint="map the field with type: string to keep every digit",
+        ) from None
+
+
+def _int(v: Any) -> int:
+    return int(v)
+
+
+def _big_unsigned(v: Any) -> int | Decimal128:
+    n = int(v)
+    return n if n <= INT64_MAX else Decimal128(str(n))
+
+
+def _bool_int(v: Any) -> bool:
+    return int(v) != 0
+
+
+def _bit(v: Any) -> int:
+    if isinstance(v, bytes | bytearray):
+        return int.from_bytes(v, "big")
+    return int(v)
+
+
+def _bit_bool(v: Any) -> bool:
+    return _bit(v) != 0
+
+
+def _double(v: Any) -> float:
+    return float(v)
+
+
+def _set(v: Any) -> list[str]:
+    s = _text(v)
+    return s.split(",") if s else []
+
+
+def _binary(v: Any) -> bytes:
+    return bytes(v) if not isinstance(v, str) else v.encode("utf-8")
+
+
+def _is_zero_date(s: str) -> bool:
+    return s.startswith("0000") or s[5:7] == "00" or s[8:10] == "00"
+
+
+def _make_datetime(zone: tzinfo | None) -> Converter:
+    def conv(v: Any) -> datetime | None:
+        s = _text(v)
+        if _is_zero_date(s):
+            return None
+        dt = datetime.fromisoformat(s)
+        dt = dt.replace(microsecond=dt.microsecond // 1000 * 1000)  # BSON keeps milliseconds
+        if zone is not None:
+            dt = dt.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+        return dt
+
+    return conv
+
+
+def _date(v: Any) -> datetime | None:
+    if isinstance(v, date) and not isinstance(v, datetime):
+        return datetime(v.year, v.month, v.day)
+    s = _text(v)
+    if _is_zero_date(s):
+        return None
+    return datetime(int(s[0:4]), int(s[5:7]), int(s[8:10]))
+
+
+def format_time(v: Any, fsp: int) -> str:
+    """TIME as text: [-]HH:MM:SS, plus .fff when the column has fractional seconds."""
+    if isinstance(v, timedelta):
+        neg = v < timedelta(0)
+        us = abs(v) // timedelta(microseconds=1)
+        secs, us = divmod(us, 1_000_000)
+        h, rem = divmod(secs, 3600)
+        m, sec = divmod(rem, 60)
+        s = f"{'-' if neg else ''}{h:02d}:{m:02d}:{sec:02d}.{us:06d}"
+    else:
+        s = _text(v)
+    main, _, frac = s.partition(".")
+    if fsp <= 0:
+        return main
+    return f"{main}.{(frac + '000')[:3]}"
+
+
+def _json_int(s: str) -> int | Int64 | Decimal128:
+    n = int(s)
+    if INT64_MIN <= n <= INT64_MAX:
+        return n
+    return Decimal128(s)  # keep big integers exactly instead of overflowing or rounding
+
+
+def parse_json(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray):
+        v = v.decode("utf-8")
+    try:
+        return json.loads(v, parse_int=_json_int)
+    except ValueError as exc:
+        raise ConversionError(f"not valid JSON: {exc}") from None
+
+
+def _string(v: Any) -> str:
+    return _text(v)
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def zone_for(name: str) -> tzinfo | None:
+    if name.upper() in ("UTC", "+00:00", "Z"):
+        return None
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        raise ConversionError(f"unknown time zone {name!r}", hint="use an IANA name") from None
+
+
+def default_converter(col: Column, zone: tzinfo | None = None) -> Converter:
+    """The converter the default type rules give this column."""
+    t = col.data_type
+    if col.is_bool:
+        return _bit_bool if t == "bit" else _bool_int
+    if col.is_integer:
+        return _big_unsigned if (t == "bigint" and col.unsigned) else _int
+    if t == "bit":
+        return _bit
+    if t in ("decimal", "numeric"):
+        return to_decimal128
+    if t in ("float", "double", "real"):
+        return _double
+    if t == "datetime":
+        return _make_datetime(zone)
+    if t == "timestamp":
+        return _make_datetime(None)  # read with time_zone='+00:00': already UTC
+    if t == "date":
+        return _date
+    if t == "time":
+        fsp = col.fsp or 0
+        return lambda v: format_time(v, fsp)
+    if t == "year":
+        return _int
+    if t == "json":
+        return parse_json
+    if t == "set":
+        return _set
+    if col.is_binary:
+        return _binary
+    return _string
+
+
+def override_converter(col: Column, type_name: str, zone: tzinfo | None = None) -> Converter:
+    """A field's explicit `type:` wins over the default rule."""
+    if type_name == "auto":
+        return default_converter(col, zone)
+    base = default_converter(col, zone)
+    if type_name == "string":
+        if col.data_type == "set":
+            return _string
+        if col.is_binary:
+            return lambda v: bytes(v).hex() if not isinstance(v, str) else v
+        if col.data_type in ("datetime", "timestamp", "date", "time", "json"):
+            return _string
+        return _string
+    if type_name == "int":
+        return _bit if col.data_type == "bit" else lambda v: int(Decimal(_text(v)))
+    if type_name == "double":
+        return _double if col.data_type != "bit" else lambda v: float(_bit(v))
+    if type_name == "decimal":
+        return to_decimal128
+    if type_name == "bool":
+        return _bit_bool if col.data_type == "bit" else lambda v: Decimal(_text(v)) != 0
+    if type_name == "datetime":
+        return _date if col.data_type == "date" else _make_datetime(zone)
+    if type_name == "date":
+        return _date
+    if type_name == "binary":
+        return _binary
+    if type_name == "json":
+        return parse_json
+    return base
+
+
+def param_value(col: Column, v: Any) -> Any:
+    """A raw SELECT value as a query parameter (for keyset bounds and IN lists)."""
+    if v is None or isinstance(v, str | int):
+        return v
+    if col.is_integer:
+        return int(v)
+    if col.is_binary or col.data_type == "bit":
+        return bytes(v)
+    return _text(v)
+
+
+def loss_notes(col: Column) -> list[str]:
+    """What the default rule loses for this column; plan and init show these."""
+    t, notes = col.data_type, []
+    if t in ("decimal", "numeric") and (col.precision or 0) > 34:
+        notes.append(f"DECIMAL({col.precision},{col.scale}) can exceed Decimal128's 34 digits: "
+                     "values that do go to the dead-letter collection (type: string keeps them)")
+    if t in ("datetime", "timestamp") and (col.fsp or 0) > 3:
+        notes.append(f"{t.upper()}({col.fsp}) loses microseconds: BSON dates keep milliseconds")
+    if t == "time" and (col.fsp or 0) > 3:
+        notes.append(f"TIME({col.fsp}) is kept as text with milliseconds")
+    if t == "tinyint" and col.is_bool:
+        notes.append("TINYINT(1) becomes bool: values other than 0/1 become true")
+    if t == "bigint" and col.unsigned:
+        notes.append("BIGINT UNSIGNED above 2^63-1 becomes Decimal128 (other values int64)")
+    if t == "float":
+        notes.append("FLOAT is single precision: stored as the double MySQL prints")
+    if t in GEOMETRY_TYPES:
+        notes.append(f"{t.upper()} is copied as WKB binary, not GeoJSON")
+    if t == "year" and "(2)" in col.column_type:
+        notes.append("YEAR(2) is ambiguous")
+    return notes
