@@ -1,0 +1,46 @@
+"""`migrator`: the command group. Each command lives in its own module and stays thin."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .backfill import backfill_cmd
+from .demo import demo_cmd
+from .init import init_cmd
+from .plan import plan_cmd
+from .stack import stack_group
+
+EXIT_CODES = """
+Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),
+2 usage, configuration or connection error.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="migrator")
+def cli() -> None:
+    """Move a live MySQL/MariaDB database into MongoDB with zero downtime.
+
+    \b
+    Typical run:
+      migrator init --source mysql://u:pw@db/shop --target mongodb://mongo -o shop.yaml
+      migrator plan -m shop.yaml
+      migrator backfill -m shop.yaml --workers 2
+    """
+
+
+cli.add_command(stack_group)
+cli.add_command(init_cmd)
+cli.add_command(plan_cmd)
+cli.add_command(backfill_cmd)
+cli.add_command(demo_cmd)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""`migrator plan`: preflight checks and a dry description of what the migration will do.
+
+Each finding is a Check with a level: ok, info, warn, or block. Any block makes the plan fail
+(exit 1) and names the problem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bson import json_util
+
+from .backfill import BSON_MAX
+from .config import Mapping
+from .errors import MigratorError
+from .mapping import CollectionPlan, Transform, compile_transform
+from .sink.mongo import connect as mongo_connect
+from .sink.mongo import host_of
+from .source.connection import _s, query, quote_ident, variables
+from .source.connection import connect as mysql_connect
+from .source.reader import ChunkReader
+from .source.schema import Schema, introspect
+from .state import StateStore
+from .typerules import loss_notes
+from .urls import parse_mysql_url
+
+ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
+
+
+@dataclass
+class Check:
+    name: str
+    level: str  # ok | info | warn | block
+    message: str
+
+
+@dataclass
+class CollectionReport:
+    name: str
+    table: str
+    rows_estimate: int
+    embeds: list[str]
+    max_document_bytes_estimate: int | None = None
+    sample: Any = None
+
+
+@dataclass
+class PlanReport:
+    source: str
+    target: str
+    server_version: str = ""
+    checks: list[Check] = field(default_factory=list)
+    collections: list[CollectionReport] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return any(c.level == "block" for c in self.checks)
+
+    def add(self, name: str, level: str, message: str) -> None:
+        self.checks.append(Check(name, level, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = not self.blocked
+        d["blocking"] = [c.message for c in self.checks if c.level == "block"]
+        for c in d["collections"]:
+            c["sample"] = json_util.loads(json_util.dumps(c["sample"])) if c["sample"] else None
+        return d
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", v)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER_SEC) -> PlanReport:
+    src = parse_mysql_url(mapping.source.url)
+    report = PlanReport(source=str(src), target=host_of(mapping.target.url))
+    conn = mysql_connect(src)
+    try:
+        version = _s(query(conn, "SELECT VERSION()")[0][0])
+        report.server_version = version
+        maria = "mariadb" in version.lower() or bool(variables(conn, "gtid_binlog_pos"))
+        report.add("server", "ok", f"{'MariaDB' if maria else 'MySQL'} {version}")
+        _binlog_checks(conn, report, maria, version)
+        _privilege_checks(conn, report)
+        schema = introspect(conn, mapping.source_database)
+        try:
+            transform: Transform | None = compile_transform(mapping, schema)
+        except MigratorError as exc:
+            report.add("mapping", "block", str(exc))
+            transform = None
+        _pk_checks(mapping, schema, report)
+        if transform:
+            _collection_reports(conn, transform, report)
+            _cascade_checks(transform, schema, report)
+            _type_checks(conn, transform, report)
+            _retention_check(conn, report, assume_rows_per_sec)
+    finally:
+        conn.close()
+    _target_checks(mapping, report)
+    return report
+
+
+def _binlog_checks(conn: Any, report: PlanReport, maria: bool, version: str) -> None:
+    v = variables(conn, "log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata",
+                  "server_id", "gtid_mode")
+    if v.get("log_bin", "OFF").upper() != "ON":
+        report.add("binlog", "block", "the binary log is off (log_bin=OFF): CDC needs it; "
+                   "start the server with log-bin")
+        return
+    fmt = v.get("binlog_format", "").upper()
+    report.add("binlog_format", "ok" if fmt == "ROW" else "block",
+               f"binlog_format={fmt}" + ("" if fmt == "ROW" else ": must be ROW for CDC"))
+    image = v.get("binlog_row_image", "").upper()
+    report.add("binlog_row_image", "ok" if image == "FULL" else "block",
+               f"binlog_row_image={image}" + ("" if image == "FULL" else
+                                              ": must be FULL so every event carries whole rows"))
+    meta = v.get("binlog_row_metadata")
+    if meta is not None:
+        report.add("binlog_row_metadata", "ok" if meta.upper() == "FULL" else "block",
+                   f"binlog_row_metadata={meta.upper()}" + (
+                       "" if meta.upper() == "FULL" else
+                       ": must be FULL, or the binlog carries no column names and no ENUM/SET values"))
+    else:
+        report.add("binlog_row_metadata", "warn",
+                   f"server {version} has no binlog_row_metadata: column names come from the "
+                   "schema at read time, so DDL during CDC is risky")
+    if not maria and v.get("gtid_mode", "OFF").upper() != "ON":
+        report.add("gtid", "info", "gtid_mode is OFF: CDC uses file/position checkpoints")
+
+
+_NEEDED = {"SELECT": "read rows", "REPLICATION SLAVE": "read the binlog",
+           "REPLICATION CLIENT": "read the binlog position"}
+_ALIASES = {"REPLICATION CLIENT": ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"),
+            "REPLICATION SLAVE": ("REPLICATION SLAVE", "REPLICATION REPLICA")}
+
+
+def _privilege_checks(conn: Any, report: PlanReport) -> None:
+    grants = " ".join(_s(r[0]).upper() for r in query(conn, "SHOW GRANTS FOR CURRENT_USER()"))
+    global_grants = " ".join(g for g in re.findall(r"GRANT (.*?) ON \*\.\*", grants))
+    missing = []
+    for priv, why in _NEEDED.items():
+        names = _ALIASES.get(priv, (priv,))
+        if "ALL PRIVILEGES" in global_grants or any(n in global_grants for n in names):
+            continue
+        if priv == "SELECT" and re.search(r"GRANT [^;]*SELECT[^;]* ON ", grants):
+            continue  # SELECT on the database is enough
+        missing.append(f"{priv} ({why})")
+    if missing:
+        report.add("privileges", "block", "the source user lacks " + ", ".join(missing) +
+                   ": GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the user")
+    else:
+        report.add("privileges", "ok", "SELECT, REPLICATION SLAVE, REPLICATION CLIENT granted")
+
+
+def _pk_checks(mapping: Mapping, schema: Schema, report: PlanReport) -> None:
+    mapped = {c.from_ for c in mapping.collections} | {
+        e.from_ for c in mapping.collections for e in c.embed}
+    for name in sorted(mapped):
+        t = schema.tables.get(name)
+        if t is not None and not t.primary_key:
+            report.add("primary_key", "block", f"table {name!r} has no primary key")
+    unmapped = [t for t in schema.tables.values() if t.name not in mapped and not t.primary_key]
+    for t in unmapped:
+        report.add("primary_key", "info", f"table {t.name!r} (not mapped) has no primary key")
+
+
+def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> None:
+    raw = mysql_connect(parse_mysql_url(transform.mapping.source.url), raw=True)
+    try:
+        for p in transform.collections:
+            rep = CollectionReport(name=p.name, table=p.table.name,
+                                   rows_estimate=p.table.rows_estimate,
+                                   embeds=[f"{e.name} <- {e.view.table.name} "
+                                           f"({'1:N' if e.many else 'N:1'})" for e in p.embeds])
+            rep.max_document_bytes_estimate = _max_doc_estimate(conn, p)
+            if rep.max_document_bytes_estimate and rep.max_document_bytes_estimate > BSON_MAX // 2:
+                report.add("document_size", "warn",
+                           f"{p.name}: a document could reach ~{rep.max_document_bytes_estimate >> 20}"
+                           " MiB (MongoDB's limit is 16 MiB; larger ones go to the dead-letter "
+                           "collection)")
+            reader = ChunkReader(raw, p)
+            rows = reader.sample(1)
+            if rows:
+                try:
+                    rep.sample = p.documents(rows, reader.read_embeds(rows))[0]
+                except MigratorError as exc:
+                    report.add("sample", "warn", f"{p.name}: the first row does not convert: {exc}")
+            report.collections.append(rep)
+            report.add("rows", "info", f"{p.name}: ~{p.table.rows_estimate:,} rows in {p.table.name}")
+    finally:
+        raw.close()
+
+
+def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
+    size = max(p.table.avg_row_length, 64)
+    for e in p.embeds:
+        child = e.view.table
+        if not e.many:
+            size += max(child.avg_row_length, 64)
+            continue
+        cols = ", ".join(map(quote_ident, e.child_columns))
+        rows = query(conn, f"SELECT MAX(n) FROM (SELECT COUNT(*) n FROM {quote_ident(child.name)} "
+                           f"GROUP BY {cols}) t")
+        most = int(rows[0][0] or 0) if rows else 0
+        size += most * max(child.avg_row_length, 64)
+    return size
+
+
+def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) -> None:
+    mapped = {p.table.name for p in transform.collections} | {
+        e.view.table.name for p in transform.collections for e in p.embeds}
+    for t in sorted(mapped):
+        for fk in schema.tables[t].foreign_keys:
+            rules = [f"ON DELETE {fk.on_delete}" for _ in [0] if fk.on_delete in ("CASCADE", "SET NULL")]
+            if fk.on_update in ("CASCADE", "SET NULL"):
+                rules.append(f"ON UPDATE {fk.on_update}")
+            if rules:
+                report.add("fk_cascade", "warn",
+                           f"{t}.{fk.name} ({', '.join(fk.columns)} -> {fk.ref_table}) has "
+                           f"{' and '.join(rules)}: the binlog does not carry the cascaded changes "
+                           f"to {t}; CDC applies their effect itself when {fk.ref_table} changes")
+
+
+def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
+    for p in transform.collections:
+        views = [(p.root, p.name)] + [(e.view, f"{p.name}.{e.name}") for e in p.embeds]
+        for view, where in views:
+            for f in view.fields:
+                col = view.table.column(f.column)
+                for note in loss_notes(col):
+                    report.add("types", "warn", f"{where}.{f.name} ({view.table.name}.{col.name} "
+                               f"{col.column_type}): {note}")
+                if col.is_bool and col.data_type == "tinyint":
+                    rows = query(conn, f"SELECT 1 FROM {quote_ident(view.table.name)} WHERE "
+                                       f"{quote_ident(col.name)} NOT IN (0, 1) LIMIT 1")
+                    if rows:
+                        report.add("types", "warn",
+                                   f"{where}.{f.name}: {view.table.name}.{col.name} is TINYINT(1) "
+                                   "but holds values other than 0/1; they become true "
+                                   "(map it with type: int to keep them)")
+
+
+def _retention_check(conn: Any, report: PlanReport, rate: float) -> None:
+    rows = sum(c.rows_estimate for c in report.collections)
+    est = rows / rate if rate else 0
+    v = variables(conn, "expire_logs_days", "binlog_expire_logs_seconds")
+    secs = float(v.get("binlog_expire_logs_seconds") or 0) or float(
+        v.get("expire_logs_days") or 0) * 86400
+    if not secs:
+        report.add("binlog_retention", "ok",
+                   f"binlogs never expire; backfill estimated at {est / 60:.1f} min")
+    elif secs < 2 * est:
+        report.add("binlog_retention", "block",
+                   f"binlogs expire after {secs / 3600:.1f} h but the backfill is estimated at "
+                   f"{est / 3600:.1f} h: CDC would find its start position purged; raise "
+                   "binlog_expire_logs_seconds")
+    else:
+        report.add("binlog_retention", "ok", f"binlogs kept {secs / 3600:.1f} h; backfill "
+                   f"estimated at {est / 60:.1f} min at {rate:,.0f} rows/s")
+
+
+def _target_checks(mapping: Mapping, report: PlanReport) -> None:
+    client = mongo_connect(mapping.target.url)
+    try:
+        info = client.admin.command("buildInfo")
+        report.add("target", "ok", f"MongoDB {info.get('version', '?')} at "
+                   f"{host_of(mapping.target.url)}, database {mapping.target_database!r}")
+        db = client[mapping.target_database]
+        state = StateStore(client, mapping.state.database)
+        resuming = state.backfill_position() is not None
+        for c in mapping.collections:
+            if db[c.name].find_one({}, {"_id": 1}) is not None and not resuming:
+                report.add("target", "warn", f"collection {c.name!r} already holds documents: "
+                           "backfill upserts by _id and leaves the others (use --restart to clear)")
+        if resuming:
+            report.add("state", "info", "a backfill was started before: `backfill` resumes it")
+    finally:
+        client.close()
