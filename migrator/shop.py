@@ -86,8 +86,15 @@ collections:
 """
 
 
-def create_shop(conn: Any, database: str, *, customers: int = 50, products: int = 20,
-                orders: int = 200, seed: int = 7) -> dict[str, int]:
+def create_shop(
+    conn: Any,
+    database: str,
+    *,
+    customers: int = 50,
+    products: int = 20,
+    orders: int = 200,
+    seed: int = 7,
+) -> dict[str, int]:
     """(Re)create the shop database and fill it; returns row counts per table."""
     rnd = random.Random(seed)
     cur = conn.cursor()
@@ -99,14 +106,31 @@ def create_shop(conn: Any, database: str, *, customers: int = 50, products: int 
     base = datetime(2024, 1, 1)
     cur.executemany(
         "INSERT INTO customers (id, email, name, vip, created_at) VALUES (%s, %s, %s, %s, %s)",
-        [(i, f"user{i}@example.com", f"Customer {i}", int(rnd.random() < 0.1),
-          base + timedelta(minutes=i, milliseconds=rnd.randrange(1000)))
-         for i in range(1, customers + 1)])
+        [
+            (
+                i,
+                f"user{i}@example.com",
+                f"Customer {i}",
+                int(rnd.random() < 0.1),
+                base + timedelta(minutes=i, milliseconds=rnd.randrange(1000)),
+            )
+            for i in range(1, customers + 1)
+        ],
+    )
     tags = ["", "new", "sale", "eco", "new,gift", "sale,eco"]
     cur.executemany(
         "INSERT INTO products (id, sku, title, price, tags) VALUES (%s, %s, %s, %s, %s)",
-        [(i, f"SKU-{i:05d}", f"Product {i}", f"{rnd.randrange(100, 100000) / 100:.2f}",
-          rnd.choice(tags)) for i in range(1, products + 1)])
+        [
+            (
+                i,
+                f"SKU-{i:05d}",
+                f"Product {i}",
+                f"{rnd.randrange(100, 100000) / 100:.2f}",
+                rnd.choice(tags),
+            )
+            for i in range(1, products + 1)
+        ],
+    )
     order_rows, item_rows = [], []
     for o in range(1, orders + 1):
         lines = rnd.randrange(0, 5)
@@ -117,22 +141,49 @@ def create_shop(conn: Any, database: str, *, customers: int = 50, products: int 
             total += price * qty
             item_rows.append((o, ln, rnd.randrange(1, products + 1), qty, f"{price:.2f}"))
         cust = rnd.randrange(1, customers + 1) if rnd.random() > 0.05 else None
-        order_rows.append((o, f"SO-{o:07d}", cust, rnd.choice(["new", "paid", "shipped"]),
-                           f"{total:.2f}", rnd.choice([None, "leave at door", "gift 🎁"]),
-                           base + timedelta(hours=o)))
+        order_rows.append(
+            (
+                o,
+                f"SO-{o:07d}",
+                cust,
+                rnd.choice(["new", "paid", "shipped"]),
+                f"{total:.2f}",
+                rnd.choice([None, "leave at door", "gift 🎁"]),
+                base + timedelta(hours=o),
+            )
+        )
     cur.executemany(
         "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)", order_rows)
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        order_rows,
+    )
     if item_rows:
         cur.executemany(
             "INSERT INTO order_items (order_id, line_no, product_id, qty, unit_price) "
-            "VALUES (%s, %s, %s, %s, %s)", item_rows)
+            "VALUES (%s, %s, %s, %s, %s)",
+            item_rows,
+        )
     conn.commit()
-    return {"customers": customers, "products": products, "orders": orders,
-            "order_items": len(item_rows)}
+    return {
+        "customers": customers,
+        "products": products,
+        "orders": orders,
+        "order_items": len(item_rows),
+    }
 
 
-def shop_mapping(mysql_url: str, mongo_url: str, *, target_db: str = "shop",
-                 state_db: str = "_migrator", chunk_size: int = 100) -> str:
-    return MAPPING.format(mysql_url=mysql_url, mongo_url=mongo_url, target_db=target_db,
-                          state_db=state_db, chunk_size=chunk_size)
+def shop_mapping(
+    mysql_url: str,
+    mongo_url: str,
+    *,
+    target_db: str = "shop",
+    state_db: str = "_migrator",
+    chunk_size: int = 100,
+) -> str:
+    return MAPPING.format(
+        mysql_url=mysql_url,
+        mongo_url=mongo_url,
+        target_db=target_db,
+        state_db=state_db,
+        chunk_size=chunk_size,
+    )

@@ -10,6 +10,7 @@ Any machine can resume from it. Collections:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
@@ -32,7 +33,9 @@ class StateStore:
         self.meta = self.db["meta"]
 
     def ensure_indexes(self) -> None:
-        with_retry(lambda: self.chunks.create_index([("collection", ASCENDING), ("seq", ASCENDING)]))
+        with_retry(
+            lambda: self.chunks.create_index([("collection", ASCENDING), ("seq", ASCENDING)])
+        )
 
     # -- backfill position and status --------------------------------------------------------
     def backfill_position(self) -> dict[str, Any] | None:
@@ -40,10 +43,13 @@ class StateStore:
         return doc["position"] if doc else None
 
     def record_backfill_position(self, position: dict[str, Any]) -> None:
-        with_retry(lambda: self.meta.replace_one(
-            {"_id": "backfill_position"},
-            {"_id": "backfill_position", "position": position, "recorded_at": now()},
-            upsert=True))
+        with_retry(
+            lambda: self.meta.replace_one(
+                {"_id": "backfill_position"},
+                {"_id": "backfill_position", "position": position, "recorded_at": now()},
+                upsert=True,
+            )
+        )
 
     def collection_state(self, name: str) -> dict[str, Any] | None:
         return self.backfill.find_one({"_id": name})
@@ -53,16 +59,23 @@ class StateStore:
 
     # -- chunks ------------------------------------------------------------------------------
     def save_chunk_plan(self, collection: str, bounds: list[tuple[Any, Any]]) -> None:
-        docs = [{"_id": f"{collection}/{i:09d}", "collection": collection, "seq": i,
-                 "lo": list(lo) if lo is not None else None,
-                 "hi": list(hi) if hi is not None else None, "done": False}
-                for i, (lo, hi) in enumerate(bounds)]
+        docs = [
+            {
+                "_id": f"{collection}/{i:09d}",
+                "collection": collection,
+                "seq": i,
+                "lo": list(lo) if lo is not None else None,
+                "hi": list(hi) if hi is not None else None,
+                "done": False,
+            }
+            for i, (lo, hi) in enumerate(bounds)
+        ]
         # A plan cut short by a crash is thrown away and made again: the caller marks the
         # collection `planned` only after every chunk document is in.
         with_retry(lambda: self.chunks.delete_many({"collection": collection}))
         for i in range(0, len(docs), 500):
             batch = docs[i : i + 500]
-            with_retry(lambda batch=batch: self.chunks.insert_many(batch, ordered=False))
+            with_retry(partial(self.chunks.insert_many, batch, ordered=False))
 
     def pending_chunks(self, collection: str) -> list[dict[str, Any]]:
         return list(self.chunks.find({"collection": collection, "done": False}).sort("seq", 1))
@@ -73,9 +86,12 @@ class StateStore:
         return total, done
 
     def mark_chunk_done(self, chunk_id: str, rows: int, seconds: float) -> None:
-        with_retry(lambda: self.chunks.update_one(
-            {"_id": chunk_id}, {"$set": {"done": True, "rows": rows, "seconds": seconds,
-                                         "done_at": now()}}))
+        with_retry(
+            lambda: self.chunks.update_one(
+                {"_id": chunk_id},
+                {"$set": {"done": True, "rows": rows, "seconds": seconds, "done_at": now()}},
+            )
+        )
 
     def reset_backfill(self) -> None:
         self.chunks.delete_many({})
@@ -83,10 +99,25 @@ class StateStore:
         self.meta.delete_one({"_id": "backfill_position"})
 
     # -- dead letters ------------------------------------------------------------------------
-    def dead_letter(self, *, source: str, collection: str, key: Any, reason: str,
-                    payload: Any = None, position: Any = None) -> None:
-        doc = {"source": source, "collection": collection, "key": key, "reason": reason,
-               "payload": payload, "position": position, "at": now()}
+    def dead_letter(
+        self,
+        *,
+        source: str,
+        collection: str,
+        key: Any,
+        reason: str,
+        payload: Any = None,
+        position: Any = None,
+    ) -> None:
+        doc = {
+            "source": source,
+            "collection": collection,
+            "key": key,
+            "reason": reason,
+            "payload": payload,
+            "position": position,
+            "at": now(),
+        }
         with_retry(lambda: self.dead_letters.insert_one(doc))
 
     def dead_letter_count(self) -> int:

@@ -75,13 +75,17 @@ class LoadMonitor:
             rows = query(conn, "SHOW GLOBAL STATUS LIKE 'Threads_running'")
             running = int(_s(rows[0][1])) if rows else 0
             if running > self.spec.max_threads_running:
-                return (f"source Threads_running={running} > "
-                        f"max_threads_running={self.spec.max_threads_running}")
+                return (
+                    f"source Threads_running={running} > "
+                    f"max_threads_running={self.spec.max_threads_running}"
+                )
             for name, conn in self.conns:
                 lag = replication_lag(conn)
                 if lag is not None and lag > self.spec.max_replication_lag_seconds:
-                    return (f"{name} replication lag {lag:.0f}s > "
-                            f"max_replication_lag_seconds={self.spec.max_replication_lag_seconds}")
+                    return (
+                        f"{name} replication lag {lag:.0f}s > "
+                        f"max_replication_lag_seconds={self.spec.max_replication_lag_seconds}"
+                    )
         except MigratorError:
             raise
         except Exception as exc:  # a failed check must not stop the copy; say so instead

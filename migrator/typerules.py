@@ -239,14 +239,14 @@ def loss_notes(col: Column) -> list[str]:
     """What the default rule loses for this column; plan and init show these."""
     t, notes = col.data_type, []
     if t in ("decimal", "numeric") and (col.precision or 0) > 34:
-        notes.append(f"DECIMAL({col.precision},{col.scale}) can exceed Decimal128's 34 digits: "
-                     "values that do go to the dead-letter collection (type: string keeps them)")
+        notes.append(
+            f"DECIMAL({col.precision},{col.scale}) can exceed Decimal128's 34 digits: "
+            "values that do go to the dead-letter collection (type: string keeps them)"
+        )
     if t in ("datetime", "timestamp") and (col.fsp or 0) > 3:
         notes.append(f"{t.upper()}({col.fsp}) loses microseconds: BSON dates keep milliseconds")
     if t == "time" and (col.fsp or 0) > 3:
         notes.append(f"TIME({col.fsp}) is kept as text with milliseconds")
-    if t == "tinyint" and col.is_bool:
-        notes.append("TINYINT(1) becomes bool: values other than 0/1 become true")
     if t == "bigint" and col.unsigned:
         notes.append("BIGINT UNSIGNED above 2^63-1 becomes Decimal128 (other values int64)")
     if t == "float":

@@ -59,14 +59,20 @@ def print_json(data: Any) -> None:
 
 
 def mapping_option(fn: F) -> F:
-    return click.option("-m", "--mapping", "mapping_path", required=True,
-                        type=click.Path(dir_okay=False),
-                        help="Mapping file (YAML).")(fn)
+    return click.option(
+        "-m",
+        "--mapping",
+        "mapping_path",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Mapping file (YAML).",
+    )(fn)
 
 
 def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print a machine-readable JSON result on stdout.")(fn)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout."
+    )(fn)
 
 
 def load(mapping_path: str) -> Mapping:

@@ -11,8 +11,13 @@ from .common import err, handle_errors, out
 
 
 @click.command("demo")
-@click.option("--orders", type=click.IntRange(10, 100_000), default=500, show_default=True,
-              help="Orders in the generated shop (customers and products scale with it).")
+@click.option(
+    "--orders",
+    type=click.IntRange(10, 100_000),
+    default=500,
+    show_default=True,
+    help="Orders in the generated shop (customers and products scale with it).",
+)
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
 @click.option("--keep", is_flag=True, help="Leave the servers running (stop them by PID yourself).")
 @handle_errors
@@ -26,24 +31,39 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
     Example: migrator demo --orders 1000
     """
     with render.RichProgress(err) as progress:
-        res = run_demo(orders=orders, workers=workers, progress=progress,
-                       say=lambda m: err.print(m, highlight=False), keep=keep)
+        res = run_demo(
+            orders=orders,
+            workers=workers,
+            progress=progress,
+            say=lambda m: err.print(m, highlight=False),
+            keep=keep,
+        )
     blockers = [c for c in res.plan.checks if c.level in ("block", "warn")]
     out.rule("plan")
     for c in blockers:
         out.print(f"  {c.level:5} {c.name}: {c.message}")
-    out.print(f"  {len(res.plan.checks)} checks, {'BLOCKED' if res.plan.blocked else 'no blockers'}")
+    out.print(
+        f"  {len(res.plan.checks)} checks, {'BLOCKED' if res.plan.blocked else 'no blockers'}"
+    )
     out.rule("backfill")
     print_summary(res.backfill)
     out.rule("result")
-    out.print(render.table("MySQL rows -> MongoDB documents", ["collection", "rows", "documents"],
-                           [[k, f"{res.rows.get(k, 0):,}", f"{v:,}"] for k, v in res.documents.items()]))
+    out.print(
+        render.table(
+            "MySQL rows -> MongoDB documents",
+            ["collection", "rows", "documents"],
+            [[k, f"{res.rows.get(k, 0):,}", f"{v:,}"] for k, v in res.documents.items()],
+        )
+    )
     for name, doc in res.samples.items():
         out.rule(f"sample: {name}")
         out.print(render.document(doc))
-    out.print(f"[green]demo finished in {res.seconds:.1f} s.[/] The mapping is at "
-              f"{res.mapping_path}; try `migrator plan -m` on your own database next "
-              "(`migrator init` writes a mapping for you).")
+    out.print(
+        f"[green]demo finished in {res.seconds:.1f} s.[/] The mapping is at "
+        f"{res.mapping_path}; try `migrator plan -m` on your own database next "
+        "(`migrator init` writes a mapping for you)."
+    )
     if keep:
-        out.print(f"servers left running: {res.stack.urls()} (PIDs "
-                  f"{[p.pid for p in res.stack.procs]})")
+        out.print(
+            f"servers left running: {res.stack.urls()} (PIDs {[p.pid for p in res.stack.procs]})"
+        )

@@ -17,8 +17,10 @@ Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             epilog=EXIT_CODES)
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES,
+)
 @click.version_option(__version__, prog_name="migrator")
 def cli() -> None:
     """Move a live MySQL/MariaDB database into MongoDB with zero downtime.

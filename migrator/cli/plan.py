@@ -8,8 +8,12 @@ from ..plan import preflight
 from . import render
 from .common import handle_errors, json_option, load, mapping_option, out, print_json
 
-_STYLE = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warn": "[yellow]warn[/]",
-          "block": "[bold red]BLOCK[/]"}
+_STYLE = {
+    "ok": "[green]ok[/]",
+    "info": "[blue]info[/]",
+    "warn": "[yellow]warn[/]",
+    "block": "[bold red]BLOCK[/]",
+}
 
 
 @click.command("plan")
@@ -31,13 +35,29 @@ def plan_cmd(mapping_path: str, as_json: bool, no_samples: bool) -> None:
         print_json(report.to_dict())
     else:
         out.print(f"[bold]source[/] {report.source}   [bold]target[/] {report.target}")
-        out.print(render.table("Checks", ["level", "check", "finding"],
-                               [[_STYLE[c.level], c.name, c.message] for c in report.checks]))
-        out.print(render.table("Collections", ["collection", "table", "rows", "embeds",
-                                               "max doc (est.)"],
-                               [[c.name, c.table, f"{c.rows_estimate:,}", ", ".join(c.embeds) or "-",
-                                 f"{(c.max_document_bytes_estimate or 0) / 1024:,.0f} KiB"]
-                                for c in report.collections]))
+        out.print(
+            render.table(
+                "Checks",
+                ["level", "check", "finding"],
+                [[_STYLE[c.level], c.name, c.message] for c in report.checks],
+            )
+        )
+        out.print(
+            render.table(
+                "Collections",
+                ["collection", "table", "rows", "embeds", "max doc (est.)"],
+                [
+                    [
+                        c.name,
+                        c.table,
+                        f"{c.rows_estimate:,}",
+                        ", ".join(c.embeds) or "-",
+                        f"{(c.max_document_bytes_estimate or 0) / 1024:,.0f} KiB",
+                    ]
+                    for c in report.collections
+                ],
+            )
+        )
         if not no_samples:
             for c in report.collections:
                 if c.sample is not None:

@@ -33,9 +33,15 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.bars = Progress(
-            TextColumn("[bold]{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-            RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console, transient=False,
+            TextColumn("[bold]{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -47,8 +53,9 @@ class RichProgress:
         self.bars.stop()
 
     def start(self, collection: str, total_rows: int, done_rows: int = 0) -> None:
-        self.tasks[collection] = self.bars.add_task(collection, total=max(total_rows, 1),
-                                                    completed=done_rows)
+        self.tasks[collection] = self.bars.add_task(
+            collection, total=max(total_rows, 1), completed=done_rows
+        )
 
     def advance(self, collection: str, rows: int) -> None:
         task = self.tasks[collection]
@@ -67,16 +74,22 @@ class RichProgress:
 
 
 def document(doc: Any, title: str | None = None) -> Syntax:
-    text = json_util.dumps(doc, indent=2, ensure_ascii=False,
-                           json_options=json_util.RELAXED_JSON_OPTIONS)
+    text = json_util.dumps(
+        doc, indent=2, ensure_ascii=False, json_options=json_util.RELAXED_JSON_OPTIONS
+    )
     return Syntax(text, "json", theme="ansi_dark", word_wrap=True)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
-        t.add_column(c, justify="right" if c.lower() in {
-            "rows", "documents", "rows/s", "chunks", "dead letters", "mib", "skipped"} else "left")
+        t.add_column(
+            c,
+            justify="right"
+            if c.lower()
+            in {"rows", "documents", "rows/s", "chunks", "dead letters", "mib", "skipped"}
+            else "left",
+        )
     for r in rows:
         t.add_row(*[str(v) for v in r])
     return t

@@ -16,9 +16,13 @@ def _dir(d: str | None) -> Path:
     return Path(d or os.environ.get("MIGRATOR_STACK_DIR") or ".migrator-stack").resolve()
 
 
-dir_option = click.option("--dir", "stack_dir", type=click.Path(file_okay=False),
-                          help="Where the servers' data and stack.json live "
-                               "(default $MIGRATOR_STACK_DIR or ./.migrator-stack).")
+dir_option = click.option(
+    "--dir",
+    "stack_dir",
+    type=click.Path(file_okay=False),
+    help="Where the servers' data and stack.json live "
+    "(default $MIGRATOR_STACK_DIR or ./.migrator-stack).",
+)
 
 
 @click.group("stack")
@@ -27,7 +31,7 @@ def stack_group() -> None:
 
     \b
     Example:
-      eval "$(migrator stack up --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("export MYSQL=" + d["mysql_url"])')"
+      migrator stack up --json > urls.json
       migrator stack status
       migrator stack down
     """
@@ -112,6 +116,8 @@ def status(stack_dir: str | None, as_json: bool) -> None:
     else:
         _print_urls(stack)
         for p in st["processes"]:
-            out.print(f"  {p['name']:16} pid {p['pid']:<8} {'alive' if p['alive'] else '[red]dead[/]'}")
+            out.print(
+                f"  {p['name']:16} pid {p['pid']:<8} {'alive' if p['alive'] else '[red]dead[/]'}"
+            )
     if not st["up"]:
         raise MigratorError("a server of the stack is not running") from None

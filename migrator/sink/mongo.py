@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -48,21 +49,24 @@ def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> 
     """A client that has answered a ping, or a ConnectError naming the host and the setting."""
     try:
         client: MongoClient[Any] = MongoClient(
-            url, serverSelectionTimeoutMS=timeout_ms, tz_aware=False, appname="migrator")
+            url, serverSelectionTimeoutMS=timeout_ms, tz_aware=False, appname="migrator"
+        )
         client.admin.command("ping")
         return client
     except ConfigurationError as exc:
         raise ConnectError(f"{setting}: invalid MongoDB URL {redact(url)}: {exc}") from None
     except OperationFailure as exc:
         if exc.code in (18, 13):
-            raise ConnectError(f"MongoDB at {host_of(url)} refused the credentials ({setting})",
-                               hint="check the user and password (the password is not shown)"
-                               ) from None
+            raise ConnectError(
+                f"MongoDB at {host_of(url)} refused the credentials ({setting})",
+                hint="check the user and password (the password is not shown)",
+            ) from None
         raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {exc}") from None
     except ConnectionFailure:
-        raise ConnectError(f"cannot reach MongoDB at {host_of(url)} ({setting})",
-                           hint="check the host and port, and that the server is running"
-                           ) from None
+        raise ConnectError(
+            f"cannot reach MongoDB at {host_of(url)} ({setting})",
+            hint="check the host and port, and that the server is running",
+        ) from None
     except PyMongoError as exc:
         raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {redact(str(exc))}") from None
 
@@ -80,6 +84,6 @@ class DocumentWriter:
         for i in range(0, len(docs), self.batch_size):
             batch = docs[i : i + self.batch_size]
             ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in batch]
-            with_retry(lambda ops=ops: self.collection.bulk_write(ops, ordered=False))
+            with_retry(partial(self.collection.bulk_write, ops, ordered=False))
             written += len(batch)
         return written

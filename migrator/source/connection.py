@@ -15,16 +15,27 @@ _ACCESS_DENIED = {1044, 1045, 1698}
 _UNKNOWN_DB = 1049
 
 
-def connect(url: MySQLURL, *, raw: bool = False, database: bool = True,
-            where: str | None = None, timeout: int = 10) -> Any:
+def connect(
+    url: MySQLURL,
+    *,
+    raw: bool = False,
+    database: bool = True,
+    where: str | None = None,
+    timeout: int = 10,
+) -> Any:
     """Open a connection; `raw` returns values as the server sends them (see typerules).
 
     Sessions run in UTC so TIMESTAMP values read the same whatever the server's zone.
     """
     setting = where or url.setting
     kwargs: dict[str, Any] = dict(
-        host=url.host, port=url.port, user=url.user, passwd=url.password,
-        charset="utf8mb4", connect_timeout=timeout, autocommit=True,
+        host=url.host,
+        port=url.port,
+        user=url.user,
+        passwd=url.password,
+        charset="utf8mb4",
+        connect_timeout=timeout,
+        autocommit=True,
         init_command="SET time_zone = '+00:00'",
     )
     if database and url.database:
@@ -40,14 +51,17 @@ def connect(url: MySQLURL, *, raw: bool = False, database: bool = True,
         if code in _UNREACHABLE:
             raise ConnectError(
                 f"cannot reach MySQL at {url.address} ({setting}): {detail}",
-                hint="check the host and port, and that the server is running") from None
+                hint="check the host and port, and that the server is running",
+            ) from None
         if code in _ACCESS_DENIED:
             raise ConnectError(
                 f"MySQL at {url.address} refused user {url.user!r} ({setting}): access denied",
-                hint="check the user and password (the password is not shown)") from None
+                hint="check the user and password (the password is not shown)",
+            ) from None
         if code == _UNKNOWN_DB:
             raise ConnectError(
-                f"MySQL at {url.address} has no database {url.database!r} ({setting})") from None
+                f"MySQL at {url.address} has no database {url.database!r} ({setting})"
+            ) from None
         raise ConnectError(f"MySQL at {url.address} ({setting}): {detail}") from None
 
 
@@ -63,8 +77,10 @@ def query(conn: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[t
 def variables(conn: Any, *names: str) -> dict[str, str]:
     """Global variables by name (missing ones are absent from the result)."""
     out: dict[str, str] = {}
-    for name, value in query(conn, "SHOW GLOBAL VARIABLES WHERE Variable_name IN (%s)" %
-                             ",".join(["%s"] * len(names)), names):
+    marks = ",".join(["%s"] * len(names))
+    for name, value in query(
+        conn, f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({marks})", names
+    ):
         out[_s(name).lower()] = _s(value)
     return out
 

@@ -11,21 +11,26 @@ from .connection import _s, query, variables
 
 def is_mariadb(conn: Any) -> bool:
     return "mariadb" in _s(query(conn, "SELECT VERSION()")[0][0]).lower() or bool(
-        variables(conn, "gtid_binlog_pos"))
+        variables(conn, "gtid_binlog_pos")
+    )
 
 
 def current_position(conn: Any) -> dict[str, Any]:
     """The source's binlog file/pos and GTID set now."""
     rows = query(conn, "SHOW MASTER STATUS")
     if not rows:
-        raise CheckFailed("the source has no binary log (log_bin is OFF)",
-                          hint="start the server with log-bin and binlog-format=ROW")
+        raise CheckFailed(
+            "the source has no binary log (log_bin is OFF)",
+            hint="start the server with log-bin and binlog-format=ROW",
+        )
     file, pos = _s(rows[0][0]), int(rows[0][1])
     maria = is_mariadb(conn)
     gtid_var = "gtid_binlog_pos" if maria else "gtid_executed"
     gtid = variables(conn, gtid_var).get(gtid_var, "")
     return {
-        "file": file, "pos": pos, "gtid": gtid.replace("\n", ""),
+        "file": file,
+        "pos": pos,
+        "gtid": gtid.replace("\n", ""),
         "flavor": "mariadb" if maria else "mysql",
         "at": datetime.now(UTC).replace(tzinfo=None),
     }

@@ -57,8 +57,10 @@ class ChunkReader:
         self.conn = conn
         self.plan = plan
         self.pk = plan.pk
-        self._select = (f"SELECT {', '.join(map(quote_ident, plan.root.columns))} "
-                        f"FROM {quote_ident(plan.table.name)}")
+        self._select = (
+            f"SELECT {', '.join(map(quote_ident, plan.root.columns))} "
+            f"FROM {quote_ident(plan.table.name)}"
+        )
         self._order = " ORDER BY " + ", ".join(map(quote_ident, self.pk))
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
@@ -70,14 +72,17 @@ class ChunkReader:
             cur.close()
 
     def boundaries(self, chunk_size: int, start: Key | None = None) -> Iterator[Key]:
-        """Upper keys (inclusive) of successive chunks of `chunk_size` rows, walking the PK index."""
+        """Upper keys (inclusive) of successive chunks of `chunk_size` rows (walks the PK index)."""
         cols = ", ".join(map(quote_ident, self.pk))
         table = quote_ident(self.plan.table.name)
         lo = start
         while True:
             where, args = range_clause(self.pk, lo, None)
-            rows = self._fetch(f"SELECT {cols} FROM {table} WHERE {where}{self._order} "
-                               f"LIMIT 1 OFFSET {chunk_size - 1}", args)
+            rows = self._fetch(
+                f"SELECT {cols} FROM {table} WHERE {where}{self._order} "
+                f"LIMIT 1 OFFSET {chunk_size - 1}",
+                args,
+            )
             if not rows:
                 return
             key = self.key_params(rows[0])
@@ -106,16 +111,20 @@ class ChunkReader:
         if not keys:
             return []
         view = e.view
-        select = (f"SELECT {', '.join(map(quote_ident, view.columns))} "
-                  f"FROM {quote_ident(view.table.name)}")
+        select = (
+            f"SELECT {', '.join(map(quote_ident, view.columns))} "
+            f"FROM {quote_ident(view.table.name)}"
+        )
         args: list[Any] = []
         if len(e.child_columns) == 1:
             cond = f"{quote_ident(e.child_columns[0])} IN ({', '.join(['%s'] * len(keys))})"
             args = [k[0] for k in keys]
         else:
             one = "(" + ", ".join(["%s"] * len(e.child_columns)) + ")"
-            cond = (f"({', '.join(map(quote_ident, e.child_columns))}) IN "
-                    f"({', '.join([one] * len(keys))})")
+            cond = (
+                f"({', '.join(map(quote_ident, e.child_columns))}) IN "
+                f"({', '.join([one] * len(keys))})"
+            )
             for k in keys:
                 args.extend(k)
         order = ""

@@ -11,8 +11,17 @@ from ..errors import SchemaError
 INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}
 BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
-GEOMETRY_TYPES = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-                  "multipolygon", "geometrycollection", "geomcollection"}
+GEOMETRY_TYPES = {
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+    "geomcollection",
+}
 
 
 @dataclass(frozen=True)
@@ -117,11 +126,15 @@ def _s(v: Any) -> str:
 
 def introspect(conn: Any, database: str) -> Schema:
     """Read the schema of `database` through a (converting) MySQLdb connection."""
-    cols = _rows(conn, """
+    cols = _rows(
+        conn,
+        """
         SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION,
                NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, ORDINAL_POSITION
         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s
-        ORDER BY TABLE_NAME, ORDINAL_POSITION""", (database,))
+        ORDER BY TABLE_NAME, ORDINAL_POSITION""",
+        (database,),
+    )
     json_cols = _mariadb_json_columns(conn, database)
     tables: dict[str, list[Column]] = {}
     for r in cols:
@@ -129,24 +142,41 @@ def introspect(conn: Any, database: str) -> Schema:
         dtype = _s(r["data_type"]).lower()
         if (tname, cname) in json_cols:
             dtype = "json"
-        tables.setdefault(tname, []).append(Column(
-            name=cname, data_type=dtype, column_type=_s(r["column_type"]).lower(),
-            nullable=_s(r["is_nullable"]) == "YES",
-            precision=r["numeric_precision"], scale=r["numeric_scale"],
-            fsp=r["datetime_precision"],
-            charset=_s(r["character_set_name"]) if r["character_set_name"] else None,
-        ))
-    meta = {_s(r["table_name"]): r for r in _rows(conn, """
+        tables.setdefault(tname, []).append(
+            Column(
+                name=cname,
+                data_type=dtype,
+                column_type=_s(r["column_type"]).lower(),
+                nullable=_s(r["is_nullable"]) == "YES",
+                precision=r["numeric_precision"],
+                scale=r["numeric_scale"],
+                fsp=r["datetime_precision"],
+                charset=_s(r["character_set_name"]) if r["character_set_name"] else None,
+            )
+        )
+    meta = {
+        _s(r["table_name"]): r
+        for r in _rows(
+            conn,
+            """
         SELECT TABLE_NAME, TABLE_ROWS, AVG_ROW_LENGTH FROM information_schema.TABLES
-        WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'""", (database,))}
+        WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'""",
+            (database,),
+        )
+    }
     pks: dict[str, list[str]] = {}
-    for r in _rows(conn, """
+    for r in _rows(
+        conn,
+        """
         SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS
         WHERE TABLE_SCHEMA = %s AND INDEX_NAME = 'PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX""",
-                   (database,)):
+        (database,),
+    ):
         pks.setdefault(_s(r["table_name"]), []).append(_s(r["column_name"]))
     fks: dict[str, dict[str, Any]] = {}
-    for r in _rows(conn, """
+    for r in _rows(
+        conn,
+        """
         SELECT k.CONSTRAINT_NAME, k.TABLE_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME,
                k.REFERENCED_COLUMN_NAME, c.DELETE_RULE, c.UPDATE_RULE
         FROM information_schema.KEY_COLUMN_USAGE k
@@ -154,12 +184,22 @@ def introspect(conn: Any, database: str) -> Schema:
           ON c.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND c.CONSTRAINT_NAME = k.CONSTRAINT_NAME
          AND c.TABLE_NAME = k.TABLE_NAME
         WHERE k.TABLE_SCHEMA = %s AND k.REFERENCED_TABLE_NAME IS NOT NULL
-        ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION""", (database,)):
+        ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION""",
+        (database,),
+    ):
         key = f"{_s(r['table_name'])}.{_s(r['constraint_name'])}"
-        fk = fks.setdefault(key, {"name": _s(r["constraint_name"]), "table": _s(r["table_name"]),
-                                  "columns": [], "ref_table": _s(r["referenced_table_name"]),
-                                  "ref_columns": [], "on_delete": _s(r["delete_rule"]),
-                                  "on_update": _s(r["update_rule"])})
+        fk = fks.setdefault(
+            key,
+            {
+                "name": _s(r["constraint_name"]),
+                "table": _s(r["table_name"]),
+                "columns": [],
+                "ref_table": _s(r["referenced_table_name"]),
+                "ref_columns": [],
+                "on_delete": _s(r["delete_rule"]),
+                "on_update": _s(r["update_rule"]),
+            },
+        )
         fk["columns"].append(_s(r["column_name"]))
         fk["ref_columns"].append(_s(r["referenced_column_name"]))
     out: dict[str, Table] = {}
@@ -168,12 +208,24 @@ def introspect(conn: Any, database: str) -> Schema:
             continue  # a view
         m = meta[tname]
         out[tname] = Table(
-            name=tname, columns=columns, primary_key=pks.get(tname, []),
-            rows_estimate=int(m["table_rows"] or 0), avg_row_length=int(m["avg_row_length"] or 0),
-            foreign_keys=[ForeignKey(name=f["name"], table=f["table"], columns=tuple(f["columns"]),
-                                     ref_table=f["ref_table"], ref_columns=tuple(f["ref_columns"]),
-                                     on_delete=f["on_delete"], on_update=f["on_update"])
-                          for f in fks.values() if f["table"] == tname],
+            name=tname,
+            columns=columns,
+            primary_key=pks.get(tname, []),
+            rows_estimate=int(m["table_rows"] or 0),
+            avg_row_length=int(m["avg_row_length"] or 0),
+            foreign_keys=[
+                ForeignKey(
+                    name=f["name"],
+                    table=f["table"],
+                    columns=tuple(f["columns"]),
+                    ref_table=f["ref_table"],
+                    ref_columns=tuple(f["ref_columns"]),
+                    on_delete=f["on_delete"],
+                    on_update=f["on_update"],
+                )
+                for f in fks.values()
+                if f["table"] == tname
+            ],
         )
     return Schema(database=database, tables=out)
 
@@ -181,9 +233,13 @@ def introspect(conn: Any, database: str) -> Schema:
 def _mariadb_json_columns(conn: Any, database: str) -> set[tuple[str, str]]:
     """MariaDB stores JSON as LONGTEXT with a json_valid() CHECK constraint."""
     try:
-        rows = _rows(conn, """
+        rows = _rows(
+            conn,
+            """
             SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS
-            WHERE CONSTRAINT_SCHEMA = %s""", (database,))
+            WHERE CONSTRAINT_SCHEMA = %s""",
+            (database,),
+        )
     except Exception:  # MySQL < 8.0.16 has no CHECK_CONSTRAINTS
         return set()
     found = set()
