@@ -105,7 +105,10 @@ class SourceSpec(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parse_mysql_url(v)
+        try:
+            parse_mysql_url(v)
+        except ConfigError as exc:
+            raise ValueError(exc.message.removeprefix("source.url: ")) from None
         return v
 
 

@@ -4,7 +4,7 @@ The SELECT path reads with mysqlclient and no driver-side conversion: numbers, d
 values arrive as bytes, text as str. Converting once, here, is both the fastest path and the
 single place where the rules live (the README's type table mirrors this file):
 
-integers -> int64 (BIGINT UNSIGNED above 2^63-1 -> Decimal128); TINYINT(1), BIT(1) -> bool;
+integers -> Int64 (BIGINT UNSIGNED above 2^63-1 -> Decimal128); TINYINT(1), BIT(1) -> bool;
 BIT(n) -> int; DECIMAL -> Decimal128; FLOAT/DOUBLE -> double; DATETIME/TIMESTAMP -> UTC datetime
 (ms); DATE -> datetime at midnight UTC; TIME -> "HH:MM:SS[.fff]"; YEAR -> int; JSON -> embedded
 value (integers beyond int64 kept as Decimal128); BLOB/BINARY/GEOMETRY -> binary; ENUM and text
@@ -46,23 +46,24 @@ def to_decimal128(v: Any) -> Decimal128:
         ) from None
 
 
-def _int(v: Any) -> int:
-    return int(v)
+def _int(v: Any) -> Int64:
+    # Always int64, as the rules say, not int32-when-it-fits: one width per column.
+    return Int64(v)
 
 
-def _big_unsigned(v: Any) -> int | Decimal128:
+def _big_unsigned(v: Any) -> Int64 | Decimal128:
     n = int(v)
-    return n if n <= INT64_MAX else Decimal128(str(n))
+    return Int64(n) if n <= INT64_MAX else Decimal128(str(n))
 
 
 def _bool_int(v: Any) -> bool:
     return int(v) != 0
 
 
-def _bit(v: Any) -> int:
+def _bit(v: Any) -> Int64:
     if isinstance(v, bytes | bytearray):
-        return int.from_bytes(v, "big")
-    return int(v)
+        return Int64(int.from_bytes(v, "big"))
+    return Int64(v)
 
 
 def _bit_bool(v: Any) -> bool:
@@ -206,7 +207,7 @@ def override_converter(col: Column, type_name: str, zone: tzinfo | None = None) 
             return _string
         return _string
     if type_name == "int":
-        return _bit if col.data_type == "bit" else lambda v: int(Decimal(_text(v)))
+        return _bit if col.data_type == "bit" else lambda v: Int64(Decimal(_text(v)))
     if type_name == "double":
         return _double if col.data_type != "bit" else lambda v: float(_bit(v))
     if type_name == "decimal":
