@@ -125,7 +125,11 @@ class ChunkWorker:
         dead: list[tuple[Any, str, Any]] = []
 
         def on_error(row: Any, exc: MigratorError) -> None:
-            dead.append((reader.plan.root.params(row, plan.pk), exc.message, list(row)))
+            try:
+                key = plan.doc_id(row)
+            except Exception:  # the key itself does not convert: keep it as read
+                key = list(plan.root.params(row, plan.pk))
+            dead.append((key, exc.message, dict(zip(plan.root.columns, map(_preview, row)))))
 
         docs = plan.documents(rows, children, on_error=on_error)
         size = 0
@@ -162,6 +166,13 @@ class ChunkWorker:
             time.monotonic() - t0,
             slept,
         )
+
+
+def _preview(v: Any, limit: int = 1024) -> Any:
+    """Dead letters keep the row for a human, cut so the letter itself stays small."""
+    if isinstance(v, bytes | str) and len(v) > limit:
+        return v[:limit] + (b"..." if isinstance(v, bytes) else "...")
+    return v
 
 
 def _worker_main(
