@@ -129,7 +129,9 @@ class ChunkWorker:
                 key = plan.doc_id(row)
             except Exception:  # the key itself does not convert: keep it as read
                 key = list(plan.root.params(row, plan.pk))
-            dead.append((key, exc.message, dict(zip(plan.root.columns, map(_preview, row)))))
+            dead.append(
+                (key, exc.message, dict(zip(plan.root.columns, map(_preview, row), strict=True)))
+            )
 
         docs = plan.documents(rows, children, on_error=on_error)
         size = 0
@@ -170,8 +172,10 @@ class ChunkWorker:
 
 def _preview(v: Any, limit: int = 1024) -> Any:
     """Dead letters keep the row for a human, cut so the letter itself stays small."""
-    if isinstance(v, bytes | str) and len(v) > limit:
-        return v[:limit] + (b"..." if isinstance(v, bytes) else "...")
+    if isinstance(v, bytes) and len(v) > limit:
+        return v[:limit] + b"..."
+    if isinstance(v, str) and len(v) > limit:
+        return v[:limit] + "..."
     return v
 
 

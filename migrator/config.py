@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .urls import mongo_database_from_url, parse_mysql_url
@@ -152,8 +160,16 @@ class Mapping(_Model):
     collections: list[CollectionSpec] = Field(min_length=1)
 
     # Where the mapping came from, for error messages (not part of the format).
-    path: str = Field("<mapping>", exclude=True)
-    lines: dict[tuple[str | int, ...], int] = Field(default_factory=dict, exclude=True)
+    _path: str = PrivateAttr("<mapping>")
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def lines(self) -> dict[tuple[str | int, ...], int]:
+        return self._lines
 
     @model_validator(mode="after")
     def _unique_collections(self) -> Mapping:
@@ -310,9 +326,17 @@ def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
                 f"{path}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}"
             )
         raise ConfigError("invalid mapping:\n  " + "\n  ".join(problems)) from None
-    mapping.path = path
-    mapping.lines = lines
+    mapping._path = path
+    mapping._lines = lines
     return mapping
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the mapping format (mappings/mapping.schema.json is generated from it)."""
+    schema = Mapping.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "migrator mapping file"
+    return schema
 
 
 def load_mapping(path: str | Path) -> Mapping:

@@ -40,8 +40,15 @@ class TableView:
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.columns)}
+        self._fast = _compile_builder(self.fields, self.omit_nulls)
 
     def build(self, row: Row) -> dict[str, Any]:
+        try:
+            return self._fast(row)
+        except Exception:  # find out which column failed, and say so
+            return self._build_slow(row)
+
+    def _build_slow(self, row: Row) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         for f in self.fields:
             raw = row[f.index]
@@ -79,6 +86,53 @@ class TableView:
         return next((f for f in self.fields if f.column == column), None)
 
 
+def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc.setdefault(part, {})
+    doc[path[-1]] = value
+
+
+def _compile_builder(
+    fields: list[FieldPlan],
+    omit_nulls: bool,
+    id_fields: list[tuple[str, int, Converter]] | None = None,
+) -> Any:
+    """Generate `build(row) -> dict` for one view: no per-field loop or branching on the path.
+
+    This is the backfill's inner loop; the generic version above it is kept for error reports.
+    Text columns arrive as str and skip their converter.
+    """
+    from .typerules import _string
+
+    ns: dict[str, Any] = {"_put": _put}
+    body = ["def build(row):"]
+    if not id_fields:
+        body.append("    d = {}")
+    elif len(id_fields) == 1:
+        ns["i0"] = id_fields[0][2]
+        body.append(f"    d = {{'_id': i0(row[{id_fields[0][1]}])}}")
+    else:
+        parts = []
+        for n, (col, idx, id_conv) in enumerate(id_fields):
+            ns[f"i{n}"] = id_conv
+            parts.append(f"{col!r}: i{n}(row[{idx}])")
+        body.append(f"    d = {{'_id': {{{', '.join(parts)}}}}}")
+    for n, f in enumerate(fields):
+        ns[f"c{n}"] = f.convert
+        ns[f"p{n}"] = f.path
+        expr = f"(v if v.__class__ is str else c{n}(v))" if f.convert is _string else f"c{n}(v)"
+        store = f"d[{f.name!r}] = " if len(f.path) == 1 else f"_put(d, p{n}, "
+        close = "" if len(f.path) == 1 else ")"
+        body.append(f"    v = row[{f.index}]")
+        if omit_nulls:
+            body.append(f"    if v is not None: {store}{expr}{close}")
+        else:
+            body.append(f"    {store}None if v is None else {expr}{close}")
+    body.append("    return d")
+    exec("\n".join(body), ns)  # code from our own field plan; names are repr()'d
+    return ns["build"]
+
+
 @dataclass
 class EmbedPlan:
     spec: EmbedSpec
@@ -106,6 +160,13 @@ class CollectionPlan:
     id_converters: list[Converter]
     embeds: list[EmbedPlan]
 
+    def __post_init__(self) -> None:
+        ids = [
+            (c, self.root.index[c], conv)
+            for c, conv in zip(self.pk, self.id_converters, strict=True)
+        ]
+        self._fast_root = _compile_builder(self.root.fields, self.root.omit_nulls, ids)
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -121,8 +182,11 @@ class CollectionPlan:
         return {c: conv(row[idx[c]]) for c, conv in zip(self.pk, self.id_converters, strict=True)}
 
     def document(self, row: Row, embedded: dict[str, Any]) -> dict[str, Any]:
-        doc: dict[str, Any] = {"_id": self.doc_id(row)}
-        doc.update(self.root.build(row))
+        try:
+            doc: dict[str, Any] = self._fast_root(row)
+        except Exception:  # the slow path names the column that failed
+            doc = {"_id": self.doc_id(row)}
+            doc.update(self.root.build(row))
         for e in self.embeds:
             val = embedded.get(e.name)
             if e.many:

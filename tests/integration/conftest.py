@@ -108,12 +108,21 @@ def env(stack: Stack, admin: Any, mongo: MongoClient[Any], tmp_path: Path) -> It
         e.cleanup()
 
 
-def migrator_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-                 check: int | None = None) -> subprocess.CompletedProcess[str]:
+def migrator_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, check: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (as a user would)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    p = subprocess.run([sys.executable, "-m", "migrator.cli.main", *args], capture_output=True,
-                       text=True, timeout=timeout, env=full_env, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "migrator.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO,
+    )
     if check is not None:
-        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        assert p.returncode == check, (
+            f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        )
     return p

@@ -22,16 +22,31 @@ def _v(x: Any) -> Any:
 
 def expected_orders(conn: Any, db: str) -> dict[int, dict[str, Any]]:
     cur = conn.cursor()
-    cur.execute(f"SELECT id, order_no, customer_id, status, total, note, created_at FROM `{db}`.orders")
+    cur.execute(
+        f"SELECT id, order_no, customer_id, status, total, note, created_at FROM `{db}`.orders"
+    )
     out = {}
     for oid, no, cust, status, total, note, created in cur.fetchall():
-        doc = {"_id": oid, "orderNo": no, "total": _v(total), "placedAt": _v(created), "id": oid,
-               "customer_id": cust, "status": status, "note": note}
+        doc = {
+            "_id": oid,
+            "orderNo": no,
+            "total": _v(total),
+            "placedAt": _v(created),
+            "id": oid,
+            "customer_id": cust,
+            "status": status,
+            "note": note,
+        }
         c2 = conn.cursor()
-        c2.execute(f"SELECT line_no, product_id, qty, unit_price FROM `{db}`.order_items "
-                   "WHERE order_id = %s ORDER BY line_no", (oid,))
-        doc["items"] = [{"line_no": a, "product_id": b, "qty": c, "unit_price": _v(d)}
-                        for a, b, c, d in c2.fetchall()]
+        c2.execute(
+            f"SELECT line_no, product_id, qty, unit_price FROM `{db}`.order_items "
+            "WHERE order_id = %s ORDER BY line_no",
+            (oid,),
+        )
+        doc["items"] = [
+            {"line_no": a, "product_id": b, "qty": c, "unit_price": _v(d)}
+            for a, b, c, d in c2.fetchall()
+        ]
         doc["customer"] = None
         if cust is not None:
             c2.execute(f"SELECT id, email, name FROM `{db}`.customers WHERE id = %s", (cust,))

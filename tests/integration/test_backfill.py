@@ -26,8 +26,9 @@ def make_shop(env, orders=120, chunk_size=10):
     conn = connect(parse_mysql_url(env.stack.mysql_url), database=False)
     create_shop(conn, env.db, customers=30, products=10, orders=orders)
     conn.close()
-    text = shop_mapping(env.url, env.stack.mongo_url, target_db=env.db, state_db=env.state_db,
-                        chunk_size=chunk_size)
+    text = shop_mapping(
+        env.url, env.stack.mongo_url, target_db=env.db, state_db=env.state_db, chunk_size=chunk_size
+    )
     path = env.tmp / "shop.yaml"
     path.write_text(text)
     return path
@@ -73,8 +74,21 @@ def test_rerun_after_completion_copies_nothing(env):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_then_rerun_resumes_and_leaves_exact_documents(env, workers):
     path = make_shop(env, orders=150, chunk_size=5)
-    cmd = [sys.executable, "-m", "migrator.cli.main", "backfill", "-m", str(path), "--json",
-           "--workers", str(workers), "--max-rows-per-sec", "60", "--collection", "orders"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "migrator.cli.main",
+        "backfill",
+        "-m",
+        str(path),
+        "--json",
+        "--workers",
+        str(workers),
+        "--max-rows-per-sec",
+        "60",
+        "--collection",
+        "orders",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -126,7 +140,9 @@ def test_dry_run_reads_everything_and_writes_nothing(env):
 def test_backfill_pauses_while_the_source_is_busy(env, stack):
     path = make_shop(env, orders=30)
     text = path.read_text().replace(
-        "backfill:\n", "throttle: {max_threads_running: 1, check_interval_seconds: 0.2}\nbackfill:\n")
+        "backfill:\n",
+        "throttle: {max_threads_running: 1, check_interval_seconds: 0.2}\nbackfill:\n",
+    )
     path.write_text(text)
     busy = connect(parse_mysql_url(stack.mysql_url), database=False)
     t = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(2)"))
@@ -144,16 +160,17 @@ def test_backfill_pauses_while_the_source_is_busy(env, stack):
 
 def test_max_rows_per_sec_throttles(env):
     path = make_shop(env, orders=40, chunk_size=10)
-    summary = backfill(load_mapping(path), workers=1, max_rows_per_sec=100,
-                       collections=["orders"])
+    summary = backfill(load_mapping(path), workers=1, max_rows_per_sec=100, collections=["orders"])
     # 40 rows at 100 rows/s: the limiter must have slept (not a timing assert on the total)
     assert summary.throttled_seconds > 0 and summary.rows == 40
 
 
 def test_oversized_and_unconvertible_rows_go_to_dead_letters(env):
-    env.sql("CREATE TABLE big (id INT PRIMARY KEY, d DECIMAL(40,0), blobby LONGBLOB)",
-            "INSERT INTO big VALUES (1, 1, NULL), (2, 1234567890123456789012345678901234567890, NULL), "
-            "(3, 3, NULL)")
+    env.sql(
+        "CREATE TABLE big (id INT PRIMARY KEY, d DECIMAL(40,0), blobby LONGBLOB)",
+        "INSERT INTO big VALUES (1, 1, NULL), (2, 1234567890123456789012345678901234567890, NULL), "
+        "(3, 3, NULL)",
+    )
     env.sql("UPDATE big SET blobby = REPEAT('x', 17 * 1024 * 1024) WHERE id = 3")
     path = env.mapping("  - {name: big, from: big}\n")
     p = migrator_cmd("backfill", "-m", str(path), "--json", check=1)

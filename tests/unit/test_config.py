@@ -53,14 +53,19 @@ def test_env_default(monkeypatch):
     [
         (("many: true", "many: maybe"), "x.yaml:12 collections[0].embed[0].many"),
         (("type: decimal", "type: money"), "x.yaml:9 collections[0].fields.total"),
-        (("    from: orders\n", "    form: orders\n"), "x.yaml:6 collections[0].form: is not a known key"),
+        (
+            ("    from: orders\n", "    form: orders\n"),
+            "x.yaml:6 collections[0].form: is not a known key",
+        ),
         (("    from: orders\n", ""), "collections[0].from: is required but missing"),
         (('url: "mongodb://mongo:27017"', 'url: "http://mongo"'), "x.yaml:3 target.url"),
         (('"mysql://app', '"postgres://app'), "x.yaml:2 source.url: expected a mysql:// URL"),
         (("version: 1", "version: 2"), "x.yaml:1 version"),
         (("orderNo: order_no", "_id: order_no"), "collections[0].fields: _id is the primary key"),
-        (("many: true, order_by: [line_no]", "many: false, order_by: [line_no]"),
-         "order_by applies only to many: true"),
+        (
+            ("many: true, order_by: [line_no]", "many: false, order_by: [line_no]"),
+            "order_by applies only to many: true",
+        ),
     ],
 )
 def test_validation_errors_name_file_line_and_key(monkeypatch, change, expected):
@@ -91,5 +96,7 @@ def test_unreadable_file(tmp_path):
 def test_where_points_at_nested_keys(monkeypatch):
     monkeypatch.setenv("DB_PW", "pw")
     m = parse_mapping(GOOD, "shop.yaml")
-    assert m.where("collections", 0, "embed", 0, "from") == "shop.yaml:12 collections[0].embed[0].from"
+    assert (
+        m.where("collections", 0, "embed", 0, "from") == "shop.yaml:12 collections[0].embed[0].from"
+    )
     assert m.where("collections", 0, "exclude", 0) == "shop.yaml:10 collections[0].exclude[0]"

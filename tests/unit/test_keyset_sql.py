@@ -11,8 +11,9 @@ def test_single_column_range():
 
 def test_composite_range():
     sql, args = range_clause(["a", "b"], (1, "x"), (2, "y"))
-    assert sql == ("((`a` > %s) OR (`a` = %s AND `b` > %s)) AND "
-                   "((`a` < %s) OR (`a` = %s AND `b` <= %s))")
+    assert sql == (
+        "((`a` > %s) OR (`a` = %s AND `b` > %s)) AND ((`a` < %s) OR (`a` = %s AND `b` <= %s))"
+    )
     assert args == [1, 1, "x", 2, 2, "y"]
 
 

@@ -12,28 +12,54 @@ from migrator.source.schema import Column, Schema, Table
 
 
 def schema() -> Schema:
-    orders = Table("orders", [
-        Column("id", "bigint", "bigint(20)"), Column("order_no", "varchar", "varchar(20)"),
-        Column("customer_id", "int", "int(11)"), Column("total", "decimal", "decimal(12,2)"),
-        Column("city", "varchar", "varchar(20)"), Column("legacy", "tinyint", "tinyint(4)"),
-        Column("created_at", "datetime", "datetime"),
-    ], primary_key=["id"])
-    items = Table("order_items", [
-        Column("order_id", "bigint", "bigint(20)"), Column("line_no", "smallint", "smallint(6)"),
-        Column("qty", "int", "int(11)"),
-    ], primary_key=["order_id", "line_no"])
-    customers = Table("customers", [
-        Column("id", "int", "int(11)"), Column("email", "varchar", "varchar(100)"),
-        Column("vip", "tinyint", "tinyint(1)"),
-    ], primary_key=["id"])
-    pairs = Table("pairs", [Column("a", "int", "int(11)"), Column("b", "varchar", "varchar(5)"),
-                            Column("v", "int", "int(11)")], primary_key=["a", "b"])
+    orders = Table(
+        "orders",
+        [
+            Column("id", "bigint", "bigint(20)"),
+            Column("order_no", "varchar", "varchar(20)"),
+            Column("customer_id", "int", "int(11)"),
+            Column("total", "decimal", "decimal(12,2)"),
+            Column("city", "varchar", "varchar(20)"),
+            Column("legacy", "tinyint", "tinyint(4)"),
+            Column("created_at", "datetime", "datetime"),
+        ],
+        primary_key=["id"],
+    )
+    items = Table(
+        "order_items",
+        [
+            Column("order_id", "bigint", "bigint(20)"),
+            Column("line_no", "smallint", "smallint(6)"),
+            Column("qty", "int", "int(11)"),
+        ],
+        primary_key=["order_id", "line_no"],
+    )
+    customers = Table(
+        "customers",
+        [
+            Column("id", "int", "int(11)"),
+            Column("email", "varchar", "varchar(100)"),
+            Column("vip", "tinyint", "tinyint(1)"),
+        ],
+        primary_key=["id"],
+    )
+    pairs = Table(
+        "pairs",
+        [
+            Column("a", "int", "int(11)"),
+            Column("b", "varchar", "varchar(5)"),
+            Column("v", "int", "int(11)"),
+        ],
+        primary_key=["a", "b"],
+    )
     nopk = Table("nopk", [Column("x", "int", "int(11)")], primary_key=[])
     return Schema("shop", {t.name: t for t in (orders, items, customers, pairs, nopk)})
 
 
 HEAD = 'version: 1\nsource: {url: "mysql://u@h/shop"}\ntarget: {url: "mongodb://m"}\ncollections:\n'
-ORDERS = HEAD + """\
+ORDERS = (
+    HEAD
+    + """\
   - name: orders
     from: orders
     fields: {orderNo: order_no, address.city: city, placedAt: created_at}
@@ -42,6 +68,7 @@ ORDERS = HEAD + """\
       - {as: items, from: order_items, on: {order_id: id}, order_by: [line_no], exclude: [order_id]}
       - {as: customer, from: customers, on: {id: customer_id}, many: false}
 """
+)
 
 
 def compile_(text: str):
@@ -61,13 +88,17 @@ def test_document_with_renames_nesting_and_embeds():
     }
     [doc] = plan.documents([row], children)
     assert doc == {
-        "_id": 7, "orderNo": "SO-7", "address": {"city": "Paris"},
-        "placedAt": datetime(2024, 1, 2, 3, 4, 5), "id": 7, "customer_id": 3,
+        "_id": 7,
+        "orderNo": "SO-7",
+        "address": {"city": "Paris"},
+        "placedAt": datetime(2024, 1, 2, 3, 4, 5),
+        "id": 7,
+        "customer_id": 3,
         "total": Decimal128("10.50"),
         "items": [{"line_no": 1, "qty": 2}, {"line_no": 2, "qty": 1}],
         "customer": {"id": 3, "email": "a@b.c", "vip": True},
     }
-    assert list(doc)[0] == "_id"
+    assert next(iter(doc)) == "_id"
 
 
 def test_missing_children_and_null_parent():
@@ -92,8 +123,11 @@ def test_conversion_errors_go_to_the_handler_and_the_rest_is_kept():
     t = HEAD + "  - {name: c, from: customers, fields: {meta: {column: email, type: json}}}\n"
     plan = compile_(t).collection("c")
     bad: list = []
-    docs = plan.documents([(b"1", "{oops", b"0"), (b"2", '{"a": 1}', b"1")], {},
-                          on_error=lambda row, exc: bad.append((row[0], exc.message)))
+    docs = plan.documents(
+        [(b"1", "{oops", b"0"), (b"2", '{"a": 1}', b"1")],
+        {},
+        on_error=lambda row, exc: bad.append((row[0], exc.message)),
+    )
     assert [d["_id"] for d in docs] == [2]
     assert bad[0][0] == b"1" and "customers.email" in bad[0][1] and "not valid JSON" in bad[0][1]
     with pytest.raises(ConversionError):
@@ -103,20 +137,38 @@ def test_conversion_errors_go_to_the_handler_and_the_rest_is_kept():
 @pytest.mark.parametrize(
     ("collection", "expected"),
     [
-        ("  - {name: x, from: nosuch}\n", "m.yaml:5 collections[0].from: table 'nosuch' does not exist"),
+        (
+            "  - {name: x, from: nosuch}\n",
+            "m.yaml:5 collections[0].from: table 'nosuch' does not exist",
+        ),
         ("  - {name: x, from: nopk}\n", "table 'nopk' has no primary key"),
-        ("  - {name: x, from: orders, exclude: [nope]}\n",
-         "collections[0].exclude[0]: table 'orders' has no column 'nope'"),
-        ("  - {name: x, from: orders, fields: {a: nope}}\n",
-         "collections[0].fields.a: table 'orders' has no column 'nope'"),
-        ("  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {nope: id}}]}\n",
-         "collections[0].embed[0].on.nope: table 'order_items' has no column 'nope'"),
-        ("  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {order_id: nope}}]}\n",
-         "root table 'orders' has no column 'nope'"),
-        ("  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {order_id: id}, "
-         "exclude: [line_no]}]}\n", "the primary key column 'line_no' of 'order_items' must stay"),
-        ("  - {name: x, from: orders, embed: [{as: city, from: customers, on: {id: customer_id}, "
-         "many: false}]}\n", "embed 'city' has the same name as a field"),
+        (
+            "  - {name: x, from: orders, exclude: [nope]}\n",
+            "collections[0].exclude[0]: table 'orders' has no column 'nope'",
+        ),
+        (
+            "  - {name: x, from: orders, fields: {a: nope}}\n",
+            "collections[0].fields.a: table 'orders' has no column 'nope'",
+        ),
+        (
+            "  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {nope: id}}]}\n",
+            "collections[0].embed[0].on.nope: table 'order_items' has no column 'nope'",
+        ),
+        (
+            "  - {name: x, from: orders, embed: "
+            "[{as: i, from: order_items, on: {order_id: nope}}]}\n",
+            "root table 'orders' has no column 'nope'",
+        ),
+        (
+            "  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {order_id: id}, "
+            "exclude: [line_no]}]}\n",
+            "the primary key column 'line_no' of 'order_items' must stay",
+        ),
+        (
+            "  - {name: x, from: orders, embed: "
+            "[{as: city, from: customers, on: {id: customer_id}, many: false}]}\n",
+            "embed 'city' has the same name as a field",
+        ),
     ],
 )
 def test_schema_errors_name_file_line_and_key(collection, expected):

@@ -101,7 +101,11 @@ def test_time_text_with_milliseconds():
 def test_json_keeps_big_integers_and_structure():
     c = conv("json")
     v = c('{"a": 12345678901234567890, "b": [1, 2.5, null, true], "c": {"d": "é"}}')
-    assert v == {"a": Decimal128("12345678901234567890"), "b": [1, 2.5, None, True], "c": {"d": "é"}}
+    assert v == {
+        "a": Decimal128("12345678901234567890"),
+        "b": [1, 2.5, None, True],
+        "c": {"d": "é"},
+    }
     assert c("-9223372036854775808") == -9223372036854775808
     assert c('"text"') == "text"
     with pytest.raises(ConversionError, match="not valid JSON"):
@@ -116,4 +120,33 @@ def test_overrides():
     assert override_converter(tiny, "int")(b"7") == 7
     assert override_converter(Column("c", "int", "int(11)"), "bool")(b"0") is False
     assert override_converter(Column("c", "varchar", "varchar(9)"), "json")('{"x": 1}') == {"x": 1}
-    assert override_converter(Column("c", "varbinary", "varbinary(9)"), "string")(b"\x01\xff") == "01ff"
+    assert (
+        override_converter(Column("c", "varbinary", "varbinary(9)"), "string")(b"\x01\xff")
+        == "01ff"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0",
+        "-0",
+        "0.00",
+        "-0.00",
+        "1.50",
+        "-1.50",
+        "99999999.99",
+        "123456789012345678901234.0123456789",
+        "-999999999999999999999999.9999999999",
+        "0.0000000001",
+        "1234567890123456789012345678901234",
+        "000123.4500",
+        "5",
+        "-5.000000000000000000000000000000",
+    ],
+)
+def test_fast_decimal128_encoding_equals_bson_reference(text):
+    fast = conv("decimal", "decimal(65,30)")(text.encode())
+    ref = Decimal128(text)
+    assert fast.bid == ref.bid, (fast, ref)
+    assert str(fast) == str(ref)

@@ -11,7 +11,13 @@ def test_redact_hides_every_password():
 
 def test_parse_mysql_url():
     u = parse_mysql_url("mysql://app:p%40ss@db.example:3307/shop?ssl=1")
-    assert (u.host, u.port, u.user, u.password, u.database) == ("db.example", 3307, "app", "p@ss", "shop")
+    assert (u.host, u.port, u.user, u.password, u.database) == (
+        "db.example",
+        3307,
+        "app",
+        "p@ss",
+        "shop",
+    )
     assert "p@ss" not in str(u) and "p@ss" not in repr(u)
 
 

@@ -1,0 +1,95 @@
+"""Bad inputs give clear errors (file:line key, host and setting) and exit 2; no secrets shown."""
+
+from __future__ import annotations
+
+import socket
+
+from migrator.sandbox import free_port
+
+from .conftest import migrator_cmd
+
+
+def test_unknown_table_names_file_line_and_key(env):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY)")
+    path = env.mapping("  - name: t\n    from: t\n  - name: x\n    from: nosuch\n")
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert f"{path}:9 collections[1].from: table 'nosuch' does not exist" in p.stderr
+    assert "tables: t" in p.stderr
+
+
+def test_unknown_column_names_file_line_and_key(env):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY, a INT)")
+    path = env.mapping("  - name: t\n    from: t\n    fields:\n      b: nope\n")
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert f"{path}:9 collections[0].fields.b: table 't' has no column 'nope'" in p.stderr
+    assert "columns: id, a" in p.stderr
+
+
+def test_table_without_primary_key(env):
+    env.sql("CREATE TABLE t (a INT)")
+    path = env.mapping("  - name: t\n    from: t\n")
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert "table 't' has no primary key" in p.stderr and "ADD PRIMARY KEY" in p.stderr
+    p = migrator_cmd("plan", "-m", str(path), "--json", check=1)
+    assert "table 't' has no primary key" in p.stdout
+
+
+def test_unreachable_mysql_names_host_and_setting(env, tmp_path):
+    port = free_port()
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        env.mapping("  - {name: t, from: t}\n")
+        .read_text()
+        .replace(env.url, f"mysql://u:topsecret@127.0.0.1:{port}/db")
+    )
+    p = migrator_cmd("plan", "-m", str(path), check=2)
+    assert f"cannot reach MySQL at 127.0.0.1:{port} (source.url)" in p.stderr
+    assert "topsecret" not in p.stderr + p.stdout
+
+
+def test_wrong_password_says_access_denied_without_the_password(env, tmp_path):
+    user_url = "mysql://migrator:WRONGpw@" + env.url.split("@", 1)[1]
+    path = tmp_path / "m.yaml"
+    path.write_text(env.mapping("  - {name: t, from: t}\n").read_text().replace(env.url, user_url))
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert "refused user 'migrator' (source.url): access denied" in p.stderr
+    assert "WRONGpw" not in p.stderr + p.stdout
+
+
+def test_unreachable_mongo_names_host_and_setting(env, tmp_path):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        env.mapping("  - {name: t, from: t}\n")
+        .read_text()
+        .replace(
+            env.stack.mongo_url,
+            f"mongodb://admin:hush@127.0.0.1:{port}/?serverSelectionTimeoutMS=500",
+        )
+    )
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert f"cannot reach MongoDB at 127.0.0.1:{port} (target.url)" in p.stderr
+    assert "hush" not in p.stderr + p.stdout
+
+
+def test_invalid_mapping_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "version: 1\nsource: {url: mysql://h/db}\ntarget: {url: mongodb://m}\n"
+        "collections:\n  - {name: a, from: b, embed: [{as: x, from: y}]}\n"
+    )
+    p = migrator_cmd("plan", "-m", str(path), check=2)
+    assert f"{path}:5 collections[0].embed[0].on: is required but missing" in p.stderr
+
+
+def test_missing_mapping_file(tmp_path):
+    p = migrator_cmd("backfill", "-m", str(tmp_path / "nope.yaml"), check=2)
+    assert "cannot read mapping file" in p.stderr
+
+
+def test_usage_error_exits_2():
+    p = migrator_cmd("backfill", "--workers", "0", "-m", "x.yaml", check=2)
+    assert "--workers" in p.stderr

@@ -1,0 +1,70 @@
+"""`migrator stack up|status|down` and `migrator demo`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import MySQLdb
+from pymongo import MongoClient
+
+from migrator.urls import parse_mysql_url
+
+from .conftest import migrator_cmd
+
+
+def _no_given_servers() -> dict[str, str]:
+    # The stack command must start its own servers here, even when the suite was given URLs.
+    return {
+        k: ""
+        for k in (
+            "MIGRATOR_TEST_MYSQL_URL",
+            "MIGRATOR_TEST_MONGO_URL",
+            "MIGRATOR_STACK_MYSQL_URL",
+            "MIGRATOR_STACK_MONGO_URL",
+        )
+    }
+
+
+def test_stack_up_status_down(tmp_path):
+    d = str(tmp_path / "stack")
+    env = _no_given_servers()
+    p = migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0)
+    urls = json.loads(p.stdout)
+    try:
+        assert set(urls) == {"mysql_url", "mongo_url", "kafka_bootstrap"}
+        u = parse_mysql_url(urls["mysql_url"])
+        conn = MySQLdb.connect(host=u.host, port=u.port, user=u.user, passwd=u.password)
+        cur = conn.cursor()
+        cur.execute("SELECT @@binlog_format, @@binlog_row_image, @@binlog_row_metadata")
+        assert cur.fetchone() == ("ROW", "FULL", "FULL")
+        conn.close()
+        with MongoClient(urls["mongo_url"], serverSelectionTimeoutMS=5000) as c:
+            assert c.admin.command("ping")["ok"] == 1
+        # a second `up` reports the running stack instead of starting another
+        again = json.loads(
+            migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0).stdout
+        )
+        assert again == urls
+        st = json.loads(migrator_cmd("stack", "status", "--dir", d, "--json", check=0).stdout)
+        assert st["up"] is True and all(p["alive"] for p in st["processes"])
+        pids = [p["pid"] for p in st["processes"]]
+    finally:
+        migrator_cmd("stack", "down", "--dir", d, check=0)
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"pid {pid} still running after stack down"
+    st = migrator_cmd("stack", "status", "--dir", d, "--json", check=1)
+    assert json.loads(st.stdout) == {"up": False}
+
+
+def test_demo_runs_a_whole_backfill_on_its_own_servers():
+    p = migrator_cmd("demo", "--orders", "60", env=_no_given_servers(), check=0)
+    assert "MySQL rows -> MongoDB documents" in p.stdout
+    assert "orders     │   60 │        60" in p.stdout.replace("┃", "│")
+    assert '"items": [' in p.stdout and '"customer": {' in p.stdout
+    assert "demo finished" in p.stdout
