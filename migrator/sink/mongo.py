@@ -48,9 +48,11 @@ def host_of(url: str) -> str:
 def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> MongoClient[Any]:
     """A client that has answered a ping, or a ConnectError naming the host and the setting."""
     try:
-        client: MongoClient[Any] = MongoClient(
-            url, serverSelectionTimeoutMS=timeout_ms, tz_aware=False, appname="migrator"
-        )
+        # A timeout written in the URL wins over ours.
+        opts: dict[str, Any] = {"tz_aware": False, "appname": "migrator"}
+        if "serverselectiontimeoutms" not in url.lower():
+            opts["serverSelectionTimeoutMS"] = timeout_ms
+        client: MongoClient[Any] = MongoClient(url, **opts)
         client.admin.command("ping")
         return client
     except ConfigurationError as exc:
