@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import bson
+import MySQLdb
 
 from .config import Mapping
 from .errors import CheckFailed, MigratorError
@@ -107,8 +108,7 @@ class ChunkWorker:
         self.transform: Transform = compile_transform(mapping, schema)
         self.dry_run = dry_run
         self.limiter = RateLimiter(rows_per_sec)
-        self.conn = mysql_connect(parse_mysql_url(mapping.source.url), raw=True)
-        self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
+        self._connect_source()
         self.state: StateStore | None = None
         self.target = None
         if not dry_run:
@@ -116,12 +116,29 @@ class ChunkWorker:
             self.target = client[mapping.target_database]
             self.state = StateStore(client, mapping.state.database)
 
+    def _read(self, chunk: Chunk) -> tuple[list[Any], dict[str, Any]]:
+        """Root rows and embedded rows of a chunk; reconnects when the source dropped us."""
+        for attempt in range(4):
+            reader = self.readers[chunk.collection]
+            try:
+                rows = reader.read_rows(chunk.lo, chunk.hi)
+                return rows, (reader.read_embeds(rows) if rows else {})
+            except MySQLdb.OperationalError as exc:
+                if exc.args[0] not in (2006, 2013) or attempt == 3:
+                    raise MigratorError(f"reading chunk {chunk.describe()}: {exc}") from None
+                time.sleep(0.5 * 2**attempt)
+                self._connect_source()
+        raise AssertionError("unreachable")
+
+    def _connect_source(self) -> None:
+        self.conn = mysql_connect(parse_mysql_url(self.mapping.source.url), raw=True)
+        self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
+
     def run(self, chunk: Chunk) -> ChunkResult:
         t0 = time.monotonic()
         reader = self.readers[chunk.collection]
         plan: CollectionPlan = reader.plan
-        rows = reader.read_rows(chunk.lo, chunk.hi)
-        children = reader.read_embeds(rows) if rows else {}
+        rows, children = self._read(chunk)
         dead: list[tuple[Any, str, Any]] = []
 
         def on_error(row: Any, exc: MigratorError) -> None:
@@ -201,7 +218,7 @@ def _worker_main(
             if os.getppid() != parent:  # orphaned by a kill -9 of the coordinator
                 return
             continue
-        if chunk is None:
+        if chunk is None or os.getppid() != parent:
             return
         while paused.is_set():
             if os.getppid() != parent:
@@ -253,7 +270,9 @@ def backfill(
         client = mongo_connect(mapping.target.url)
         state = StateStore(client, mapping.state.database)
         if restart:
-            state.reset_backfill()
+            # A partial restart keeps the recorded position: CDC must still start before the
+            # other collections' copies.
+            state.reset_backfill([p.name for p in plans] if collections else None)
             for p in plans:
                 client[mapping.target_database][p.name].delete_many({})
         position = state.backfill_position()
@@ -306,8 +325,8 @@ def backfill(
                     hi=tuple(c["hi"]) if c["hi"] is not None else None,
                 )
             )
-        est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size)
-        done_rows = min(est, cs.chunks_skipped * chunk_size)
+        done_rows = state.done_rows(p.name) if state and cs.chunks_skipped else 0
+        est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size, done_rows)
         progress.start(p.name, est, done_rows)
         if cs.chunks_skipped:
             progress.note(

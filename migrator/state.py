@@ -93,7 +93,16 @@ class StateStore:
             )
         )
 
-    def reset_backfill(self) -> None:
+    def done_rows(self, collection: str) -> int:
+        done = self.chunks.find({"collection": collection, "done": True}, {"rows": 1})
+        return sum(int(c.get("rows", 0)) for c in done)
+
+    def reset_backfill(self, collections: list[str] | None = None) -> None:
+        """Forget checkpoints: of some collections, or of everything including the position."""
+        if collections:
+            self.chunks.delete_many({"collection": {"$in": collections}})
+            self.backfill.delete_many({"_id": {"$in": collections}})
+            return
         self.chunks.delete_many({})
         self.backfill.delete_many({})
         self.meta.delete_one({"_id": "backfill_position"})

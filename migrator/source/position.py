@@ -24,6 +24,7 @@ def current_position(conn: Any) -> dict[str, Any]:
             hint="start the server with log-bin and binlog-format=ROW",
         )
     file, pos = _s(rows[0][0]), int(rows[0][1])
+    at = datetime.now(UTC).replace(tzinfo=None)
     maria = is_mariadb(conn)
     gtid_var = "gtid_binlog_pos" if maria else "gtid_executed"
     gtid = variables(conn, gtid_var).get(gtid_var, "")
@@ -32,5 +33,5 @@ def current_position(conn: Any) -> dict[str, Any]:
         "pos": pos,
         "gtid": gtid.replace("\n", ""),
         "flavor": "mariadb" if maria else "mysql",
-        "at": datetime.now(UTC).replace(tzinfo=None),
+        "at": at.replace(microsecond=at.microsecond // 1000 * 1000),  # as BSON stores it
     }

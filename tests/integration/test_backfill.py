@@ -185,3 +185,28 @@ def test_oversized_and_unconvertible_rows_go_to_dead_letters(env):
 def test_schema_of_demo_is_created_in_order(admin):
     # guard: SCHEMA statements are ordered so FKs resolve (used by demo and tests)
     assert [s.split()[2] for s in SCHEMA] == ["customers", "products", "orders", "order_items"]
+
+
+def test_a_dropped_source_connection_is_reconnected_mid_backfill(env, stack):
+    from migrator.backfill import Chunk, ChunkWorker
+    from migrator.source.schema import introspect
+
+    path = make_shop(env, orders=20)
+    mapping = load_mapping(path)
+    schema = introspect(env.admin, env.db)
+    worker = ChunkWorker(mapping, schema, dry_run=True)
+    first = worker.run(Chunk("orders/0", "orders", 0, None, (10,)))
+    env.admin.cursor().execute(f"KILL CONNECTION {worker.conn.thread_id()}")
+    second = worker.run(Chunk("orders/1", "orders", 1, (10,), None))
+    assert (first.rows, second.rows) == (10, 10)
+
+
+def test_partial_restart_keeps_the_position_and_other_collections(env):
+    path = make_shop(env, orders=30)
+    first = backfill(load_mapping(path), workers=1)
+    again = backfill(load_mapping(path), workers=1, restart=True, collections=["orders"])
+    assert again.position == first.position
+    assert [c.name for c in again.collections] == ["orders"] and again.rows == 30
+    assert env.state.backfill.find_one({"_id": "customers"})["status"] == "complete"
+    assert env.target.customers.count_documents({}) == 30
+    assert_orders_exact(env)

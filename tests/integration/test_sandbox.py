@@ -27,8 +27,9 @@ def test_kafka_broker_accepts_records(tmp_path):
 def test_a_server_that_dies_while_starting_shows_its_log_tail(tmp_path):
     log = tmp_path / "server.log"
     with open(log, "wb") as fh:
-        popen = subprocess.Popen(["sh", "-c", "echo 'fatal: bad config line 3' >&2; exit 3"],
-                                 stderr=fh)
+        popen = subprocess.Popen(
+            ["sh", "-c", "echo 'fatal: bad config line 3' >&2; exit 3"], stderr=fh
+        )
     popen.wait()
     proc = Proc("fake", popen.pid, str(log))
     with pytest.raises(SandboxError) as e:
