@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from ..backfill import BackfillSummary, backfill
@@ -63,30 +65,22 @@ def backfill_cmd(
 
     Example: migrator backfill -m shop.yaml --workers 2 --max-rows-per-sec 20000
     """
-    mapping = load(mapping_path)
+    run = functools.partial(
+        backfill,
+        load(mapping_path),
+        workers=workers,
+        chunk_size=chunk_size,
+        max_rows_per_sec=max_rows_per_sec,
+        restart=restart,
+        dry_run=dry_run,
+        collections=list(collections) or None,
+    )
     if as_json:
-        summary = backfill(
-            mapping,
-            workers=workers,
-            chunk_size=chunk_size,
-            max_rows_per_sec=max_rows_per_sec,
-            restart=restart,
-            dry_run=dry_run,
-            collections=list(collections) or None,
-        )
+        summary = run()
         print_json(summary.to_dict())
     else:
         with render.RichProgress(err) as progress:
-            summary = backfill(
-                mapping,
-                workers=workers,
-                chunk_size=chunk_size,
-                max_rows_per_sec=max_rows_per_sec,
-                restart=restart,
-                dry_run=dry_run,
-                collections=list(collections) or None,
-                progress=progress,
-            )
+            summary = run(progress=progress)
         print_summary(summary)
     raise SystemExit(1 if summary.dead_letters else 0)
 
