@@ -4,7 +4,9 @@ Any machine can resume from it. Collections:
 - `backfill`: one document per collection: status, the binlog position recorded before reading,
   chunk counts, timings;
 - `chunks`: the chunk plan, one document per chunk, marked done after MongoDB acknowledged it;
-- `dead_letters`: rows or events that could not be applied, with the reason and the position.
+- `dead_letters`: rows or events that could not be applied, with the reason and the position;
+- `pending`: CDC changes of embedded children waiting for their parent document;
+- `meta`: the backfill position, the CDC checkpoint and the CDC status (lag, counters).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class StateStore:
         self.chunks = self.db["chunks"]
         self.dead_letters = self.db["dead_letters"]
         self.meta = self.db["meta"]
+        self.pending = self.db["pending"]
 
     def ensure_indexes(self) -> None:
         with_retry(
@@ -106,6 +109,22 @@ class StateStore:
         self.chunks.delete_many({})
         self.backfill.delete_many({})
         self.meta.delete_one({"_id": "backfill_position"})
+
+    # -- CDC checkpoint and lag ---------------------------------------------------------------
+    def cdc_checkpoint(self) -> dict[str, Any] | None:
+        doc = self.meta.find_one({"_id": "cdc_checkpoint"})
+        return doc["position"] if doc else None
+
+    def save_cdc_checkpoint(self, position: dict[str, Any], **info: Any) -> None:
+        doc = {"_id": "cdc_checkpoint", "position": position, "saved_at": now(), **info}
+        with_retry(lambda: self.meta.replace_one({"_id": "cdc_checkpoint"}, doc, upsert=True))
+
+    def save_cdc_status(self, **status: Any) -> None:
+        doc = {"_id": "cdc_status", "updated_at": now(), **status}
+        with_retry(lambda: self.meta.replace_one({"_id": "cdc_status"}, doc, upsert=True))
+
+    def cdc_status(self) -> dict[str, Any] | None:
+        return self.meta.find_one({"_id": "cdc_status"})
 
     # -- dead letters ------------------------------------------------------------------------
     def dead_letter(

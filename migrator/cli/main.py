@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .backfill import backfill_cmd
+from .cdc import cdc_cmd, sync_cmd
 from .demo import demo_cmd
 from .init import init_cmd
 from .plan import plan_cmd
@@ -37,6 +38,8 @@ cli.add_command(stack_group)
 cli.add_command(init_cmd)
 cli.add_command(plan_cmd)
 cli.add_command(backfill_cmd)
+cli.add_command(cdc_cmd)
+cli.add_command(sync_cmd)
 cli.add_command(demo_cmd)
 
 

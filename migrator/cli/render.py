@@ -93,3 +93,30 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     for r in rows:
         t.add_row(*[str(v) for v in r])
     return t
+
+
+class CdcView:
+    """A live line for CDC: events/s, lag, queue depth, dead letters, position."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self.live = Live(Text("starting CDC…"), console=console, refresh_per_second=4,
+                         transient=True)
+
+    def __enter__(self) -> CdcView:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.stop()
+
+    def update(self, s: Any) -> None:
+        lag_style = "green" if s.lag_seconds < 2 else "yellow" if s.lag_seconds < 30 else "red"
+        self.live.update(Text.assemble(
+            ("CDC ", "bold"), f"{s.events:,} events  {s.events_per_sec:,.0f}/s  ",
+            ("lag ", "bold"), (f"{s.lag_seconds:.1f}s", lag_style),
+            f"  queue {s.queue_depth}  ", ("DLQ ", "bold"),
+            (str(s.dead_letters), "red" if s.dead_letters else "green"),
+            f"  pending {s.pending}  at {s.position}"))

@@ -1,0 +1,1 @@
+"""Change data capture: sources (binlog, Debezium) -> ChangeEvent -> applier -> MongoDB."""

@@ -1,0 +1,208 @@
+"""The binlog source: python-mysql-replication -> Transactions of normalised ChangeEvents.
+
+Rules learned the hard way (STACK.md): a position is only worth saving at a commit (XidEvent);
+MariaDB positions by GTID (its file/pos dump ignores the file name); the library's own
+reconnect re-delivers from its first position, so reconnects are done here, from the last
+commit seen; `blocking=True` with server heartbeats so an idle stream still wakes us up.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pymysql
+import pymysqlreplication.binlogstream as _binlogstream
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import (
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+from ..errors import CheckFailed, ConnectError, MigratorError
+from ..source.schema import Schema
+from ..urls import MySQLURL
+from .events import DDL, ChangeEvent, Position, Transaction
+from .normalize import RowNormaliser
+
+# Let connection errors reach us instead of the library's reconnect-from-the-start.
+_binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
+
+_NOT_DDL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|XA |SAVEPOINT|SET |FLUSH )", re.I)
+_PURGED = 1236
+
+
+class Heartbeat:
+    """The stream is idle at `position` (nothing pending)."""
+
+    def __init__(self, position: Position) -> None:
+        self.position = position
+
+
+def merge_gtid(current: str | None, gtid: str) -> str:
+    """MariaDB GTID position: one domain-server-seq per domain, the last one seen wins."""
+    domains: dict[str, str] = {}
+    for part in (current or "").split(","):
+        part = part.strip()
+        if part:
+            domains[part.split("-", 1)[0]] = part
+    domains[gtid.split("-", 1)[0]] = gtid
+    return ",".join(domains[d] for d in sorted(domains, key=int))
+
+
+class BinlogSource:
+    """Yields Transaction, DDL and Heartbeat items from a start position, reconnecting itself."""
+
+    def __init__(self, url: MySQLURL, schema: Schema, tables: set[str], start: Position, *,
+                 server_id: int = 0, flavor: str = "mariadb", heartbeat: float = 1.0) -> None:
+        self.url = url
+        self.schema = schema
+        self.tables = tables
+        self.position = start  # the last commit delivered
+        self.flavor = flavor
+        self.server_id = server_id or 100_000 + int(time.time()) % 100_000
+        self.heartbeat = heartbeat
+        self.normalisers = {t: RowNormaliser(schema.tables[t]) for t in tables}
+        self._stream: BinLogStreamReader | None = None
+        self.reconnects = 0
+
+    def set_schema(self, schema: Schema) -> None:
+        self.schema = schema
+        self.normalisers = {t: RowNormaliser(schema.tables[t]) for t in self.tables}
+
+    # -- connection --------------------------------------------------------------------------
+    def _open(self) -> BinLogStreamReader:
+        settings = {"host": self.url.host, "port": self.url.port, "user": self.url.user,
+                    "passwd": self.url.password, "charset": "utf8mb4"}
+        kwargs: dict[str, Any] = dict(
+            connection_settings=settings, server_id=self.server_id, blocking=True,
+            slave_heartbeat=self.heartbeat, only_schemas=[self.schema.database],
+            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
+                         RotateEvent, HeartbeatLogEvent, MariadbGtidEvent, GtidEvent],
+        )
+        p = self.position
+        if self.flavor == "mariadb" and p.gtid:
+            kwargs.update(is_mariadb=True, auto_position=p.gtid)
+        elif p.file:
+            # MySQL, or MariaDB without GTID: a classic file/pos dump
+            kwargs.update(is_mariadb=False, log_file=p.file, log_pos=p.pos, resume_stream=True)
+        else:
+            raise MigratorError("no binlog position to start CDC from",
+                                hint="run `migrator backfill` first: it records the position")
+        return BinLogStreamReader(**kwargs)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except Exception:  # closing a dead socket
+                pass
+            self._stream = None
+
+    # -- reading -----------------------------------------------------------------------------
+    def items(self) -> Iterator[Transaction | DDL | Heartbeat]:
+        """Everything after `self.position`, forever (the caller stops iterating)."""
+        delay = 0.5
+        while True:
+            try:
+                yield from self._read()
+                return
+            except pymysql.err.OperationalError as exc:
+                code = exc.args[0] if exc.args else 0
+                self.close()
+                if code == _PURGED:
+                    raise CheckFailed(
+                        f"the source no longer has the binlog position CDC needs "
+                        f"({self.position}): {exc.args[1] if len(exc.args) > 1 else exc}",
+                        hint="the binlogs were purged: run `migrator backfill --restart` and "
+                             "keep binlogs longer (binlog_expire_logs_seconds)") from None
+                if code in (1045, 1044):
+                    raise ConnectError(f"MySQL at {self.url.address} refused the binlog "
+                                       f"connection ({self.url.setting}): access denied") from None
+                # a dropped connection or a restarting server: reopen from the last commit
+                self.reconnects += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+            except (ConnectionError, OSError, pymysql.err.InterfaceError):
+                self.close()
+                self.reconnects += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    def _read(self) -> Iterator[Transaction | DDL | Heartbeat]:
+        self._stream = stream = self._open()
+        events: list[ChangeEvent] = []
+        gtid: str | None = None
+        commit_time: datetime | None = None
+        for ev in stream:
+            if isinstance(ev, RotateEvent):
+                continue
+            if isinstance(ev, HeartbeatLogEvent):
+                if not events:
+                    yield Heartbeat(self._here(stream, self.position.gtid))
+                continue
+            if isinstance(ev, MariadbGtidEvent | GtidEvent):
+                gtid, events = ev.gtid, []
+                continue
+            if isinstance(ev, QueryEvent):
+                query = ev.query if isinstance(ev.query, str) else ev.query.decode("utf-8", "replace")
+                if _NOT_DDL.match(query):
+                    if query.strip().upper() == "COMMIT" and events:  # non-transactional tables
+                        yield self._commit(stream, events, gtid, ev)
+                        events = []
+                    continue
+                schema = ev.schema.decode() if isinstance(ev.schema, bytes) else ev.schema
+                before = self.position
+                # DDL is its own transaction: what follows it starts after it
+                self.position = self._here(stream, merge_gtid(self.position.gtid, gtid)
+                                           if gtid else self.position.gtid)
+                yield DDL(statement=query, schema=schema or None, position=before,
+                          tables=_tables_in(query))
+                continue
+            if isinstance(ev, XidEvent):
+                yield self._commit(stream, events, gtid, ev)
+                events = []
+                continue
+            table = ev.table
+            if table not in self.tables:
+                continue
+            norm = self.normalisers[table]
+            ts = datetime.fromtimestamp(ev.timestamp, UTC).replace(tzinfo=None)
+            commit_time = ts
+            for row in ev.rows:
+                if isinstance(ev, WriteRowsEvent):
+                    events.append(ChangeEvent(table, "insert", None,
+                                              norm(row["values"], row["none_sources"]), ts))
+                elif isinstance(ev, DeleteRowsEvent):
+                    events.append(ChangeEvent(table, "delete",
+                                              norm(row["values"], row["none_sources"]), None, ts))
+                else:
+                    events.append(ChangeEvent(
+                        table, "update",
+                        norm(row["before_values"], row["before_none_sources"]),
+                        norm(row["after_values"], row["after_none_sources"]), ts))
+        del commit_time
+
+    def _here(self, stream: BinLogStreamReader, gtid: str | None) -> Position:
+        return Position(file=stream.log_file, pos=stream.log_pos, gtid=gtid)
+
+    def _commit(self, stream: BinLogStreamReader, events: list[ChangeEvent], gtid: str | None,
+                ev: Any) -> Transaction:
+        new_gtid = merge_gtid(self.position.gtid, gtid) if gtid else self.position.gtid
+        self.position = self._here(stream, new_gtid)
+        when = datetime.fromtimestamp(ev.timestamp, UTC).replace(tzinfo=None)
+        return Transaction(events=events, position=self.position, commit_time=when, gtid=gtid)
+
+
+def _tables_in(query: str) -> list[str]:
+    m = re.search(r"\b(?:ALTER|CREATE|DROP|RENAME|TRUNCATE)\s+(?:TABLE\s+)?(?:IF\s+\w+\s+)?"
+                  r"`?(?:\w+`?\.`?)?(\w+)`?", query, re.I)
+    return [m.group(1)] if m else []

@@ -1,0 +1,60 @@
+"""The normalised change event both sources produce, and the transaction that carries them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Op = Literal["insert", "update", "delete"]
+Row = dict[str, Any]  # column -> the value a SELECT would return (see typerules)
+
+
+@dataclass
+class ChangeEvent:
+    table: str
+    op: Op
+    before: Row | None
+    after: Row | None
+    commit_time: datetime | None = None
+
+
+@dataclass
+class Position:
+    """Where a source is: binlog file/pos and GTID (MariaDB domain-server-seq list)."""
+
+    file: str | None = None
+    pos: int | None = None
+    gtid: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "pos": self.pos, "gtid": self.gtid}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Position:
+        d = d or {}
+        return cls(file=d.get("file"), pos=d.get("pos"), gtid=d.get("gtid") or None)
+
+    def __str__(self) -> str:
+        fp = f"{self.file}:{self.pos}" if self.file else "-"
+        return f"{fp} (GTID {self.gtid})" if self.gtid else fp
+
+
+@dataclass
+class Transaction:
+    """Events committed together; `position` is where the stream stands after the commit."""
+
+    events: list[ChangeEvent]
+    position: Position
+    commit_time: datetime | None = None
+    gtid: str | None = None
+
+
+@dataclass
+class DDL:
+    """A schema change seen in the stream (applied or refused per --on-ddl)."""
+
+    statement: str
+    schema: str | None
+    position: Position  # the position *before* the statement
+    tables: list[str] = field(default_factory=list)

@@ -1,0 +1,107 @@
+"""Binlog values -> the values a SELECT returns, so both paths feed the Transform the same.
+
+python-mysql-replication decodes differently from the server's text protocol (measured, see
+STACK.md): SET as a Python set (empty SET as None), BIT as a bit string, FLOAT as the float32
+value, zero DATE/DATETIME as None, zero TIMESTAMP as 1970-01-01, YEAR 0 as 1900, BINARY(n)
+without its trailing zero bytes, an empty BLOB as ''. One normaliser per column fixes each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..source.schema import Column, Table
+
+Normaliser = Callable[[Any, str], Any]  # (value, none_source) -> SELECT-like value
+_F32 = struct.Struct("<f")
+_EPOCH = datetime(1970, 1, 1)
+
+
+def float32_text(v: float) -> float:
+    """The shortest decimal that reads back as the same float32: what MySQL prints for FLOAT."""
+    target = _F32.pack(v)
+    for digits in range(1, 10):
+        s = f"{v:.{digits}g}"
+        if _F32.pack(float(s)) == target:
+            return float(s)
+    return v
+
+
+def _set_members(col: Column) -> list[str]:
+    m = re.match(r"set\((.*)\)$", col.column_type, re.S)
+    return re.findall(r"'((?:[^']|'')*)'", m.group(1)) if m else []
+
+
+def normaliser(col: Column) -> Normaliser:
+    t = col.data_type
+    if t == "set":
+        order = {m.replace("''", "'"): i for i, m in enumerate(_set_members(col))}
+
+        def n_set(v: Any, src: str) -> Any:
+            if v is None:
+                return "" if src == "empty set" else None
+            return ",".join(sorted(v, key=lambda m: order.get(m, len(order))))
+
+        return n_set
+    if t == "bit":
+        return lambda v, src: None if v is None else (int(v, 2) if isinstance(v, str) else v)
+    if t == "float":
+        return lambda v, src: None if v is None else float32_text(v)
+    if t in ("decimal", "numeric"):
+        return lambda v, src: None if v is None else (format(v, "f") if isinstance(v, Decimal) else v)
+    if t in ("date", "datetime"):
+        # zero dates arrive as None with a reason; the SELECT path turns them into null too
+        return lambda v, src: v
+    if t == "timestamp":
+        return lambda v, src: None if v is None else ("0000-00-00 00:00:00" if v == _EPOCH else v)
+    if t == "year":
+        return lambda v, src: None if v is None else (0 if v == 1900 else v)
+    if t == "binary":
+        width = col.display_width or 0
+
+        def n_binary(v: Any, src: str) -> Any:
+            if v is None:
+                return None
+            b = v.encode("latin-1") if isinstance(v, str) else bytes(v)
+            return b.ljust(width, b"\0")
+
+        return n_binary
+    if col.is_binary:
+        return lambda v, src: None if v is None else (
+            v.encode("latin-1") if isinstance(v, str) else bytes(v))
+    if t == "json":
+        return lambda v, src: None if v is None else (
+            v if isinstance(v, str | bytes) else json.dumps(_jsonable(v)))
+    return lambda v, src: v
+
+
+def _jsonable(v: Any) -> Any:
+    # MySQL's binary JSON decodes with bytes keys and strings.
+    if isinstance(v, dict):
+        return {(k.decode() if isinstance(k, bytes) else k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+class RowNormaliser:
+    """Normalises whole binlog rows of one table."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.columns = {c.name: normaliser(c) for c in table.columns}
+
+    def __call__(self, values: dict[str, Any], none_sources: dict[str, str]) -> dict[str, Any]:
+        out = {}
+        for name, v in values.items():
+            fn = self.columns.get(name)
+            out[name] = fn(v, none_sources.get(name, "")) if fn else v
+        return out

@@ -1,0 +1,132 @@
+"""`migrator cdc` and `migrator sync`: keep MongoDB in sync with the source."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import click
+
+from ..backfill import backfill
+from ..cdc.runner import CdcSummary, LiveStats, run_cdc
+from ..errors import ConfigError
+from . import render
+from .backfill import print_summary
+from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM finish the batch in flight, checkpoint, and exit 0."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+cdc_options = [
+    click.option("--source", "source_kind", type=click.Choice(["binlog", "debezium"]),
+                 default="binlog", show_default=True, help="Where changes come from."),
+    click.option("--follow/--until-caught-up", default=True, show_default=True,
+                 help="Run until SIGINT/SIGTERM, or stop once every event up to the source's "
+                      "position at start is applied."),
+    click.option("--on-ddl", type=click.Choice(["stop", "ignore", "extend"]), default="stop",
+                 show_default=True, help="What a schema change on a mapped table does: stop "
+                 "with the statement shown, skip it, or accept added nullable columns."),
+]
+
+
+def _with(options: list[Any]) -> Any:
+    def deco(fn: Any) -> Any:
+        for o in reversed(options):
+            fn = o(fn)
+        return fn
+
+    return deco
+
+
+def _run(mapping: Any, follow: bool, on_ddl: str, as_json: bool, source_kind: str) -> CdcSummary:
+    if source_kind == "debezium":
+        raise ConfigError("--source debezium is not available yet; use --source binlog")
+    stop = _stop_on_signals()
+    mode = "follow" if follow else "until-caught-up"
+    if as_json:
+        return run_cdc(mapping, mode=mode, on_ddl=on_ddl, stop=stop)  # type: ignore[arg-type]
+    view = render.CdcView(err)
+    with view:
+        return run_cdc(mapping, mode=mode, on_ddl=on_ddl, stop=stop,  # type: ignore[arg-type]
+                       on_batch=view.update)
+
+
+def print_cdc(s: CdcSummary) -> None:
+    rows = [[k.split(" ")[0], k.split(" ")[1], f"{v:,}"] for k, v in sorted(s.applied.items())]
+    out.print(render.table("CDC", ["table", "op", "events"], rows))
+    out.print(f"{s.transactions:,} transactions, {s.events:,} events in {s.seconds:.1f} s "
+              f"({s.events_per_sec:,.0f} events/s); lag {s.lag_seconds:.1f} s; {s.stopped}")
+    out.print(f"position {s.end.get('file')}:{s.end.get('pos')} GTID {s.end.get('gtid') or '-'}")
+    for d in s.ddl:
+        out.print(f"DDL ({d['action']}): {d['statement'][:120]}")
+    if s.dead_letters:
+        out.print(f"[bold red]{s.dead_letters} event(s) went to the dead-letter collection[/]")
+    if s.pending:
+        out.print(f"[yellow]{s.pending} embedded change(s) wait for their parent document[/]")
+
+
+@click.command("cdc")
+@mapping_option
+@_with(cdc_options)
+@json_option
+@handle_errors
+def cdc_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str, as_json: bool) -> None:
+    """Apply source changes to MongoDB, from the checkpoint or the backfill's position.
+
+    Checkpoints after every batch MongoDB acknowledged; kill it at any moment and run it
+    again. Exit 1 if events went to the dead-letter collection or a DDL stopped it.
+
+    \b
+    Examples:
+      migrator cdc -m shop.yaml                      # follow until Ctrl-C / SIGTERM
+      migrator cdc -m shop.yaml --until-caught-up --json
+    """
+    summary = _run(load(mapping_path), follow, on_ddl, as_json, source_kind)
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        print_cdc(summary)
+    raise SystemExit(1 if summary.dead_letters else 0)
+
+
+@click.command("sync")
+@mapping_option
+@_with(cdc_options)
+@click.option("--workers", type=click.IntRange(1, 64), help="Backfill workers.")
+@json_option
+@handle_errors
+def sync_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str,
+             workers: int | None, as_json: bool) -> None:
+    """Backfill (resuming if started), then CDC from the position the backfill recorded.
+
+    \b
+    Example:
+      migrator sync -m shop.yaml --until-caught-up
+    """
+    mapping = load(mapping_path)
+    if as_json:
+        b = backfill(mapping, workers=workers)
+    else:
+        with render.RichProgress(err) as progress:
+            b = backfill(mapping, workers=workers, progress=progress)
+        print_summary(b)
+    summary = _run(mapping, follow, on_ddl, as_json, source_kind)
+    if as_json:
+        print_json({"backfill": b.to_dict(), "cdc": summary.to_dict()})
+    else:
+        print_cdc(summary)
+    raise SystemExit(1 if (summary.dead_letters or b.dead_letters) else 0)
+
+
+__all__ = ["LiveStats", "cdc_cmd", "sync_cmd"]
