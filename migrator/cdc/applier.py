@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from bson import ObjectId
@@ -51,9 +51,16 @@ class Pending:
     position: dict[str, Any]
 
     def to_doc(self) -> dict[str, Any]:
-        return {"collection": self.collection, "parent_id": self.parent_id, "embed": self.embed,
-                "kind": self.kind, "element": self.element, "match": self.match,
-                "position": self.position, "at": now()}
+        return {
+            "collection": self.collection,
+            "parent_id": self.parent_id,
+            "embed": self.embed,
+            "kind": self.kind,
+            "element": self.element,
+            "match": self.match,
+            "position": self.position,
+            "at": now(),
+        }
 
 
 @dataclass
@@ -99,8 +106,15 @@ def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 class Applier:
-    def __init__(self, transform: Transform, db: Database[Any], state: StateStore,
-                 lookup: SourceLookup, *, pending_bound_seconds: float = 600.0) -> None:
+    def __init__(
+        self,
+        transform: Transform,
+        db: Database[Any],
+        state: StateStore,
+        lookup: SourceLookup,
+        *,
+        pending_bound_seconds: float = 600.0,
+    ) -> None:
         self.transform = transform
         self.db = db
         self.state = state
@@ -144,10 +158,14 @@ class Applier:
         moved = 0
         for p in list(self.state.pending.find({"at": {"$lt": cutoff}})):
             self.state.dead_letter(
-                source="cdc", collection=p["collection"], key=p["parent_id"],
+                source="cdc",
+                collection=p["collection"],
+                key=p["parent_id"],
                 reason=f"parent document {p['parent_id']!r} did not arrive within "
-                       f"{self.pending_bound:.0f} s for embedded {p['embed']!r} element",
-                payload={"element": p["element"], "match": p["match"]}, position=p["position"])
+                f"{self.pending_bound:.0f} s for embedded {p['embed']!r} element",
+                payload={"element": p["element"], "match": p["match"]},
+                position=p["position"],
+            )
             with_retry(partial(self.state.pending.delete_one, {"_id": p["_id"]}))
             moved += 1
         self.pending_count = self.state.pending.count_documents({})
@@ -171,14 +189,26 @@ class _Batch:
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
         self.ops.setdefault(collection, []).append(_Tagged(op, ev, pos))
 
-    def dead(self, ev: ChangeEvent | None, pos: Position, reason: str, collection: str = "") -> None:
-        self.dead_letters.append({
-            "source": "cdc", "collection": collection, "reason": reason,
-            "key": None, "position": pos.to_dict(),
-            "payload": None if ev is None else {"table": ev.table, "op": ev.op,
-                                                "before": bson_safe(ev.before),
-                                                "after": bson_safe(ev.after)},
-        })
+    def dead(
+        self, ev: ChangeEvent | None, pos: Position, reason: str, collection: str = ""
+    ) -> None:
+        self.dead_letters.append(
+            {
+                "source": "cdc",
+                "collection": collection,
+                "reason": reason,
+                "key": None,
+                "position": pos.to_dict(),
+                "payload": None
+                if ev is None
+                else {
+                    "table": ev.table,
+                    "op": ev.op,
+                    "before": bson_safe(ev.before),
+                    "after": bson_safe(ev.after),
+                },
+            }
+        )
 
     def _key_ids(self, plan: CollectionPlan, values: dict[str, Any]) -> Any:
         return plan.doc_id(_row(plan.root.columns, values))
@@ -192,15 +222,23 @@ class _Batch:
             row[p.root.index[rcol]] = child[ccol]
         return p.doc_id(row)
 
-    def _field_filter(self, plan: CollectionPlan, columns: Sequence[str],
-                      values: Sequence[Any], prefix: str = "", view: Any = None) -> dict[str, Any]:
+    def _field_filter(
+        self,
+        plan: CollectionPlan,
+        columns: Sequence[str],
+        values: Sequence[Any],
+        prefix: str = "",
+        view: Any = None,
+    ) -> dict[str, Any]:
         view = view or plan.root
         out: dict[str, Any] = {}
         for col, v in zip(columns, values, strict=True):
             f = view.field_for(col)
             if f is None:
-                raise MigratorError(f"column {view.table.name}.{col} is not mapped into "
-                                    f"{plan.name!r}, so CDC cannot find the documents to change")
+                raise MigratorError(
+                    f"column {view.table.name}.{col} is not mapped into "
+                    f"{plan.name!r}, so CDC cannot find the documents to change"
+                )
             out[prefix + f.name] = None if v is None else f.convert(v)
         return out
 
@@ -228,7 +266,8 @@ class _Batch:
                     for p in roles.roots:
                         try:
                             roots_created.setdefault(p.name, set()).add(
-                                _hashable(self._key_ids(p, ev.after or {})))
+                                _hashable(self._key_ids(p, ev.after or {}))
+                            )
                         except Exception:
                             continue
         for coll, ids in want.items():
@@ -240,7 +279,8 @@ class _Batch:
                 q = {"collection": coll, "parent_id": {"$in": [_unhash(i) for i in ids]}}
                 for d in self.a.state.pending.find(q).sort("_id", 1):
                     self.pending_for.setdefault(coll, {}).setdefault(
-                        _hashable(d["parent_id"]), []).append(d)
+                        _hashable(d["parent_id"]), []
+                    ).append(d)
 
     # -- events ------------------------------------------------------------------------------
     def event(self, ev: ChangeEvent, pos: Position) -> None:
@@ -283,12 +323,14 @@ class _Batch:
             self.add(p.name, ReplaceOne({"_id": new_id}, doc, upsert=True), ev, pos)
         else:
             fields = p.root.build(row)
-            unset = {f.name: "" for f in p.root.fields
-                     if p.root.omit_nulls and row[f.index] is None}
+            unset = {
+                f.name: "" for f in p.root.fields if p.root.omit_nulls and row[f.index] is None
+            }
             on_insert: dict[str, Any] = {}
             for e in p.embeds:
                 changed = ev.before is None or any(
-                    ev.before.get(c) != ev.after.get(c) for c in e.root_columns)
+                    ev.before.get(c) != ev.after.get(c) for c in e.root_columns
+                )
                 if e.many:
                     on_insert[e.name] = []
                 elif changed:
@@ -302,12 +344,12 @@ class _Batch:
         exists.add(_hashable(new_id))
         for d in getattr(self, "pending_for", {}).get(p.name, {}).pop(_hashable(new_id), []):
             e = next(x for x in p.embeds if x.name == d["embed"])
-            self._element_ops(p, e, {"_id": new_id}, d["kind"], d["element"], d["match"],
-                              None, pos, many=False)
+            self._element_ops(
+                p, e, {"_id": new_id}, d["kind"], d["element"], d["match"], None, pos, many=False
+            )
             self.used_pending.append(d["_id"])
 
     def child(self, cr: ChildRole, ev: ChangeEvent, pos: Position) -> None:
-        p, e = cr.plan, cr.embed
         before = self._locate(cr, ev.before) if ev.before is not None else None
         after = self._locate(cr, ev.after) if ev.after is not None else None
         if before and after and before[0] == after[0] and before[2] == after[2]:
@@ -319,7 +361,9 @@ class _Batch:
         if after:
             self._upsert_element(cr, after, ev, pos)
 
-    def _locate(self, cr: ChildRole, img: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+    def _locate(
+        self, cr: ChildRole, img: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
         """(parent filter, element, match) for a child row image; None if it has no parent."""
         p, e = cr.plan, cr.embed
         element = e.view.build(_row(e.view.columns, img))
@@ -338,32 +382,44 @@ class _Batch:
             return None
         return (self._field_filter(p, e.root_columns, values), element, match)
 
-    def _upsert_element(self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent,
-                        pos: Position) -> None:
+    def _upsert_element(
+        self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent, pos: Position
+    ) -> None:
         parent, element, match = loc
         p, e = cr.plan, cr.embed
         if cr.parent_is_pk and _hashable(parent["_id"]) not in self.exists.get(p.name, set()):
-            self.new_pending.append(Pending(p.name, parent["_id"], e.name, "upsert", element,
-                                            match, pos.to_dict()))
+            self.new_pending.append(
+                Pending(p.name, parent["_id"], e.name, "upsert", element, match, pos.to_dict())
+            )
             return
-        self._element_ops(p, e, parent, "upsert", element, match, ev, pos,
-                          many=not cr.parent_is_pk)
+        self._element_ops(p, e, parent, "upsert", element, match, ev, pos, many=not cr.parent_is_pk)
 
-    def _remove_element(self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent,
-                        pos: Position) -> None:
+    def _remove_element(
+        self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent, pos: Position
+    ) -> None:
         parent, _element, match = loc
         p, e = cr.plan, cr.embed
         if cr.parent_is_pk and _hashable(parent["_id"]) not in self.exists.get(p.name, set()):
-            self.new_pending.append(Pending(p.name, parent["_id"], e.name, "remove", None,
-                                            match, pos.to_dict()))
+            self.new_pending.append(
+                Pending(p.name, parent["_id"], e.name, "remove", None, match, pos.to_dict())
+            )
             return
-        self._element_ops(p, e, parent, "remove", None, match, ev, pos,
-                          many=not cr.parent_is_pk)
+        self._element_ops(p, e, parent, "remove", None, match, ev, pos, many=not cr.parent_is_pk)
 
-    def _element_ops(self, p: CollectionPlan, e: EmbedPlan, parent: dict[str, Any], kind: str,
-                     element: dict[str, Any] | None, match: dict[str, Any],
-                     ev: ChangeEvent | None, pos: Position, *, many: bool) -> None:
-        Update = UpdateMany if many else UpdateOne  # noqa: N806
+    def _element_ops(
+        self,
+        p: CollectionPlan,
+        e: EmbedPlan,
+        parent: dict[str, Any],
+        kind: str,
+        element: dict[str, Any] | None,
+        match: dict[str, Any],
+        ev: ChangeEvent | None,
+        pos: Position,
+        *,
+        many: bool,
+    ) -> None:
+        Update = UpdateMany if many else UpdateOne
         name = e.name
         if kind == "remove":
             self.add(p.name, Update(parent, {"$pull": {name: match}}), ev, pos)
@@ -375,17 +431,25 @@ class _Batch:
                 sort[f.name] = 1
         # present: replace the element in place; absent: push it (the guard makes a replay
         # a no-op instead of a duplicate); then keep the array in the embed's order
-        self.add(p.name, Update(parent, {"$set": {f"{name}.$[el]": element}},
-                                array_filters=[{f"el.{k}": v for k, v in match.items()}]),
-                 ev, pos)
+        self.add(
+            p.name,
+            Update(
+                parent,
+                {"$set": {f"{name}.$[el]": element}},
+                array_filters=[{f"el.{k}": v for k, v in match.items()}],
+            ),
+            ev,
+            pos,
+        )
         guard = {**parent, name: {"$not": {"$elemMatch": match}}}
         push: dict[str, Any] = {"$each": [element]}
         if sort:
             push["$sort"] = sort
         self.add(p.name, Update(guard, {"$push": {name: push}}), ev, pos)
         if sort:
-            self.add(p.name, Update(parent, {"$push": {name: {"$each": [], "$sort": sort}}}),
-                     ev, pos)
+            self.add(
+                p.name, Update(parent, {"$push": {name: {"$each": [], "$sort": sort}}}), ev, pos
+            )
 
     def parent(self, pr: ParentRole, ev: ChangeEvent, pos: Position) -> None:
         p, e = pr.plan, pr.embed
@@ -397,8 +461,9 @@ class _Batch:
             try:
                 return self._field_filter(p, e.root_columns, values)
             except MigratorError:  # the root's FK is not mapped: use the embedded key
-                return self._field_filter(p, e.child_columns, values, prefix=f"{e.name}.",
-                                          view=e.view)
+                return self._field_filter(
+                    p, e.child_columns, values, prefix=f"{e.name}.", view=e.view
+                )
 
         old = docs_pointing_at(ev.before) if ev.before is not None else None
         new = docs_pointing_at(ev.after) if ev.after is not None else None
@@ -425,13 +490,25 @@ class _Batch:
         for p, e in rule.children:
             flt = self._field_filter(p, fk.columns, values, view=e.view)
             if rule.action == "CASCADE":
-                self.add(p.name, UpdateMany({f"{e.name}.{k}": v for k, v in flt.items()},
-                                            {"$pull": {e.name: flt}}), ev, pos)
+                self.add(
+                    p.name,
+                    UpdateMany(
+                        {f"{e.name}.{k}": v for k, v in flt.items()}, {"$pull": {e.name: flt}}
+                    ),
+                    ev,
+                    pos,
+                )
             else:
-                self.add(p.name, UpdateMany(
-                    {f"{e.name}.{k}": v for k, v in flt.items()},
-                    {"$set": {f"{e.name}.$[c].{k}": None for k in flt}},
-                    array_filters=[{f"c.{k}": v for k, v in flt.items()}]), ev, pos)
+                self.add(
+                    p.name,
+                    UpdateMany(
+                        {f"{e.name}.{k}": v for k, v in flt.items()},
+                        {"$set": {f"{e.name}.$[c].{k}": None for k in flt}},
+                        array_filters=[{f"c.{k}": v for k, v in flt.items()}],
+                    ),
+                    ev,
+                    pos,
+                )
 
     # -- execution ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -467,8 +544,12 @@ class _Batch:
                     raise
                 bad = errors[0]["index"]
                 t = chunk[bad]
-                self.dead(t.event, t.position, f"MongoDB refused the write: "
-                          f"{errors[0].get('errmsg', errors[0])}", coll)
+                self.dead(
+                    t.event,
+                    t.position,
+                    f"MongoDB refused the write: {errors[0].get('errmsg', errors[0])}",
+                    coll,
+                )
                 start += bad + 1
             except (DocumentTooLarge, InvalidDocument, WriteError):
                 # refused before it reached the server: find the op by writing one at a time

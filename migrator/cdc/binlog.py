@@ -8,6 +8,7 @@ commit seen; `blocking=True` with server heartbeats so an idle stream still wake
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -61,8 +62,17 @@ def merge_gtid(current: str | None, gtid: str) -> str:
 class BinlogSource:
     """Yields Transaction, DDL and Heartbeat items from a start position, reconnecting itself."""
 
-    def __init__(self, url: MySQLURL, schema: Schema, tables: set[str], start: Position, *,
-                 server_id: int = 0, flavor: str = "mariadb", heartbeat: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: MySQLURL,
+        schema: Schema,
+        tables: set[str],
+        start: Position,
+        *,
+        server_id: int = 0,
+        flavor: str = "mariadb",
+        heartbeat: float = 1.0,
+    ) -> None:
         self.url = url
         self.schema = schema
         self.tables = tables
@@ -80,13 +90,30 @@ class BinlogSource:
 
     # -- connection --------------------------------------------------------------------------
     def _open(self) -> BinLogStreamReader:
-        settings = {"host": self.url.host, "port": self.url.port, "user": self.url.user,
-                    "passwd": self.url.password, "charset": "utf8mb4"}
+        settings = {
+            "host": self.url.host,
+            "port": self.url.port,
+            "user": self.url.user,
+            "passwd": self.url.password,
+            "charset": "utf8mb4",
+        }
         kwargs: dict[str, Any] = dict(
-            connection_settings=settings, server_id=self.server_id, blocking=True,
-            slave_heartbeat=self.heartbeat, only_schemas=[self.schema.database],
-            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
-                         RotateEvent, HeartbeatLogEvent, MariadbGtidEvent, GtidEvent],
+            connection_settings=settings,
+            server_id=self.server_id,
+            blocking=True,
+            slave_heartbeat=self.heartbeat,
+            only_schemas=[self.schema.database],
+            only_events=[
+                WriteRowsEvent,
+                UpdateRowsEvent,
+                DeleteRowsEvent,
+                XidEvent,
+                QueryEvent,
+                RotateEvent,
+                HeartbeatLogEvent,
+                MariadbGtidEvent,
+                GtidEvent,
+            ],
         )
         p = self.position
         if self.flavor == "mariadb" and p.gtid:
@@ -95,16 +122,16 @@ class BinlogSource:
             # MySQL, or MariaDB without GTID: a classic file/pos dump
             kwargs.update(is_mariadb=False, log_file=p.file, log_pos=p.pos, resume_stream=True)
         else:
-            raise MigratorError("no binlog position to start CDC from",
-                                hint="run `migrator backfill` first: it records the position")
+            raise MigratorError(
+                "no binlog position to start CDC from",
+                hint="run `migrator backfill` first: it records the position",
+            )
         return BinLogStreamReader(**kwargs)
 
     def close(self) -> None:
         if self._stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead socket
                 self._stream.close()
-            except Exception:  # closing a dead socket
-                pass
             self._stream = None
 
     # -- reading -----------------------------------------------------------------------------
@@ -123,10 +150,13 @@ class BinlogSource:
                         f"the source no longer has the binlog position CDC needs "
                         f"({self.position}): {exc.args[1] if len(exc.args) > 1 else exc}",
                         hint="the binlogs were purged: run `migrator backfill --restart` and "
-                             "keep binlogs longer (binlog_expire_logs_seconds)") from None
+                        "keep binlogs longer (binlog_expire_logs_seconds)",
+                    ) from None
                 if code in (1045, 1044):
-                    raise ConnectError(f"MySQL at {self.url.address} refused the binlog "
-                                       f"connection ({self.url.setting}): access denied") from None
+                    raise ConnectError(
+                        f"MySQL at {self.url.address} refused the binlog "
+                        f"connection ({self.url.setting}): access denied"
+                    ) from None
                 # a dropped connection or a restarting server: reopen from the last commit
                 self.reconnects += 1
                 time.sleep(delay)
@@ -153,7 +183,9 @@ class BinlogSource:
                 gtid, events = ev.gtid, []
                 continue
             if isinstance(ev, QueryEvent):
-                query = ev.query if isinstance(ev.query, str) else ev.query.decode("utf-8", "replace")
+                query = (
+                    ev.query if isinstance(ev.query, str) else ev.query.decode("utf-8", "replace")
+                )
                 if _NOT_DDL.match(query):
                     if query.strip().upper() == "COMMIT" and events:  # non-transactional tables
                         yield self._commit(stream, events, gtid, ev)
@@ -162,10 +194,15 @@ class BinlogSource:
                 schema = ev.schema.decode() if isinstance(ev.schema, bytes) else ev.schema
                 before = self.position
                 # DDL is its own transaction: what follows it starts after it
-                self.position = self._here(stream, merge_gtid(self.position.gtid, gtid)
-                                           if gtid else self.position.gtid)
-                yield DDL(statement=query, schema=schema or None, position=before,
-                          tables=_tables_in(query))
+                self.position = self._here(
+                    stream, merge_gtid(self.position.gtid, gtid) if gtid else self.position.gtid
+                )
+                yield DDL(
+                    statement=query,
+                    schema=schema or None,
+                    position=before,
+                    tables=_tables_in(query),
+                )
                 continue
             if isinstance(ev, XidEvent):
                 yield self._commit(stream, events, gtid, ev)
@@ -179,23 +216,35 @@ class BinlogSource:
             commit_time = ts
             for row in ev.rows:
                 if isinstance(ev, WriteRowsEvent):
-                    events.append(ChangeEvent(table, "insert", None,
-                                              norm(row["values"], row["none_sources"]), ts))
+                    events.append(
+                        ChangeEvent(
+                            table, "insert", None, norm(row["values"], row["none_sources"]), ts
+                        )
+                    )
                 elif isinstance(ev, DeleteRowsEvent):
-                    events.append(ChangeEvent(table, "delete",
-                                              norm(row["values"], row["none_sources"]), None, ts))
+                    events.append(
+                        ChangeEvent(
+                            table, "delete", norm(row["values"], row["none_sources"]), None, ts
+                        )
+                    )
                 else:
-                    events.append(ChangeEvent(
-                        table, "update",
-                        norm(row["before_values"], row["before_none_sources"]),
-                        norm(row["after_values"], row["after_none_sources"]), ts))
+                    events.append(
+                        ChangeEvent(
+                            table,
+                            "update",
+                            norm(row["before_values"], row["before_none_sources"]),
+                            norm(row["after_values"], row["after_none_sources"]),
+                            ts,
+                        )
+                    )
         del commit_time
 
     def _here(self, stream: BinLogStreamReader, gtid: str | None) -> Position:
         return Position(file=stream.log_file, pos=stream.log_pos, gtid=gtid)
 
-    def _commit(self, stream: BinLogStreamReader, events: list[ChangeEvent], gtid: str | None,
-                ev: Any) -> Transaction:
+    def _commit(
+        self, stream: BinLogStreamReader, events: list[ChangeEvent], gtid: str | None, ev: Any
+    ) -> Transaction:
         new_gtid = merge_gtid(self.position.gtid, gtid) if gtid else self.position.gtid
         self.position = self._here(stream, new_gtid)
         when = datetime.fromtimestamp(ev.timestamp, UTC).replace(tzinfo=None)
@@ -203,6 +252,10 @@ class BinlogSource:
 
 
 def _tables_in(query: str) -> list[str]:
-    m = re.search(r"\b(?:ALTER|CREATE|DROP|RENAME|TRUNCATE)\s+(?:TABLE\s+)?(?:IF\s+\w+\s+)?"
-                  r"`?(?:\w+`?\.`?)?(\w+)`?", query, re.I)
+    m = re.search(
+        r"\b(?:ALTER|CREATE|DROP|RENAME|TRUNCATE)\s+(?:TABLE\s+)?(?:IF\s+\w+\s+)?"
+        r"`?(?:\w+`?\.`?)?(\w+)`?",
+        query,
+        re.I,
+    )
     return [m.group(1)] if m else []

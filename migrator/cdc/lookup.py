@@ -43,8 +43,7 @@ class SourceLookup:
     def passes_filter(self, plan: CollectionPlan, root_row: Row) -> bool:
         key = plan.root.params(root_row, plan.pk)
         conds = " AND ".join(f"{quote_ident(c)} = %s" for c in plan.pk)
-        sql = (f"SELECT 1 FROM {quote_ident(plan.table.name)} WHERE {conds} "
-               f"AND ({plan.spec.filter})")
+        sql = f"SELECT 1 FROM {quote_ident(plan.table.name)} WHERE {conds} AND ({plan.spec.filter})"
 
         def q(c: Any) -> bool:
             cur = c.cursor()

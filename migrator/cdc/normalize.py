@@ -54,7 +54,9 @@ def normaliser(col: Column) -> Normaliser:
     if t == "float":
         return lambda v, src: None if v is None else float32_text(v)
     if t in ("decimal", "numeric"):
-        return lambda v, src: None if v is None else (format(v, "f") if isinstance(v, Decimal) else v)
+        return lambda v, src: (
+            None if v is None else (format(v, "f") if isinstance(v, Decimal) else v)
+        )
     if t in ("date", "datetime"):
         # zero dates arrive as None with a reason; the SELECT path turns them into null too
         return lambda v, src: v
@@ -73,11 +75,13 @@ def normaliser(col: Column) -> Normaliser:
 
         return n_binary
     if col.is_binary:
-        return lambda v, src: None if v is None else (
-            v.encode("latin-1") if isinstance(v, str) else bytes(v))
+        return lambda v, src: (
+            None if v is None else (v.encode("latin-1") if isinstance(v, str) else bytes(v))
+        )
     if t == "json":
-        return lambda v, src: None if v is None else (
-            v if isinstance(v, str | bytes) else json.dumps(_jsonable(v)))
+        return lambda v, src: (
+            None if v is None else (v if isinstance(v, str | bytes) else json.dumps(_jsonable(v)))
+        )
     return lambda v, src: v
 
 

@@ -8,6 +8,7 @@ never records. The applier asks these objects for MongoDB operations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from ..mapping import CollectionPlan, EmbedPlan, Transform
 from ..source.schema import ForeignKey
 
@@ -80,4 +81,3 @@ def table_roles(transform: Transform) -> dict[str, TableRoles]:
             if rule.roots or rule.children:
                 of(fk.ref_table).cascades.append(rule)
     return roles
-

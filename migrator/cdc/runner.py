@@ -86,8 +86,11 @@ def master_position(conn: Any) -> Position:
     if not rows:
         raise CheckFailed("the source has no binary log (log_bin is OFF)")
     gtid = query(conn, "SELECT @@GLOBAL.gtid_binlog_pos") if is_mariadb(conn) else []
-    return Position(file=_s(rows[0][0]), pos=int(rows[0][1]),
-                    gtid=_s(gtid[0][0]) if gtid and gtid[0][0] else None)
+    return Position(
+        file=_s(rows[0][0]),
+        pos=int(rows[0][1]),
+        gtid=_s(gtid[0][0]) if gtid and gtid[0][0] else None,
+    )
 
 
 def check_start(conn: Any, start: Position, maria: bool) -> None:
@@ -103,23 +106,34 @@ def check_start(conn: Any, start: Position, maria: bool) -> None:
                 raise CheckFailed(
                     f"the CDC position {start} is ahead of the source ({current}): the source "
                     "moved backwards (restored from a backup, or its binlog was reset)",
-                    hint="re-copy: `migrator backfill --restart`, then CDC again")
+                    hint="re-copy: `migrator backfill --restart`, then CDC again",
+                )
         return
     if start.file:
         if start.file not in logs:
             raise CheckFailed(
                 f"the source no longer has binlog {start.file} (CDC position {start}): it was "
-                "purged", hint="run `migrator backfill --restart` and keep binlogs longer")
+                "purged",
+                hint="run `migrator backfill --restart` and keep binlogs longer",
+            )
         if reached(start, current) and (start.file, start.pos) != (current.file, current.pos):
-            raise CheckFailed(f"the CDC position {start} is ahead of the source ({current}): "
-                              "the source moved backwards",
-                              hint="re-copy: `migrator backfill --restart`, then CDC again")
+            raise CheckFailed(
+                f"the CDC position {start} is ahead of the source ({current}): "
+                "the source moved backwards",
+                hint="re-copy: `migrator backfill --restart`, then CDC again",
+            )
 
 
-def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "follow",
-            on_ddl: OnDDL = "stop", batch_events: int = 2000, batch_seconds: float = 0.3,
-            stop: threading.Event | None = None,
-            on_batch: Callable[[LiveStats], None] | None = None) -> CdcSummary:
+def run_cdc(
+    mapping: Mapping,
+    *,
+    mode: Literal["follow", "until-caught-up"] = "follow",
+    on_ddl: OnDDL = "stop",
+    batch_events: int = 2000,
+    batch_seconds: float = 0.3,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[LiveStats], None] | None = None,
+) -> CdcSummary:
     stop = stop or threading.Event()
     src = parse_mysql_url(mapping.source.url)
     meta = mysql_connect(src)
@@ -130,9 +144,11 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
     state = StateStore(client, mapping.state.database)
     saved = state.cdc_checkpoint() or state.backfill_position()
     if not saved:
-        raise MigratorError("no position to start CDC from: neither a CDC checkpoint nor a "
-                            "backfill position in the state store",
-                            hint="run `migrator backfill` (or `migrator sync`) first")
+        raise MigratorError(
+            "no position to start CDC from: neither a CDC checkpoint nor a "
+            "backfill position in the state store",
+            hint="run `migrator backfill` (or `migrator sync`) first",
+        )
     start = Position.from_dict(saved)
     check_start(meta, start, maria)
     lookup = SourceLookup(src)
@@ -140,8 +156,9 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
     tables = set(table_roles(transform))
     source = BinlogSource(src, schema, tables, start, flavor="mariadb" if maria else "mysql")
     summary = CdcSummary(mode=mode, start=start.to_dict())
-    stats = LiveStats(position=str(start), pending=applier.pending_count,
-                      dead_letters=state.dead_letter_count())
+    stats = LiveStats(
+        position=str(start), pending=applier.pending_count, dead_letters=state.dead_letter_count()
+    )
     target = master_position(meta) if mode == "until-caught-up" else None
     t0 = time.monotonic()
     batch: list[Transaction] = []
@@ -184,9 +201,14 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
             if idle or reached(position, master_position(meta)):
                 stats.lag_seconds = 0.0
         summary.lag_seconds = stats.lag_seconds
-        state.save_cdc_status(lag_seconds=stats.lag_seconds, position=position.to_dict(),
-                              events=summary.events, dead_letters=stats.dead_letters,
-                              pending=stats.pending, mode=mode)
+        state.save_cdc_status(
+            lag_seconds=stats.lag_seconds,
+            position=position.to_dict(),
+            events=summary.events,
+            dead_letters=stats.dead_letters,
+            pending=stats.pending,
+            mode=mode,
+        )
         if on_batch:
             on_batch(stats)
 
@@ -201,7 +223,8 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
                     batch.append(item)
                     stats.queue_depth = sum(len(t.events) for t in batch)
                     full = stats.queue_depth >= batch_events or (
-                        time.monotonic() - batch_started >= batch_seconds)
+                        time.monotonic() - batch_started >= batch_seconds
+                    )
                     if full:
                         flush()
                     done = target is not None and reached(item.position, target)
@@ -213,8 +236,7 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
                     flush()
                     if position != item.position and item.position.file:
                         # idle at a later position (other schemas' events): remember it
-                        position = Position(item.position.file, item.position.pos,
-                                            position.gtid)
+                        position = Position(item.position.file, item.position.pos, position.gtid)
                     stats.queue_depth = 0
                     publish(idle=True)
                     if target is not None and reached(item.position, target):
@@ -222,8 +244,9 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
                         break
                 elif isinstance(item, DDL):
                     flush()
-                    applier, transform = _ddl(item, on_ddl, mapping, meta, schema, tables,
-                                              source, applier, state, summary)
+                    applier, transform = _ddl(
+                        item, on_ddl, mapping, meta, schema, tables, source, applier, state, summary
+                    )
                     schema = source.schema
                     # past the statement now: a restart must not meet it again
                     position = source.position
@@ -242,21 +265,39 @@ def run_cdc(mapping: Mapping, *, mode: Literal["follow", "until-caught-up"] = "f
     summary.events_per_sec = summary.events / summary.seconds if summary.seconds else 0.0
     if summary.stopped == "caught up":
         summary.lag_seconds = 0.0
-        state.save_cdc_status(lag_seconds=0.0, position=position.to_dict(),
-                              events=summary.events, dead_letters=stats.dead_letters,
-                              pending=applier.pending_count, mode=mode)
+        state.save_cdc_status(
+            lag_seconds=0.0,
+            position=position.to_dict(),
+            events=summary.events,
+            dead_letters=stats.dead_letters,
+            pending=applier.pending_count,
+            mode=mode,
+        )
     client.close()
     return summary
 
 
-def _ddl(item: DDL, on_ddl: OnDDL, mapping: Mapping, meta: Any, schema: Schema,
-         tables: set[str], source: BinlogSource, applier: Applier, state: StateStore,
-         summary: CdcSummary) -> tuple[Applier, Any]:
+def _ddl(
+    item: DDL,
+    on_ddl: OnDDL,
+    mapping: Mapping,
+    meta: Any,
+    schema: Schema,
+    tables: set[str],
+    source: BinlogSource,
+    applier: Applier,
+    state: StateStore,
+    summary: CdcSummary,
+) -> tuple[Applier, Any]:
     db = mapping.source_database
     relevant = (item.schema in (None, db) or f"{db}." in item.statement) and (
-        not item.tables or any(t in tables for t in item.tables))
-    record = {"statement": item.statement[:500], "position": item.position.to_dict(),
-              "action": "ignored (unmapped)" if not relevant else on_ddl}
+        not item.tables or any(t in tables for t in item.tables)
+    )
+    record = {
+        "statement": item.statement[:500],
+        "position": item.position.to_dict(),
+        "action": "ignored (unmapped)" if not relevant else on_ddl,
+    }
     summary.ddl.append(record)
     if not relevant or on_ddl == "ignore":
         return applier, applier.transform
@@ -275,7 +316,8 @@ def _ddl(item: DDL, on_ddl: OnDDL, mapping: Mapping, meta: Any, schema: Schema,
     raise CheckFailed(
         f"DDL on a mapped table at {item.position}: {item.statement.strip()[:300]}",
         hint="update the mapping if needed, then rerun with --on-ddl ignore (skip it) or "
-             "--on-ddl extend (accept added nullable columns)")
+        "--on-ddl extend (accept added nullable columns)",
+    )
 
 
 def _only_added_nullable_columns(old: Schema, new: Schema, tables: list[str]) -> str | None:

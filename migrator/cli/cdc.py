@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from ..backfill import backfill
-from ..cdc.runner import CdcSummary, LiveStats, run_cdc
+from ..cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
 from ..errors import ConfigError
 from . import render
 from .backfill import print_summary
@@ -29,14 +30,29 @@ def _stop_on_signals() -> threading.Event:
 
 
 cdc_options = [
-    click.option("--source", "source_kind", type=click.Choice(["binlog", "debezium"]),
-                 default="binlog", show_default=True, help="Where changes come from."),
-    click.option("--follow/--until-caught-up", default=True, show_default=True,
-                 help="Run until SIGINT/SIGTERM, or stop once every event up to the source's "
-                      "position at start is applied."),
-    click.option("--on-ddl", type=click.Choice(["stop", "ignore", "extend"]), default="stop",
-                 show_default=True, help="What a schema change on a mapped table does: stop "
-                 "with the statement shown, skip it, or accept added nullable columns."),
+    click.option(
+        "--source",
+        "source_kind",
+        type=click.Choice(["binlog", "debezium"]),
+        default="binlog",
+        show_default=True,
+        help="Where changes come from.",
+    ),
+    click.option(
+        "--follow/--until-caught-up",
+        default=True,
+        show_default=True,
+        help="Run until SIGINT/SIGTERM, or stop once every event up to the source's "
+        "position at start is applied.",
+    ),
+    click.option(
+        "--on-ddl",
+        type=click.Choice(["stop", "ignore", "extend"]),
+        default="stop",
+        show_default=True,
+        help="What a schema change on a mapped table does: stop "
+        "with the statement shown, skip it, or accept added nullable columns.",
+    ),
 ]
 
 
@@ -53,20 +69,26 @@ def _run(mapping: Any, follow: bool, on_ddl: str, as_json: bool, source_kind: st
     if source_kind == "debezium":
         raise ConfigError("--source debezium is not available yet; use --source binlog")
     stop = _stop_on_signals()
-    mode = "follow" if follow else "until-caught-up"
+    run = functools.partial(
+        run_cdc,
+        mapping,
+        mode="follow" if follow else "until-caught-up",
+        on_ddl=cast(OnDDL, on_ddl),
+        stop=stop,
+    )
     if as_json:
-        return run_cdc(mapping, mode=mode, on_ddl=on_ddl, stop=stop)  # type: ignore[arg-type]
-    view = render.CdcView(err)
-    with view:
-        return run_cdc(mapping, mode=mode, on_ddl=on_ddl, stop=stop,  # type: ignore[arg-type]
-                       on_batch=view.update)
+        return run()
+    with render.CdcView(err) as view:
+        return run(on_batch=view.update)
 
 
 def print_cdc(s: CdcSummary) -> None:
     rows = [[k.split(" ")[0], k.split(" ")[1], f"{v:,}"] for k, v in sorted(s.applied.items())]
     out.print(render.table("CDC", ["table", "op", "events"], rows))
-    out.print(f"{s.transactions:,} transactions, {s.events:,} events in {s.seconds:.1f} s "
-              f"({s.events_per_sec:,.0f} events/s); lag {s.lag_seconds:.1f} s; {s.stopped}")
+    out.print(
+        f"{s.transactions:,} transactions, {s.events:,} events in {s.seconds:.1f} s "
+        f"({s.events_per_sec:,.0f} events/s); lag {s.lag_seconds:.1f} s; {s.stopped}"
+    )
     out.print(f"position {s.end.get('file')}:{s.end.get('pos')} GTID {s.end.get('gtid') or '-'}")
     for d in s.ddl:
         out.print(f"DDL ({d['action']}): {d['statement'][:120]}")
@@ -106,8 +128,14 @@ def cdc_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str, as_j
 @click.option("--workers", type=click.IntRange(1, 64), help="Backfill workers.")
 @json_option
 @handle_errors
-def sync_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str,
-             workers: int | None, as_json: bool) -> None:
+def sync_cmd(
+    mapping_path: str,
+    source_kind: str,
+    follow: bool,
+    on_ddl: str,
+    workers: int | None,
+    as_json: bool,
+) -> None:
     """Backfill (resuming if started), then CDC from the position the backfill recorded.
 
     \b

@@ -102,8 +102,9 @@ class CdcView:
         from rich.live import Live
 
         self.console = console
-        self.live = Live(Text("starting CDC…"), console=console, refresh_per_second=4,
-                         transient=True)
+        self.live = Live(
+            Text("starting CDC…"), console=console, refresh_per_second=4, transient=True
+        )
 
     def __enter__(self) -> CdcView:
         self.live.start()
@@ -114,9 +115,15 @@ class CdcView:
 
     def update(self, s: Any) -> None:
         lag_style = "green" if s.lag_seconds < 2 else "yellow" if s.lag_seconds < 30 else "red"
-        self.live.update(Text.assemble(
-            ("CDC ", "bold"), f"{s.events:,} events  {s.events_per_sec:,.0f}/s  ",
-            ("lag ", "bold"), (f"{s.lag_seconds:.1f}s", lag_style),
-            f"  queue {s.queue_depth}  ", ("DLQ ", "bold"),
-            (str(s.dead_letters), "red" if s.dead_letters else "green"),
-            f"  pending {s.pending}  at {s.position}"))
+        self.live.update(
+            Text.assemble(
+                ("CDC ", "bold"),
+                f"{s.events:,} events  {s.events_per_sec:,.0f}/s  ",
+                ("lag ", "bold"),
+                (f"{s.lag_seconds:.1f}s", lag_style),
+                f"  queue {s.queue_depth}  ",
+                ("DLQ ", "bold"),
+                (str(s.dead_letters), "red" if s.dead_letters else "green"),
+                f"  pending {s.pending}  at {s.position}",
+            )
+        )

@@ -12,14 +12,18 @@ def fresh_copy(env: Any, path: Any) -> dict[str, dict[Any, dict[str, Any]]]:
     """Backfill the same mapping into a scratch database and return {collection: {_id: doc}}."""
     m = load_mapping(path)
     scratch_db, scratch_state = env.db + "_fresh", env.state_db + "_fresh"
-    m = m.model_copy(update={
-        "target": m.target.model_copy(update={"database": scratch_db}),
-        "state": m.state.model_copy(update={"database": scratch_state}),
-    })
+    m = m.model_copy(
+        update={
+            "target": m.target.model_copy(update={"database": scratch_db}),
+            "state": m.state.model_copy(update={"database": scratch_state}),
+        }
+    )
     try:
         backfill(m, workers=1)
-        return {c.name: {_key(d["_id"]): d for d in env.mongo[scratch_db][c.name].find()}
-                for c in m.collections}
+        return {
+            c.name: {_key(d["_id"]): d for d in env.mongo[scratch_db][c.name].find()}
+            for c in m.collections
+        }
     finally:
         env.mongo.drop_database(scratch_db)
         env.mongo.drop_database(scratch_state)

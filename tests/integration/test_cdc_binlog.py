@@ -64,8 +64,10 @@ def test_replaying_from_the_backfill_position_converges(env):
     path = make_shop(env, orders=20)
     # the position is taken before these changes...
     before = current_position(env.admin)
-    env.sql("INSERT INTO order_items VALUES (3, 50, 1, 1, 1.00)",
-            "UPDATE orders SET total = 99.99 WHERE id = 3")
+    env.sql(
+        "INSERT INTO order_items VALUES (3, 50, 1, 1, 1.00)",
+        "UPDATE orders SET total = 99.99 WHERE id = 3",
+    )
     backfill(load_mapping(path), workers=1)
     env.state.meta.update_one({"_id": "backfill_position"}, {"$set": {"position": before}})
     # ...so CDC replays them on top of a copy that already holds them
