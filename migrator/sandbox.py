@@ -264,6 +264,33 @@ def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, 
     return f"mysql://migrator:{password}@127.0.0.1:{port}/", proc
 
 
+def restart_mysql(stack: Stack) -> None:
+    """Stop the stack's MariaDB and start it again on the same data, port and binlogs (tests
+    use it to check that CDC survives a server restart)."""
+    import MySQLdb
+
+    proc = next(p for p in stack.procs if p.name in ("mariadb", "mysql"))
+    base = Path(proc.log).parent
+    proc.stop()
+    binary = _which("mariadbd") or _which("mysqld")
+    if not binary:
+        raise SandboxError("no MariaDB/MySQL binary to restart")
+    new, popen = _spawn(
+        proc.name, [binary, f"--defaults-file={base / 'my.cnf'}"], base / "mysqld.out"
+    )
+    new.log = proc.log
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise _died("MariaDB", new, f"exited with code {popen.returncode} on restart")
+        try:
+            MySQLdb.connect(unix_socket=str(base / "mysqld.sock"), user="root").close()
+            break
+        except MySQLdb.OperationalError:
+            time.sleep(0.1)
+    stack.procs[stack.procs.index(proc)] = new
+
+
 def _wait_mysql_ready(
     proc: Proc, popen: subprocess.Popen[bytes], sock: Path, password: str
 ) -> None:

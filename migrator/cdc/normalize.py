@@ -12,7 +12,7 @@ import json
 import re
 import struct
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,9 +28,24 @@ def float32_text(v: float) -> float:
     target = _F32.pack(v)
     for digits in range(1, 10):
         s = f"{v:.{digits}g}"
-        if _F32.pack(float(s)) == target:
-            return float(s)
+        try:
+            if _F32.pack(float(s)) == target:
+                return float(s)
+        except OverflowError:  # rounded past float32's range: needs more digits
+            continue
     return v
+
+
+def fix_negative_time(v: timedelta) -> timedelta:
+    """python-mysql-replication decodes a negative TIME with a fraction as -(int + 1 - frac)
+    (-01:02:03.456 arrives as -01:02:03.544): undo that."""
+    if v >= timedelta(0):
+        return v
+    us = -(v // timedelta(microseconds=1))
+    whole, frac = divmod(us, 1_000_000)
+    if not frac:
+        return v
+    return -timedelta(microseconds=whole * 1_000_000 + (1_000_000 - frac))
 
 
 def _set_members(col: Column) -> list[str]:
@@ -62,6 +77,8 @@ def normaliser(col: Column) -> Normaliser:
         return lambda v, src: v
     if t == "timestamp":
         return lambda v, src: None if v is None else ("0000-00-00 00:00:00" if v == _EPOCH else v)
+    if t == "time" and (col.fsp or 0) > 0:
+        return lambda v, src: None if v is None else fix_negative_time(v)
     if t == "year":
         return lambda v, src: None if v is None else (0 if v == 1900 else v)
     if t == "binary":
@@ -107,5 +124,8 @@ class RowNormaliser:
         out = {}
         for name, v in values.items():
             fn = self.columns.get(name)
-            out[name] = fn(v, none_sources.get(name, "")) if fn else v
+            try:
+                out[name] = fn(v, none_sources.get(name, "")) if fn else v
+            except Exception:  # leave it as decoded: the Transform then names what is wrong
+                out[name] = v
         return out

@@ -3,6 +3,7 @@ batches, checkpoint after MongoDB acknowledged each batch, and say how far behin
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -303,7 +304,7 @@ def _ddl(
         return applier, applier.transform
     if on_ddl == "extend":
         new_schema = introspect(meta, db)
-        problem = _only_added_nullable_columns(schema, new_schema, item.tables)
+        problem = adds_only_nullable_columns(item.statement)
         if problem is None:
             transform = compile_transform(mapping, new_schema)
             source.set_schema(new_schema)
@@ -320,19 +321,31 @@ def _ddl(
     )
 
 
-def _only_added_nullable_columns(old: Schema, new: Schema, tables: list[str]) -> str | None:
-    for t in tables:
-        before, after = old.tables.get(t), new.tables.get(t)
-        if before is None or after is None:
-            return f"table {t} was created, dropped or renamed"
-        b = {c.name: c for c in before.columns}
-        a = {c.name: c for c in after.columns}
-        if set(b) - set(a):
-            return f"{t} lost column(s) {', '.join(sorted(set(b) - set(a)))}"
-        for name, col in b.items():
-            if a[name].column_type != col.column_type:
-                return f"{t}.{name} changed type {col.column_type} -> {a[name].column_type}"
-        for name in set(a) - set(b):
-            if not a[name].nullable:
-                return f"{t}.{name} was added NOT NULL"
+def adds_only_nullable_columns(statement: str) -> str | None:
+    """None when the statement only adds nullable columns; else what it does beyond that.
+
+    Judged on the statement itself: the schema read now may already be newer than the event.
+    """
+    m = re.match(r"\s*ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+\S+\s+(.*)$", statement, re.I | re.S)
+    if not m:
+        return "it is not an ALTER TABLE … ADD COLUMN"
+    depth, clause, clauses = 0, "", []
+    for ch in m.group(1):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            clauses.append(clause)
+            clause = ""
+        else:
+            clause += ch
+    clauses.append(clause)
+    for c in (x.strip() for x in clauses):
+        if not re.match(
+            r"ADD\s+(COLUMN\s+)?(IF\s+NOT\s+EXISTS\s+)?`?\w+`?\s+\w+", c, re.I
+        ) or re.match(
+            r"ADD\s+(INDEX|KEY|UNIQUE|PRIMARY|CONSTRAINT|FOREIGN|FULLTEXT|SPATIAL)\b", c, re.I
+        ):
+            return f"{c[:60]!r} is not an added column"
+        if re.search(r"\bNOT\s+NULL\b|\bPRIMARY\s+KEY\b|\bAUTO_INCREMENT\b", c, re.I):
+            return f"{c[:60]!r} is added NOT NULL (or as a key)"
     return None

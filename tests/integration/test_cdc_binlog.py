@@ -89,3 +89,129 @@ def test_cdc_cli_until_caught_up_json(env):
     assert env.target.orders.find_one({"_id": 1})["status"] == "cancelled"
     status = env.state.meta.find_one({"_id": "cdc_status"})
     assert status["lag_seconds"] == 0
+
+
+def test_every_type_changed_by_cdc_equals_a_fresh_backfill(env):
+    from .test_types_roundtrip import COLS, DDL, ROWS
+
+    env.sql("SET SESSION sql_mode = ''", "SET time_zone = '+00:00'", DDL)
+    path = env.mapping("  - {name: alltypes, from: alltypes}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "SET SESSION sql_mode = ''",
+        "SET time_zone = '+00:00'",
+        f"INSERT INTO alltypes ({COLS}) VALUES " + ", ".join(ROWS),
+        "UPDATE alltypes SET g = ST_GeomFromText('POINT(1 2)') WHERE id = 1",
+        "INSERT INTO alltypes (id, s, bit9, fl, y, bn) VALUES (10, 'c,a', b'1', 0.1, 0, x'01')",
+        "UPDATE alltypes SET s = 'b', bit9 = b'11', fl = 2.5, j = '{\"k\": [1, 2]}', "
+        "vb = x'FF00', bl = '', t3 = '-00:00:01.5' WHERE id = 10",
+        "UPDATE alltypes SET id = 20 WHERE id = 10",
+        "UPDATE alltypes SET dt = '0000-00-00 00:00:00', ts = '0000-00-00 00:00:00' WHERE id = 2",
+        "DELETE FROM alltypes WHERE id = -5",
+    )
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0 and summary.events >= 9
+    assert_same_as_fresh_backfill(env, path)
+    doc = env.target.alltypes.find_one({"_id": 20})
+    assert doc["s"] == ["b"] and doc["bit9"] == 3 and doc["fl"] == 2.5 and doc["vb"] == b"\xff\x00"
+    assert env.target.alltypes.find_one({"_id": 10}) is None
+
+
+def test_multi_statement_transaction_applies_whole(env):
+    path = make_shop(env, orders=5)
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "START TRANSACTION",
+        "INSERT INTO orders (id, order_no, customer_id, created_at) VALUES (77, 'T', 2, NOW())",
+        *[f"INSERT INTO order_items VALUES (77, {i}, 1, {i}, 1.00)" for i in range(1, 31)],
+        "UPDATE order_items SET qty = 0 WHERE order_id = 77 AND line_no > 20",
+        "DELETE FROM order_items WHERE order_id = 77 AND line_no <= 5",
+        "COMMIT",
+    )
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.transactions >= 1 and summary.dead_letters == 0
+    doc = env.target.orders.find_one({"_id": 77})
+    assert [i["line_no"] for i in doc["items"]] == list(range(6, 31))
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_child_before_its_parent_waits_then_lands(env):
+    path = make_shop(env, orders=3)
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "SET SESSION foreign_key_checks = 0",
+        "INSERT INTO order_items VALUES (900, 1, 1, 2, 3.00)",
+        "SET SESSION foreign_key_checks = 1",
+    )
+    first = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert first.pending == 1 and env.state.pending.count_documents({}) == 1
+    assert env.target.orders.find_one({"_id": 900}) is None
+    env.sql(
+        "INSERT INTO orders (id, order_no, customer_id, created_at) VALUES (900, 'P', 1, NOW())"
+    )
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.state.pending.count_documents({}) == 0
+    assert [i["line_no"] for i in env.target.orders.find_one({"_id": 900})["items"]] == [1]
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_an_event_that_cannot_be_applied_goes_to_dead_letters(env):
+    env.sql("CREATE TABLE big (id INT PRIMARY KEY, d DECIMAL(40,0))")
+    path = env.mapping("  - {name: big, from: big}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql("INSERT INTO big VALUES (1, 1), (2, 1234567890123456789012345678901234567890), (3, 3)")
+    p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--json", check=1)
+    s = json.loads(p.stdout)
+    assert s["dead_letters"] == 1 and s["stopped"] == "caught up"
+    assert sorted(d["_id"] for d in env.target.big.find()) == [1, 3]
+    dl = env.state.dead_letters.find_one({"source": "cdc"})
+    assert "34 significant digits" in dl["reason"] and dl["payload"]["table"] == "big"
+    assert dl["position"]["gtid"]
+
+
+def test_ddl_stop_then_extend(env):
+    path = make_shop(env, orders=4)
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "UPDATE orders SET status = 'cancelled' WHERE id = 1",
+        "ALTER TABLE orders ADD COLUMN channel VARCHAR(10) NULL",
+        "UPDATE orders SET channel = 'web' WHERE id = 2",
+    )
+    p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
+    assert "DDL on a mapped table" in p.stderr and "ADD COLUMN channel" in p.stderr
+    # what came before the DDL was applied; the checkpoint waits in front of the statement
+    assert env.target.orders.find_one({"_id": 1})["status"] == "cancelled"
+    assert "channel" not in env.target.orders.find_one({"_id": 2})
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "extend", check=0)
+    assert env.target.orders.find_one({"_id": 2})["channel"] == "web"
+    env.sql("UPDATE orders SET channel = 'app' WHERE id = 3")
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.target.orders.find_one({"_id": 3})["channel"] == "app"
+
+
+def test_ddl_ignore_and_extend_refusing_a_not_null_column(env):
+    path = make_shop(env, orders=3)
+    backfill(load_mapping(path), workers=1)
+    env.sql("ALTER TABLE products ADD COLUMN stock INT NOT NULL DEFAULT 0")
+    p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "extend", check=1)
+    assert "added NOT NULL" in p.stderr or "DDL on a mapped table" in p.stderr
+    p = migrator_cmd(
+        "cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "ignore", "--json", check=0
+    )
+    assert json.loads(p.stdout)["ddl"][0]["action"] == "ignore"
+    # an unmapped table's DDL never stops CDC
+    env.sql("CREATE TABLE audit_log (id INT PRIMARY KEY)")
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=0)
+
+
+def test_position_ahead_of_the_source_is_refused(env):
+    path = make_shop(env, orders=2)
+    backfill(load_mapping(path), workers=1)
+    pos = env.state.meta.find_one({"_id": "backfill_position"})["position"]
+    dom, srv, seq = pos["gtid"].split(",")[0].split("-")
+    env.state.meta.update_one(
+        {"_id": "backfill_position"},
+        {"$set": {"position.gtid": f"{dom}-{srv}-{int(seq) + 100000}"}},
+    )
+    p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
+    assert "moved backwards" in p.stderr and "backfill --restart" in p.stderr
