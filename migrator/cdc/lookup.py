@@ -21,7 +21,8 @@ class SourceLookup:
         self.url = url
         self.conn: Any = None
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
+    def run(self, fn: Callable[[Any], T]) -> T:
+        """fn(connection), reconnecting when the server dropped us (a restart, a timeout)."""
         for attempt in range(3):
             if self.conn is None:
                 self.conn = connect(self.url, raw=True)
@@ -35,7 +36,7 @@ class SourceLookup:
 
     def embedded(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
         """The embed's current value for a root row: a list (1:N) or a sub-document or None."""
-        rows = self._run(lambda c: ChunkReader(c, plan).read_embed(e, [root_row]))
+        rows = self.run(lambda c: ChunkReader(c, plan).read_embed(e, [root_row]))
         if e.many:
             return [e.view.build(r) for r in rows]
         return e.view.build(rows[0]) if rows else None
@@ -50,7 +51,7 @@ class SourceLookup:
             cur.execute(sql, key)
             return cur.fetchone() is not None
 
-        return self._run(q)
+        return self.run(q)
 
     def close(self) -> None:
         if self.conn is not None:

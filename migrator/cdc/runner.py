@@ -18,7 +18,7 @@ from ..sink.mongo import connect as mongo_connect
 from ..source.connection import _s, query
 from ..source.connection import connect as mysql_connect
 from ..source.position import is_mariadb
-from ..source.schema import Schema, introspect
+from ..source.schema import introspect
 from ..state import StateStore, now
 from ..urls import parse_mysql_url
 from .applier import Applier, BatchResult
@@ -199,7 +199,7 @@ def run_cdc(
         stats.events_per_sec = summary.events / elapsed if elapsed else 0.0
         if idle or time.monotonic() - last_master_check > 1.0:
             last_master_check = time.monotonic()
-            if idle or reached(position, master_position(meta)):
+            if idle or reached(position, lookup.run(master_position)):
                 stats.lag_seconds = 0.0
         summary.lag_seconds = stats.lag_seconds
         state.save_cdc_status(
@@ -245,10 +245,7 @@ def run_cdc(
                         break
                 elif isinstance(item, DDL):
                     flush()
-                    applier, transform = _ddl(
-                        item, on_ddl, mapping, meta, schema, tables, source, applier, state, summary
-                    )
-                    schema = source.schema
+                    _ddl(item, on_ddl, mapping, tables, source, applier, state, summary)
                     # past the statement now: a restart must not meet it again
                     position = source.position
                     state.save_cdc_checkpoint(position.to_dict())
@@ -282,14 +279,13 @@ def _ddl(
     item: DDL,
     on_ddl: OnDDL,
     mapping: Mapping,
-    meta: Any,
-    schema: Schema,
     tables: set[str],
     source: BinlogSource,
     applier: Applier,
     state: StateStore,
     summary: CdcSummary,
-) -> tuple[Applier, Any]:
+) -> None:
+    """Apply the --on-ddl policy to a schema change (raises CheckFailed to stop)."""
     db = mapping.source_database
     relevant = (item.schema in (None, db) or f"{db}." in item.statement) and (
         not item.tables or any(t in tables for t in item.tables)
@@ -301,16 +297,19 @@ def _ddl(
     }
     summary.ddl.append(record)
     if not relevant or on_ddl == "ignore":
-        return applier, applier.transform
+        return
     if on_ddl == "extend":
-        new_schema = introspect(meta, db)
         problem = adds_only_nullable_columns(item.statement)
         if problem is None:
-            transform = compile_transform(mapping, new_schema)
+            conn = mysql_connect(parse_mysql_url(mapping.source.url))
+            try:
+                new_schema = introspect(conn, db)
+            finally:
+                conn.close()
             source.set_schema(new_schema)
-            applier.set_transform(transform)
+            applier.set_transform(compile_transform(mapping, new_schema))
             record["action"] = "extended"
-            return applier, transform
+            return
         record["action"] = f"stopped: {problem}"
     # stop: the checkpoint stays before the statement, so a rerun meets it again
     state.save_cdc_checkpoint(item.position.to_dict(), stopped_at_ddl=item.statement[:500])
