@@ -77,6 +77,7 @@ class BatchResult:
     dead_letters: int = 0
     pending: int = 0
     resolved_pending: int = 0
+    operations: int = 0
     seconds: float = 0.0
 
 
@@ -114,7 +115,9 @@ class Applier:
         lookup: SourceLookup,
         *,
         pending_bound_seconds: float = 600.0,
+        dry_run: bool = False,
     ) -> None:
+        self.dry_run = dry_run  # build every operation, write none (benchmarks, estimates)
         self.transform = transform
         self.db = db
         self.state = state
@@ -271,6 +274,9 @@ class _Batch:
                         except Exception:
                             continue
         for coll, ids in want.items():
+            if self.a.dry_run:  # nothing is read either: take every parent as present
+                self.exists[coll] = set(ids)
+                continue
             found = self.a.db[coll].find({"_id": {"$in": [_unhash(i) for i in ids]}}, {"_id": 1})
             self.exists[coll] = {_hashable(d["_id"]) for d in found}
         self.pending_for: dict[str, dict[Any, list[dict[str, Any]]]] = {}
@@ -512,6 +518,9 @@ class _Batch:
 
     # -- execution ---------------------------------------------------------------------------
     def execute(self) -> None:
+        if self.a.dry_run:
+            self.result.operations = sum(len(t) for t in self.ops.values())
+            return
         for coll, tagged in self.ops.items():
             self._write(coll, tagged)
         state = self.a.state

@@ -9,6 +9,7 @@ commit seen; `blocking=True` with server heartbeats so an idle stream still wake
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ _binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
 
 _NOT_DDL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|XA |SAVEPOINT|SET |FLUSH )", re.I)
 _PURGED = 1236
+log = logging.getLogger("migrator.cdc.binlog")
 
 
 class Heartbeat:
@@ -158,6 +160,10 @@ class BinlogSource:
                         f"connection ({self.url.setting}): access denied"
                     ) from None
                 # a dropped connection or a restarting server: reopen from the last commit
+                log.warning(
+                    "binlog connection lost; reconnecting from the last commit",
+                    extra={"error": str(exc), "position": self.position.to_dict()},
+                )
                 self.reconnects += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 10)

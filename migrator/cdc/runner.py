@@ -3,6 +3,7 @@ batches, checkpoint after MongoDB acknowledged each batch, and say how far behin
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ from .lookup import SourceLookup
 from .roles import table_roles
 
 OnDDL = Literal["stop", "ignore", "extend"]
+log = logging.getLogger("migrator.cdc")
 
 
 @dataclass
@@ -134,7 +136,10 @@ def run_cdc(
     batch_seconds: float = 0.3,
     stop: threading.Event | None = None,
     on_batch: Callable[[LiveStats], None] | None = None,
+    dry_run: bool = False,
 ) -> CdcSummary:
+    """Tail the source and apply; `dry_run` decodes, transforms and builds every operation
+    but writes nothing and saves no checkpoint (it measures the pipeline)."""
     stop = stop or threading.Event()
     src = parse_mysql_url(mapping.source.url)
     meta = mysql_connect(src)
@@ -153,7 +158,7 @@ def run_cdc(
     start = Position.from_dict(saved)
     check_start(meta, start, maria)
     lookup = SourceLookup(src)
-    applier = Applier(transform, client[mapping.target_database], state, lookup)
+    applier = Applier(transform, client[mapping.target_database], state, lookup, dry_run=dry_run)
     tables = set(table_roles(transform))
     source = BinlogSource(src, schema, tables, start, flavor="mariadb" if maria else "mysql")
     summary = CdcSummary(mode=mode, start=start.to_dict())
@@ -161,6 +166,14 @@ def run_cdc(
         position=str(start), pending=applier.pending_count, dead_letters=state.dead_letter_count()
     )
     target = master_position(meta) if mode == "until-caught-up" else None
+    log.info(
+        "cdc starting",
+        extra={
+            "position": start.to_dict(),
+            "mode": mode,
+            "target": target.to_dict() if target else None,
+        },
+    )
     t0 = time.monotonic()
     batch: list[Transaction] = []
     batch_started = 0.0
@@ -172,9 +185,19 @@ def run_cdc(
         if not batch:
             return
         res: BatchResult = applier.apply(batch)
+        log.debug(
+            "batch applied",
+            extra={
+                "transactions": len(batch),
+                "events": res.events,
+                "dead_letters": res.dead_letters,
+                "seconds": round(res.seconds, 4),
+            },
+        )
         position = batch[-1].position
         last_commit = batch[-1].commit_time
-        state.save_cdc_checkpoint(position.to_dict(), commit_time=last_commit)
+        if not dry_run:
+            state.save_cdc_checkpoint(position.to_dict(), commit_time=last_commit)
         summary.batches += 1
         summary.transactions += len(batch)
         summary.events += res.events
@@ -202,14 +225,15 @@ def run_cdc(
             if idle or reached(position, lookup.run(master_position)):
                 stats.lag_seconds = 0.0
         summary.lag_seconds = stats.lag_seconds
-        state.save_cdc_status(
-            lag_seconds=stats.lag_seconds,
-            position=position.to_dict(),
-            events=summary.events,
-            dead_letters=stats.dead_letters,
-            pending=stats.pending,
-            mode=mode,
-        )
+        if not dry_run:
+            state.save_cdc_status(
+                lag_seconds=stats.lag_seconds,
+                position=position.to_dict(),
+                events=summary.events,
+                dead_letters=stats.dead_letters,
+                pending=stats.pending,
+                mode=mode,
+            )
         if on_batch:
             on_batch(stats)
 
@@ -248,7 +272,8 @@ def run_cdc(
                     _ddl(item, on_ddl, mapping, tables, source, applier, state, summary)
                     # past the statement now: a restart must not meet it again
                     position = source.position
-                    state.save_cdc_checkpoint(position.to_dict())
+                    if not dry_run:
+                        state.save_cdc_checkpoint(position.to_dict())
                 if stop.is_set():
                     flush()
                     summary.stopped = "stopped by signal"
@@ -259,10 +284,20 @@ def run_cdc(
         lookup.close()
         meta.close()
     summary.end = position.to_dict()
+    log.info(
+        "cdc stopped",
+        extra={
+            "reason": summary.stopped,
+            "events": summary.events,
+            "position": summary.end,
+            "reconnects": summary.reconnects,
+        },
+    )
     summary.seconds = time.monotonic() - t0
     summary.events_per_sec = summary.events / summary.seconds if summary.seconds else 0.0
     if summary.stopped == "caught up":
         summary.lag_seconds = 0.0
+    if summary.stopped == "caught up" and not dry_run:
         state.save_cdc_status(
             lag_seconds=0.0,
             position=position.to_dict(),
@@ -296,6 +331,7 @@ def _ddl(
         "action": "ignored (unmapped)" if not relevant else on_ddl,
     }
     summary.ddl.append(record)
+    log.warning("ddl seen", extra=record)
     if not relevant or on_ddl == "ignore":
         return
     if on_ddl == "extend":

@@ -12,6 +12,7 @@ import click
 from ..backfill import backfill
 from ..cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
 from ..errors import ConfigError
+from ..metrics import CdcMetrics
 from . import render
 from .backfill import print_summary
 from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
@@ -65,7 +66,15 @@ def _with(options: list[Any]) -> Any:
     return deco
 
 
-def _run(mapping: Any, follow: bool, on_ddl: str, as_json: bool, source_kind: str) -> CdcSummary:
+def _run(
+    mapping: Any,
+    follow: bool,
+    on_ddl: str,
+    as_json: bool,
+    source_kind: str,
+    dry_run: bool = False,
+    metrics_port: int | None = None,
+) -> CdcSummary:
     if source_kind == "debezium":
         raise ConfigError("--source debezium is not available yet; use --source binlog")
     stop = _stop_on_signals()
@@ -75,11 +84,20 @@ def _run(mapping: Any, follow: bool, on_ddl: str, as_json: bool, source_kind: st
         mode="follow" if follow else "until-caught-up",
         on_ddl=cast(OnDDL, on_ddl),
         stop=stop,
+        dry_run=dry_run,
     )
+    metrics = CdcMetrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
     if as_json:
-        return run()
+        return run(on_batch=metrics.update)
     with render.CdcView(err) as view:
-        return run(on_batch=view.update)
+
+        def both(stats: LiveStats) -> None:
+            view.update(stats)
+            metrics.update(stats)
+
+        return run(on_batch=both)
 
 
 def print_cdc(s: CdcSummary) -> None:
@@ -101,9 +119,29 @@ def print_cdc(s: CdcSummary) -> None:
 @click.command("cdc")
 @mapping_option
 @_with(cdc_options)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (events by table/op, lag, dead letters, "
+    "pending children, checkpoint age).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Decode, transform and build every operation but "
+    "write nothing and keep no checkpoint: measures the pipeline's events/s.",
+)
 @json_option
 @handle_errors
-def cdc_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str, as_json: bool) -> None:
+def cdc_cmd(
+    mapping_path: str,
+    source_kind: str,
+    follow: bool,
+    on_ddl: str,
+    metrics_port: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Apply source changes to MongoDB, from the checkpoint or the backfill's position.
 
     Checkpoints after every batch MongoDB acknowledged; kill it at any moment and run it
@@ -114,7 +152,7 @@ def cdc_cmd(mapping_path: str, source_kind: str, follow: bool, on_ddl: str, as_j
       migrator cdc -m shop.yaml                      # follow until Ctrl-C / SIGTERM
       migrator cdc -m shop.yaml --until-caught-up --json
     """
-    summary = _run(load(mapping_path), follow, on_ddl, as_json, source_kind)
+    summary = _run(load(mapping_path), follow, on_ddl, as_json, source_kind, dry_run, metrics_port)
     if as_json:
         print_json(summary.to_dict())
     else:

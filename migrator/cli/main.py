@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from .. import __version__, logs
 from .backfill import backfill_cmd
 from .cdc import cdc_cmd, sync_cmd
 from .demo import demo_cmd
@@ -23,7 +23,21 @@ Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),
     epilog=EXIT_CODES,
 )
 @click.version_option(__version__, prog_name="migrator")
-def cli() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="MIGRATOR_LOG_FORMAT",
+    help="Logs on stderr as text or as JSON lines.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    envvar="MIGRATOR_LOG_LEVEL",
+    help="Default: warning for text, info for json.",
+)
+def cli(log_format: str, log_level: str | None) -> None:
     """Move a live MySQL/MariaDB database into MongoDB with zero downtime.
 
     \b
@@ -32,6 +46,7 @@ def cli() -> None:
       migrator plan -m shop.yaml
       migrator backfill -m shop.yaml --workers 2
     """
+    logs.setup(log_format, log_level or ("info" if log_format == "json" else "warning"))
 
 
 cli.add_command(stack_group)

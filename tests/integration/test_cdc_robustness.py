@@ -158,3 +158,55 @@ def test_purged_binlog_stops_with_a_clear_message(own_env):
     assert [r[0] for r in env.sql("SHOW BINARY LOGS")] == [current]
     p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
     assert "purged" in p.stderr and "backfill --restart" in p.stderr
+
+
+def test_metrics_endpoint_and_json_logs(env):
+    import urllib.request
+
+    from migrator.sandbox import free_port
+
+    path = make_shop(env, orders=5)
+    backfill(load_mapping(path), workers=1)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "migrator.cli.main",
+            "--log-format",
+            "json",
+            "cdc",
+            "-m",
+            str(path),
+            "--follow",
+            "--json",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        env.sql("UPDATE orders SET note = 'metrics' WHERE id = 1")
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            except OSError:
+                text = ""
+            if 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0' in text:
+                break
+            time.sleep(0.3)
+        assert 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0' in text
+        assert "migrator_cdc_lag_seconds" in text and "migrator_cdc_checkpoint_age_seconds" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    lines = [json.loads(x) for x in errs.decode().splitlines() if x.startswith("{")]
+    assert any(x["msg"] == "cdc starting" and x["level"] == "info" for x in lines)
+    assert any(x["msg"] == "cdc stopped" for x in lines)
+    password = env.url.split("://migrator:", 1)[1].split("@", 1)[0]
+    assert password not in errs.decode()

@@ -1,0 +1,192 @@
+"""CDC throughput and lag, printed (not a timed test).
+
+On a throwaway MariaDB (orders + order_items, items embedded in orders) it prints, from one run:
+  1. the raw binlog decode rate of python-mysql-replication over a burst of row changes;
+  2. `cdc --dry-run --until-caught-up` over the same burst: applied rows/s (decode, normalise,
+     Transform, operations built; no sink) and its ratio to the raw decode rate;
+  3. under a steady write load of 1k, 2k and 5k rows/s while CDC follows (dry run, so the sink
+     is not the bottleneck): the achieved write rate, applied rows/s, and p50/p99 lag
+     (commit -> applied, from a timestamp each transaction writes);
+  4. a real apply into the MongoDB server the stack gives (named), on a small burst.
+
+Usage: .venv/bin/python bench/cdc.py [--burst 20000] [--seconds 10] [--rates 1000,2000,5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from typing import Any
+
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+import migrator.cdc.runner as runner
+from migrator.backfill import backfill
+from migrator.cdc.applier import Applier
+from migrator.config import parse_mapping
+from migrator.sandbox import start_stack, url_with_database
+from migrator.shop import create_shop, shop_mapping
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect
+from migrator.source.position import current_position
+from migrator.state import StateStore
+from migrator.urls import parse_mysql_url
+
+ROWS_PER_TXN = 10  # 1 order + 4 items inserted, 4 items updated, 1 order deleted
+
+
+class Writer:
+    """Transactions of ROWS_PER_TXN row changes; each stamps its commit time in orders.note."""
+
+    def __init__(self, url: str, first_id: int) -> None:
+        self.conn = connect(parse_mysql_url(url))
+        self.next_id = first_id
+        self.rows = 0
+
+    def txn(self) -> None:
+        o = self.next_id
+        self.next_id += 1
+        cur = self.conn.cursor()
+        cur.execute("START TRANSACTION")
+        cur.execute(
+            "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
+            "VALUES (%s, %s, 1, 'new', 10.00, %s, NOW())",
+            (o, f"B{o}", f"{time.time():.6f}"),
+        )
+        cur.execute(
+            "INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
+            "(%s,4,4,1,1.00)",
+            (o, o, o, o),
+        )
+        cur.execute("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 1,))
+        cur.execute("DELETE FROM orders WHERE id = %s", (o - 3,))
+        deleted = cur.rowcount
+        cur.execute("COMMIT")
+        self.rows += ROWS_PER_TXN - 1 + deleted  # the first deletes find nothing
+
+
+def raw_decode(url: str, position: dict[str, Any], expected_rows: int) -> float:
+    u = parse_mysql_url(url)
+    stream = BinLogStreamReader(
+        connection_settings={"host": u.host, "port": u.port, "user": u.user, "passwd": u.password},
+        server_id=99_001,
+        blocking=True,
+        is_mariadb=True,
+        auto_position=position["gtid"],
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent],
+        only_schemas=[u.database],
+    )
+    t0, rows = time.perf_counter(), 0
+    for ev in stream:
+        rows += len(ev.rows)
+        if rows >= expected_rows:
+            break
+    stream.close()
+    return rows / (time.perf_counter() - t0)
+
+
+def steady(rate: int, seconds: float, url: str, admin: Any, mapping: Any, state: Any) -> None:
+    """Write `rate` rows/s for `seconds` while CDC follows (dry run); print lag p50/p99."""
+    lags: list[float] = []
+
+    class Measured(Applier):
+        def apply(self, txns: Any) -> Any:
+            res = super().apply(txns)
+            done = time.time()
+            for t in txns:
+                for e in t.events:
+                    if e.table == "orders" and e.op == "insert" and e.after:
+                        lags.append(done - float(e.after["note"]))
+            return res
+
+    runner.Applier = Measured  # type: ignore[misc]
+    state.meta.delete_many({})
+    state.record_backfill_position(current_position(admin))
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def follow() -> None:
+        result["s"] = runner.run_cdc(mapping, mode="follow", stop=stop, dry_run=True)
+
+    t = threading.Thread(target=follow)
+    t.start()
+    time.sleep(1.5)
+    w = Writer(url, 100_000 * rate)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        w.txn()
+        ahead = w.rows / rate - (time.perf_counter() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    achieved = w.rows / (time.perf_counter() - t0)
+    time.sleep(1.5)
+    stop.set()
+    t.join()
+    runner.Applier = Applier  # type: ignore[misc]
+    lags.sort()
+    p50 = statistics.median(lags) if lags else float("nan")
+    p99 = lags[max(int(len(lags) * 0.99) - 1, 0)] if lags else float("nan")
+    print(
+        f"steady load {rate:,} rows/s: achieved {achieved:,.0f} rows/s, CDC applied "
+        f"{result['s'].events:,} rows, lag p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--burst", type=int, default=20_000, help="row changes in the burst")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each steady load")
+    ap.add_argument("--rates", default="1000,2000,5000")
+    args = ap.parse_args()
+
+    stack = start_stack()
+    try:
+        admin = connect(parse_mysql_url(stack.mysql_url), database=False)
+        create_shop(admin, "bench", customers=50, products=20, orders=10)
+        url = url_with_database(stack.mysql_url, "bench")
+        mapping = parse_mapping(
+            shop_mapping(url, stack.mongo_url, target_db="bench", state_db="_bench_cdc"),
+            "bench.yaml",
+        )
+        state = StateStore(mongo_connect(stack.mongo_url), "_bench_cdc")
+        print(f"MariaDB {admin.get_server_info()}, MongoDB server: {stack.mongo_kind}")
+
+        # 1 + 2: a burst, decoded raw and by CDC (dry run)
+        pos = current_position(admin)
+        w = Writer(url, 1000)
+        for _ in range(args.burst // ROWS_PER_TXN):
+            w.txn()
+        raw = raw_decode(url, pos, w.rows)
+        print(f"raw python-mysql-replication decode: {raw:,.0f} rows/s ({w.rows:,} row changes)")
+        state.reset_backfill()
+        state.record_backfill_position(pos)
+        s = runner.run_cdc(mapping, mode="until-caught-up", dry_run=True)
+        print(
+            f"cdc --dry-run catch-up: {s.events:,} events in {s.seconds:.1f} s = "
+            f"{s.events_per_sec:,.0f} rows/s (ratio to raw decode {s.events_per_sec / raw:.2f})"
+        )
+
+        # 3: steady load while following, lag measured per transaction
+        for rate in [int(r) for r in args.rates.split(",")]:
+            steady(rate, args.seconds, url, admin, mapping, state)
+
+        # 4: a real sink, small (the mongoeco server writes a few hundred docs/s)
+        state.meta.delete_many({})
+        backfill(mapping, workers=1, restart=True)
+        w = Writer(url, 900_000)
+        for _ in range(30):
+            w.txn()
+        s = runner.run_cdc(mapping, mode="until-caught-up")
+        print(
+            f"real apply into {stack.mongo_kind}: {s.events} events in {s.seconds:.1f} s = "
+            f"{s.events_per_sec:,.0f} events/s"
+        )
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
