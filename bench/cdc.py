@@ -51,21 +51,19 @@ class Writer:
         self.next_id += 1
         cur = self.conn.cursor()
         cur.execute("START TRANSACTION")
-        cur.execute(
-            "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
-            "VALUES (%s, %s, 1, 'new', 10.00, %s, NOW())",
-            (o, f"B{o}", f"{time.time():.6f}"),
-        )
-        cur.execute(
-            "INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
-            "(%s,4,4,1,1.00)",
-            (o, o, o, o),
-        )
-        cur.execute("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 1,))
-        cur.execute("DELETE FROM orders WHERE id = %s", (o - 3,))
-        deleted = cur.rowcount
+        rows = 0
+        for sql, args in (
+            ("INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
+             "VALUES (%s, %s, 1, 'new', 10.00, %s, NOW())", (o, f"B{o}", f"{time.time():.6f}")),
+            ("INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
+             "(%s,4,4,1,1.00)", (o, o, o, o)),
+            ("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 1,)),
+            ("DELETE FROM orders WHERE id = %s", (o - 3,)),
+        ):
+            cur.execute(sql, args)
+            rows += max(cur.rowcount, 0)  # rows the binlog will carry (cascades are not)
         cur.execute("COMMIT")
-        self.rows += ROWS_PER_TXN - 1 + deleted  # the first deletes find nothing
+        self.rows += rows
 
 
 def raw_decode(url: str, position: dict[str, Any], expected_rows: int) -> float:
