@@ -53,10 +53,16 @@ class Writer:
         cur.execute("START TRANSACTION")
         rows = 0
         for sql, args in (
-            ("INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
-             "VALUES (%s, %s, 1, 'new', 10.00, %s, NOW())", (o, f"B{o}", f"{time.time():.6f}")),
-            ("INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
-             "(%s,4,4,1,1.00)", (o, o, o, o)),
+            (
+                "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
+                "VALUES (%s, %s, 1, 'new', 10.00, %s, NOW())",
+                (o, f"B{o}", f"{time.time():.6f}"),
+            ),
+            (
+                "INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
+                "(%s,4,4,1,1.00)",
+                (o, o, o, o),
+            ),
             ("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 1,)),
             ("DELETE FROM orders WHERE id = %s", (o - 3,)),
         ):

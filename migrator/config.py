@@ -150,6 +150,19 @@ class BackfillSpec(_Model):
     workers: int = Field(2, ge=1, le=64)
 
 
+class DebeziumSpec(_Model):
+    """For `cdc --source debezium`: where the topics are and how the connector encodes."""
+
+    bootstrap: str | None = Field(None, description="Kafka bootstrap servers, host:port")
+    topic_prefix: str | None = Field(None, description="the connector's topic.prefix")
+    group: str | None = Field(None, description="consumer group (default migrator-<target db>)")
+    time_precision_mode: Literal[
+        "adaptive_time_microseconds", "adaptive", "connect", "isostring"
+    ] = "adaptive_time_microseconds"
+    decimal_handling_mode: Literal["precise", "string", "double"] = "precise"
+    binary_handling_mode: Literal["bytes", "base64", "base64-url-safe", "hex"] = "bytes"
+
+
 class Mapping(_Model):
     version: Literal[1]
     source: SourceSpec
@@ -157,6 +170,7 @@ class Mapping(_Model):
     state: StateSpec = Field(default_factory=StateSpec)
     throttle: ThrottleSpec = Field(default_factory=ThrottleSpec)
     backfill: BackfillSpec = Field(default_factory=BackfillSpec)
+    debezium: DebeziumSpec = Field(default_factory=DebeziumSpec)
     collections: list[CollectionSpec] = Field(min_length=1)
 
     # Where the mapping came from, for error messages (not part of the format).

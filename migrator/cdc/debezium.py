@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, ConversionError
 from ..source.schema import Column, Schema
-from .events import ChangeEvent
+from .events import ChangeEvent, Op
 from .normalize import float32_text
 
 TimeMode = Literal["adaptive_time_microseconds", "adaptive", "connect", "isostring"]
 DecimalMode = Literal["precise", "string", "double"]
 BinaryMode = Literal["bytes", "base64", "base64-url-safe", "hex"]
 _EPOCH = datetime(1970, 1, 1)
-_OPS = {"c": "insert", "r": "insert", "u": "update", "d": "delete"}
+_OPS: dict[str, Op] = {"c": "insert", "r": "insert", "u": "update", "d": "delete"}
 
 
 @dataclass
@@ -84,11 +84,17 @@ class DebeziumDecoder:
         when = datetime.fromtimestamp(ts / 1000, UTC).replace(tzinfo=None) if ts else None
         before = self._row(table, payload.get("before"), _field_schemas(cschema, "before"))
         after = self._row(table, payload.get("after"), _field_schemas(cschema, "after"))
-        return ChangeEvent(table=table, op=op, before=before, after=after,  # type: ignore[arg-type]
-                           commit_time=when)
+        return ChangeEvent(
+            table=table,
+            op=op,
+            before=before,
+            after=after,
+            commit_time=when,
+        )
 
-    def _row(self, table: str, row: dict[str, Any] | None,
-             fschemas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    def _row(
+        self, table: str, row: dict[str, Any] | None, fschemas: dict[str, dict[str, Any]]
+    ) -> dict[str, Any] | None:
         if row is None:
             return None
         t = self.schema.tables[table]
@@ -100,8 +106,9 @@ class DebeziumDecoder:
             try:
                 out[name] = self._value(t.column(name), v, fschemas.get(name))
             except (ValueError, TypeError, ArithmeticError) as exc:
-                raise ConversionError(f"{table}.{name}: cannot decode Debezium value "
-                                      f"{v!r:.60}: {exc}") from None
+                raise ConversionError(
+                    f"{table}.{name}: cannot decode Debezium value {v!r:.60}: {exc}"
+                ) from None
         return out
 
     # -- one value ---------------------------------------------------------------------------
@@ -138,8 +145,9 @@ class DebeziumDecoder:
             return format(Decimal(unscaled).scaleb(-scale), "f")
         if isinstance(v, int | float):
             # double mode: as precise as a double; show it at the column's scale
-            return format(Decimal(repr(float(v))).quantize(Decimal(1).scaleb(-(col.scale or 0))),
-                          "f")
+            return format(
+                Decimal(repr(float(v))).quantize(Decimal(1).scaleb(-(col.scale or 0))), "f"
+            )
         if isinstance(v, str):
             try:
                 Decimal(v)
@@ -151,7 +159,8 @@ class DebeziumDecoder:
                 "decimal.handling.mode=precise and schemas disabled the scale is not in the "
                 "message, so the value cannot be read safely",
                 hint="set decimal.handling.mode=string on the connector, or enable schemas in "
-                     "the JSON converter (value.converter.schemas.enable=true)")
+                "the JSON converter (value.converter.schemas.enable=true)",
+            )
         raise ValueError(f"unexpected DECIMAL value {v!r}")
 
     def _bytes(self, v: Any, fs: dict[str, Any] | None) -> bytes:
@@ -176,10 +185,15 @@ class DebeziumDecoder:
             if t == "date":
                 name = "io.debezium.time.Date"
             elif t == "time":
-                name = "io.debezium.time.MicroTime" if mode.startswith("adaptive") else \
-                    "org.apache.kafka.connect.data.Time"
+                name = (
+                    "io.debezium.time.MicroTime"
+                    if mode.startswith("adaptive")
+                    else "org.apache.kafka.connect.data.Time"
+                )
             elif mode.startswith("adaptive"):
-                name = "io.debezium.time.MicroTimestamp" if fsp > 3 else "io.debezium.time.Timestamp"
+                name = (
+                    "io.debezium.time.MicroTimestamp" if fsp > 3 else "io.debezium.time.Timestamp"
+                )
             else:
                 name = "org.apache.kafka.connect.data.Timestamp"
         n = int(v)
@@ -207,8 +221,12 @@ def _iso(t: str, v: str) -> Any:
         neg = s.startswith("-")
         h, m, rest = s.lstrip("-").split(":")
         sec, _, frac = rest.partition(".")
-        td = timedelta(hours=int(h), minutes=int(m), seconds=int(sec),
-                       microseconds=int((frac + "000000")[:6]) if frac else 0)
+        td = timedelta(
+            hours=int(h),
+            minutes=int(m),
+            seconds=int(sec),
+            microseconds=int((frac + "000000")[:6]) if frac else 0,
+        )
         return -td if neg else td
     dt = datetime.fromisoformat(s.replace("T", " "))
     if dt.tzinfo is not None:

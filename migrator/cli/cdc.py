@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import signal
 import threading
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import click
 
 from ..backfill import backfill
+from ..cdc.debezium import DebeziumSettings
+from ..cdc.kafka import run_debezium
 from ..cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
 from ..errors import ConfigError
 from ..metrics import CdcMetrics
@@ -47,6 +50,19 @@ cdc_options = [
         "position at start is applied.",
     ),
     click.option(
+        "--kafka-bootstrap",
+        help="Kafka host:port for --source debezium (default: debezium.bootstrap in the mapping).",
+    ),
+    click.option(
+        "--topic-prefix",
+        help="The Debezium connector's topic.prefix (default: debezium.topic_prefix).",
+    ),
+    click.option(
+        "--group",
+        help="Consumer group; processes sharing it share the partitions "
+        "(default: debezium.group, else migrator-<target database>).",
+    ),
+    click.option(
         "--on-ddl",
         type=click.Choice(["stop", "ignore", "extend"]),
         default="stop",
@@ -68,24 +84,48 @@ def _with(options: list[Any]) -> Any:
 
 def _run(
     mapping: Any,
+    *,
+    source_kind: str,
     follow: bool,
     on_ddl: str,
     as_json: bool,
-    source_kind: str,
+    kafka_bootstrap: str | None,
+    topic_prefix: str | None,
+    group: str | None,
     dry_run: bool = False,
     metrics_port: int | None = None,
 ) -> CdcSummary:
-    if source_kind == "debezium":
-        raise ConfigError("--source debezium is not available yet; use --source binlog")
     stop = _stop_on_signals()
-    run = functools.partial(
-        run_cdc,
-        mapping,
-        mode="follow" if follow else "until-caught-up",
-        on_ddl=cast(OnDDL, on_ddl),
-        stop=stop,
-        dry_run=dry_run,
-    )
+    mode: Literal["follow", "until-caught-up"] = "follow" if follow else "until-caught-up"
+    run: Callable[..., CdcSummary]
+    if source_kind == "debezium":
+        if dry_run:
+            raise ConfigError("--dry-run works with --source binlog only")
+        dbz = mapping.debezium
+        bootstrap = kafka_bootstrap or dbz.bootstrap
+        prefix = topic_prefix or dbz.topic_prefix
+        if not bootstrap or not prefix:
+            raise ConfigError(
+                "--source debezium needs --kafka-bootstrap and --topic-prefix "
+                "(or debezium.bootstrap / debezium.topic_prefix in the mapping)"
+            )
+        settings = DebeziumSettings(
+            dbz.time_precision_mode, dbz.decimal_handling_mode, dbz.binary_handling_mode
+        )
+        run = functools.partial(
+            run_debezium,
+            mapping,
+            bootstrap=bootstrap,
+            prefix=prefix,
+            group=group or dbz.group or f"migrator-{mapping.target_database}",
+            mode=mode,
+            stop=stop,
+            settings=settings,
+        )
+    else:
+        run = functools.partial(
+            run_cdc, mapping, mode=mode, on_ddl=cast(OnDDL, on_ddl), stop=stop, dry_run=dry_run
+        )
     metrics = CdcMetrics()
     if metrics_port:
         metrics.serve(metrics_port)
@@ -122,26 +162,18 @@ def print_cdc(s: CdcSummary) -> None:
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
-    help="Serve Prometheus metrics on this port (events by table/op, lag, dead letters, "
-    "pending children, checkpoint age).",
+    help="Serve Prometheus metrics on this port (events by table/op, lag, dead "
+    "letters, pending children, checkpoint age).",
 )
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Decode, transform and build every operation but "
-    "write nothing and keep no checkpoint: measures the pipeline's events/s.",
+    help="Decode, transform and build every operation "
+    "but write nothing and keep no checkpoint: measures the pipeline's events/s.",
 )
 @json_option
 @handle_errors
-def cdc_cmd(
-    mapping_path: str,
-    source_kind: str,
-    follow: bool,
-    on_ddl: str,
-    metrics_port: int | None,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
+def cdc_cmd(mapping_path: str, as_json: bool, **opts: Any) -> None:
     """Apply source changes to MongoDB, from the checkpoint or the backfill's position.
 
     Checkpoints after every batch MongoDB acknowledged; kill it at any moment and run it
@@ -151,8 +183,10 @@ def cdc_cmd(
     Examples:
       migrator cdc -m shop.yaml                      # follow until Ctrl-C / SIGTERM
       migrator cdc -m shop.yaml --until-caught-up --json
+      migrator cdc -m shop.yaml --source debezium --kafka-bootstrap kafka:9092 \\
+                   --topic-prefix mig --group shop-cdc
     """
-    summary = _run(load(mapping_path), follow, on_ddl, as_json, source_kind, dry_run, metrics_port)
+    summary = _run(load(mapping_path), as_json=as_json, **opts)
     if as_json:
         print_json(summary.to_dict())
     else:
@@ -166,14 +200,7 @@ def cdc_cmd(
 @click.option("--workers", type=click.IntRange(1, 64), help="Backfill workers.")
 @json_option
 @handle_errors
-def sync_cmd(
-    mapping_path: str,
-    source_kind: str,
-    follow: bool,
-    on_ddl: str,
-    workers: int | None,
-    as_json: bool,
-) -> None:
+def sync_cmd(mapping_path: str, workers: int | None, as_json: bool, **opts: Any) -> None:
     """Backfill (resuming if started), then CDC from the position the backfill recorded.
 
     \b
@@ -187,7 +214,7 @@ def sync_cmd(
         with render.RichProgress(err) as progress:
             b = backfill(mapping, workers=workers, progress=progress)
         print_summary(b)
-    summary = _run(mapping, follow, on_ddl, as_json, source_kind)
+    summary = _run(mapping, as_json=as_json, **opts)
     if as_json:
         print_json({"backfill": b.to_dict(), "cdc": summary.to_dict()})
     else:

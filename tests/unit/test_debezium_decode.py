@@ -18,34 +18,67 @@ from migrator.source.schema import Column, Schema, Table
 # Copied from ../shared/fixtures/debezium (real Debezium 3.6.3 output; see its README.md).
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium" / "samples"
 
-ORDERS = Table("orders", [
-    Column("id", "bigint", "bigint(20)"),
-    Column("amount", "decimal", "decimal(12,2)", precision=12, scale=2),
-    Column("created_at", "datetime", "datetime(6)", fsp=6),
-    Column("updated_at", "timestamp", "timestamp", fsp=0),
-    Column("attrs", "json", "longtext"),
-    Column("customer", "varchar", "varchar(100)"),
-    Column("status", "enum", "enum('new','paid','shipped','cancelled')"),
-    Column("payload", "blob", "blob"),
-], primary_key=["id"])
+ORDERS = Table(
+    "orders",
+    [
+        Column("id", "bigint", "bigint(20)"),
+        Column("amount", "decimal", "decimal(12,2)", precision=12, scale=2),
+        Column("created_at", "datetime", "datetime(6)", fsp=6),
+        Column("updated_at", "timestamp", "timestamp", fsp=0),
+        Column("attrs", "json", "longtext"),
+        Column("customer", "varchar", "varchar(100)"),
+        Column("status", "enum", "enum('new','paid','shipped','cancelled')"),
+        Column("payload", "blob", "blob"),
+    ],
+    primary_key=["id"],
+)
 SCHEMA = Schema("shop", {"orders": ORDERS})
-MAPPING = parse_mapping('version: 1\nsource: {url: "mysql://u@h/shop"}\n'
-                        'target: {url: "mongodb://m"}\ncollections:\n  - {name: orders, from: orders}\n')
+MAPPING = parse_mapping(
+    'version: 1\nsource: {url: "mysql://u@h/shop"}\n'
+    'target: {url: "mongodb://m"}\ncollections:\n  - {name: orders, from: orders}\n'
+)
 PLAN = compile_transform(MAPPING, SCHEMA).collection("orders")
 
-ROW1 = {"_id": 1, "id": 1, "amount": Decimal128("1234.56"),
-        "created_at": datetime(2024, 1, 2, 3, 4, 5, 123000), "updated_at": datetime(2024, 1, 2, 3, 4, 5),
-        "attrs": {"a": 1, "tags": ["x", "y"], "n": {"d": 1.5}}, "customer": "Zoë Ünicode",
-        "status": "new", "payload": b"\x00\xff\x10\xde\xad\xbe\xef"}
-ROW1_AFTER = {**ROW1, "amount": Decimal128("1300.00"), "updated_at": datetime(2025, 6, 6, 6, 6, 6),
-              "attrs": {"a": 2, "tags": ["x", "y"], "n": {"d": 1.5}}, "status": "shipped"}
-ROW100 = {"_id": 100, "id": 100, "amount": Decimal128("42.00"),
-          "created_at": datetime(2025, 5, 5, 5, 5, 5), "updated_at": datetime(2025, 5, 5, 5, 5, 5),
-          "attrs": {"ins": True}, "customer": "inserted", "status": "new", "payload": b"\x01\x02"}
-ROW2 = {"_id": 2, "id": 2, "amount": Decimal128("-0.01"),
-        "created_at": datetime(1999, 12, 31, 23, 59, 59, 999000),
-        "updated_at": datetime(2024, 6, 1, 12, 0, 0), "attrs": None, "customer": None,
-        "status": "paid", "payload": None}
+ROW1 = {
+    "_id": 1,
+    "id": 1,
+    "amount": Decimal128("1234.56"),
+    "created_at": datetime(2024, 1, 2, 3, 4, 5, 123000),
+    "updated_at": datetime(2024, 1, 2, 3, 4, 5),
+    "attrs": {"a": 1, "tags": ["x", "y"], "n": {"d": 1.5}},
+    "customer": "Zoë Ünicode",
+    "status": "new",
+    "payload": b"\x00\xff\x10\xde\xad\xbe\xef",
+}
+ROW1_AFTER = {
+    **ROW1,
+    "amount": Decimal128("1300.00"),
+    "updated_at": datetime(2025, 6, 6, 6, 6, 6),
+    "attrs": {"a": 2, "tags": ["x", "y"], "n": {"d": 1.5}},
+    "status": "shipped",
+}
+ROW100 = {
+    "_id": 100,
+    "id": 100,
+    "amount": Decimal128("42.00"),
+    "created_at": datetime(2025, 5, 5, 5, 5, 5),
+    "updated_at": datetime(2025, 5, 5, 5, 5, 5),
+    "attrs": {"ins": True},
+    "customer": "inserted",
+    "status": "new",
+    "payload": b"\x01\x02",
+}
+ROW2 = {
+    "_id": 2,
+    "id": 2,
+    "amount": Decimal128("-0.01"),
+    "created_at": datetime(1999, 12, 31, 23, 59, 59, 999000),
+    "updated_at": datetime(2024, 6, 1, 12, 0, 0),
+    "attrs": None,
+    "customer": None,
+    "status": "paid",
+    "payload": None,
+}
 EXPECTED = {"r": (None, ROW1), "c": (None, ROW100), "u": (ROW1, ROW1_AFTER), "d": (ROW2, None)}
 MODES = {
     "schema_defaults": DebeziumSettings(),
@@ -62,7 +95,9 @@ def load(name: str) -> Record:
 
 
 def doc(row):
-    return None if row is None else PLAN.documents([tuple(row[c] for c in PLAN.root.columns)], {})[0]
+    return (
+        None if row is None else PLAN.documents([tuple(row[c] for c in PLAN.root.columns)], {})[0]
+    )
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -76,7 +111,7 @@ def test_samples_decode_to_the_backfill_document(mode, op):
     assert ev.commit_time is not None and ev.commit_time.year >= 2026
 
 
-@pytest.mark.parametrize("mode", sorted(MODES) + ["noschema_defaults"])
+@pytest.mark.parametrize("mode", [*sorted(MODES), "noschema_defaults"])
 def test_tombstones_are_skipped(mode):
     assert DebeziumDecoder(SCHEMA, MODES.get(mode)).decode(load(f"{mode}_tombstone")) is None
 

@@ -1,0 +1,181 @@
+"""CDC from Debezium topics in a real Kafka-protocol broker (Tansu): records in the captured
+formats, offsets committed after MongoDB acknowledged, restart, two consumers in one group."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson.decimal128 import Decimal128
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from migrator.sandbox import start_kafka
+
+from .conftest import REPO, migrator_cmd
+
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium" / "samples"
+TABLE_SQL = Path(__file__).resolve().parents[1] / "fixtures" / "debezium" / "table.sql"
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory):
+    bootstrap, proc = start_kafka(tmp_path_factory.mktemp("kafka"))
+    yield bootstrap
+    proc.stop()
+
+
+def sample(name: str, db: str, **after: Any) -> tuple[str, Any, Any]:
+    d = json.loads((SAMPLES / f"{name}.json").read_text())
+    topic = d["topic"].replace(".shop.", f".{db}.")
+    value = copy.deepcopy(d["value"])
+    if value is not None:
+        payload = value["payload"] if "payload" in value and "schema" in value else value
+        payload["source"]["db"] = db
+        if after and payload.get("after"):
+            payload["after"].update(after)
+    return topic, d["key"], value
+
+
+def produce(bootstrap: str, records: list[tuple[str, Any, Any]]) -> None:
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        key_serializer=lambda k: json.dumps(k).encode(),
+        value_serializer=lambda v: None if v is None else json.dumps(v).encode(),
+    )
+    for topic, key, value in records:
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+
+
+def setup_orders(env) -> Path:
+    ddl = TABLE_SQL.read_text().split(";")
+    create = next(s for s in ddl if "CREATE TABLE" in s).replace("shop.orders", "orders")
+    env.sql(create)
+    return env.mapping("  - {name: orders, from: orders}\n")
+
+
+def test_debezium_records_apply_then_restart_resumes_from_committed_offsets(env, kafka):
+    path = setup_orders(env)
+    prefix = f"p{env.db[-6:]}"
+    recs = [
+        sample("schema_defaults_op_r", env.db),
+        sample("schema_defaults_op_r", env.db, id=2, amount="/w==", customer=None),
+        sample("schema_defaults_op_c", env.db),
+        sample("schema_defaults_op_u", env.db),
+        sample("schema_defaults_op_d", env.db),
+        sample("schema_defaults_tombstone", env.db),
+    ]
+    produce(kafka, [(t.replace("mig.", f"{prefix}.", 1), k, v) for t, k, v in recs])
+    args = [
+        "cdc",
+        "-m",
+        str(path),
+        "--source",
+        "debezium",
+        "--kafka-bootstrap",
+        kafka,
+        "--topic-prefix",
+        prefix,
+        "--group",
+        f"g-{env.db}",
+        "--until-caught-up",
+        "--json",
+    ]
+    s = json.loads(migrator_cmd(*args, check=0).stdout)
+    assert s["stopped"] == "caught up" and s["events"] == 5
+    docs = {d["_id"]: d for d in env.target.orders.find()}
+    assert sorted(docs) == [1, 100]
+    assert docs[1]["amount"] == Decimal128("1300.00") and docs[1]["status"] == "shipped"
+    assert docs[100]["payload"] == b"\x01\x02"
+    # a restart consumes only what came after the committed offsets
+    produce(
+        kafka,
+        [
+            (t.replace("mig.", f"{prefix}.", 1), k, v)
+            for t, k, v in [sample("schema_defaults_op_c", env.db, id=101, customer="later")]
+        ],
+    )
+    s = json.loads(migrator_cmd(*args, check=0).stdout)
+    assert s["events"] == 1 and s["applied"] == {"orders insert": 1}
+    assert env.target.orders.find_one({"_id": 101})["customer"] == "later"
+
+
+def test_schemaless_precise_decimals_stop_with_a_clear_error(env, kafka):
+    path = setup_orders(env)
+    prefix = f"q{env.db[-6:]}"
+    t, k, v = sample("noschema_defaults_op_c", env.db)
+    produce(kafka, [(t.replace("mig.", f"{prefix}.", 1), k, v)])
+    p = migrator_cmd(
+        "cdc",
+        "-m",
+        str(path),
+        "--source",
+        "debezium",
+        "--kafka-bootstrap",
+        kafka,
+        "--topic-prefix",
+        prefix,
+        "--until-caught-up",
+        check=2,
+    )
+    assert "decimal.handling.mode=string" in p.stderr
+    assert env.target.orders.count_documents({}) == 0
+
+
+def test_two_consumers_in_one_group_share_the_partitions(env, kafka):
+    path = setup_orders(env)
+    prefix = f"r{env.db[-6:]}"
+    topic = f"{prefix}.{env.db}.orders"
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.close()
+    recs = [sample("schema_defaults_op_c", env.db, id=i, customer=f"c{i}") for i in range(1, 41)]
+    for _t, key, _v in recs:
+        key["payload"]["id"] = _v["payload"]["after"]["id"]
+    produce(kafka, [(topic, k, v) for _t, k, v in recs])
+    cmd = [
+        sys.executable,
+        "-m",
+        "migrator.cli.main",
+        "cdc",
+        "-m",
+        str(path),
+        "--source",
+        "debezium",
+        "--kafka-bootstrap",
+        kafka,
+        "--topic-prefix",
+        prefix,
+        "--group",
+        f"shared-{env.db}",
+        "--follow",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and env.target.orders.count_documents({}) < 40:
+            time.sleep(0.5)
+    finally:
+        outs = []
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            outs.append(json.loads(out))
+    assert env.target.orders.count_documents({}) == 40
+    assert sum(o["events"] for o in outs) >= 40
+    assert all(o["events"] > 0 for o in outs), [o["events"] for o in outs]
