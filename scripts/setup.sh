@@ -15,6 +15,8 @@ if [ -z "${MIGRATOR_TEST_MYSQL_URL:-}" ] && ! command -v mariadbd >/dev/null 2>&
   need+=(mariadb-server mariadb-client)
 fi
 if ! command -v pkg-config >/dev/null 2>&1; then need+=(pkg-config); fi
+# Java runs the real Debezium engine in the end-to-end CDC test.
+if ! command -v java >/dev/null 2>&1; then need+=(openjdk-17-jre-headless); fi
 if ! pkg-config --exists mariadb 2>/dev/null && ! pkg-config --exists mysqlclient 2>/dev/null; then
   need+=(libmariadb-dev)
 fi
