@@ -1,19 +1,22 @@
-"""The demo: throwaway servers, the shop database, a plan, a backfill, a summary."""
+"""The demo: throwaway servers, the shop database, a plan, a backfill while the application
+keeps writing, CDC catching up from the backfill's position, a summary."""
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backfill import BackfillSummary, backfill
+from .cdc.runner import CdcSummary, run_cdc
 from .config import parse_mapping
 from .plan import PlanReport, preflight
 from .progress import NullProgress, Progress
 from .sandbox import Stack, start_stack, url_with_database
-from .shop import create_shop, shop_mapping
+from .shop import ShopWriter, create_shop, shop_mapping
 from .sink.mongo import connect as mongo_connect
 from .source.connection import connect as mysql_connect
 from .urls import parse_mysql_url
@@ -29,6 +32,21 @@ class DemoResult:
     documents: dict[str, int] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    cdc: CdcSummary | None = None
+    live_transactions: int = 0
+
+
+def _counts(mysql_url: str) -> dict[str, int]:
+    conn = mysql_connect(parse_mysql_url(mysql_url), database=False)
+    try:
+        cur = conn.cursor()
+        out = {}
+        for t in ("orders", "customers", "products", "order_items"):
+            cur.execute(f"SELECT COUNT(*) FROM shop.{t}")
+            out[t] = int(cur.fetchone()[0])
+        return out
+    finally:
+        conn.close()
 
 
 def run_demo(
@@ -67,12 +85,39 @@ def run_demo(
         mapping = parse_mapping(mapping_path.read_text(), str(mapping_path))
         say(f"mapping written to {mapping_path}")
         plan = preflight(mapping)
+        # the application keeps writing while the copy runs: CDC brings those changes over
+        writer_conn = mysql_connect(parse_mysql_url(stack.mysql_url))
+        writer_conn.select_db("shop")
+        writer = ShopWriter(writer_conn)
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                writer.step()
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        say("live writes started (new orders, item edits, renames, deletes)")
         summary = backfill(mapping, workers=workers, progress=progress or NullProgress())
+        time.sleep(1.0)
+        stop.set()
+        thread.join()
+        writer_conn.close()
+        say(f"live writes stopped after {writer.transactions} transactions; CDC catches up…")
+        cdc = run_cdc(mapping, mode="until-caught-up")
         client = mongo_connect(stack.mongo_url)
         db = client[mapping.target_database]
         result = DemoResult(
-            stack=stack, mapping_path=mapping_path, rows=rows, plan=plan, backfill=summary
+            stack=stack,
+            mapping_path=mapping_path,
+            rows=rows,
+            plan=plan,
+            backfill=summary,
+            cdc=cdc,
+            live_transactions=writer.transactions,
         )
+        result.rows = _counts(stack.mysql_url)
         for c in mapping.collections:
             result.documents[c.name] = db[c.name].count_documents({})
         result.samples["orders"] = db.orders.find_one(

@@ -187,3 +187,46 @@ def shop_mapping(
         state_db=state_db,
         chunk_size=chunk_size,
     )
+
+
+class ShopWriter:
+    """Writes like the shop application: new orders with items, status changes, item edits,
+    customer renames, deletions. Used by the demo (live writes during the migration)."""
+
+    def __init__(self, conn: Any, *, first_order: int = 1_000_000, seed: int = 11) -> None:
+        self.conn = conn
+        self.rnd = random.Random(seed)
+        self.next_order = first_order
+        self.transactions = 0
+
+    def step(self) -> None:
+        rnd, cur = self.rnd, self.conn.cursor()
+        o = self.next_order
+        self.next_order += 1
+        cur.execute("START TRANSACTION")
+        cur.execute("SELECT MAX(id) FROM customers")
+        max_customer = int(cur.fetchone()[0] or 1)
+        cur.execute(
+            "INSERT INTO orders (id, order_no, customer_id, status, total, created_at) "
+            "VALUES (%s, %s, %s, 'new', 0, NOW())",
+            (o, f"SO-{o}", rnd.randrange(1, max_customer + 1)),
+        )
+        for line in range(1, rnd.randrange(2, 5)):
+            cur.execute(
+                "INSERT INTO order_items VALUES (%s, %s, 1, %s, 9.99)",
+                (o, line, rnd.randrange(1, 4)),
+            )
+        kind = rnd.randrange(4)
+        if kind == 0:
+            cur.execute("UPDATE orders SET status = 'paid' WHERE id = %s", (o - 1,))
+        elif kind == 1:
+            cur.execute("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 2,))
+        elif kind == 2:
+            cur.execute(
+                "UPDATE customers SET name = CONCAT('Customer ', id, ' (renamed)') WHERE id = %s",
+                (rnd.randrange(1, max_customer + 1),),
+            )
+        else:
+            cur.execute("DELETE FROM orders WHERE id = %s", (o - 3,))
+        cur.execute("COMMIT")
+        self.transactions += 1

@@ -47,6 +47,14 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
     )
     out.rule("backfill")
     print_summary(res.backfill)
+    if res.cdc is not None:
+        out.rule("cdc")
+        out.print(
+            f"{res.live_transactions} live transactions written during the copy; CDC "
+            f"applied {res.cdc.events:,} events from the backfill's binlog position "
+            f"({res.cdc.stopped}, lag {res.cdc.lag_seconds:.1f} s, "
+            f"{res.cdc.dead_letters} dead letters)"
+        )
     out.rule("result")
     out.print(
         render.table(

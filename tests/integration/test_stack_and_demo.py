@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import MySQLdb
 from pymongo import MongoClient
@@ -65,6 +66,13 @@ def test_stack_up_status_down(tmp_path):
 def test_demo_runs_a_whole_backfill_on_its_own_servers():
     p = migrator_cmd("demo", "--orders", "60", env=_no_given_servers(), check=0)
     assert "MySQL rows -> MongoDB documents" in p.stdout
-    assert "orders     │   60 │        60" in p.stdout.replace("┃", "│")
+    counts = re.findall(r"│ (orders|customers|products)\s+│\s+([\d,]+) │\s+([\d,]+) │", p.stdout)
+    assert {c[0] for c in counts} == {"orders", "customers", "products"}
+    assert all(rows == docs for _, rows, docs in counts), counts
+    m = re.search(
+        r"(\d+) live transactions written during the copy; CDC applied ([\d,]+) events", p.stdout
+    )
+    assert m and int(m.group(1)) > 0 and int(m.group(2).replace(",", "")) > 0
+    assert "0 dead letters" in p.stdout
     assert '"items": [' in p.stdout and '"customer": {' in p.stdout
     assert "demo finished" in p.stdout
