@@ -41,9 +41,10 @@ ROWS_PER_TXN = 10  # 1 order + 4 items inserted, 4 items updated, 1 order delete
 class Writer:
     """Transactions of ROWS_PER_TXN row changes; each stamps its commit time in orders.note."""
 
-    def __init__(self, url: str, first_id: int) -> None:
+    def __init__(self, url: str, first_id: int, items: int = 4) -> None:
         self.conn = connect(parse_mysql_url(url))
         self.next_id = first_id
+        self.items = items
         self.rows = 0
 
     def txn(self) -> None:

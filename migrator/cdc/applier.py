@@ -187,6 +187,7 @@ class _Batch:
         self.new_pending: list[Pending] = []
         self.used_pending: list[ObjectId] = []
         self.dead_letters: list[dict[str, Any]] = []
+        self.n1_cache: dict[tuple[Any, ...], Any] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
@@ -340,7 +341,7 @@ class _Batch:
                 if e.many:
                     on_insert[e.name] = []
                 elif changed:
-                    fields[e.name] = self.a.lookup.embedded(p, e, row)
+                    fields[e.name] = self._parent_of(p, e, row)
             update: dict[str, Any] = {"$set": fields}
             if on_insert:
                 update["$setOnInsert"] = on_insert
@@ -354,6 +355,13 @@ class _Batch:
                 p, e, {"_id": new_id}, d["kind"], d["element"], d["match"], None, pos, many=False
             )
             self.used_pending.append(d["_id"])
+
+    def _parent_of(self, p: CollectionPlan, e: EmbedPlan, row: tuple[Any, ...]) -> Any:
+        """The N:1 sub-document for a root row, read once per key and batch."""
+        key = (p.name, e.name, p.root.values(row, e.root_columns))
+        if key not in self.n1_cache:
+            self.n1_cache[key] = self.a.lookup.embedded(p, e, row)
+        return self.n1_cache[key]
 
     def child(self, cr: ChildRole, ev: ChangeEvent, pos: Position) -> None:
         before = self._locate(cr, ev.before) if ev.before is not None else None
