@@ -60,9 +60,9 @@ class Writer:
                 (o, f"B{o}", f"{time.time():.6f}"),
             ),
             (
-                "INSERT INTO order_items VALUES (%s,1,1,1,1.00),(%s,2,2,1,1.00),(%s,3,3,1,1.00),"
-                "(%s,4,4,1,1.00)",
-                (o, o, o, o),
+                "INSERT INTO order_items VALUES "
+                + ",".join(f"(%s,{i},{1 + i % 10},1,1.00)" for i in range(1, self.items + 1)),
+                (o,) * self.items,
             ),
             ("UPDATE order_items SET qty = qty + 1 WHERE order_id = %s", (o - 1,)),
             ("DELETE FROM orders WHERE id = %s", (o - 3,)),
@@ -119,7 +119,8 @@ def steady(rate: int, seconds: float, url: str, admin: Any, mapping: Any, state:
     t = threading.Thread(target=follow)
     t.start()
     time.sleep(1.5)
-    w = Writer(url, 100_000 * rate)
+    # bigger transactions at higher rates: one Python writer cannot commit 500 per second
+    w = Writer(url, 100_000 * rate, items=4 if rate <= 1000 else 20)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         w.txn()
