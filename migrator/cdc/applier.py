@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -78,6 +79,7 @@ class BatchResult:
     pending: int = 0
     resolved_pending: int = 0
     operations: int = 0
+    coalesced: int = 0
     seconds: float = 0.0
 
 
@@ -188,10 +190,35 @@ class _Batch:
         self.used_pending: list[ObjectId] = []
         self.dead_letters: list[dict[str, Any]] = []
         self.n1_cache: dict[tuple[Any, ...], Any] = {}
+        self.last_root: dict[str, tuple[Any, int, dict[str, Any]]] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
         self.ops.setdefault(collection, []).append(_Tagged(op, ev, pos))
+        self.last_root.pop(collection, None)
+
+    def _root_update(
+        self, coll: str, doc_id: Any, update: dict[str, Any], ev: ChangeEvent, pos: Position
+    ) -> None:
+        """Coalesce: a root update right after another one of the same document replaces it
+        (each carries every root field), so a hot row costs one write per batch."""
+        key = _hashable(doc_id)
+        last = self.last_root.get(coll)
+        ops = self.ops.setdefault(coll, [])
+        if last is not None and last[0] == key and last[1] == len(ops) - 1:
+            prev = last[2]
+            merged = {"$set": update["$set"]}
+            on_insert = {**prev.get("$setOnInsert", {}), **update.get("$setOnInsert", {})}
+            if on_insert:
+                merged["$setOnInsert"] = on_insert
+            if "$unset" in update:
+                merged["$unset"] = update["$unset"]
+            ops[-1] = _Tagged(UpdateOne({"_id": doc_id}, merged, upsert=True), ev, pos)
+            self.last_root[coll] = (key, len(ops) - 1, merged)
+            self.result.coalesced += 1
+            return
+        ops.append(_Tagged(UpdateOne({"_id": doc_id}, update, upsert=True), ev, pos))
+        self.last_root[coll] = (key, len(ops) - 1, update)
 
     def dead(
         self, ev: ChangeEvent | None, pos: Position, reason: str, collection: str = ""
@@ -347,7 +374,7 @@ class _Batch:
                 update["$setOnInsert"] = on_insert
             if unset:
                 update["$unset"] = unset
-            self.add(p.name, UpdateOne({"_id": new_id}, update, upsert=True), ev, pos)
+            self._root_update(p.name, new_id, update, ev, pos)
         exists.add(_hashable(new_id))
         for d in getattr(self, "pending_for", {}).get(p.name, {}).pop(_hashable(new_id), []):
             e = next(x for x in p.embeds if x.name == d["embed"])
@@ -529,8 +556,14 @@ class _Batch:
         if self.a.dry_run:
             self.result.operations = sum(len(t) for t in self.ops.values())
             return
-        for coll, tagged in self.ops.items():
-            self._write(coll, tagged)
+        # Collections hold different documents: their ordered bulks go in parallel.
+        if len(self.ops) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(self.ops), 4)) as pool:
+                for f in [pool.submit(self._write, c, t) for c, t in self.ops.items()]:
+                    f.result()
+        else:
+            for coll, tagged in self.ops.items():
+                self._write(coll, tagged)
         state = self.a.state
         if self.new_pending:
             docs = [x.to_doc() for x in self.new_pending]

@@ -215,3 +215,28 @@ def test_position_ahead_of_the_source_is_refused(env):
     )
     p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
     assert "moved backwards" in p.stderr and "backfill --restart" in p.stderr
+
+
+def test_hot_row_updates_are_coalesced_and_end_right(env):
+    path = make_shop(env, orders=3)
+    backfill(load_mapping(path), workers=1)
+    env.sql(*[f"UPDATE orders SET note = 'v{i}', total = {i}.50 WHERE id = 2" for i in range(30)])
+    import migrator.cdc.applier as applier_mod
+
+    seen = []
+    original = applier_mod.Applier.apply
+
+    def spy(self, txns):
+        res = original(self, txns)
+        seen.append(res.coalesced)
+        return res
+
+    applier_mod.Applier.apply = spy
+    try:
+        summary = run_cdc(load_mapping(path), mode="until-caught-up", batch_seconds=5)
+    finally:
+        applier_mod.Applier.apply = original
+    assert summary.events == 30 and sum(seen) >= 20
+    doc = env.target.orders.find_one({"_id": 2})
+    assert doc["note"] == "v29" and str(doc["total"]) == "29.50"
+    assert_same_as_fresh_backfill(env, path)
