@@ -133,7 +133,7 @@ def run_cdc(
     mode: Literal["follow", "until-caught-up"] = "follow",
     on_ddl: OnDDL = "stop",
     batch_events: int = 2000,
-    batch_seconds: float = 0.3,
+    batch_seconds: float = 0.1,
     stop: threading.Event | None = None,
     on_batch: Callable[[LiveStats], None] | None = None,
     dry_run: bool = False,
