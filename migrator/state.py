@@ -34,6 +34,8 @@ class StateStore:
         self.dead_letters = self.db["dead_letters"]
         self.meta = self.db["meta"]
         self.pending = self.db["pending"]
+        self.touched = self.db["touched"]
+        self.verify_runs = self.db["verify_runs"]
 
     def ensure_indexes(self) -> None:
         with_retry(
@@ -125,6 +127,28 @@ class StateStore:
 
     def cdc_status(self) -> dict[str, Any] | None:
         return self.meta.find_one({"_id": "cdc_status"})
+
+    # -- keys CDC touched ({_id: {c: collection, k: doc _id}, at}), verification runs --------
+    def touch(self, keys: list[tuple[str, Any, Any]]) -> None:
+        """Record documents CDC changed, (collection, _id, commit time), for verify --changed."""
+        from pymongo import UpdateOne
+
+        # `at` is when the change was applied here: the binlog's commit time has 1 s resolution
+        applied = now()
+        ops = [
+            UpdateOne(
+                {"_id": {"c": c, "k": k}}, {"$set": {"at": applied, "commit_time": at}}, upsert=True
+            )
+            for c, k, at in keys
+        ]
+        if ops:
+            with_retry(partial(self.touched.bulk_write, ops, ordered=False))
+
+    def record_verify_run(self, summary: dict[str, Any]) -> None:
+        with_retry(lambda: self.verify_runs.insert_one({**summary, "finished": now()}))
+
+    def last_verify_run(self) -> dict[str, Any] | None:
+        return self.verify_runs.find_one({}, sort=[("finished", -1)])
 
     # -- dead letters ------------------------------------------------------------------------
     def dead_letter(

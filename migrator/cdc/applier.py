@@ -191,6 +191,11 @@ class _Batch:
         self.dead_letters: list[dict[str, Any]] = []
         self.n1_cache: dict[tuple[Any, ...], Any] = {}
         self.last_root: dict[str, tuple[Any, int, dict[str, Any]]] = {}
+        self.touched: dict[tuple[str, Any], tuple[Any, Any]] = {}
+
+    def touch(self, collection: str, doc_id: Any, ev: ChangeEvent | None) -> None:
+        at = (ev.commit_time if ev is not None else None) or now()
+        self.touched[(collection, _hashable(doc_id))] = (doc_id, at)
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
@@ -335,11 +340,13 @@ class _Batch:
         exists = self.exists.setdefault(p.name, set())
         if ev.after is None:  # delete
             old_id = self._key_ids(p, ev.before or {})
+            self.touch(p.name, old_id, ev)
             self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
             exists.discard(_hashable(old_id))
             return
         row = _row(p.root.columns, ev.after)
         new_id = p.doc_id(row)
+        self.touch(p.name, new_id, ev)
         if p.spec.filter and not self.a.lookup.passes_filter(p, row):
             # outside the collection's filter now: the document must not exist
             self.add(p.name, DeleteOne({"_id": new_id}), ev, pos)
@@ -347,6 +354,7 @@ class _Batch:
             return
         old_id = self._key_ids(p, ev.before) if ev.before is not None else new_id
         if ev.before is not None and old_id != new_id:
+            self.touch(p.name, old_id, ev)
             # primary-key change: children followed by ON UPDATE CASCADE without a binlog
             # event, so the aggregate is read again from the source
             self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
@@ -433,6 +441,8 @@ class _Batch:
                 Pending(p.name, parent["_id"], e.name, "upsert", element, match, pos.to_dict())
             )
             return
+        if cr.parent_is_pk:
+            self.touch(p.name, parent["_id"], ev)
         self._element_ops(p, e, parent, "upsert", element, match, ev, pos, many=not cr.parent_is_pk)
 
     def _remove_element(
@@ -445,6 +455,8 @@ class _Batch:
                 Pending(p.name, parent["_id"], e.name, "remove", None, match, pos.to_dict())
             )
             return
+        if cr.parent_is_pk:
+            self.touch(p.name, parent["_id"], ev)
         self._element_ops(p, e, parent, "remove", None, match, ev, pos, many=not cr.parent_is_pk)
 
     def _element_ops(
@@ -575,6 +587,8 @@ class _Batch:
             self.result.resolved_pending += len(ids)
         if self.new_pending or self.used_pending:
             self.a.pending_count = state.pending.count_documents({})
+        if self.touched:
+            state.touch([(c, doc_id, at) for (c, _k), (doc_id, at) in self.touched.items()])
         for d in self.dead_letters:
             state.dead_letter(**d)
         self.result.dead_letters += len(self.dead_letters)

@@ -11,6 +11,7 @@ from .demo import demo_cmd
 from .init import init_cmd
 from .plan import plan_cmd
 from .stack import stack_group
+from .verify import verify_cmd
 
 EXIT_CODES = """
 Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),
@@ -55,6 +56,7 @@ cli.add_command(plan_cmd)
 cli.add_command(backfill_cmd)
 cli.add_command(cdc_cmd)
 cli.add_command(sync_cmd)
+cli.add_command(verify_cmd)
 cli.add_command(demo_cmd)
 
 

@@ -132,6 +132,21 @@ class ChunkReader:
             order = " ORDER BY " + ", ".join(map(quote_ident, [*e.child_columns, *e.order_by]))
         return self._fetch(f"{select} WHERE {cond}{order}", args)
 
+    def read_by_keys(self, keys: Sequence[Key]) -> list[Row]:
+        """Root rows whose primary key is one of `keys` (and that pass the filter)."""
+        if not keys:
+            return []
+        if len(self.pk) == 1:
+            cond = f"{quote_ident(self.pk[0])} IN ({', '.join(['%s'] * len(keys))})"
+            args: list[Any] = [k[0] for k in keys]
+        else:
+            one = "(" + ", ".join(["%s"] * len(self.pk)) + ")"
+            cond = f"({', '.join(map(quote_ident, self.pk))}) IN ({', '.join([one] * len(keys))})"
+            args = [v for k in keys for v in k]
+        if self.plan.spec.filter:
+            cond = f"{cond} AND ({self.plan.spec.filter})"
+        return self._fetch(f"{self._select} WHERE {cond}{self._order}", args)
+
     def sample(self, limit: int = 1) -> list[Row]:
         where = f" WHERE ({self.plan.spec.filter})" if self.plan.spec.filter else ""
         return self._fetch(f"{self._select}{where}{self._order} LIMIT {int(limit)}", [])

@@ -1,0 +1,1 @@
+"""Verification: MySQL rows vs MongoDB documents, compared through the mapping's Transform."""
