@@ -20,6 +20,7 @@ from .shop import ShopWriter, create_shop, shop_mapping
 from .sink.mongo import connect as mongo_connect
 from .source.connection import connect as mysql_connect
 from .urls import parse_mysql_url
+from .verify.engine import VerifyResult, verify
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DemoResult:
     seconds: float = 0.0
     cdc: CdcSummary | None = None
     live_transactions: int = 0
+    verify: VerifyResult | None = None
 
 
 def _counts(mysql_url: str) -> dict[str, int]:
@@ -106,6 +108,8 @@ def run_demo(
         writer_conn.close()
         say(f"live writes stopped after {writer.transactions} transactions; CDC catches up…")
         cdc = run_cdc(mapping, mode="until-caught-up")
+        say("verifying every row through the mapping…")
+        checked = verify(mapping)
         client = mongo_connect(stack.mongo_url)
         db = client[mapping.target_database]
         result = DemoResult(
@@ -116,6 +120,7 @@ def run_demo(
             backfill=summary,
             cdc=cdc,
             live_transactions=writer.transactions,
+            verify=checked,
         )
         result.rows = _counts(stack.mysql_url)
         for c in mapping.collections:

@@ -55,6 +55,13 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
             f"({res.cdc.stopped}, lag {res.cdc.lag_seconds:.1f} s, "
             f"{res.cdc.dead_letters} dead letters)"
         )
+    if res.verify is not None:
+        t = res.verify.to_dict()["totals"]
+        out.print(
+            f"verify: {t['checked']:,} rows checked through the mapping, "
+            f"{t['missing'] + t['extra'] + t['different']} differences"
+            + (" (clean)" if res.verify.ok else " [bold red](NOT clean)[/]")
+        )
     out.rule("result")
     out.print(
         render.table(

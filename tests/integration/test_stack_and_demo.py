@@ -74,5 +74,8 @@ def test_demo_runs_a_whole_backfill_on_its_own_servers():
     )
     assert m and int(m.group(1)) > 0 and int(m.group(2).replace(",", "")) > 0
     assert "0 dead letters" in p.stdout
+    assert re.search(
+        r"verify: [\d,]+ rows checked through the mapping, 0 differences \(clean\)", p.stdout
+    )
     assert '"items": [' in p.stdout and '"customer": {' in p.stdout
     assert "demo finished" in p.stdout
