@@ -240,6 +240,9 @@ def run_cdc(
     try:
         if target is not None and reached(start, target):
             summary.stopped = "caught up"
+            if not dry_run and not state.cdc_checkpoint():
+                # nothing to apply: the start is a valid checkpoint (and says CDC has run)
+                state.save_cdc_checkpoint(start.to_dict(), commit_time=None)
         else:
             for item in source.items():
                 if isinstance(item, Transaction):

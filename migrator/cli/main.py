@@ -7,6 +7,7 @@ import click
 from .. import __version__, logs
 from .backfill import backfill_cmd
 from .cdc import cdc_cmd, sync_cmd
+from .cutover import cutover_cmd, rollback_cmd, status_cmd
 from .demo import demo_cmd
 from .init import init_cmd
 from .plan import plan_cmd
@@ -57,6 +58,9 @@ cli.add_command(backfill_cmd)
 cli.add_command(cdc_cmd)
 cli.add_command(sync_cmd)
 cli.add_command(verify_cmd)
+cli.add_command(status_cmd)
+cli.add_command(cutover_cmd)
+cli.add_command(rollback_cmd)
 cli.add_command(demo_cmd)
 
 

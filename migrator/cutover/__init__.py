@@ -1,0 +1,1 @@
+"""The cutover: phases, gates, playbooks, the control document applications read, the audit."""

@@ -1,0 +1,131 @@
+"""Gates: measured checks a step must pass, each with its value and threshold."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from ..cdc.events import Position
+from ..cdc.runner import master_position, reached
+from ..config import Mapping
+from ..source.connection import connect as mysql_connect
+from ..state import StateStore, now
+from ..urls import parse_mysql_url
+from .playbook import Action, Playbook
+
+
+@dataclass
+class GateResult:
+    name: str
+    ok: bool
+    measured: str
+    threshold: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
+    """Lag against the source's *current* position: 0 when the checkpoint has reached it, else
+    now minus the commit time of the last applied event (the oldest unapplied is newer)."""
+    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    if cp is None:
+        return None
+    if cp.get("source") == "debezium":
+        status = state.cdc_status() or {}
+        return float(status.get("lag_seconds", 0.0))
+    conn = mysql_connect(parse_mysql_url(mapping.source.url))
+    try:
+        current = master_position(conn)
+    finally:
+        conn.close()
+    pos = Position.from_dict(cp["position"])
+    if reached(pos, current) or (pos.gtid and pos.gtid == current.gtid):
+        return 0.0
+    commit = cp.get("commit_time") or cp.get("saved_at")
+    return (now() - commit).total_seconds() if commit else float("inf")
+
+
+def run_action(action: Action) -> tuple[bool, str]:
+    """A shell command (exit 0) or an HTTP GET (2xx); returns (ok, what happened)."""
+    if action.run:
+        try:
+            p = subprocess.run(
+                action.run,
+                shell=True,
+                capture_output=True,
+                text=True,
+                timeout=action.timeout_seconds,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {action.timeout_seconds:.0f} s"
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
+        return p.returncode == 0, f"exit {p.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
+    assert action.http
+    try:
+        with urllib.request.urlopen(action.http, timeout=action.timeout_seconds) as r:
+            return 200 <= r.status < 300, f"HTTP {r.status}"
+    except OSError as exc:
+        return False, f"HTTP GET failed: {exc}"
+
+
+def evaluate(
+    phase: str, mapping: Mapping, state: StateStore, playbook: Playbook
+) -> list[GateResult]:
+    step = playbook.step(phase)
+    d = playbook.defaults
+    out: list[GateResult] = []
+    for g in step.gates:
+        if g == "backfill_complete":
+            names = [c.name for c in mapping.collections]
+            docs = {b["_id"]: b for b in state.backfill.find({"_id": {"$in": names}})}
+            done = [n for n in names if docs.get(n, {}).get("status") == "complete"]
+            out.append(
+                GateResult(
+                    g,
+                    len(done) == len(names),
+                    f"{len(done)}/{len(names)} collections complete",
+                    "all",
+                )
+            )
+        elif g == "cdc_lag":
+            limit = step.max_lag_seconds or d.max_lag_seconds
+            lag = cdc_lag_seconds(mapping, state)
+            out.append(
+                GateResult(
+                    g,
+                    lag is not None and lag < limit,
+                    "CDC has not run" if lag is None else f"{lag:.1f} s",
+                    f"< {limit:g} s",
+                )
+            )
+        elif g == "verify_clean":
+            limit_min = step.verify_max_age_minutes or d.verify_max_age_minutes
+            last = state.last_verify_run()
+            if last is None:
+                out.append(GateResult(g, False, "never verified", f"clean, < {limit_min:g} min"))
+            else:
+                age = now() - last["finished"]
+                fresh = age < timedelta(minutes=limit_min)
+                t = last.get("totals", {})
+                diffs = t.get("missing", 0) + t.get("extra", 0) + t.get("different", 0)
+                out.append(
+                    GateResult(
+                        g,
+                        bool(last.get("ok")) and fresh,
+                        f"{'clean' if last.get('ok') else f'{diffs} differences'}, "
+                        f"{age.total_seconds() / 60:.1f} min ago ({last.get('mode')})",
+                        f"clean, < {limit_min:g} min",
+                    )
+                )
+        elif g == "dlq_empty":
+            n = state.dead_letter_count()
+            out.append(GateResult(g, n == 0, f"{n} dead letters", "0"))
+    for a in step.custom_gates:
+        ok, what = run_action(a)
+        out.append(GateResult(a.label, ok, what, "success"))
+    return out
