@@ -322,6 +322,18 @@ class Machine:
             self.control.release(self.actor)
 
     # -- status ------------------------------------------------------------------------------
+    def _reverse_sync(self) -> dict[str, Any]:
+        """After the write switch the SDK writes MongoDB, then MySQL; a MySQL write it could
+        not make waits in sdk_failures: reverse lag is the age of the oldest one."""
+        failures = self.state.db["sdk_failures"]
+        q = {"store": "mysql", "repaired": False}
+        oldest = failures.find_one(q, sort=[("at", 1)])
+        return {
+            "mode": "dual-write SDK: MongoDB first, then MySQL",
+            "unapplied": failures.count_documents(q),
+            "lag_seconds": 0.0 if oldest is None else (now() - oldest["at"]).total_seconds(),
+        }
+
     def status(self) -> dict[str, Any]:
         doc = self.control.get()
         st = self.state
@@ -360,7 +372,7 @@ class Machine:
                 "events": cdc_status.get("events"),
                 "position": cp and cp.get("position"),
             },
-            "reverse_sync": {"available": False, "lag_seconds": None},
+            "reverse_sync": self._reverse_sync(),
             "verification": None
             if last is None
             else {

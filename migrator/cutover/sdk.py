@@ -1,0 +1,239 @@
+"""The dual-write SDK: applications write rows through it and it routes by phase.
+
+    from migrator.cutover.sdk import DualWriter
+    w = DualWriter.from_file("shop.yaml")
+    w.insert("orders", {"id": 7, "order_no": "SO-7", ...})
+    w.update("orders", {"id": 7}, {"status": "paid"})
+    w.delete("order_items", {"order_id": 7, "line_no": 1})
+    doc = w.get("orders", 7)
+
+Applications keep speaking rows; the SDK writes MySQL with SQL and MongoDB with the same
+Transform and applier CDC uses, so both stores get the same document. The order follows the
+control document's `writes_to`: MySQL then MongoDB until the write switch, MongoDB then MySQL
+after it (this keeps MySQL current for a rollback: reverse sync). A failed secondary write does
+not fail the request: it is recorded in `sdk_failures` for repair (`verify --repair`). While
+`freeze` is set, writes wait (bounded) and then raise `WritesFrozen`, a retryable error.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..cdc.applier import Applier
+from ..cdc.events import ChangeEvent, Position, Transaction
+from ..cdc.lookup import SourceLookup
+from ..config import Mapping, load_mapping
+from ..errors import MigratorError
+from ..mapping import compile_transform
+from ..sink.mongo import connect as mongo_connect
+from ..sink.mongo import with_retry
+from ..source.connection import connect as mysql_connect
+from ..source.connection import quote_ident
+from ..source.reader import ChunkReader
+from ..source.schema import introspect
+from ..state import StateStore, now
+from ..urls import parse_mysql_url
+from ..verify.canonical import doc_hash
+from .control import Control
+
+
+class WritesFrozen(MigratorError):
+    """Writes are paused for the write switch longer than the SDK waits: retry shortly."""
+
+    retryable = True
+
+
+class DualWriter:
+    def __init__(
+        self,
+        mapping: Mapping,
+        *,
+        control_ttl: float = 1.0,
+        freeze_wait: float = 5.0,
+        shadow_reads: bool = True,
+    ) -> None:
+        self.mapping = mapping
+        src = parse_mysql_url(mapping.source.url)
+        self.sql = mysql_connect(src)  # converting: for writes
+        self.raw = mysql_connect(src, raw=True)  # SELECT-shaped rows for the Transform
+        self.sql.autocommit(False)
+        self.raw.autocommit(True)
+        self.schema = introspect(self.sql, mapping.source_database)
+        self.transform = compile_transform(mapping, self.schema)
+        self.client = mongo_connect(mapping.target.url)
+        self.state = StateStore(self.client, mapping.state.database)
+        self.control = Control(self.state.db["control"])
+        self.failures = self.state.db["sdk_failures"]
+        self.applier = Applier(
+            self.transform, self.client[mapping.target_database], self.state, SourceLookup(src)
+        )
+        self.control_ttl = control_ttl
+        self.freeze_wait = freeze_wait
+        self.shadow_reads = shadow_reads
+        self.shadow_mismatches = 0
+        self.shadow_reads_done = 0
+        self.secondary_failures = 0
+        self._doc: dict[str, Any] | None = None
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str, **kw: Any) -> DualWriter:
+        return cls(load_mapping(path), **kw)
+
+    def close(self) -> None:
+        self.sql.close()
+        self.raw.close()
+        self.client.close()
+
+    # -- the control document ----------------------------------------------------------------
+    def control_doc(self, fresh: bool = False) -> dict[str, Any]:
+        if fresh or self._doc is None or time.monotonic() - self._fetched > self.control_ttl:
+            self._doc = self.control.get()
+            self._fetched = time.monotonic()
+        return self._doc
+
+    def _writable(self) -> dict[str, Any]:
+        doc = self.control_doc()
+        if not doc.get("freeze"):
+            return doc
+        deadline = time.monotonic() + self.freeze_wait
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            doc = self.control_doc(fresh=True)
+            if not doc.get("freeze"):
+                return doc
+        raise WritesFrozen(
+            f"writes are frozen for the write switch (phase {doc['phase']}) "
+            f"longer than {self.freeze_wait:g} s",
+            hint="retry the write",
+        )
+
+    # -- rows --------------------------------------------------------------------------------
+    def _row(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        t = self.schema.table(table)
+        cols = ", ".join(quote_ident(c) for c in t.column_names)
+        cond = " AND ".join(f"{quote_ident(c)} = %s" for c in t.primary_key)
+        cur = self.raw.cursor()
+        cur.execute(
+            f"SELECT {cols} FROM {quote_ident(table)} WHERE {cond}",
+            tuple(key[c] for c in t.primary_key),
+        )
+        r = cur.fetchone()
+        return dict(zip(t.column_names, r, strict=True)) if r else None
+
+    def _sql(self, table: str, op: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        q = quote_ident
+        cur = self.sql.cursor()
+        if op == "insert":
+            cols = list(values)
+            cur.execute(
+                f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES "
+                f"({', '.join(['%s'] * len(cols))})",
+                tuple(values[c] for c in cols),
+            )
+        elif op == "update":
+            sets = ", ".join(f"{q(c)} = %s" for c in values)
+            cond = " AND ".join(f"{q(c)} = %s" for c in key)
+            cur.execute(
+                f"UPDATE {q(table)} SET {sets} WHERE {cond}", (*values.values(), *key.values())
+            )
+        else:
+            cond = " AND ".join(f"{q(c)} = %s" for c in key)
+            cur.execute(f"DELETE FROM {q(table)} WHERE {cond}", tuple(key.values()))
+        self.sql.commit()
+
+    def _mongo(self, ev: ChangeEvent) -> None:
+        res = self.applier.apply([Transaction([ev], Position(), now())])
+        if res.dead_letters:
+            raise MigratorError(f"MongoDB refused the change of {ev.table} (see dead_letters)")
+
+    def _secondary(self, what: str, fn: Callable[[], None], table: str, key: Any) -> None:
+        for attempt in range(3):
+            try:
+                fn()
+                return
+            except Exception as exc:  # recorded for repair; the request itself succeeded
+                if attempt == 2:
+                    self.secondary_failures += 1
+                    record = {
+                        "store": what,
+                        "table": table,
+                        "key": key,
+                        "at": now(),
+                        "error": str(exc)[:500],
+                        "repaired": False,
+                    }
+                    with_retry(functools.partial(self.failures.insert_one, record))
+                time.sleep(0.05 * (attempt + 1))
+
+    def _write(self, table: str, op: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        with self._lock:
+            doc = self._writable()
+            order = doc.get("writes_to") or ["mysql"]
+            if order[0] == "mysql":
+                self._sql(table, op, key, values)
+                if "mongo" in order:
+                    after = None if op == "delete" else self._row(table, key)
+                    ev = ChangeEvent(table, op, self._before, after)  # type: ignore[arg-type]
+                    self._secondary("mongo", lambda: self._mongo(ev), table, key)
+            else:
+                before = self._before
+                after = None if op == "delete" else self._predict(table, op, key, values)
+                self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
+                if "mysql" in order:
+                    self._secondary("mysql", lambda: self._sql(table, op, key, values), table, key)
+
+    def _predict(
+        self, table: str, op: str, key: dict[str, Any], values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The row after the change, without MySQL having run it (MongoDB writes first)."""
+        t = self.schema.table(table)
+        base = dict(self._before or {c: None for c in t.column_names})
+        for c, v in {**key, **values}.items():
+            base[c] = v if isinstance(v, bytes | str) or v is None else str(v).encode()
+        return base
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        t = self.schema.table(table)
+        key = {c: row[c] for c in t.primary_key}
+        self._before = None
+        self._write(table, "insert", key, row)
+
+    def update(self, table: str, key: dict[str, Any], changes: dict[str, Any]) -> None:
+        self._before = self._row(table, key)
+        self._write(table, "update", key, changes)
+
+    def delete(self, table: str, key: dict[str, Any]) -> None:
+        self._before = self._row(table, key)
+        self._write(table, "delete", key, {})
+
+    # -- reads -------------------------------------------------------------------------------
+    def _from_mysql(self, collection: str, doc_id: Any) -> dict[str, Any] | None:
+        from ..verify.engine import id_to_key
+
+        plan = self.transform.collection(collection)
+        reader = ChunkReader(self.raw, plan)
+        rows = reader.read_by_keys([id_to_key(plan, doc_id)])
+        docs = plan.documents(rows, reader.read_embeds(rows)) if rows else []
+        return docs[0] if docs else None
+
+    def get(self, collection: str, doc_id: Any) -> dict[str, Any] | None:
+        doc = self.control_doc()
+        if doc.get("reads_from") == "mongo":
+            return self.client[self.mapping.target_database][collection].find_one({"_id": doc_id})
+        primary = self._from_mysql(collection, doc_id)
+        if self.shadow_reads and doc.get("phase") == "dual_write":
+            shadow = self.client[self.mapping.target_database][collection].find_one({"_id": doc_id})
+            self.shadow_reads_done += 1
+            if (shadow is None) != (primary is None) or (
+                shadow is not None and doc_hash(shadow) != doc_hash(primary)
+            ):
+                self.shadow_mismatches += 1
+        return primary
+
+    _before: dict[str, Any] | None = None
