@@ -230,3 +230,59 @@ class ShopWriter:
             cur.execute("DELETE FROM orders WHERE id = %s", (o - 3,))
         cur.execute("COMMIT")
         self.transactions += 1
+
+
+class AppLoad:
+    """The shop application writing through the dual-write SDK (any object with insert, update,
+    delete and get): new orders with items, status changes, item edits, deletions."""
+
+    def __init__(
+        self, writer: Any, *, first_order: int = 2_000_000, customers: int = 10, seed: int = 13
+    ) -> None:
+        self.w = writer
+        self.rnd = random.Random(seed)
+        self.next_order = first_order
+        self.customers = customers
+        self.writes = 0
+        self.retries = 0
+
+    def step(self) -> None:
+        from .cutover.sdk import WritesFrozen
+
+        o = self.next_order
+        ops = [
+            lambda: self.w.insert(
+                "orders",
+                {
+                    "id": o,
+                    "order_no": f"APP-{o}",
+                    "customer_id": self.rnd.randrange(1, self.customers + 1),
+                    "status": "new",
+                    "total": "0.00",
+                    "created_at": "2024-07-01 12:00:00",
+                },
+            ),
+            lambda: self.w.insert(
+                "order_items",
+                {
+                    "order_id": o,
+                    "line_no": 1,
+                    "product_id": 1,
+                    "qty": self.rnd.randrange(1, 5),
+                    "unit_price": "3.50",
+                },
+            ),
+        ]
+        if o > 2_000_001:
+            ops.append(lambda: self.w.update("orders", {"id": o - 1}, {"status": "paid"}))
+        if o > 2_000_003 and self.rnd.random() < 0.3:
+            ops.append(lambda: self.w.delete("order_items", {"order_id": o - 3, "line_no": 1}))
+        for op in ops:
+            while True:
+                try:
+                    op()
+                    self.writes += 1
+                    break
+                except WritesFrozen:  # the write switch: retry, as an application would
+                    self.retries += 1
+        self.next_order += 1

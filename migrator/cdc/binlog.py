@@ -73,7 +73,7 @@ class BinlogSource:
         *,
         server_id: int = 0,
         flavor: str = "mariadb",
-        heartbeat: float = 1.0,
+        heartbeat: float = 0.1,  # an idle stream still flushes its last batch within ~0.1 s
     ) -> None:
         self.url = url
         self.schema = schema

@@ -178,6 +178,7 @@ def run_cdc(
     batch: list[Transaction] = []
     batch_started = 0.0
     last_master_check = 0.0
+    last_idle_publish = 0.0
     position = start
 
     def flush() -> None:
@@ -266,7 +267,9 @@ def run_cdc(
                         # idle at a later position (other schemas' events): remember it
                         position = Position(item.position.file, item.position.pos, position.gtid)
                     stats.queue_depth = 0
-                    publish(idle=True)
+                    if time.monotonic() - last_idle_publish > 1.0:
+                        last_idle_publish = time.monotonic()
+                        publish(idle=True)
                     if target is not None and reached(item.position, target):
                         summary.stopped = "caught up"
                         break

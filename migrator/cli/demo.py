@@ -1,4 +1,4 @@
-"""`migrator demo`: a whole migration on throwaway servers."""
+"""`migrator demo`: a whole migration on throwaway servers, the application writing throughout."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .common import err, handle_errors, out
 @click.option(
     "--orders",
     type=click.IntRange(10, 100_000),
-    default=500,
+    default=300,
     show_default=True,
     help="Orders in the generated shop (customers and products scale with it).",
 )
@@ -22,11 +22,12 @@ from .common import err, handle_errors, out
 @click.option("--keep", is_flag=True, help="Leave the servers running (stop them by PID yourself).")
 @handle_errors
 def demo_cmd(orders: int, workers: int, keep: bool) -> None:
-    """Run a whole migration on throwaway local servers and show what came out.
+    """Run a whole migration on throwaway local servers while an application keeps writing.
 
-    Starts MariaDB and a MongoDB wire server, creates a shop database (customers, products,
-    orders, order_items), plans, backfills orders into documents with embedded items and
-    customer, and prints a summary with sample documents. Needs no servers installed.
+    Starts MariaDB and a MongoDB wire server, creates a shop database, and walks every phase:
+    plan, backfill, sync (CDC), verify, dual_write, read_mongo, write_mongo (the write pause is
+    measured), a rollback to read_mongo, forward again, a final verification, done. The
+    application writes through the dual-write SDK all along. Needs no servers installed.
 
     Example: migrator demo --orders 1000
     """
@@ -38,31 +39,50 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
             say=lambda m: err.print(m, highlight=False),
             keep=keep,
         )
-    blockers = [c for c in res.plan.checks if c.level in ("block", "warn")]
     out.rule("plan")
-    for c in blockers:
-        out.print(f"  {c.level:5} {c.name}: {c.message}")
+    for c in res.plan.checks:
+        if c.level in ("block", "warn"):
+            out.print(f"  {c.level:5} {c.name}: {c.message}")
     out.print(
         f"  {len(res.plan.checks)} checks, {'BLOCKED' if res.plan.blocked else 'no blockers'}"
     )
     out.rule("backfill")
     print_summary(res.backfill)
-    if res.cdc is not None:
-        out.rule("cdc")
-        out.print(
-            f"{res.live_transactions} live transactions written during the copy; CDC "
-            f"applied {res.cdc.events:,} events from the backfill's binlog position "
-            f"({res.cdc.stopped}, lag {res.cdc.lag_seconds:.1f} s, "
-            f"{res.cdc.dead_letters} dead letters)"
+    out.rule("cutover")
+    out.print(
+        render.table(
+            "Phase walk",
+            ["step", "seconds", "write pause", "gates"],
+            [
+                [
+                    f"{s['from']} -> {s['to']}",
+                    f"{s['seconds']:.2f}",
+                    f"{s['write_pause_ms']:.0f} ms" if s["write_pause_ms"] else "",
+                    ", ".join(f"{g['name']} {g['measured']}" for g in s["gates"]) or "-",
+                ]
+                for s in res.steps
+            ],
         )
+    )
+    cdc = res.cdc
+    out.rule("summary")
+    diffs = 0
     if res.verify is not None:
         t = res.verify.to_dict()["totals"]
-        out.print(
-            f"verify: {t['checked']:,} rows checked through the mapping, "
-            f"{t['missing'] + t['extra'] + t['different']} differences"
-            + (" (clean)" if res.verify.ok else " [bold red](NOT clean)[/]")
-        )
-    out.rule("result")
+        diffs = t["missing"] + t["extra"] + t["different"]
+    out.print(f"rows moved by the backfill: {res.backfill.rows:,}")
+    out.print(
+        f"application writes through the SDK: {res.app_writes:,} "
+        f"({res.app_retries} retried during the write freeze)"
+    )
+    if cdc is not None:
+        out.print(f"CDC events applied: {cdc.events:,} ({cdc.dead_letters} dead letters)")
+    out.print(
+        f"differences found by the final verification: {diffs}"
+        + (" (clean)" if diffs == 0 else " [bold red](NOT clean)[/]")
+    )
+    out.print(f"write pause (freeze set -> cleared): {res.write_pause_ms or 0:.0f} ms")
+    out.print(f"rollback write_mongo -> read_mongo: {res.rollback_seconds or 0:.2f} s")
     out.print(
         render.table(
             "MySQL rows -> MongoDB documents",
@@ -70,13 +90,12 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
             [[k, f"{res.rows.get(k, 0):,}", f"{v:,}"] for k, v in res.documents.items()],
         )
     )
-    for name, doc in res.samples.items():
-        out.rule(f"sample: {name}")
-        out.print(render.document(doc))
+    out.rule("sample: orders")
+    out.print(render.document(res.samples.get("orders")))
     out.print(
-        f"[green]demo finished in {res.seconds:.1f} s.[/] The mapping is at "
-        f"{res.mapping_path}; try `migrator plan -m` on your own database next "
-        "(`migrator init` writes a mapping for you)."
+        f"[green]demo finished in {res.seconds:.1f} s.[/] Next: `migrator init` writes a "
+        f"mapping for your database; `migrator plan -m` checks it; the README explains "
+        f"backfill, cdc, verify, cutover and rollback. This run's mapping: {res.mapping_path}"
     )
     if keep:
         out.print(
