@@ -209,11 +209,7 @@ class Mapping(_Model):
 
     def where(self, *key: str | int) -> str:
         """`file:line key.path` for messages about a part of the mapping."""
-        line = None
-        probe = tuple(key)
-        while probe and line is None:
-            line = self.lines.get(probe)
-            probe = probe[:-1]
+        line = line_for(self.lines, tuple(key))
         loc = f"{self.path}:{line}" if line else self.path
         return f"{loc} {format_key(key)}" if key else loc
 
@@ -291,6 +287,32 @@ def _describe(err: Any) -> str:
     return f"{msg} (got {err.get('input')!r})" if kind.endswith("_type") else msg
 
 
+def line_for(lines: dict[tuple[str | int, ...], int], key: tuple[str | int, ...]) -> int | None:
+    """The line of `key`, or of its nearest parent that has one."""
+    probe, line = key, None
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    return line
+
+
+def validation_problems(
+    exc: ValidationError, lines: dict[tuple[str | int, ...], int], path: str
+) -> list[str]:
+    """One `file:line key: what was expected` line per pydantic error."""
+    out = []
+    for err in exc.errors():
+        # pydantic adds union-member names ("str", "FieldSpec") to the location: drop them
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("str", "FieldSpec")))
+        )
+        out.append(
+            f"{path}:{line_for(lines, loc) or '?'} {format_key(loc) or '(top level)'}: "
+            f"{_describe(err)}"
+        )
+    return out
+
+
 class YAMLLoader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. YAML 1.1 would read the key `on:` as True."""
 
@@ -325,20 +347,7 @@ def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
     try:
         mapping = Mapping.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(
-                p
-                for p in err["loc"]
-                if not (isinstance(p, str) and p.startswith(("str", "FieldSpec")))
-            )
-            probe, line = loc, None
-            while probe and line is None:
-                line = lines.get(probe)
-                probe = probe[:-1]
-            problems.append(
-                f"{path}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}"
-            )
+        problems = validation_problems(exc, lines, path)
         raise ConfigError("invalid mapping:\n  " + "\n  ".join(problems)) from None
     mapping._path = path
     mapping._lines = lines

@@ -82,6 +82,20 @@ class Machine:
         doc = {"at": now(), "actor": self.actor, **entry}
         with_retry(lambda: self.audit.insert_one(doc))
 
+    def _set_phase(self, doc: dict[str, Any], phase: str, reason: str | None) -> None:
+        """Compare-and-set the phase (routing fields follow it; any freeze is cleared)."""
+        self.control.compare_and_set(
+            doc["version"],
+            {
+                "phase": phase,
+                **routing_fields(phase),
+                "freeze": False,
+                "updated_at": now(),
+                "updated_by": self.actor,
+                "reason": reason,
+            },
+        )
+
     def _hooks(self, actions: list[Action], when: str, res: StepResult) -> bool:
         for a in actions:
             ok, what = run_action(a)
@@ -177,17 +191,7 @@ class Machine:
                 res.write_pause_ms = self._write_switch(reason)
             else:
                 doc = self.control.get()
-                self.control.compare_and_set(
-                    doc["version"],
-                    {
-                        "phase": res.to_phase,
-                        **routing_fields(res.to_phase),
-                        "freeze": False,
-                        "updated_at": now(),
-                        "updated_by": self.actor,
-                        "reason": reason,
-                    },
-                )
+                self._set_phase(doc, res.to_phase, reason)
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
@@ -240,17 +244,7 @@ class Machine:
                     f"{len(check.differences)} differences: staying in read_mongo"
                 )
             doc = self.control.get()
-            self.control.compare_and_set(
-                doc["version"],
-                {
-                    "phase": "write_mongo",
-                    **routing_fields("write_mongo"),
-                    "freeze": False,
-                    "updated_at": now(),
-                    "updated_by": self.actor,
-                    "reason": reason,
-                },
-            )
+            self._set_phase(doc, "write_mongo", reason)
             return (time.monotonic() - t0) * 1000
         except BaseException:
             doc = self.control.get()
@@ -294,17 +288,7 @@ class Machine:
                     f"failed ({res.hooks[-1]['result']})"
                 )
             doc = self.control.get()
-            self.control.compare_and_set(
-                doc["version"],
-                {
-                    "phase": target,
-                    **routing_fields(target),
-                    "freeze": False,
-                    "updated_at": now(),
-                    "updated_by": self.actor,
-                    "reason": reason,
-                },
-            )
+            self._set_phase(doc, target, reason)
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0

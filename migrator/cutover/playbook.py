@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import _describe, format_key, load_yaml
+from ..config import load_yaml, validation_problems
 from ..errors import ConfigError
 from .phases import PHASES
 
@@ -115,14 +115,5 @@ def load_playbook(path: str | Path | None) -> Playbook:
     try:
         return Playbook.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            probe, line = loc, None
-            while probe and line is None:
-                line = lines.get(probe)
-                probe = probe[:-1]
-            problems.append(
-                f"{p}:{line or '?'} {format_key(loc) or '(top level)'}: {_describe(err)}"
-            )
+        problems = validation_problems(exc, lines, str(p))
         raise ConfigError("invalid playbook:\n  " + "\n  ".join(problems)) from None
