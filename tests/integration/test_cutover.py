@@ -156,3 +156,39 @@ def test_a_crashed_write_switch_is_recovered_to_read_mongo_unfrozen(env):
     st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
     assert st["phase"] == "read_mongo" and st["freeze"] is False
     assert env.state.audit.find_one({"kind": "recovery"}) is not None
+
+
+def test_rollback_works_from_every_phase(env):
+    from migrator.cutover.phases import PHASES
+
+    path = ready(env, orders=5)
+    for target in PHASES[1:]:
+        step(path, "--to", target, "--force", "--reason", "walk")
+        rb = json.loads(
+            migrator_cmd("rollback", "-m", str(path), "--yes", "--json", check=0).stdout
+        )
+        assert (rb["from"], rb["to"]) == (target, PHASES[PHASES.index(target) - 1])
+        step(path, "--to", target, "--force", "--reason", "walk")
+    assert Control(env.state.control).get()["phase"] == "done"
+    rb = json.loads(
+        migrator_cmd(
+            "rollback", "-m", str(path), "--to", "planned", "--yes", "--json", check=0
+        ).stdout
+    )
+    assert rb["to"] == "planned"
+    p = migrator_cmd("rollback", "-m", str(path), "--yes", check=1)
+    assert "nothing to roll back to" in p.stderr
+
+
+def test_a_failing_write_switch_unfreezes_and_stays_in_read_mongo(env):
+    path = ready(env)
+    for target in ("backfill", "sync", "dual_write", "read_mongo"):
+        step(path, "--to", target, "--force", "--reason", "setup")
+    # a change CDC applied recently, then drift in MongoDB: the switch's re-verification fails
+    env.sql("UPDATE orders SET note = 'recent' WHERE id = 6")
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    env.target.orders.update_one({"_id": 6}, {"$set": {"note": "drifted"}})
+    p = step(path, "--to", "write_mongo", "--force", "--reason", "try", check=1)
+    assert "re-verification of recent changes found 1 differences" in p.stderr
+    doc = Control(env.state.control).get()
+    assert doc["phase"] == "read_mongo" and doc["freeze"] is False and doc["lease"] is None

@@ -108,3 +108,20 @@ def test_writes_wait_while_frozen_then_go_or_fail_retryably(env, sdk):
     w.update("orders", {"id": 1}, {"note": "after the freeze"})
     assert time.monotonic() - t0 >= 0.1
     assert env.target.orders.find_one({"_id": 1})["note"] == "after the freeze"
+
+
+def test_a_failed_secondary_write_is_recorded_for_repair_not_raised(env, sdk):
+    w, path = sdk
+    set_phase(env, "dual_write")
+
+    def broken(ev):
+        raise RuntimeError("mongo is having a moment")
+
+    w._mongo = broken  # the secondary store fails; the request must still succeed
+    w.update("orders", {"id": 2}, {"note": "primary only"})
+    assert env.sql("SELECT note FROM orders WHERE id = 2")[0][0] == "primary only"
+    failure = env.state["sdk_failures"].find_one({})
+    assert failure["store"] == "mongo" and failure["key"] == {"id": 2}
+    assert "having a moment" in failure["error"] and w.secondary_failures == 1
+    res = verify(load_mapping(path), collections=["orders"], repair=True)
+    assert res.repaired == 1 and env.target.orders.find_one({"_id": 2})["note"] == "primary only"
