@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from ..cdc.applier import Applier
 from ..cdc.events import ChangeEvent, Position, Transaction
 from ..cdc.lookup import SourceLookup
@@ -77,6 +79,25 @@ class DualWriter:
         self.shadow_mismatches = 0
         self.shadow_reads_done = 0
         self.secondary_failures = 0
+        # Prometheus counters an application can expose (prometheus_client.generate_latest)
+        self.registry = CollectorRegistry()
+        self._m_shadow = Counter(
+            "migrator_sdk_shadow_reads_total",
+            "Shadow reads of MongoDB in dual_write",
+            ["result"],
+            registry=self.registry,
+        )
+        self._m_failures = Counter(
+            "migrator_sdk_secondary_failures_total",
+            "Secondary writes recorded for repair",
+            ["store"],
+            registry=self.registry,
+        )
+        self._m_frozen = Counter(
+            "migrator_sdk_frozen_waits_total",
+            "Writes that waited for the write switch's freeze",
+            registry=self.registry,
+        )
         self._doc: dict[str, Any] | None = None
         self._fetched = 0.0
         self._lock = threading.Lock()
@@ -101,6 +122,7 @@ class DualWriter:
         doc = self.control_doc()
         if not doc.get("freeze"):
             return doc
+        self._m_frozen.inc()
         deadline = time.monotonic() + self.freeze_wait
         while time.monotonic() < deadline:
             time.sleep(0.02)
@@ -160,6 +182,7 @@ class DualWriter:
             except Exception as exc:  # recorded for repair; the request itself succeeded
                 if attempt == 2:
                     self.secondary_failures += 1
+                    self._m_failures.labels(what).inc()
                     record = {
                         "store": what,
                         "table": table,
@@ -234,6 +257,9 @@ class DualWriter:
                 shadow is not None and doc_hash(shadow) != doc_hash(primary)
             ):
                 self.shadow_mismatches += 1
+                self._m_shadow.labels("mismatch").inc()
+            else:
+                self._m_shadow.labels("match").inc()
         return primary
 
     _before: dict[str, Any] | None = None

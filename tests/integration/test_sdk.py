@@ -63,6 +63,10 @@ def test_dual_write_writes_mysql_then_mongo_and_shadow_reads(env, sdk):
     env.target.orders.update_one({"_id": 500}, {"$set": {"status": "drifted"}})
     w.get("orders", 500)
     assert w.shadow_mismatches == 1
+    from prometheus_client import generate_latest
+
+    text = generate_latest(w.registry).decode()
+    assert 'migrator_sdk_shadow_reads_total{result="mismatch"} 1.0' in text
     assert verify(load_mapping(path), collections=["customers", "products"]).ok
 
 
