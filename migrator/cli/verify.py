@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,6 +42,31 @@ from .common import err, handle_errors, json_option, load, mapping_option, out, 
     help="Throttle the source reads (0 = no limit).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=1,
+    show_default=True,
+    help="Chunks verified in parallel.",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start over instead of resuming an interrupted full verification.",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep re-verifying documents CDC touches, each "
+    "after --settle seconds, until Ctrl-C; reports rows that stay different.",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="With --follow: seconds between passes.",
+)
+@click.option(
     "--junit",
     "junit_file",
     type=click.Path(dir_okay=False),
@@ -58,6 +85,10 @@ def verify_cmd(
     changed: bool,
     repair: bool,
     max_rows_per_sec: float,
+    workers: int,
+    restart: bool,
+    follow: bool,
+    settle: float,
     junit_file: str | None,
     report_file: str | None,
     as_json: bool,
@@ -72,7 +103,8 @@ def verify_cmd(
     Examples:
       migrator verify -m shop.yaml
       migrator verify -m shop.yaml --changed --junit verify.xml
-      migrator verify -m shop.yaml --repair
+      migrator verify -m shop.yaml --repair --workers 4
+      migrator verify -m shop.yaml --follow --settle 10
     """
     if since and changed:
         raise ConfigError("--since and --changed are alternatives: pass one")
@@ -84,7 +116,12 @@ def verify_cmd(
         since=parse_duration(since) if since else None,
         repair=repair,
         max_rows_per_sec=max_rows_per_sec,
+        workers=workers,
+        restart=restart,
     )
+    if follow:
+        _follow(mapping, settle, as_json)
+        return
     if as_json:
         result = verify(mapping, **kwargs)  # type: ignore[arg-type]
     else:
@@ -99,6 +136,28 @@ def verify_cmd(
     else:
         print_result(result)
     raise SystemExit(0 if result.ok else 1)
+
+
+def _follow(mapping: Any, settle: float, as_json: bool) -> None:
+    import signal
+    import threading
+
+    from ..verify.engine import follow
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    dirty = {"n": 0}
+
+    def on_pass(r: VerifyResult) -> None:
+        dirty["n"] = len(r.differences)
+        if as_json:
+            click.echo(json.dumps(r.to_dict(), default=str))
+        elif r.differences or any(c.checked for c in r.collections):
+            print_result(r)
+
+    follow(mapping, settle_seconds=settle, stop=stop, on_pass=on_pass)
+    raise SystemExit(1 if dirty["n"] else 0)
 
 
 def print_result(r: VerifyResult) -> None:

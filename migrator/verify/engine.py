@@ -12,8 +12,10 @@ catching up) are not reported as false differences.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -161,7 +163,9 @@ class Verifier:
             self.transform = compile_transform(mapping, introspect(meta, mapping.source_database))
         finally:
             meta.close()
-        self.conn = mysql_connect(src, raw=True)
+        self._src = src
+        self._local = threading.local()
+        self._conns: list[Any] = []
         self.client = mongo_connect(mapping.target.url)
         self.db = self.client[mapping.target_database]
         self.state = StateStore(self.client, mapping.state.database)
@@ -171,8 +175,18 @@ class Verifier:
         self.limit = limit_differences
         self.progress = progress or NullProgress()
 
+    @property
+    def conn(self) -> Any:
+        """One raw MySQL connection per thread (--workers verifies chunks in parallel)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = mysql_connect(self._src, raw=True)
+            self._conns.append(c)
+        return c
+
     def close(self) -> None:
-        self.conn.close()
+        for c in self._conns:
+            c.close()
         self.client.close()
 
     # -- comparing a set of keys -------------------------------------------------------------
@@ -241,24 +255,44 @@ class Verifier:
         sample_pct: float,
         chunk_size: int,
         rnd: random.Random,
+        workers: int = 1,
+        after: tuple[Any, ...] | None = None,
+        found: list[Difference] | None = None,
+        checkpoint: Any = None,
     ) -> list[Difference]:
+        """Walk the collection's chunks (from `after`, when resuming), `workers` at a time,
+        checkpointing after each group of chunks; then look for extra documents."""
         reader = ChunkReader(self.conn, plan)
-        bounds = _chunk_bounds(list(reader.boundaries(chunk_size)))
-        self.progress.start(plan.name, max(plan.table.rows_estimate, len(bounds) * chunk_size))
-        found: list[Difference] = []
-        for lo, hi in bounds:
-            if sample_pct < 100 and rnd.random() * 100 >= sample_pct:
-                continue
-            rows = reader.read_rows(lo, hi)
+        bounds = _chunk_bounds(list(reader.boundaries(chunk_size, start=after)))
+        if after is not None:
+            bounds[0] = (after, bounds[0][1])
+        self.progress.start(
+            plan.name, max(plan.table.rows_estimate, len(bounds) * chunk_size), res.checked
+        )
+        found = list(found or [])
+        chosen = [b for b in bounds if sample_pct >= 100 or rnd.random() * 100 < sample_pct]
+
+        def one(lo: Any, hi: Any) -> tuple[int, list[Difference], int]:
+            rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
             expected = self._expected(plan, rows)
             ids = [d["_id"] for d in expected.values()]
-            res.checked += len(rows)
-            res.chunks += 1
             first = self._compare(plan, expected, ids)
-            if first:  # drill down only where a chunk has differences
-                found += self.check_keys(plan, ids, res, first=first)
-            self.progress.advance(plan.name, len(rows))
+            sub = CollectionResult(plan.name)
+            diffs = self.check_keys(plan, ids, sub, first=first) if first else []
             self.limiter.account(len(rows))
+            return len(rows), diffs, sub.rechecked
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for i in range(0, len(chosen), max(1, workers)):
+                group = chosen[i : i + max(1, workers)]
+                for n, diffs, rechecked in pool.map(lambda b: one(*b), group):
+                    res.checked += n
+                    res.chunks += 1
+                    res.rechecked += rechecked
+                    found += diffs
+                    self.progress.advance(plan.name, n)
+                if checkpoint is not None and group[-1][1] is not None:
+                    checkpoint(plan.name, group[-1][1], res, found)
         found += self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
         self.progress.finish(plan.name, res.checked)
         return found
@@ -340,6 +374,10 @@ def parse_duration(text: str) -> timedelta:
         ) from None
 
 
+def _diff_doc(d: Difference) -> dict[str, Any]:
+    return {"collection": d.collection, "id": d.id, "kind": d.kind, "fields": d.fields}
+
+
 def verify(
     mapping: Mapping,
     *,
@@ -353,8 +391,12 @@ def verify(
     recheck: int = 3,
     recheck_delay: float = 0.5,
     seed: int | None = None,
+    workers: int = 1,
+    restart: bool = False,
     progress: Progress | None = None,
 ) -> VerifyResult:
+    """Verify; a full run checkpoints after every group of chunks in the state store and an
+    interrupted run is resumed by the next one with the same options (`restart` starts over)."""
     v = Verifier(
         mapping,
         recheck=recheck,
@@ -379,18 +421,78 @@ def verify(
             raise MigratorError(
                 f"--collections: no collection named {', '.join(sorted(unknown))} in {mapping.path}"
             )
+        params = {"mode": mode, "collections": [p.name for p in plans], "sample": sample_pct}
+        saved = v.state.meta.find_one({"_id": "verify_progress"}) if mode == "full" else None
+        resume = (
+            not restart
+            and saved is not None
+            and saved.get("status") == "running"
+            and saved.get("params") == params
+        )
+        progress_doc: dict[str, Any] = (
+            saved
+            if resume and saved
+            else {
+                "_id": "verify_progress",
+                "status": "running",
+                "params": params,
+                "started": result.started,
+                "collections": {},
+            }
+        )
+        if resume:
+            result.started = progress_doc["started"]
+            v.progress.note("resuming the interrupted verification from its last checkpoint")
+
+        def checkpoint(
+            name: str,
+            after: Any,
+            res: CollectionResult,
+            found: list[Difference],
+            done: bool = False,
+        ) -> None:
+            progress_doc["collections"][name] = {
+                "after": list(after),
+                "done": done,
+                "checked": res.checked,
+                "chunks": res.chunks,
+                "rechecked": res.rechecked,
+                "diffs": [_diff_doc(d) for d in found[: v.limit]],
+            }
+            doc = dict(progress_doc)
+            with_retry(
+                lambda: v.state.meta.replace_one({"_id": "verify_progress"}, doc, upsert=True)
+            )
+
         for p in plans:
             res = CollectionResult(name=p.name)
             if mode == "changed":
                 diffs = v.changed(p, res, cutoff)
             else:
-                diffs = v.full(
-                    p,
-                    res,
-                    sample_pct=sample_pct,
-                    chunk_size=chunk_size or mapping.backfill.chunk_size,
-                    rnd=rnd,
-                )
+                prior = progress_doc["collections"].get(p.name) if resume else None
+                found = [
+                    Difference(d["collection"], d["id"], d["kind"], d["fields"])
+                    for d in (prior or {}).get("diffs", [])
+                ]
+                if prior:
+                    res.checked, res.chunks = prior["checked"], prior["chunks"]
+                    res.rechecked = prior["rechecked"]
+                if prior and prior.get("done"):
+                    diffs = found
+                else:
+                    diffs = v.full(
+                        p,
+                        res,
+                        sample_pct=sample_pct,
+                        chunk_size=chunk_size or mapping.backfill.chunk_size,
+                        rnd=rnd,
+                        workers=workers,
+                        after=tuple(prior["after"]) if prior else None,
+                        found=found,
+                        checkpoint=checkpoint if mode == "full" else None,
+                    )
+                    if mode == "full":
+                        checkpoint(p.name, [], res, diffs, done=True)
             if repair and diffs:
                 before = len(diffs)
                 diffs = v.repair(p, diffs, res)
@@ -400,10 +502,35 @@ def verify(
             result.differences += diffs[: max(0, v.limit - len(result.differences))]
             result.collections.append(res)
         result.seconds = time.monotonic() - t0
+        if mode == "full":
+            with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
+        data = result.to_dict()
         v.state.record_verify_run(
-            result.to_dict()
-            | {"started": result.started, "differences": result.to_dict()["differences"][:100]}
+            {**data, "started": result.started, "differences": data["differences"][:100]}
         )
     finally:
         v.close()
+    return result
+
+
+def follow(
+    mapping: Mapping,
+    *,
+    settle_seconds: float,
+    stop: threading.Event,
+    on_pass: Any,
+    recheck: int = 3,
+    recheck_delay: float = 0.5,
+) -> VerifyResult | None:
+    """Keep re-verifying the documents CDC touched, each after a settle delay (Ghostferry's
+    inline verifier); a difference is reported only if it stays after its re-checks."""
+    since_clean = now()  # the window starts at the last pass that ended clean
+    result = None
+    while not stop.wait(settle_seconds):
+        started = now()
+        window = started - since_clean + timedelta(seconds=settle_seconds)
+        result = verify(mapping, since=window, recheck=recheck, recheck_delay=recheck_delay)
+        if not result.differences:
+            since_clean = started  # else keep re-checking what is still different
+        on_pass(result)
     return result
