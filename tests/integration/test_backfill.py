@@ -145,7 +145,8 @@ def test_backfill_pauses_while_the_source_is_busy(env, stack):
     )
     path.write_text(text)
     busy = connect(parse_mysql_url(stack.mysql_url), database=False)
-    t = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(2)"))
+    # long enough that even a slow start of the backfill meets the busy server
+    t = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(6)"))
     t.start()
     time.sleep(0.3)
     try:
