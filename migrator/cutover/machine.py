@@ -82,6 +82,11 @@ class Machine:
         doc = {"at": now(), "actor": self.actor, **entry}
         with_retry(lambda: self.audit.insert_one(doc))
 
+    def _audit_step(self, kind: str, outcome: str, res: StepResult, **entry: Any) -> None:
+        self._audit(
+            kind=kind, outcome=outcome, from_phase=res.from_phase, to_phase=res.to_phase, **entry
+        )
+
     def _set_phase(self, doc: dict[str, Any], phase: str, reason: str | None) -> None:
         """Compare-and-set the phase (routing fields follow it; any freeze is cleared)."""
         self.control.compare_and_set(
@@ -141,11 +146,10 @@ class Machine:
         if force and not reason:
             raise ConfigError("--force needs --reason: the audit must say why gates were skipped")
         if failing and not force:
-            self._audit(
-                kind="cutover",
-                outcome="refused",
-                from_phase=res.from_phase,
-                to_phase=res.to_phase,
+            self._audit_step(
+                "cutover",
+                "refused",
+                res,
                 reason=reason,
                 forced=False,
                 gates=[g.to_dict() for g in res.gates],
@@ -162,11 +166,10 @@ class Machine:
         try:
             self.control.acquire(self.actor, self.playbook.defaults.lease_seconds)
         except CheckFailed as exc:
-            self._audit(
-                kind="cutover",
-                outcome="refused",
-                from_phase=res.from_phase,
-                to_phase=res.to_phase,
+            self._audit_step(
+                "cutover",
+                "refused",
+                res,
                 reason=reason,
                 detail=exc.message,
             )
@@ -174,11 +177,10 @@ class Machine:
         try:
             step = self.playbook.step(res.to_phase)
             if not self._hooks(step.hooks.before, "before", res):
-                self._audit(
-                    kind="cutover",
-                    outcome="refused",
-                    from_phase=res.from_phase,
-                    to_phase=res.to_phase,
+                self._audit_step(
+                    "cutover",
+                    "refused",
+                    res,
                     reason=reason,
                     hooks=res.hooks,
                     detail="a before-hook failed",
@@ -195,11 +197,10 @@ class Machine:
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
-            self._audit(
-                kind="cutover",
-                outcome="done",
-                from_phase=res.from_phase,
-                to_phase=res.to_phase,
+            self._audit_step(
+                "cutover",
+                "done",
+                res,
                 reason=reason,
                 forced=res.forced,
                 gates=[g.to_dict() for g in res.gates],
@@ -274,11 +275,10 @@ class Machine:
         try:
             step = (rollback_playbook or Playbook(version=1)).step(target)
             if not self._hooks(step.hooks.before, "before", res):
-                self._audit(
-                    kind="rollback",
-                    outcome="refused",
-                    from_phase=cur,
-                    to_phase=target,
+                self._audit_step(
+                    "rollback",
+                    "refused",
+                    res,
                     reason=reason,
                     hooks=res.hooks,
                     detail="a before-hook failed",
@@ -292,11 +292,10 @@ class Machine:
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
-            self._audit(
-                kind="rollback",
-                outcome="done",
-                from_phase=cur,
-                to_phase=target,
+            self._audit_step(
+                "rollback",
+                "done",
+                res,
                 reason=reason,
                 hooks=res.hooks,
                 seconds=res.seconds,
