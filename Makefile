@@ -30,4 +30,4 @@ bench: setup
 	.venv/bin/python bench/backfill.py
 
 clean:
-	rm -rf .venv .venv-mongoeco .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

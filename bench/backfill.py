@@ -4,11 +4,10 @@ Creates N rows (default 200k) of an orders-like table on a throwaway MariaDB (or
 MIGRATOR_TEST_MYSQL_URL / MIGRATOR_TEST_MONGO_URL) and prints, from one run:
   1. a raw single-connection pymysql keyset read (rows/s): the baseline;
   2. `backfill --dry-run` with 1 and 2 workers (rows/s, ratio to the raw read);
-  3. a real backfill into the MongoDB server in use (rows/s, and which server it is).
-The mongoeco wire server is slow (hundreds of docs/s), so against it step 3 copies only
---write-rows rows; say which figure is which when you quote them.
+  3. a real backfill into the MongoDB server in use (rows/s, and which server it is) of
+     --write-rows rows (default: all of them).
 
-Usage: .venv/bin/python bench/backfill.py [--rows 200000] [--write-rows 2000]
+Usage: .venv/bin/python bench/backfill.py [--rows 200000] [--write-rows N]
 """
 
 from __future__ import annotations
@@ -81,8 +80,8 @@ def main() -> None:
     ap.add_argument(
         "--write-rows",
         type=int,
-        default=2000,
-        help="rows for the real write when the server is mongoeco (slow)",
+        default=0,
+        help="rows for the real write (default: all)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -117,7 +116,7 @@ def main() -> None:
                 f"(ratio to raw read {s.rows_per_sec / raw:.2f})"
             )
 
-        limit = args.rows if stack.mongo_kind != "mongoeco" else min(args.write_rows, args.rows)
+        limit = min(args.write_rows or args.rows, args.rows)
         filt = None if limit == args.rows else f"id <= {limit}"
         m = parse_mapping(mapping_text(url, stack.mongo_url, "_bench_real", filt), "bench.yaml")
         s = backfill(m, workers=2, chunk_size=min(5000, max(limit // 10, 100)), restart=True)

@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=20_000, help="row changes in the burst")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each steady load")
     ap.add_argument("--rates", default="1000,2000,5000")
+    ap.add_argument("--real-txns", type=int, default=1000, help="transactions for the real apply")
     args = ap.parse_args()
 
     stack = start_stack()
@@ -179,11 +180,11 @@ def main() -> None:
         for rate in [int(r) for r in args.rates.split(",")]:
             steady(rate, args.seconds, url, admin, mapping, state)
 
-        # 4: a real sink, small (the mongoeco server writes a few hundred docs/s)
+        # 4: a real sink
         state.meta.delete_many({})
         backfill(mapping, workers=1, restart=True)
         w = Writer(url, 900_000)
-        for _ in range(30):
+        for _ in range(args.real_txns):
             w.txn()
         s = runner.run_cdc(mapping, mode="until-caught-up")
         print(

@@ -2,8 +2,8 @@
 
 Starts, in a temp dir and on free ports: MariaDB/MySQL with a ROW binlog and full row metadata;
 a MongoDB wire server (a given URL, else `mongod` on PATH, else testcontainers when a Docker
-engine answers, else the `mongoeco` server from its own venv); and, when asked, a Tansu Kafka
-broker. Every process is stopped by PID.
+engine answers, else SecantusDB, a MongoDB-compatible server on WiredTiger, from the project's
+venv); and, when asked, a Tansu Kafka broker. Every process is stopped by PID.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 from .errors import SandboxError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MONGOECO_LAUNCHER = Path(__file__).resolve().parent / "resources" / "mongoeco_server.py"
 MYSQL_URL_ENV = ("MIGRATOR_TEST_MYSQL_URL", "MIGRATOR_STACK_MYSQL_URL")
 MONGO_URL_ENV = ("MIGRATOR_TEST_MONGO_URL", "MIGRATOR_STACK_MONGO_URL")
 KAFKA_ENV = ("MIGRATOR_TEST_KAFKA_BOOTSTRAP", "MIGRATOR_STACK_KAFKA_BOOTSTRAP")
@@ -138,6 +137,8 @@ class Stack:
             "mysql_url": self.mysql_url,
             "mongo_url": self.mongo_url,
             "kafka_bootstrap": self.kafka_bootstrap,
+            # which MongoDB server ran: external | mongod | testcontainers | secantusdb
+            "mongo_kind": self.mongo_kind,
         }
 
     def stop(self) -> None:
@@ -325,15 +326,12 @@ def _wait_mysql_ready(
 # ----------------------------------------------------------------------------- MongoDB
 
 
-def mongoeco_python() -> str | None:
-    candidates = [
-        os.environ.get("MIGRATOR_MONGOECO_PYTHON", ""),
-        str(REPO_ROOT / ".venv-mongoeco" / "bin" / "python"),
-    ]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return c
-    return None
+def secantus_binary() -> str | None:
+    """`secantusd-py` next to this interpreter (the project's venv), else on PATH."""
+    beside = Path(sys.executable).parent / "secantusd-py"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("secantusd-py")
 
 
 def _docker_engine() -> bool:
@@ -368,8 +366,14 @@ def _wait_mongo(
     raise SandboxError(f"MongoDB at {url} did not answer within {timeout:.0f} s")
 
 
-def start_mongo(base: Path) -> tuple[str, str, Proc | None, str | None]:
-    """Return (url, kind, process or None, container id or None)."""
+def start_mongo(
+    base: Path, *, sync_on_commit: bool = False
+) -> tuple[str, str, Proc | None, str | None]:
+    """Return (url, kind, process or None, container id or None).
+
+    `sync_on_commit` makes SecantusDB flush every commit (slower), for tests that kill it:
+    by default it may lose the last ~20 ms of writes on kill -9, like mongod's journal interval.
+    """
     base.mkdir(parents=True, exist_ok=True)
     mongod = shutil.which("mongod")
     if mongod:
@@ -415,25 +419,32 @@ def start_mongo(base: Path) -> tuple[str, str, Proc | None, str | None]:
                 None,
                 container.get_wrapped_container().id,
             )
-    py = mongoeco_python()
-    if not py:
+    binary = secantus_binary()
+    if not binary:
         raise SandboxError(
             "no MongoDB server available: no MIGRATOR_TEST_MONGO_URL, no mongod on PATH, "
-            "no Docker engine, and no mongoeco venv (.venv-mongoeco)",
+            "no Docker engine, and no SecantusDB (secantusd-py) in this venv",
             hint="run `make setup`, or set MIGRATOR_TEST_MONGO_URL=mongodb://host:27017",
         )
     port = free_port()
-    out = base / "mongoeco.out"
-    with open(out, "wb") as stdout:
-        proc, popen = _spawn(
-            "mongoeco",
-            [py, str(MONGOECO_LAUNCHER), "127.0.0.1", str(port)],
-            base / "mongoeco.log",
-            stdout=stdout,
-        )
+    (base / "db").mkdir(exist_ok=True)
+    argv = [
+        binary,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(base / "db"),
+        "--log-level",
+        "WARNING",
+    ]
+    if sync_on_commit:
+        argv.append("--sync-on-commit")
+    proc, popen = _spawn("secantusdb", argv, base / "secantusdb.log")
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     _wait_mongo(url, proc, popen)
-    return url, "mongoeco", proc, None
+    return url, "secantusdb", proc, None
 
 
 # ----------------------------------------------------------------------------- Kafka (Tansu)
@@ -492,9 +503,15 @@ def start_kafka(base: Path) -> tuple[str, Proc]:
 
 
 def start_stack(
-    *, with_kafka: bool = False, base_dir: str | None = None, debezium_compatible: bool = False
+    *,
+    with_kafka: bool = False,
+    base_dir: str | None = None,
+    debezium_compatible: bool = False,
+    mongo_sync_on_commit: bool = False,
 ) -> Stack:
-    """Start (or adopt, from the environment) a MySQL, a MongoDB and optionally a Kafka broker."""
+    """Start (or adopt, from the environment) a MySQL, a MongoDB and optionally a Kafka broker.
+
+    `mongo_sync_on_commit` is for callers that kill the MongoDB server (see `start_mongo`)."""
     base = Path(base_dir or tempfile.mkdtemp(prefix="migrator-stack-"))
     base.mkdir(parents=True, exist_ok=True)
     stack = Stack(mysql_url="", mongo_url="", base_dir=str(base))
@@ -511,7 +528,7 @@ def start_stack(
         if given:
             stack.mongo_url, stack.mongo_kind = given, "external"
         else:
-            url, kind, mproc, cid = start_mongo(base / "mongo")
+            url, kind, mproc, cid = start_mongo(base / "mongo", sync_on_commit=mongo_sync_on_commit)
             stack.mongo_url, stack.mongo_kind = url, kind
             if mproc:
                 stack.procs.append(mproc)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup: system packages, the project venv, and the MongoDB-compatible server's venv.
+# Idempotent setup: system packages and the project venv (which holds the sandbox's MongoDB server).
 # Safe to run again; each step checks before it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,27 +42,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# 3. The MongoDB-compatible server. A given URL or a local mongod needs nothing more; otherwise
-#    mongoeco, which needs Python >= 3.13, gets a venv of its own.
+# 3. The MongoDB-compatible server: a given URL, a local mongod or Docker need nothing more;
+#    otherwise the sandbox runs SecantusDB (`secantusd-py`, installed into .venv with the dev extra).
 if [ -z "${MIGRATOR_TEST_MONGO_URL:-}" ] && ! command -v mongod >/dev/null 2>&1; then
-  if [ ! -x .venv-mongoeco/bin/python ] || ! .venv-mongoeco/bin/python -c 'import mongoeco, bson' 2>/dev/null; then
-    PY313=""
-    # pyenv shims exist on PATH even when they cannot run: try each candidate for real.
-    for c in ${MIGRATOR_PYTHON313:-} /root/.pyenv/versions/3.1[3-9]*/bin/python3 \
-             /usr/local/bin/python3.13 /usr/bin/python3.13 python3.14 python3.13; do
-      if "$c" -c 'import sys; assert sys.version_info >= (3, 13)' >/dev/null 2>&1; then
-        PY313="$c"; break
-      fi
-    done
-    if [ -z "$PY313" ]; then
-      say "no Python >= 3.13 found: installing one with apt is not possible on Debian 12;"
-      say "set MIGRATOR_TEST_MONGO_URL to a MongoDB server, or put mongod or python3.13 on PATH"
-      exit 2
-    fi
-    say "creating .venv-mongoeco with $PY313 for the mongoeco wire server"
-    "$PY313" -m venv .venv-mongoeco
-    .venv-mongoeco/bin/pip install -q -U pip >/dev/null
-    .venv-mongoeco/bin/pip install -q 'mongoeco[wire]>=4.11,<5'
+  if [ ! -x .venv/bin/secantusd-py ]; then
+    say "SecantusDB (secantusd-py) is missing from .venv; reinstalling the dev extra"
+    .venv/bin/pip install -q -e '.[dev]'
   fi
 fi
 say "ready: .venv/bin/migrator"

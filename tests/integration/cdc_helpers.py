@@ -6,6 +6,7 @@ from typing import Any
 
 from migrator.backfill import backfill
 from migrator.config import load_mapping
+from migrator.keys import id_key
 
 
 def fresh_copy(env: Any, path: Any) -> dict[str, dict[Any, dict[str, Any]]]:
@@ -30,7 +31,7 @@ def fresh_copy(env: Any, path: Any) -> dict[str, dict[Any, dict[str, Any]]]:
 
 
 def _key(v: Any) -> Any:
-    return tuple(sorted(v.items())) if isinstance(v, dict) else v
+    return id_key(v)
 
 
 def assert_same_as_fresh_backfill(env: Any, path: Any) -> None:

@@ -44,11 +44,12 @@ def assert_orders_exact(env):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_shop_backfill_builds_exact_documents(env, workers):
-    path = make_shop(env)
+    path = make_shop(env, orders=2000, chunk_size=100)
     summary = backfill(load_mapping(path), workers=workers)
     assert summary.dead_letters == 0
     by = {c.name: c for c in summary.collections}
-    assert by["orders"].rows == 120 and by["orders"].chunks_total == 13
+    # 20 full chunks of 100 keys, then the open-ended last one
+    assert by["orders"].rows == 2000 and by["orders"].chunks_total == 21
     assert by["customers"].documents == 30 and by["products"].documents == 10
     assert_orders_exact(env)
     # N:1 embeds carry only the listed fields; 1:N embeds leave out the excluded FK
@@ -73,7 +74,7 @@ def test_rerun_after_completion_copies_nothing(env):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_then_rerun_resumes_and_leaves_exact_documents(env, workers):
-    path = make_shop(env, orders=150, chunk_size=5)
+    path = make_shop(env, orders=3000, chunk_size=100)
     cmd = [
         sys.executable,
         "-m",
@@ -85,7 +86,7 @@ def test_kill_9_then_rerun_resumes_and_leaves_exact_documents(env, workers):
         "--workers",
         str(workers),
         "--max-rows-per-sec",
-        "60",
+        "1000",
         "--collection",
         "orders",
     ]

@@ -123,15 +123,20 @@ def test_multi_statement_transaction_applies_whole(env):
     env.sql(
         "START TRANSACTION",
         "INSERT INTO orders (id, order_no, customer_id, created_at) VALUES (77, 'T', 2, NOW())",
-        *[f"INSERT INTO order_items VALUES (77, {i}, 1, {i}, 1.00)" for i in range(1, 31)],
-        "UPDATE order_items SET qty = 0 WHERE order_id = 77 AND line_no > 20",
-        "DELETE FROM order_items WHERE order_id = 77 AND line_no <= 5",
+        # 200 items, inserted in an order their line numbers do not follow
+        *[
+            "INSERT INTO order_items VALUES "
+            + ", ".join(f"(77, {i}, 1, {i % 7 + 1}, 1.00)" for i in range(start, 201, 4))
+            for start in (4, 2, 3, 1)
+        ],
+        "UPDATE order_items SET qty = 0 WHERE order_id = 77 AND line_no > 150",
+        "DELETE FROM order_items WHERE order_id = 77 AND line_no <= 50",
         "COMMIT",
     )
     summary = run_cdc(load_mapping(path), mode="until-caught-up")
     assert summary.transactions >= 1 and summary.dead_letters == 0
     doc = env.target.orders.find_one({"_id": 77})
-    assert [i["line_no"] for i in doc["items"]] == list(range(6, 31))
+    assert [i["line_no"] for i in doc["items"]] == list(range(51, 201))
     assert_same_as_fresh_backfill(env, path)
 
 
@@ -220,7 +225,7 @@ def test_position_ahead_of_the_source_is_refused(env):
 def test_hot_row_updates_are_coalesced_and_end_right(env):
     path = make_shop(env, orders=3)
     backfill(load_mapping(path), workers=1)
-    env.sql(*[f"UPDATE orders SET note = 'v{i}', total = {i}.50 WHERE id = 2" for i in range(30)])
+    env.sql(*[f"UPDATE orders SET note = 'v{i}', total = {i}.50 WHERE id = 2" for i in range(1000)])
     import migrator.cdc.applier as applier_mod
 
     seen = []
@@ -236,7 +241,7 @@ def test_hot_row_updates_are_coalesced_and_end_right(env):
         summary = run_cdc(load_mapping(path), mode="until-caught-up", batch_seconds=5)
     finally:
         applier_mod.Applier.apply = original
-    assert summary.events == 30 and sum(seen) >= 20
+    assert summary.events == 1000 and sum(seen) >= 900
     doc = env.target.orders.find_one({"_id": 2})
-    assert doc["note"] == "v29" and str(doc["total"]) == "29.50"
+    assert doc["note"] == "v999" and str(doc["total"]) == "999.50"
     assert_same_as_fresh_backfill(env, path)
