@@ -13,8 +13,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -23,7 +25,7 @@ import bson
 import MySQLdb
 
 from .config import Mapping
-from .errors import CheckFailed, MigratorError
+from .errors import CheckFailed, ConfigError, MigratorError
 from .mapping import CollectionPlan, Transform, compile_transform
 from .progress import NullProgress, Progress
 from .sink.mongo import DocumentWriter
@@ -32,7 +34,7 @@ from .source.connection import connect as mysql_connect
 from .source.position import current_position
 from .source.reader import ChunkReader
 from .source.schema import Schema, introspect
-from .state import StateStore, now
+from .state import StateStore, now, process_owner
 from .throttle import LoadMonitor, RateLimiter
 from .urls import parse_mysql_url
 
@@ -102,9 +104,17 @@ class ChunkWorker:
     """Reads, transforms and writes chunks; one per worker process, with its own connections."""
 
     def __init__(
-        self, mapping: Mapping, schema: Schema, *, dry_run: bool, rows_per_sec: float = 0.0
+        self,
+        mapping: Mapping,
+        schema: Schema,
+        *,
+        dry_run: bool,
+        rows_per_sec: float = 0.0,
+        page_size: int | None = None,
     ) -> None:
         self.mapping = mapping
+        # a chunk normally fits one page; a chunk that grew during the copy takes several
+        self.page_size = 2 * (page_size or mapping.backfill.chunk_size)
         self.transform: Transform = compile_transform(mapping, schema)
         self.dry_run = dry_run
         self.limiter = RateLimiter(rows_per_sec)
@@ -116,19 +126,28 @@ class ChunkWorker:
             self.target = client[mapping.target_database]
             self.state = StateStore(client, mapping.state.database)
 
-    def _read(self, chunk: Chunk) -> tuple[list[Any], dict[str, Any]]:
-        """Root rows and embedded rows of a chunk; reconnects when the source dropped us."""
-        for attempt in range(4):
-            reader = self.readers[chunk.collection]
-            try:
-                rows = reader.read_rows(chunk.lo, chunk.hi)
-                return rows, (reader.read_embeds(rows) if rows else {})
-            except MySQLdb.OperationalError as exc:
-                if exc.args[0] not in (2006, 2013) or attempt == 3:
-                    raise MigratorError(f"reading chunk {chunk.describe()}: {exc}") from None
-                time.sleep(0.5 * 2**attempt)
-                self._connect_source()
-        raise AssertionError("unreachable")
+    def _pages(self, chunk: Chunk) -> Iterator[tuple[list[Any], dict[str, Any]]]:
+        """Root rows and embedded rows of a chunk, a bounded page at a time; reconnects when
+        the source dropped us (and reads the page again)."""
+        lo = chunk.lo
+        while True:
+            for attempt in range(4):
+                reader = self.readers[chunk.collection]
+                try:
+                    rows = reader.read_rows(lo, chunk.hi, limit=self.page_size)
+                    children = reader.read_embeds(rows) if rows else {}
+                    break
+                except MySQLdb.OperationalError as exc:
+                    if exc.args[0] not in (2006, 2013) or attempt == 3:
+                        raise MigratorError(f"reading chunk {chunk.describe()}: {exc}") from None
+                    time.sleep(0.5 * 2**attempt)
+                    self._connect_source()
+            if rows:
+                yield rows, children
+            if len(rows) < self.page_size:
+                return
+            plan = self.readers[chunk.collection].plan
+            lo = reader.key_params(tuple(rows[-1][plan.root.index[c]] for c in plan.pk))
 
     def _connect_source(self) -> None:
         self.conn = mysql_connect(parse_mysql_url(self.mapping.source.url), raw=True)
@@ -136,9 +155,26 @@ class ChunkWorker:
 
     def run(self, chunk: Chunk) -> ChunkResult:
         t0 = time.monotonic()
-        reader = self.readers[chunk.collection]
-        plan: CollectionPlan = reader.plan
-        rows, children = self._read(chunk)
+        plan: CollectionPlan = self.readers[chunk.collection].plan
+        res = ChunkResult(chunk.id, chunk.collection, 0, 0, 0, 0, 0.0)
+        for rows, children in self._pages(chunk):
+            self._copy(plan, chunk, rows, children, res)
+            res.rows += len(rows)
+        if not self.dry_run:
+            assert self.state is not None
+            self.state.mark_chunk_done(chunk.id, res.rows, time.monotonic() - t0)
+        res.throttled_seconds = self.limiter.account(res.rows)
+        res.seconds = time.monotonic() - t0
+        return res
+
+    def _copy(
+        self,
+        plan: CollectionPlan,
+        chunk: Chunk,
+        rows: list[Any],
+        children: dict[str, Any],
+        res: ChunkResult,
+    ) -> None:
         dead: list[tuple[Any, str, Any]] = []
 
         def on_error(row: Any, exc: MigratorError) -> None:
@@ -151,40 +187,30 @@ class ChunkWorker:
             )
 
         docs = plan.documents(rows, children, on_error=on_error)
-        size = 0
         kept = []
         for d in docs:
             n = len(bson.encode(d))  # the encoding the driver does; measured, and size-checked
             if n > BSON_MAX:
                 dead.append((d["_id"], f"document is {n} bytes, over MongoDB's 16 MiB limit", None))
                 continue
-            size += n
+            res.bytes += n
             kept.append(d)
-        if not self.dry_run:
-            assert self.target is not None and self.state is not None
-            if kept:
-                DocumentWriter(self.target[plan.name]).upsert(kept)
-            for key, reason, payload in dead:
-                self.state.dead_letter(
-                    source="backfill",
-                    collection=plan.name,
-                    key=key,
-                    reason=reason,
-                    payload=payload,
-                    position=chunk.id,
-                )
-            self.state.mark_chunk_done(chunk.id, len(rows), time.monotonic() - t0)
-        slept = self.limiter.account(len(rows))
-        return ChunkResult(
-            chunk.id,
-            chunk.collection,
-            len(rows),
-            len(kept),
-            len(dead),
-            size,
-            time.monotonic() - t0,
-            slept,
-        )
+        res.docs += len(kept)
+        res.dead += len(dead)
+        if self.dry_run:
+            return
+        assert self.target is not None and self.state is not None
+        if kept:
+            DocumentWriter(self.target[plan.name]).upsert(kept)
+        for key, reason, payload in dead:
+            self.state.dead_letter(
+                source="backfill",
+                collection=plan.name,
+                key=key,
+                reason=reason,
+                payload=payload,
+                position=chunk.id,
+            )
 
 
 def _preview(v: Any, limit: int = 1024) -> Any:
@@ -265,14 +291,119 @@ def backfill(
     summary = BackfillSummary(dry_run=dry_run, workers=workers, chunk_size=chunk_size)
     t_start = time.monotonic()
 
+    # workers page through chunks by the run's chunk size
+    mapping = mapping.model_copy(
+        update={"backfill": mapping.backfill.model_copy(update={"chunk_size": chunk_size})}
+    )
     state: StateStore | None = None
-    if not dry_run:
-        client = mongo_connect(mapping.target.url)
-        state = StateStore(client, mapping.state.database)
+    fence: CopyFence | None = None
+    try:
+        if not dry_run:
+            client = mongo_connect(mapping.target.url)
+            state = StateStore.open(client, mapping)
+            phase = _phase(state)
+            if restart and phase in _PAST_SYNC:
+                raise ConfigError(
+                    f"backfill --restart is refused: the migration is in phase {phase!r}, "
+                    "past sync, and a restart empties the collections the application reads "
+                    "(and, from write_mongo on, the only up-to-date copy of its writes)",
+                    hint="roll back first (`migrator rollback -m FILE --to sync`), or repair "
+                    "single documents with `migrator verify --repair`",
+                )
+            # CDC must not write while this copies (see StateStore.begin_copy): take the
+            # fence and wait until a running CDC has paused before anything is reset or read
+            fence = CopyFence(state, progress).start()
+        return _backfill(
+            mapping,
+            transform,
+            plans,
+            schema,
+            meta_conn,
+            state,
+            summary,
+            t_start,
+            workers=workers,
+            chunk_size=chunk_size,
+            max_rows_per_sec=max_rows_per_sec,
+            restart=restart,
+            dry_run=dry_run,
+            collections=collections,
+            progress=progress,
+        )
+    finally:
+        if fence is not None:
+            fence.stop()
+        meta_conn.close()
+
+
+_PAST_SYNC = ("dual_write", "read_mongo", "write_mongo", "done")
+
+
+def _phase(state: StateStore) -> str:
+    doc = state.db["control"].find_one({"_id": "control"}, {"phase": 1})
+    return str(doc["phase"]) if doc else "planned"
+
+
+class CopyFence:
+    """Holds the copy lease for the run (renewed from a thread), CDC paused behind it."""
+
+    def __init__(self, state: StateStore, progress: Progress) -> None:
+        self.state = state
+        self.progress = progress
+        self.owner = process_owner()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="copy-fence", daemon=True)
+
+    def start(self) -> CopyFence:
+        self.state.begin_copy(self.owner)
+        self._thread.start()
+        if self.state.cdc_alive():
+            self.progress.note("waiting for the running CDC to pause while this copies")
+        self.state.wait_for_cdc_ack(self.owner)
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self.state.renew_copy(self.owner)
+            except Exception:  # the copy itself meets the same server and reports it
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.state.end_copy(self.owner)
+
+
+def _backfill(
+    mapping: Mapping,
+    transform: Transform,
+    plans: list[CollectionPlan],
+    schema: Schema,
+    meta_conn: Any,
+    state: StateStore | None,
+    summary: BackfillSummary,
+    t_start: float,
+    *,
+    workers: int,
+    chunk_size: int,
+    max_rows_per_sec: float,
+    restart: bool,
+    dry_run: bool,
+    collections: list[str] | None,
+    progress: Progress,
+) -> BackfillSummary:
+    src_url = parse_mysql_url(mapping.source.url)
+    if state is not None:
+        client = state.client
         if restart:
-            # A partial restart keeps the recorded position: CDC must still start before the
-            # other collections' copies.
             state.reset_backfill([p.name for p in plans] if collections else None)
+            if not collections:
+                # a full restart starts CDC over from the new position too (the old one may
+                # be purged: that is often why one restarts)
+                state.meta.delete_one({"_id": "cdc_checkpoint"})
+            # A partial restart keeps the recorded position and CDC's checkpoint: CDC resumes
+            # from its checkpoint, which lies before every row this copy reads.
             for p in plans:
                 client[mapping.target_database][p.name].delete_many({})
         position = state.backfill_position()
@@ -281,7 +412,6 @@ def backfill(
             position = current_position(meta_conn)
             state.record_backfill_position(position)
         summary.position = position
-        state.ensure_indexes()
         _ensure_target_indexes(client[mapping.target_database], plans)
 
     raw = mysql_connect(src_url, raw=True)
@@ -370,7 +500,6 @@ def backfill(
     summary.documents = sum(c.documents for c in summary.collections)
     summary.dead_letters = sum(c.dead_letters for c in summary.collections)
     summary.rows_per_sec = summary.rows / summary.seconds if summary.seconds else 0.0
-    meta_conn.close()
     return summary
 
 

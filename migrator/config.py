@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .urls import mongo_database_from_url, parse_mysql_url
+from .urls import mongo_database_from_url, parse_mysql_url, register_secret, register_url_password
 
 FieldType = Literal[
     "auto", "string", "int", "double", "decimal", "bool", "datetime", "date", "binary", "json"
@@ -129,6 +129,7 @@ class TargetSpec(_Model):
     def _url(cls, v: str) -> str:
         if not v.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("expected a mongodb:// or mongodb+srv:// URL")
+        register_url_password(v)
         return v
 
 
@@ -242,6 +243,8 @@ def _interpolate(
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
+                if re.search(r"PASS|SECRET|TOKEN|KEY", name, re.I):
+                    register_secret(os.environ[name])
                 return os.environ[name]
             if default is not None:
                 return default

@@ -45,3 +45,20 @@ class CheckFailed(MigratorError):
     """A check ran and found problems (plan blockers, verification differences)."""
 
     exit_code = 1
+
+
+# The servers this process talks to, for errors that come from a driver in the middle of a run:
+# kind ("mysql" | "mongodb" | "kafka") -> (address, the setting that names it).
+SERVERS: dict[str, tuple[str, str]] = {}
+
+
+def remember_server(kind: str, address: str, setting: str) -> None:
+    SERVERS[kind] = (address, setting)
+
+
+def describe_server(kind: str) -> str:
+    name = {"mysql": "MySQL", "mongodb": "MongoDB", "kafka": "Kafka"}[kind]
+    if kind in SERVERS:
+        address, setting = SERVERS[kind]
+        return f"{name} at {address} ({setting})"
+    return name

@@ -23,8 +23,9 @@ class JsonFormatter(logging.Formatter):
             if k not in _STANDARD and not k.startswith("_"):
                 doc[k] = v
         if record.exc_info:
-            doc["error"] = redact(self.formatException(record.exc_info))
-        return json.dumps(doc, default=str)
+            doc["error"] = self.formatException(record.exc_info)
+        # extras too: every value is redacted in its serialised form
+        return redact(json.dumps(doc, default=str))
 
 
 class TextFormatter(logging.Formatter):

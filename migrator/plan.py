@@ -260,24 +260,22 @@ def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
 
 
 def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) -> None:
-    mapped = {p.table.name for p in transform.collections} | {
-        e.view.table.name for p in transform.collections for e in p.embeds
-    }
-    for t in sorted(mapped):
-        for fk in schema.tables[t].foreign_keys:
-            rules = [
-                f"ON DELETE {fk.on_delete}" for _ in [0] if fk.on_delete in ("CASCADE", "SET NULL")
-            ]
-            if fk.on_update in ("CASCADE", "SET NULL"):
-                rules.append(f"ON UPDATE {fk.on_update}")
-            if rules:
+    """Foreign-key actions the binlog does not carry: CDC follows each one whose documents it
+    can find (by the mapped foreign-key fields); any other blocks, with the reason."""
+    from .cdc.cascade import Cascades
+
+    cascades = Cascades(transform)
+    for rules in cascades.rules.values():
+        for rule in rules:
+            if rule.fk.table in cascades.relevant:
                 report.add(
                     "fk_cascade",
-                    "warn",
-                    f"{t}.{fk.name} ({', '.join(fk.columns)} -> {fk.ref_table}) has "
-                    f"{' and '.join(rules)}: the binlog does not carry the cascaded changes "
-                    f"to {t}; CDC applies their effect itself when {fk.ref_table} changes",
+                    "info",
+                    f"{rule.describe()}: the binlog does not carry the rows it changes; CDC "
+                    "finds the documents holding them and rebuilds them from the source",
                 )
+    for problem in cascades.problems():
+        report.add("fk_cascade", "block", problem)
 
 
 def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
@@ -352,6 +350,14 @@ def _target_checks(mapping: Mapping, report: PlanReport) -> None:
         )
         db = client[mapping.target_database]
         state = StateStore(client, mapping.state.database)
+        problem = state.identity_problem(mapping)
+        if problem:
+            report.add(
+                "state",
+                "block",
+                problem + ": give this migration a state database of "
+                "its own (state: {database: ...})",
+            )
         resuming = state.backfill_position() is not None
         for c in mapping.collections:
             if db[c.name].find_one({}, {"_id": 1}) is not None and not resuming:

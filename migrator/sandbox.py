@@ -8,6 +8,7 @@ venv); and, when asked, a Tansu Kafka broker. Every process is stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -68,6 +69,7 @@ class Proc:
     name: str
     pid: int
     log: str
+    argv: list[str] = field(default_factory=list)  # to start it again (tests restart servers)
 
     def alive(self) -> bool:
         try:
@@ -113,7 +115,7 @@ def _spawn(
         raise SandboxError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
     finally:
         fh.close()
-    return Proc(name, p.pid, str(log)), p
+    return Proc(name, p.pid, str(log), list(argv)), p
 
 
 def _died(name: str, proc: Proc, what: str) -> SandboxError:
@@ -289,6 +291,28 @@ def restart_mysql(stack: Stack) -> None:
             break
         except MySQLdb.OperationalError:
             time.sleep(0.1)
+    stack.procs[stack.procs.index(proc)] = new
+
+
+def restart_mongo(stack: Stack, *, kill: bool = True) -> None:
+    """Kill (or stop) the stack's own MongoDB server and start it again on the same port and
+    data (tests use it to drop the target under a running migration)."""
+    proc = next((p for p in stack.procs if p.name in ("secantusdb", "mongod")), None)
+    if proc is None or not proc.argv:
+        raise SandboxError("this stack's MongoDB server was not started by the sandbox")
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        proc.stop()
+    new, popen = _spawn(proc.name, proc.argv, Path(proc.log))
+    url = stack.mongo_url
+    if proc.name == "mongod":
+        url = url.split("?", 1)[0] + "?directConnection=true"
+    _wait_mongo(url, new, popen)
     stack.procs[stack.procs.index(proc)] = new
 
 

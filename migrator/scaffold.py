@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .source.connection import query, quote_ident
 from .source.schema import Schema, Table
 from .typerules import loss_notes
+from .urls import mongo_database_from_url
 
 SOURCE_PASSWORD_ENV = "MIGRATOR_SOURCE_PASSWORD"
 TARGET_PASSWORD_ENV = "MIGRATOR_TARGET_PASSWORD"
@@ -54,6 +55,8 @@ def generate_mapping(
 ) -> tuple[str, list[str]]:
     """Return (YAML text, notes for the user)."""
     notes: list[str] = []
+    # the database named in the target URL's path, else the source database's name
+    target_db = mongo_database_from_url(target_url) or schema.database
     src, src_secret = _secretless(source_url, SOURCE_PASSWORD_ENV)
     tgt, tgt_secret = _secretless(target_url, TARGET_PASSWORD_ENV)
     if src_secret:
@@ -70,9 +73,9 @@ def generate_mapping(
         f"  url: {json.dumps(src)}",
         "target:",
         f"  url: {json.dumps(tgt)}",
-        f"  database: {_y(schema.database)}",
-        "state:",
-        "  database: _migrator",
+        f"  database: {_y(target_db)}",
+        "state:  # checkpoints, phase, audit: one state database per migration",
+        f"  database: {_y('_migrator_' + target_db)}",
         "collections:",
     ]
     names = tables or sorted(schema.tables)

@@ -6,19 +6,32 @@ Any machine can resume from it. Collections:
 - `chunks`: the chunk plan, one document per chunk, marked done after MongoDB acknowledged it;
 - `dead_letters`: rows or events that could not be applied, with the reason and the position;
 - `pending`: CDC changes of embedded children waiting for their parent document;
-- `meta`: the backfill position, the CDC checkpoint and the CDC status (lag, counters).
+- `meta`: the migration's identity, the backfill position, the CDC checkpoint and the CDC
+  status (lag, counters, liveness), the copy fence.
+
+A state database belongs to one migration (source server and database -> target database),
+recorded at the first run: a mapping for another migration is refused instead of silently
+taking over its checkpoints and phase.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
+from .errors import CheckFailed, ConfigError
 from .sink.mongo import with_retry
+
+if TYPE_CHECKING:
+    from .config import Mapping
 
 
 def now() -> datetime:
@@ -37,9 +50,159 @@ class StateStore:
         self.touched = self.db["touched"]
         self.verify_runs = self.db["verify_runs"]
 
+    @classmethod
+    def open(cls, client: MongoClient[Any], mapping: Mapping) -> StateStore:
+        """The mapping's state store, after checking that it belongs to this migration."""
+        state = cls(client, mapping.state.database)
+        state.claim(mapping)
+        state.ensure_indexes()
+        return state
+
+    # -- whose state this is ---------------------------------------------------------------
+    @staticmethod
+    def identity_of(mapping: Mapping) -> dict[str, str]:
+        from .urls import parse_mysql_url
+
+        src = parse_mysql_url(mapping.source.url)
+        return {
+            "source": f"{src.address}/{mapping.source_database}",
+            "target": mapping.target_database,
+        }
+
+    def identity_problem(self, mapping: Mapping) -> str | None:
+        """Why this state database is not the mapping's (None when it is, or is new)."""
+        doc = self.meta.find_one({"_id": "identity"})
+        mine = self.identity_of(mapping)
+        if doc is None or (doc.get("source"), doc.get("target")) == (
+            mine["source"],
+            mine["target"],
+        ):
+            return None
+        since = doc.get("created")
+        return (
+            f"state database {self.db.name!r} belongs to another migration: "
+            f"{doc.get('source')} -> {doc.get('target')}"
+            + (f" (since {since:%Y-%m-%d %H:%M} UTC)" if isinstance(since, datetime) else "")
+            + f"; {mapping.path} is {mine['source']} -> {mine['target']}"
+        )
+
+    def claim(self, mapping: Mapping) -> None:
+        problem = self.identity_problem(mapping)
+        if problem is None and self.meta.find_one({"_id": "identity"}) is None:
+            try:
+                self.meta.insert_one(
+                    {"_id": "identity", **self.identity_of(mapping), "created": now()}
+                )
+            except DuplicateKeyError:  # another process claimed it first: check theirs
+                problem = self.identity_problem(mapping)
+        if problem:
+            raise ConfigError(
+                problem,
+                hint="give each migration a state database of its own in the mapping, e.g. "
+                f"`state: {{database: _migrator_{mapping.target_database}}}`",
+            )
+
     def ensure_indexes(self) -> None:
         with_retry(
             lambda: self.chunks.create_index([("collection", ASCENDING), ("seq", ASCENDING)])
+        )
+        with_retry(
+            lambda: self.pending.create_index([("collection", ASCENDING), ("parent_id", ASCENDING)])
+        )
+        with_retry(lambda: self.touched.create_index([("c", ASCENDING), ("at", ASCENDING)]))
+
+    # -- the copy fence: CDC never writes while a backfill copies ---------------------------
+    # A chunk read before a change and written after CDC applied it would overwrite the newer
+    # document. So a copy takes this lease, CDC acknowledges it (and stops applying, dropping
+    # what it held), the copy runs, and CDC then resumes from its last checkpoint, which lies
+    # before every row the copy read: replaying from there converges.
+    COPY_LEASE_SECONDS = 30.0
+
+    def begin_copy(self, owner: str) -> None:
+        t = now()
+        cur = self.meta.find_one({"_id": "copy"})
+        if (
+            cur is not None
+            and cur.get("owner") != owner
+            and cur.get("expires", t) >= t
+            and not _dead_local(cur.get("owner", ""))
+        ):
+            since = cur.get("since")
+            raise CheckFailed(
+                f"another backfill is copying into this migration: {cur.get('owner')}"
+                + (f" since {since:%H:%M:%S} UTC" if isinstance(since, datetime) else ""),
+                hint="wait for it to finish (or for its lease to expire, "
+                f"{self.COPY_LEASE_SECONDS:.0f} s after it died)",
+            )
+        lease = {
+            "owner": owner,
+            "since": t,
+            "expires": t + timedelta(seconds=self.COPY_LEASE_SECONDS),
+        }
+        taken = False
+        if cur is None:
+            try:
+                self.meta.insert_one({"_id": "copy", **lease})
+                taken = True
+            except DuplicateKeyError:
+                taken = False
+        else:
+            res = self.meta.update_one(
+                {"_id": "copy", "owner": cur.get("owner"), "since": cur.get("since")},
+                {"$set": lease},
+            )
+            taken = res.matched_count == 1
+        if not taken:
+            raise CheckFailed("another backfill took the copy lease at the same moment")
+
+    def renew_copy(self, owner: str) -> None:
+        t = now()
+        self.meta.update_one(
+            {"_id": "copy", "owner": owner},
+            {"$set": {"expires": t + timedelta(seconds=self.COPY_LEASE_SECONDS)}},
+        )
+
+    def end_copy(self, owner: str) -> None:
+        with_retry(lambda: self.meta.delete_one({"_id": "copy", "owner": owner}))
+
+    def copy_in_progress(self) -> dict[str, Any] | None:
+        doc = self.meta.find_one({"_id": "copy"})
+        if doc is None or doc.get("expires", now()) < now() or _dead_local(doc.get("owner", "")):
+            return None
+        return doc
+
+    def wait_for_cdc_ack(self, owner: str, timeout: float = 600.0) -> bool:
+        """After begin_copy: wait until a live CDC has acknowledged the fence (True), or no
+        CDC is alive (False). CDC writes its liveness every second."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.cdc_status() or {}
+            if st.get("acked_copy") == owner:
+                return True
+            if not self.cdc_alive():
+                return False
+            self.renew_copy(owner)
+            time.sleep(0.2)
+        raise CheckFailed(
+            f"CDC did not pause for the backfill within {timeout:.0f} s",
+            hint="stop `migrator cdc`, run the backfill, then start CDC again",
+        )
+
+    def cdc_alive(self, within: float = 5.0) -> bool:
+        st = self.cdc_status() or {}
+        at = st.get("alive_at")
+        return isinstance(at, datetime) and now() - at < timedelta(seconds=within)
+
+    def cdc_heartbeat(self, **fields: Any) -> None:
+        """Liveness of a running CDC (and what it waits for), without touching its counters."""
+        with_retry(
+            lambda: self.meta.update_one(
+                {"_id": "cdc_status"},
+                {"$set": {"alive_at": now(), "host": socket.gethostname(), **fields}},
+                upsert=True,
+            )
         )
 
     # -- backfill position and status --------------------------------------------------------
@@ -122,27 +285,50 @@ class StateStore:
         with_retry(lambda: self.meta.replace_one({"_id": "cdc_checkpoint"}, doc, upsert=True))
 
     def save_cdc_status(self, **status: Any) -> None:
-        doc = {"_id": "cdc_status", "updated_at": now(), **status}
-        with_retry(lambda: self.meta.replace_one({"_id": "cdc_status"}, doc, upsert=True))
+        t = now()
+        doc = {"updated_at": t, "alive_at": t, **status}
+        with_retry(
+            lambda: self.meta.find_one_and_update(
+                {"_id": "cdc_status"},
+                {"$set": doc},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        )
 
     def cdc_status(self) -> dict[str, Any] | None:
         return self.meta.find_one({"_id": "cdc_status"})
 
-    # -- keys CDC touched ({_id: {c: collection, k: doc _id}, at}), verification runs --------
+    # -- documents CDC touched ({c: collection, k: doc _id, at}), verification runs ----------
     def touch(self, keys: list[tuple[str, Any, Any]]) -> None:
-        """Record documents CDC changed, (collection, _id, commit time), for verify --changed."""
-        from pymongo import UpdateOne
+        """Record documents CDC changed, (collection, _id, commit time), for verify --changed.
 
+        An append-only log (one insert per document and batch; readers de-duplicate): cheaper
+        than an upsert per key, and pruned once a clean full verification covers it."""
         # `at` is when the change was applied here: the binlog's commit time has 1 s resolution
         applied = now()
-        ops = [
-            UpdateOne(
-                {"_id": {"c": c, "k": k}}, {"$set": {"at": applied, "commit_time": at}}, upsert=True
-            )
-            for c, k, at in keys
-        ]
-        if ops:
-            with_retry(partial(self.touched.bulk_write, ops, ordered=False))
+        docs = [{"c": c, "k": k, "at": applied, "commit_time": at} for c, k, at in keys]
+        for i in range(0, len(docs), 5000):
+            part = docs[i : i + 5000]
+            with_retry(partial(self.touched.insert_many, part, ordered=False))
+
+    def touched_ids(self, collection: str, since: datetime | None) -> Iterator[Any]:
+        """Distinct documents CDC touched (since a time), in the order first touched."""
+        from .keys import id_key
+
+        q: dict[str, Any] = {"c": collection}
+        if since is not None:
+            q["at"] = {"$gte": since}
+        seen: set[Any] = set()
+        for d in self.touched.find(q, {"k": 1}).sort("_id", 1).batch_size(5000):
+            k = id_key(d["k"])
+            if k not in seen:
+                seen.add(k)
+                yield d["k"]
+
+    def prune_touched(self, before: datetime) -> None:
+        """A clean full verification checked everything touched before it started."""
+        with_retry(lambda: self.touched.delete_many({"at": {"$lt": before}}))
 
     def record_verify_run(self, summary: dict[str, Any]) -> None:
         with_retry(lambda: self.verify_runs.insert_one({**summary, "finished": now()}))
@@ -174,3 +360,21 @@ class StateStore:
 
     def dead_letter_count(self) -> int:
         return self.dead_letters.count_documents({})
+
+
+def process_owner() -> str:
+    """host:pid, so that a copy lease left by a dead local process can be taken over."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead_local(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

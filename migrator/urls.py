@@ -1,19 +1,44 @@
-"""Connection URLs: parsing MySQL URLs and redacting secrets before anything is printed."""
+"""Connection URLs: parsing MySQL URLs and redacting secrets before anything is printed.
+
+Every password the tool reads (from a URL, the environment or a file) is registered here, and
+`redact` removes registered values, URL passwords, secret query parameters and `password: x`
+pairs from any text: error messages, log lines (text and JSON), reports and audit entries.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .errors import ConfigError
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
+_SECRET_NAME = r"(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|signature|sig)"
+_QUERY = re.compile(rf"(?P<k>[?&;]\w*{_SECRET_NAME}\w*=)(?P<v>[^&#\s'\"]+)", re.I)
+_PAIR = re.compile(
+    rf"(?P<k>['\"]?\w*{_SECRET_NAME}\w*['\"]?\s*[:=]\s*)(?P<q>['\"])(?P<v>.*?)(?P=q)", re.I
+)
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Never print this value (and its URL- and JSON-escaped forms) anywhere."""
+    if not value or len(value) < 4:
+        return  # too short to tell from ordinary text; URL and key rules still apply
+    _SECRETS.update({value, quote(value, safe=""), json.dumps(value)[1:-1]})
 
 
 def redact(text: str) -> str:
-    """Replace the password of every URL in `text` with ***."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """`text` without secrets."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _QUERY.sub(lambda m: f"{m['k']}***", text)
+    text = _PAIR.sub(lambda m: f"{m['k']}{m['q']}***{m['q']}", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,7 @@ def parse_mysql_url(url: str, setting: str = "source.url") -> MySQLURL:
     except ValueError as exc:
         raise ConfigError(f"{setting}: bad port in URL: {exc}") from None
     db = unquote(parts.path.lstrip("/")) or None
+    register_secret(unquote(parts.password or ""))
     return MySQLURL(
         host=parts.hostname,
         port=port,
@@ -58,6 +84,14 @@ def parse_mysql_url(url: str, setting: str = "source.url") -> MySQLURL:
         params=dict(parse_qsl(parts.query)),
         setting=setting,
     )
+
+
+def register_url_password(url: str) -> None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    register_secret(unquote(password or ""))
 
 
 def mongo_database_from_url(url: str) -> str | None:

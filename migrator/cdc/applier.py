@@ -6,16 +6,21 @@
   `arrayFilters` when present, a guarded `$push` (with the embed's `$sort`) when not, `$pull`
   on delete. Replaying any of these converges: no duplicate element, no stale array copy.
 - An N:1 parent is a sub-document in every document that points at it: `update_many`.
-- ON DELETE CASCADE / SET NULL effects, which the binlog never carries, are applied here.
-- A child whose parent document does not exist yet waits in the state store (`pending`) and is
-  applied when the parent arrives; past a bound it goes to the dead-letter collection.
+- Consecutive root updates of one document merge into one write that equals applying them all.
+- Foreign-key cascades, which the binlog never carries, are found and their documents rebuilt
+  from the source (`cascade.py`, `rebuild.py`); so is an aggregate that one batch changes
+  element by element in bulk (one read and one write instead of thousands of array updates).
+- A child whose parent document does not exist yet waits: first in the batch (its parent may
+  come later in it), then in the state store (`pending`), shared by every consumer. When the
+  parent appears the aggregate is rebuilt; when the parent is deleted the wait ends; past a
+  bound the change goes to the dead-letter collection.
 - An event that cannot be applied goes to the dead-letter collection with the reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,20 +28,24 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from bson import ObjectId
-from pymongo import DeleteMany, DeleteOne, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import DeleteOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError
 
 from ..errors import ConversionError, MigratorError
+from ..keys import id_key
 from ..mapping import CollectionPlan, EmbedPlan, Transform
+from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
 from ..sink.mongo import with_retry
 from ..state import StateStore, now
+from .cascade import Cascades, Effect, Place
 from .events import ChangeEvent, Position, Transaction
 from .lookup import SourceLookup
-from .roles import CascadeRule, ChildRole, ParentRole, TableRoles, table_roles
+from .roles import ChildRole, ParentRole, TableRoles, table_roles
 
 Op = Any  # a pymongo write model
+# More element changes than this for one document in one batch: rebuild it instead.
+BULK_ELEMENTS = 32
 
 
 @dataclass
@@ -80,6 +89,8 @@ class BatchResult:
     resolved_pending: int = 0
     operations: int = 0
     coalesced: int = 0
+    rebuilt: int = 0
+    cascades: int = 0
     seconds: float = 0.0
 
 
@@ -95,6 +106,8 @@ def bson_safe(v: Any) -> Any:
         return v
     if isinstance(v, date | timedelta):
         return str(v)
+    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+        return str(v)
     return v
 
 
@@ -102,9 +115,9 @@ def _row(view_columns: Sequence[str], values: dict[str, Any]) -> tuple[Any, ...]
     return tuple(values.get(c) for c in view_columns)
 
 
-def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for p in path:
-        doc = doc.get(p) if isinstance(doc, dict) else None  # type: ignore[assignment]
+def _get(doc: Any, path: str | tuple[str, ...]) -> Any:
+    for p in path.split(".") if isinstance(path, str) else path:
+        doc = doc.get(p) if isinstance(doc, dict) else None
     return doc
 
 
@@ -120,17 +133,18 @@ class Applier:
         dry_run: bool = False,
     ) -> None:
         self.dry_run = dry_run  # build every operation, write none (benchmarks, estimates)
-        self.transform = transform
         self.db = db
         self.state = state
         self.lookup = lookup
-        self.roles: dict[str, TableRoles] = table_roles(transform)
         self.pending_bound = pending_bound_seconds
-        self.pending_count = state.pending.count_documents({})
+        self.set_transform(transform)
+        self.pending_count = 0 if dry_run else state.pending.count_documents({})
+        self.expired = 0  # waiting children turned into dead letters by this applier
 
     def set_transform(self, transform: Transform) -> None:
         self.transform = transform
-        self.roles = table_roles(transform)
+        self.roles: dict[str, TableRoles] = table_roles(transform)
+        self.cascades = Cascades(transform)
 
     @property
     def tables(self) -> set[str]:
@@ -141,7 +155,7 @@ class Applier:
         t0 = time.monotonic()
         result = BatchResult()
         b = _Batch(self, result)
-        b.prefetch_parents(txns)
+        b.prefetch(txns)
         for txn in txns:
             for ev in txn.events:
                 result.events += 1
@@ -155,13 +169,66 @@ class Applier:
         result.seconds = time.monotonic() - t0
         return result
 
+    def fill_added_columns(self, defaults: dict[str, dict[str, Any]]) -> None:
+        """Columns added by a DDL took their default in every existing row, with no binlog
+        event: every document (and embedded element) holding those rows takes it too."""
+        if self.dry_run:
+            return
+        for p in self.transform.collections:
+            places: list[tuple[Any, str | None, bool]] = [(p.root, None, False)]
+            places += [(e.view, e.name, e.many) for e in p.embeds]
+            for view, embed, many in places:
+                sets: dict[str, Any] = {}
+                for col, raw in defaults.get(view.table.name, {}).items():
+                    f = view.field_for(col)
+                    if f is None:
+                        continue
+                    value = None if raw is None else f.convert(raw)
+                    if value is None and embed is None and view.omit_nulls:
+                        continue
+                    if embed is None:
+                        sets[f.name] = value
+                    else:
+                        sets[f"{embed}{'.$[]' if many else ''}.{f.name}"] = value
+                if not sets:
+                    continue
+                flt: dict[str, Any] = {}
+                if embed is not None:
+                    flt = {embed: {"$type": "array"}} if many else {embed: {"$type": "object"}}
+                coll = self.db[p.name]
+                with_retry(partial(coll.update_many, flt, {"$set": sets}))
+
+    # ------------------------------------------------------------------------------ pending
+    def sweep_pending(self) -> int:
+        """Children waiting for a parent that exists now (written by another consumer, or by a
+        run that did not know they waited): rebuild those parents and end the wait. Then the
+        ones waiting longer than the bound become dead letters. Returns parents rebuilt."""
+        if self.dry_run or self.state.pending.find_one({}, {"_id": 1}) is None:
+            self.pending_count = 0
+            return 0
+        result = BatchResult()
+        b = _Batch(self, result)
+        waiting: dict[str, dict[Hashable, Any]] = {}
+        for d in self.state.pending.find({}, {"collection": 1, "parent_id": 1}).limit(10_000):
+            waiting.setdefault(d["collection"], {})[id_key(d["parent_id"])] = d["parent_id"]
+        for coll, ids in waiting.items():
+            try:
+                plan = self.transform.collection(coll)
+            except MigratorError:
+                continue
+            for i in range(0, len(ids), 500):
+                part = list(ids.values())[i : i + 500]
+                for d in self.db[coll].find({"_id": {"$in": part}}, {"_id": 1}):
+                    b.rebuild_add(plan, d["_id"])
+        b.execute()
+        self.expire_pending()
+        return result.rebuilt
+
     def expire_pending(self) -> int:
         """Children that waited longer than the bound for their parent become dead letters."""
-        if not self.pending_count:
-            return 0
         cutoff = now() - timedelta(seconds=self.pending_bound)
         moved = 0
-        for p in list(self.state.pending.find({"at": {"$lt": cutoff}})):
+        for p in list(self.state.pending.find({"at": {"$lte": cutoff}}).limit(10_000)):
             self.state.dead_letter(
                 source="cdc",
                 collection=p["collection"],
@@ -173,8 +240,13 @@ class Applier:
             )
             with_retry(partial(self.state.pending.delete_one, {"_id": p["_id"]}))
             moved += 1
+        self.expired += moved
         self.pending_count = self.state.pending.count_documents({})
         return moved
+
+
+class _Unmapped(Exception):
+    pass
 
 
 class _Batch:
@@ -185,39 +257,47 @@ class _Batch:
         self.a = applier
         self.result = result
         self.ops: dict[str, list[_Tagged]] = {}
-        self.exists: dict[str, set[Any]] = {}
+        self.exists: dict[str, set[Hashable]] = {}
         self.new_pending: list[Pending] = []
-        self.used_pending: list[ObjectId] = []
+        self.stored_pending: dict[str, dict[Hashable, list[dict[str, Any]]]] = {}
+        self.drop_pending: list[Any] = []  # _ids of stored pending documents that are done
         self.dead_letters: list[dict[str, Any]] = []
         self.n1_cache: dict[tuple[Any, ...], Any] = {}
-        self.last_root: dict[str, tuple[Any, int, dict[str, Any]]] = {}
-        self.touched: dict[tuple[str, Any], tuple[Any, Any]] = {}
+        self.last_root: dict[str, tuple[Hashable, int, dict[str, Any]]] = {}
+        self.touched: dict[tuple[str, Hashable], tuple[Any, Any]] = {}
+        # collection -> {id key: (document _id, primary-key params)}: rebuilt at the end
+        self.rebuild: dict[str, dict[Hashable, tuple[Any, tuple[Any, ...]]]] = {}
 
     def touch(self, collection: str, doc_id: Any, ev: ChangeEvent | None) -> None:
         at = (ev.commit_time if ev is not None else None) or now()
-        self.touched[(collection, _hashable(doc_id))] = (doc_id, at)
+        self.touched[(collection, id_key(doc_id))] = (doc_id, at)
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
         self.ops.setdefault(collection, []).append(_Tagged(op, ev, pos))
         self.last_root.pop(collection, None)
 
+    def rebuild_add(self, plan: CollectionPlan, doc_id: Any = None, key: Any = None) -> None:
+        """Rebuild this document from the source at the end of the batch."""
+        if key is None:
+            key = key_params(plan, doc_id)
+        if doc_id is None:
+            doc_id = id_from_params(plan, key)
+        self.rebuild.setdefault(plan.name, {})[id_key(doc_id)] = (doc_id, key)
+
+    def rebuilding(self, plan: CollectionPlan, doc_id: Any) -> bool:
+        return id_key(doc_id) in self.rebuild.get(plan.name, {})
+
     def _root_update(
         self, coll: str, doc_id: Any, update: dict[str, Any], ev: ChangeEvent, pos: Position
     ) -> None:
-        """Coalesce: a root update right after another one of the same document replaces it
-        (each carries every root field), so a hot row costs one write per batch."""
-        key = _hashable(doc_id)
+        """Coalesce: a root update right after another one of the same document merges with
+        it, so that the one write equals applying both (a hot row costs one write per batch)."""
+        key = id_key(doc_id)
         last = self.last_root.get(coll)
         ops = self.ops.setdefault(coll, [])
         if last is not None and last[0] == key and last[1] == len(ops) - 1:
-            prev = last[2]
-            merged = {"$set": update["$set"]}
-            on_insert = {**prev.get("$setOnInsert", {}), **update.get("$setOnInsert", {})}
-            if on_insert:
-                merged["$setOnInsert"] = on_insert
-            if "$unset" in update:
-                merged["$unset"] = update["$unset"]
+            merged = merge_updates(last[2], update)
             ops[-1] = _Tagged(UpdateOne({"_id": doc_id}, merged, upsert=True), ev, pos)
             self.last_root[coll] = (key, len(ops) - 1, merged)
             self.result.coalesced += 1
@@ -279,9 +359,13 @@ class _Batch:
         return out
 
     # -- prefetch ----------------------------------------------------------------------------
-    def prefetch_parents(self, txns: list[Transaction]) -> None:
-        want: dict[str, set[Any]] = {}
-        roots_created: dict[str, set[Any]] = {}
+    def prefetch(self, txns: list[Transaction]) -> None:
+        """Which parent documents exist; which aggregates this batch changes in bulk; which
+        stored pending children wait for roots this batch writes."""
+        want: dict[str, dict[Hashable, Any]] = {}
+        roots: dict[str, dict[Hashable, Any]] = {}
+        per_parent: dict[tuple[str, Hashable], int] = {}
+        plans: dict[str, CollectionPlan] = {}
         for txn in txns:
             for ev in txn.events:
                 roles = self.a.roles.get(ev.table)
@@ -291,50 +375,65 @@ class _Batch:
                     if not cr.parent_is_pk:
                         continue
                     for img in (ev.before, ev.after):
-                        if img is not None:
-                            try:
-                                pid = self._parent_id(cr, img)
-                            except Exception:  # reported when the event is applied
-                                continue
-                            if pid is not None:
-                                want.setdefault(cr.plan.name, set()).add(_hashable(pid))
-                if ev.op == "insert" and roles.roots:
-                    for p in roles.roots:
+                        if img is None:
+                            continue
                         try:
-                            roots_created.setdefault(p.name, set()).add(
-                                _hashable(self._key_ids(p, ev.after or {}))
-                            )
+                            pid = self._parent_id(cr, img)
+                        except Exception:  # reported when the event is applied
+                            continue
+                        if pid is not None:
+                            k = id_key(pid)
+                            want.setdefault(cr.plan.name, {})[k] = pid
+                            n = per_parent.get((cr.plan.name, k), 0) + 1
+                            per_parent[(cr.plan.name, k)] = n
+                            plans[cr.plan.name] = cr.plan
+                            if n == BULK_ELEMENTS + 1:
+                                self.rebuild_add(cr.plan, pid)
+                for p in roles.roots:
+                    for img in (ev.after, ev.before):
+                        if img is None:
+                            continue
+                        try:
+                            rid = self._key_ids(p, img)
                         except Exception:
                             continue
+                        roots.setdefault(p.name, {})[id_key(rid)] = rid
         for coll, ids in want.items():
             if self.a.dry_run:  # nothing is read either: take every parent as present
                 self.exists[coll] = set(ids)
                 continue
-            found = self.a.db[coll].find({"_id": {"$in": [_unhash(i) for i in ids]}}, {"_id": 1})
-            self.exists[coll] = {_hashable(d["_id"]) for d in found}
-        self.pending_for: dict[str, dict[Any, list[dict[str, Any]]]] = {}
-        if self.a.pending_count and roots_created:
-            for coll, ids in roots_created.items():
-                q = {"collection": coll, "parent_id": {"$in": [_unhash(i) for i in ids]}}
-                for d in self.a.state.pending.find(q).sort("_id", 1):
-                    self.pending_for.setdefault(coll, {}).setdefault(
-                        _hashable(d["parent_id"]), []
-                    ).append(d)
+            self.exists[coll] = set()
+            values = list(ids.values())
+            for i in range(0, len(values), 1000):
+                found = self.a.db[coll].find({"_id": {"$in": values[i : i + 1000]}}, {"_id": 1})
+                self.exists[coll] |= {id_key(d["_id"]) for d in found}
+        if self.a.dry_run or not roots:
+            return
+        if self.a.state.pending.find_one({}, {"_id": 1}) is None:
+            return
+        for coll, rids in roots.items():
+            q = {"collection": coll, "parent_id": {"$in": list(rids.values())}}
+            for d in self.a.state.pending.find(q).sort("_id", 1):
+                self.stored_pending.setdefault(coll, {}).setdefault(
+                    id_key(d["parent_id"]), []
+                ).append(d)
 
     # -- events ------------------------------------------------------------------------------
     def event(self, ev: ChangeEvent, pos: Position) -> None:
         roles = self.a.roles.get(ev.table)
         if roles is None:
             return
+        if ev.op != "insert" and self.a.cascades.triggers(ev.table):
+            # first, while the documents still show the rows as they were before this event
+            effects = self.a.cascades.effects_of(ev)
+            if effects:
+                self.cascade(effects, ev, pos)
         for p in roles.roots:
             self.root(p, ev, pos)
         for cr in roles.children:
             self.child(cr, ev, pos)
         for pr in roles.parents:
             self.parent(pr, ev, pos)
-        if ev.op == "delete" and ev.before is not None:
-            for rule in roles.cascades:
-                self.cascade(rule, ev, pos)
 
     def root(self, p: CollectionPlan, ev: ChangeEvent, pos: Position) -> None:
         exists = self.exists.setdefault(p.name, set())
@@ -342,7 +441,8 @@ class _Batch:
             old_id = self._key_ids(p, ev.before or {})
             self.touch(p.name, old_id, ev)
             self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
-            exists.discard(_hashable(old_id))
+            exists.discard(id_key(old_id))
+            self._end_wait(p, old_id)
             return
         row = _row(p.root.columns, ev.after)
         new_id = p.doc_id(row)
@@ -350,15 +450,17 @@ class _Batch:
         if p.spec.filter and not self.a.lookup.passes_filter(p, row):
             # outside the collection's filter now: the document must not exist
             self.add(p.name, DeleteOne({"_id": new_id}), ev, pos)
-            exists.discard(_hashable(new_id))
+            exists.discard(id_key(new_id))
+            self._end_wait(p, new_id)
             return
         old_id = self._key_ids(p, ev.before) if ev.before is not None else new_id
-        if ev.before is not None and old_id != new_id:
+        if ev.before is not None and id_key(old_id) != id_key(new_id):
             self.touch(p.name, old_id, ev)
             # primary-key change: children followed by ON UPDATE CASCADE without a binlog
             # event, so the aggregate is read again from the source
             self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
-            exists.discard(_hashable(old_id))
+            exists.discard(id_key(old_id))
+            self._end_wait(p, old_id)
             doc = p.document(row, {})
             for e in p.embeds:
                 doc[e.name] = self.a.lookup.embedded(p, e, row)
@@ -383,13 +485,37 @@ class _Batch:
             if unset:
                 update["$unset"] = unset
             self._root_update(p.name, new_id, update, ev, pos)
-        exists.add(_hashable(new_id))
-        for d in getattr(self, "pending_for", {}).get(p.name, {}).pop(_hashable(new_id), []):
-            e = next(x for x in p.embeds if x.name == d["embed"])
-            self._element_ops(
-                p, e, {"_id": new_id}, d["kind"], d["element"], d["match"], None, pos, many=False
-            )
-            self.used_pending.append(d["_id"])
+        exists.add(id_key(new_id))
+        self._release_waiting(p, new_id, pos)
+
+    def _release_waiting(self, p: CollectionPlan, doc_id: Any, pos: Position) -> None:
+        """The parent document exists now: children that waited for it land."""
+        k = id_key(doc_id)
+        # earlier in this batch: replayed in their order, right after the parent
+        mine = [x for x in self.new_pending if x.collection == p.name and id_key(x.parent_id) == k]
+        if mine:
+            self.new_pending = [x for x in self.new_pending if x not in mine]
+            for x in mine:
+                e = next(y for y in p.embeds if y.name == x.embed)
+                self._element_ops(
+                    p, e, {"_id": doc_id}, x.kind, x.element, x.match, None, pos, many=False
+                )
+            self.result.resolved_pending += len(mine)
+        # from earlier batches (maybe another consumer's): newer changes of those children
+        # may already be in the document, so the aggregate is read whole instead of replayed
+        stored = self.stored_pending.get(p.name, {}).pop(k, [])
+        if stored:
+            self.rebuild_add(p, doc_id)
+            self.drop_pending += [d["_id"] for d in stored]
+            self.result.resolved_pending += len(stored)
+
+    def _end_wait(self, p: CollectionPlan, doc_id: Any) -> None:
+        """The parent is gone: its waiting children have nothing to wait for."""
+        k = id_key(doc_id)
+        self.new_pending = [
+            x for x in self.new_pending if not (x.collection == p.name and id_key(x.parent_id) == k)
+        ]
+        self.drop_pending += [d["_id"] for d in self.stored_pending.get(p.name, {}).pop(k, [])]
 
     def _parent_of(self, p: CollectionPlan, e: EmbedPlan, row: tuple[Any, ...]) -> Any:
         """The N:1 sub-document for a root row, read once per key and batch."""
@@ -434,30 +560,30 @@ class _Batch:
     def _upsert_element(
         self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent, pos: Position
     ) -> None:
-        parent, element, match = loc
-        p, e = cr.plan, cr.embed
-        if cr.parent_is_pk and _hashable(parent["_id"]) not in self.exists.get(p.name, set()):
-            self.new_pending.append(
-                Pending(p.name, parent["_id"], e.name, "upsert", element, match, pos.to_dict())
-            )
-            return
-        if cr.parent_is_pk:
-            self.touch(p.name, parent["_id"], ev)
-        self._element_ops(p, e, parent, "upsert", element, match, ev, pos, many=not cr.parent_is_pk)
+        self._element(cr, loc, "upsert", ev, pos)
 
     def _remove_element(
         self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent, pos: Position
     ) -> None:
-        parent, _element, match = loc
+        self._element(cr, loc, "remove", ev, pos)
+
+    def _element(
+        self, cr: ChildRole, loc: tuple[Any, ...], kind: str, ev: ChangeEvent, pos: Position
+    ) -> None:
+        parent, element, match = loc
         p, e = cr.plan, cr.embed
-        if cr.parent_is_pk and _hashable(parent["_id"]) not in self.exists.get(p.name, set()):
-            self.new_pending.append(
-                Pending(p.name, parent["_id"], e.name, "remove", None, match, pos.to_dict())
-            )
-            return
         if cr.parent_is_pk:
-            self.touch(p.name, parent["_id"], ev)
-        self._element_ops(p, e, parent, "remove", None, match, ev, pos, many=not cr.parent_is_pk)
+            pid = parent["_id"]
+            self.touch(p.name, pid, ev)
+            if self.rebuilding(p, pid):
+                return  # the whole aggregate is read again at the end of the batch
+            if id_key(pid) not in self.exists.get(p.name, set()):
+                el = element if kind == "upsert" else None
+                self.new_pending.append(
+                    Pending(p.name, pid, e.name, kind, el, match, pos.to_dict())
+                )
+                return
+        self._element_ops(p, e, parent, kind, element, match, ev, pos, many=not cr.parent_is_pk)
 
     def _element_ops(
         self,
@@ -526,66 +652,198 @@ class _Batch:
             element = e.view.build(_row(e.view.columns, ev.after))
             self.add(p.name, UpdateMany(new, {"$set": {e.name: element}}), ev, pos)
 
-    def cascade(self, rule: CascadeRule, ev: ChangeEvent, pos: Position) -> None:
-        fk = rule.fk
-        assert ev.before is not None
-        values = [ev.before.get(c) for c in fk.ref_columns]
-        for p in rule.roots:
-            flt = self._field_filter(p, fk.columns, values)
-            if rule.action == "CASCADE":
-                self.add(p.name, DeleteMany(flt), ev, pos)
+    # -- foreign-key cascades ----------------------------------------------------------------
+    def cascade(self, effects: list[Effect], ev: ChangeEvent, pos: Position) -> None:
+        """Find the documents holding the rows MySQL changed silently, to any depth, and
+        rebuild them from the source at the end of the batch."""
+        self.result.cascades += 1
+        if self.a.dry_run:
+            return
+        self.flush_writes()  # discovery must see what the events before this one wrote
+        cas = self.a.cascades
+        queue, seen = list(effects), set()
+        while queue:
+            eff = queue.pop(0)
+            if eff.key() in seen:
                 continue
-            nulls: dict[str, Any] = {k: None for k in flt}
-            for e in p.embeds:
-                if not e.many and set(e.root_columns) <= set(fk.columns):
-                    nulls[e.name] = None
-            self.add(p.name, UpdateMany(flt, {"$set": nulls}), ev, pos)
-        for p, e in rule.children:
-            flt = self._field_filter(p, fk.columns, values, view=e.view)
-            if rule.action == "CASCADE":
-                self.add(
-                    p.name,
-                    UpdateMany(
-                        {f"{e.name}.{k}": v for k, v in flt.items()}, {"$pull": {e.name: flt}}
-                    ),
-                    ev,
-                    pos,
-                )
+            seen.add(eff.key())
+            need = cas.needs_rows(eff)
+            rows: list[dict[str, Any]] | None = None
+            for place in cas.places.get(eff.table, ()):
+                # the triggering row's own aggregate is rebuilt by its root event; it is only
+                # read here, for the keys of rows the next level needs
+                skipped = cas.skipped(place, eff)
+                if (skipped and not need) or not cas.affected(place, eff):
+                    continue
+                try:
+                    found = self._discover(place, eff, need, rebuild=not skipped)
+                except _Unmapped as exc:
+                    via = eff.rule.describe() if eff.rule else eff.table
+                    self.dead(
+                        ev,
+                        pos,
+                        f"cannot follow {via} into {place.describe()}: {exc}",
+                        place.plan.name,
+                    )
+                    continue
+                if found is not None:
+                    rows = (rows or []) + found
+            nxt, problems = cas.follow(eff, rows if need else None)
+            for problem in problems:
+                self.dead(ev, pos, f"cannot follow the cascade: {problem}")
+            queue += nxt
+
+    def _discover(
+        self, place: Place, eff: Effect, need: list[str], *, rebuild: bool = True
+    ) -> list[dict[str, Any]] | None:
+        """Queue the documents of `place` that hold rows matching the effect for a rebuild;
+        return those rows' values of `need` (None when this place does not hold them all)."""
+        cas = self.a.cascades
+        p, e = place.plan, place.embed
+        outer: dict[str, Any] = {}
+        inner: dict[str, Any] = {}
+        for col, v in eff.cond.items():
+            loc = cas.locate(place, col)
+            if loc is None:
+                raise _Unmapped(f"{eff.table}.{col} is not mapped there")
+            where, path, conv = loc
+            (outer if where == "root" else inner)[path] = None if v is None else conv(v)
+        flt = dict(outer)
+        if e is not None and inner:
+            if place.kind == "element":
+                flt[e.name] = {"$elemMatch": inner}
             else:
-                self.add(
-                    p.name,
-                    UpdateMany(
-                        {f"{e.name}.{k}": v for k, v in flt.items()},
-                        {"$set": {f"{e.name}.$[c].{k}": None for k in flt}},
-                        array_filters=[{f"c.{k}": v for k, v in flt.items()}],
-                    ),
-                    ev,
-                    pos,
-                )
+                flt.update({f"{e.name}.{k}": v for k, v in inner.items()})
+        want = [c for c in need if c not in eff.cond]
+        joined = e.child_columns if e is not None else p.pk  # where the rows go on a change
+        locs = {c: cas.locate(place, c) for c in {*want, *eff.cond, *joined}}
+        have_all = all(locs[c] is not None for c in want)
+        rows: list[dict[str, Any]] = []
+        for doc in self.a.db[p.name].find(flt):
+            if rebuild:
+                self.rebuild_add(p, doc["_id"])
+            inners = [doc]
+            if place.kind == "element" and e is not None:
+                inners = [
+                    el
+                    for el in doc.get(e.name) or []
+                    if all(id_key(_get(el, k)) == id_key(v) for k, v in inner.items())
+                ]
+            elif e is not None:
+                inners = [doc.get(e.name) or {}]
+            for inner_doc in inners:
+                values: dict[str, Any] = {}
+                for c, loc in locs.items():
+                    if loc is None:
+                        continue
+                    src = doc if loc[0] == "root" else inner_doc
+                    values[c] = source_value(_get(src, loc[1]))
+                rows.append(values)
+                if rebuild:
+                    self._moved(place, eff, values)
+        return rows if have_all else None
+
+    def _moved(self, place: Place, eff: Effect, old: dict[str, Any]) -> None:
+        """An update that changes a document's key (or which document an element belongs to)
+        also rebuilds where the rows went."""
+        if eff.kind != "update":
+            return
+        p, e = place.plan, place.embed
+        if e is None:
+            if not set(eff.changes) & set(p.pk):
+                return
+            key = tuple(eff.changes.get(c, old.get(c)) for c in p.pk)
+            if all(v is not None for v in key):
+                self.rebuild_add(p, key=key)
+            return
+        if place.kind != "element" or not set(eff.changes) & set(e.child_columns):
+            return
+        new_root = {
+            rc: eff.changes.get(cc, old.get(cc))
+            for cc, rc in zip(e.child_columns, e.root_columns, strict=True)
+        }
+        if any(v is None for v in new_root.values()):
+            return
+        if sorted(new_root) == sorted(p.pk):
+            self.rebuild_add(p, key=tuple(new_root[c] for c in p.pk))
+            return
+        flt = {}
+        for rc, v in new_root.items():
+            loc = Cascades._root_path(p, rc)
+            if loc is None:
+                return
+            flt[loc[1]] = loc[2](v)
+        for doc in self.a.db[p.name].find(flt, {"_id": 1}):
+            self.rebuild_add(p, doc["_id"])
 
     # -- execution ---------------------------------------------------------------------------
-    def execute(self) -> None:
+    def flush_writes(self) -> None:
+        """Write the operations built so far (in order), keeping the rest of the batch's work."""
         if self.a.dry_run:
-            self.result.operations = sum(len(t) for t in self.ops.values())
-            return
+            self.result.operations += sum(len(t) for t in self.ops.values())
+        else:
+            self._write_all(self.ops)
+        self.ops = {}
+        self.last_root = {}
+
+    def _write_all(self, ops: dict[str, list[_Tagged]]) -> None:
         # Collections hold different documents: their ordered bulks go in parallel.
-        if len(self.ops) > 1:
-            with ThreadPoolExecutor(max_workers=min(len(self.ops), 4)) as pool:
-                for f in [pool.submit(self._write, c, t) for c, t in self.ops.items()]:
+        if len(ops) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(ops), 4)) as pool:
+                for f in [pool.submit(self._write, c, t) for c, t in ops.items()]:
                     f.result()
         else:
-            for coll, tagged in self.ops.items():
+            for coll, tagged in ops.items():
                 self._write(coll, tagged)
+
+    def _rebuild_ops(self) -> None:
+        """The aggregates queued for a rebuild, read from the source now, written last."""
+        for coll, entries in self.rebuild.items():
+            plan = self.a.transform.collection(coll)
+            keys = [k for _id, k in entries.values()]
+
+            def bad(doc_id: Any, reason: str, coll: str = coll) -> None:
+                self.dead(None, Position(), f"rebuilding {doc_id!r}: {reason}", coll)
+
+            ops: list[Any] = self.a.lookup.run(
+                partial(_rebuild_with, plan=plan, keys=keys, bad=bad)
+            )
+            for op in ops:
+                self.add(coll, op, None, Position())
+            for doc_id, _k in entries.values():
+                self.touch(coll, doc_id, None)
+            self.result.rebuilt += len(entries)
+            # children waiting for these parents are in the rebuilt documents now
+            waiting = [d for d, _k in entries.values()]
+            self.new_pending = [
+                x
+                for x in self.new_pending
+                if not (x.collection == coll and id_key(x.parent_id) in entries)
+            ]
+            if self.a.state.pending.find_one({}, {"_id": 1}) is not None:
+                for i in range(0, len(waiting), 500):
+                    q = {"collection": coll, "parent_id": {"$in": waiting[i : i + 500]}}
+                    self.drop_pending += [
+                        d["_id"] for d in self.a.state.pending.find(q, {"_id": 1})
+                    ]
+
+    def execute(self) -> None:
+        if self.a.dry_run:
+            self.result.operations += sum(len(t) for t in self.ops.values())
+            return
+        if self.rebuild:
+            self._rebuild_ops()
+        self._write_all(self.ops)
+        self.ops = {}
         state = self.a.state
         if self.new_pending:
             docs = [x.to_doc() for x in self.new_pending]
             with_retry(lambda: state.pending.insert_many(docs, ordered=True))
             self.result.pending += len(docs)
-        if self.used_pending:
-            ids = self.used_pending
+        if self.drop_pending:
+            ids = list(dict.fromkeys(self.drop_pending))
             with_retry(lambda: state.pending.delete_many({"_id": {"$in": ids}}))
-            self.result.resolved_pending += len(ids)
-        if self.new_pending or self.used_pending:
+        if self.new_pending or self.drop_pending:
             self.a.pending_count = state.pending.count_documents({})
         if self.touched:
             state.touch([(c, doc_id, at) for (c, _k), (doc_id, at) in self.touched.items()])
@@ -595,6 +853,7 @@ class _Batch:
 
     def _write(self, coll: str, tagged: list[_Tagged]) -> None:
         """Ordered bulk; an op the server refuses becomes a dead letter and the rest goes on."""
+        self.result.operations += len(tagged)
         start = 0
         collection = self.a.db[coll]
         while start < len(tagged):
@@ -625,15 +884,23 @@ class _Batch:
                 return
 
 
-def _hashable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple((k, _hashable(x)) for k, x in v.items())
-    if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
-    return v
+def _rebuild_with(conn: Any, *, plan: CollectionPlan, keys: list[Any], bad: Any) -> list[Any]:
+    return rebuild_ops(conn, plan, keys, bad)
 
 
-def _unhash(v: Any) -> Any:
-    if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v):
-        return {k: _unhash(x) for k, x in v}
-    return v
+def merge_updates(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One update equal to applying `first`, then `second` ($set, $unset, $setOnInsert of
+    top-level fields, as root updates are built)."""
+    sets = {**first.get("$set", {}), **second.get("$set", {})}
+    unsets = {k: "" for k in first.get("$unset", {}) if k not in second.get("$set", {})}
+    unsets.update(second.get("$unset", {}))
+    for k in unsets:
+        sets.pop(k, None)
+    on_insert = {**first.get("$setOnInsert", {}), **second.get("$setOnInsert", {})}
+    merged: dict[str, Any] = {"$set": sets}
+    if unsets:
+        merged["$unset"] = unsets
+    on_insert = {k: v for k, v in on_insert.items() if k not in sets and k not in unsets}
+    if on_insert:
+        merged["$setOnInsert"] = on_insert
+    return merged

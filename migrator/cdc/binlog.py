@@ -74,7 +74,9 @@ class BinlogSource:
         server_id: int = 0,
         flavor: str = "mariadb",
         heartbeat: float = 0.1,  # an idle stream still flushes its last batch within ~0.1 s
+        max_events: int = 10_000,  # a bigger transaction is yielded in pieces of this size
     ) -> None:
+        self.max_events = max(1, max_events)
         self.url = url
         self.schema = schema
         self.tables = tables
@@ -226,27 +228,27 @@ class BinlogSource:
             commit_time = ts
             for row in ev.rows:
                 if isinstance(ev, WriteRowsEvent):
-                    events.append(
-                        ChangeEvent(
-                            table, "insert", None, norm(row["values"], row["none_sources"]), ts
-                        )
+                    ce = ChangeEvent(
+                        table, "insert", None, norm(row["values"], row["none_sources"]), ts
                     )
                 elif isinstance(ev, DeleteRowsEvent):
-                    events.append(
-                        ChangeEvent(
-                            table, "delete", norm(row["values"], row["none_sources"]), None, ts
-                        )
+                    ce = ChangeEvent(
+                        table, "delete", norm(row["values"], row["none_sources"]), None, ts
                     )
                 else:
-                    events.append(
-                        ChangeEvent(
-                            table,
-                            "update",
-                            norm(row["before_values"], row["before_none_sources"]),
-                            norm(row["after_values"], row["after_none_sources"]),
-                            ts,
-                        )
+                    ce = ChangeEvent(
+                        table,
+                        "update",
+                        norm(row["before_values"], row["before_none_sources"]),
+                        norm(row["after_values"], row["after_none_sources"]),
+                        ts,
                     )
+                if len(events) >= self.max_events:
+                    # memory stays bounded: apply this much now; the checkpoint stays at the
+                    # last commit, so a crash replays the whole transaction (idempotently)
+                    yield Transaction(events=events, position=self.position, complete=False)
+                    events = []
+                events.append(ce)
         del commit_time
 
     def _here(self, stream: BinLogStreamReader, gtid: str | None) -> Position:
@@ -261,11 +263,72 @@ class BinlogSource:
         return Transaction(events=events, position=self.position, commit_time=when, gtid=gtid)
 
 
+_IDENT = r"(?:`(?:[^`]|``)+`|[\w$]+)"
+_NAME = rf"(?:{_IDENT}\s*\.\s*)?{_IDENT}"
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
+
+
+def _bare(name: str) -> str:
+    """`db`.`t` or db.t -> t"""
+    last = re.findall(_IDENT, name)[-1]
+    return last[1:-1].replace("``", "`") if last.startswith("`") else last
+
+
+def _names(text: str) -> list[str]:
+    return [_bare(m) for m in re.findall(_NAME, text)]
+
+
 def _tables_in(query: str) -> list[str]:
-    m = re.search(
-        r"\b(?:ALTER|CREATE|DROP|RENAME|TRUNCATE)\s+(?:TABLE\s+)?(?:IF\s+\w+\s+)?"
-        r"`?(?:\w+`?\.`?)?(\w+)`?",
-        query,
-        re.I,
+    """Every table a DDL statement names (DROP TABLE a, b; RENAME TABLE a TO b, c TO d; ALTER
+    TABLE a RENAME TO b; CREATE TABLE a LIKE b; index statements name their table)."""
+    q = " ".join(_COMMENTS.sub(" ", query).split())
+    flags = re.I
+    m = re.match(
+        r"DROP\s+(?:TEMPORARY\s+)?TABLES?\s+(?:IF\s+EXISTS\s+)?(.*?)"
+        r"(?:\s+(?:RESTRICT|CASCADE))?\s*;?$",
+        q,
+        flags,
     )
-    return [m.group(1)] if m else []
+    if m:
+        return _names(m.group(1))
+    m = re.match(r"RENAME\s+TABLES?\s+(.*)$", q, flags)
+    if m:
+        out: list[str] = []
+        for pair in m.group(1).split(","):
+            out += _names(re.sub(r"\s+TO\s+", " ", pair, flags=re.I))
+        return out
+    m = re.match(
+        rf"ALTER\s+(?:ONLINE\s+|OFFLINE\s+|IGNORE\s+)*TABLE\s+(?:IF\s+EXISTS\s+)?({_NAME})(.*)$",
+        q,
+        flags,
+    )
+    if m:
+        out = [_bare(m.group(1))]
+        r = re.search(rf"\bRENAME\s+(?:TO\s+|AS\s+)?({_NAME})", m.group(2), flags)
+        if r and not re.match(r"(?:COLUMN|INDEX|KEY)\b", r.group(1), flags):
+            out.append(_bare(r.group(1)))
+        return out
+    m = re.match(
+        rf"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+        rf"({_NAME})(.*)$",
+        q,
+        flags,
+    )
+    if m:
+        out = [_bare(m.group(1))]
+        like = re.match(rf"\s*\(?\s*LIKE\s+({_NAME})", m.group(2), flags)
+        if like:
+            out.append(_bare(like.group(1)))
+        return out
+    m = re.match(rf"TRUNCATE\s+(?:TABLE\s+)?({_NAME})", q, flags)
+    if m:
+        return [_bare(m.group(1))]
+    m = re.match(
+        rf"(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:ONLINE\s+|UNIQUE\s+|FULLTEXT\s+|SPATIAL\s+)*"
+        rf"INDEX\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_IDENT}\s+ON\s+({_NAME})",
+        q,
+        flags,
+    )
+    if m:
+        return [_bare(m.group(1))]
+    return []

@@ -117,6 +117,15 @@ class DebeziumDecoder:
             return None
         name = (fs or {}).get("name", "")
         t = col.data_type
+        if name in (_CONNECT_DECIMAL, _VARIABLE_DECIMAL):
+            # by the value's own schema, whatever the column: bigint.unsigned.handling.mode=
+            # precise sends BIGINT UNSIGNED as a Connect Decimal too
+            return _as_column(col, _exact_decimal(v, fs or {}))
+        if col.is_integer:
+            n = int(v)
+            if col.unsigned and t == "bigint" and n < 0:
+                n += 1 << 64  # long mode wraps values above 2^63-1: the column says unsigned
+            return n
         if t in ("decimal", "numeric"):
             return self._decimal(col, v, fs)
         if t in ("datetime", "timestamp", "date", "time"):
@@ -139,10 +148,6 @@ class DebeziumDecoder:
         return v
 
     def _decimal(self, col: Column, v: Any, fs: dict[str, Any] | None) -> str:
-        if isinstance(v, str) and fs and fs.get("name") == "org.apache.kafka.connect.data.Decimal":
-            scale = int(fs.get("parameters", {}).get("scale", 0))
-            unscaled = int.from_bytes(base64.b64decode(v), "big", signed=True)
-            return format(Decimal(unscaled).scaleb(-scale), "f")
         if isinstance(v, int | float):
             # double mode: as precise as a double; show it at the column's scale
             return format(
@@ -210,6 +215,31 @@ class DebeziumDecoder:
         if name == "io.debezium.time.NanoTimestamp":
             return _EPOCH + timedelta(microseconds=n // 1000)
         return _EPOCH + timedelta(milliseconds=n)  # Timestamp / connect Timestamp
+
+
+_CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
+_VARIABLE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
+
+
+def _exact_decimal(v: Any, fs: dict[str, Any]) -> Decimal:
+    """A Connect Decimal (base64 of the big-endian unscaled integer, scale in the schema) or a
+    VariableScaleDecimal ({scale, value}), with every digit: no decimal context rounds here."""
+    if isinstance(v, dict):  # VariableScaleDecimal
+        scale, raw = int(v["scale"]), v["value"]
+    else:
+        scale, raw = int((fs.get("parameters") or {}).get("scale", 0)), v
+    data = raw if isinstance(raw, bytes) else base64.b64decode(raw)
+    unscaled = int.from_bytes(data, "big", signed=True)
+    return Decimal(f"{unscaled}E-{scale}")
+
+
+def _as_column(col: Column, d: Decimal) -> Any:
+    """An exact decimal as the SELECT value of its column."""
+    if col.is_integer:
+        return int(d)
+    if col.data_type in ("float", "double", "real"):
+        return float(d)
+    return format(d, "f")
 
 
 def _iso(t: str, v: str) -> Any:

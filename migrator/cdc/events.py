@@ -48,6 +48,9 @@ class Transaction:
     position: Position
     commit_time: datetime | None = None
     gtid: str | None = None
+    # False for a piece of a transaction too big to hold whole: `position` is then the last
+    # commit before it (a safe place to resume: the piece is replayed)
+    complete: bool = True
 
 
 @dataclass

@@ -28,7 +28,7 @@ from .debezium import DebeziumDecoder, DebeziumSettings, Record
 from .events import Position, Transaction
 from .lookup import SourceLookup
 from .roles import table_roles
-from .runner import CdcSummary, LiveStats
+from .runner import CdcSummary, Liveness, LiveStats, wait_while_copying
 
 log = logging.getLogger("migrator.cdc.kafka")
 
@@ -53,6 +53,7 @@ def run_debezium(
     on_batch: Callable[[LiveStats], None] | None = None,
     settings: DebeziumSettings | None = None,
     poll_ms: int = 500,
+    pending_timeout: float = 600.0,
 ) -> CdcSummary:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
@@ -66,32 +67,46 @@ def run_debezium(
         conn.close()
     transform = compile_transform(mapping, schema)
     client = mongo_connect(mapping.target.url)
-    state = StateStore(client, mapping.state.database)
+    state = StateStore.open(client, mapping)
     lookup = SourceLookup(src)
-    applier = Applier(transform, client[mapping.target_database], state, lookup)
+    applier = Applier(
+        transform,
+        client[mapping.target_database],
+        state,
+        lookup,
+        pending_bound_seconds=pending_timeout,
+    )
     decoder = DebeziumDecoder(schema, settings or DebeziumSettings())
     tables = sorted(table_roles(transform))
     db = mapping.source_database
     topics = [f"{prefix}.{db}.{t}" for t in tables]
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            key_deserializer=_json,
-            value_deserializer=_json,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=2000,
-            max_poll_records=2000,
-            client_id="migrator",
-            metadata_max_age_ms=5000,
-        )
-    except KafkaError as exc:  # kafka-python 3 names "no brokers" differently than 2.x
-        raise ConnectError(
-            f"cannot reach Kafka at {bootstrap} (--kafka-bootstrap): {type(exc).__name__}"
-        ) from None
-    consumer.subscribe(topics=topics)
+
+    def open_consumer() -> Any:
+        try:
+            c = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                key_deserializer=_json,
+                value_deserializer=_json,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=2000,
+                max_poll_records=2000,
+                client_id="migrator",
+                metadata_max_age_ms=5000,
+            )
+        except KafkaError as exc:  # kafka-python 3 names "no brokers" differently than 2.x
+            raise ConnectError(
+                f"cannot reach Kafka at {bootstrap} (--kafka-bootstrap): {type(exc).__name__}"
+            ) from None
+        c.subscribe(topics=topics)
+        return c
+
+    live = Liveness(state, mode=mode, source="debezium", group=group).start()
+    wait_while_copying(state, live, stop, mode)
+    consumer = open_consumer()
+    last_sweep = time.monotonic()
     summary = CdcSummary(mode=mode, start={"group": group, "topics": topics})
     stats = LiveStats(pending=applier.pending_count, dead_letters=state.dead_letter_count())
     targets: dict[Any, int] = {}
@@ -140,12 +155,19 @@ def run_debezium(
                     hw = consumer.highwater(tp)  # known after a fetch (end_offsets lies, STACK.md)
                     if hw is not None:
                         targets[tp] = hw
+            if txns and state.copy_in_progress() is not None:
+                # the copy fence: apply nothing of this poll, commit nothing; after the copy
+                # the group resumes from its committed offsets
+                consumer.close(autocommit=False)
+                wait_while_copying(state, live, stop, mode)
+                consumer = open_consumer()
+                targets.clear()
+                continue
             if txns:
                 res = applier.apply(txns)
                 summary.events += res.events
                 summary.transactions += len(txns)
                 summary.dead_letters += res.dead_letters
-                summary.pending += res.pending
                 for (t, op), n in res.applied.items():
                     k = f"{t} {op}"
                     summary.applied[k] = summary.applied.get(k, 0) + n
@@ -161,6 +183,11 @@ def run_debezium(
             else:
                 idle_polls += 1
                 stats.lag_seconds = 0.0
+            if time.monotonic() - last_sweep > 5.0:
+                last_sweep = time.monotonic()
+                before = applier.expired
+                applier.sweep_pending()
+                summary.dead_letters += applier.expired - before
             stats.events = summary.events
             stats.dead_letters = summary.dead_letters
             stats.pending = applier.pending_count
@@ -197,7 +224,12 @@ def run_debezium(
                 f"{tp.topic}[{tp.partition}]": consumer.position(tp) for tp in consumer.assignment()
             }
         }
+        before = applier.expired
+        applier.sweep_pending()
+        summary.dead_letters += applier.expired - before
+        summary.pending = applier.pending_count
     finally:
+        live.stop()
         consumer.close(autocommit=False)
         lookup.close()
         client.close()

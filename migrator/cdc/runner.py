@@ -4,6 +4,7 @@ batches, checkpoint after MongoDB acknowledged each batch, and say how far behin
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from pymongo.errors import PyMongoError
 
 from ..config import Mapping
 from ..errors import CheckFailed, MigratorError
@@ -62,6 +65,7 @@ class LiveStats:
     events_per_sec: float = 0.0
     lag_seconds: float = 0.0
     queue_depth: int = 0
+    held_events: int = 0  # events held in memory for the last batch applied
     dead_letters: int = 0
     pending: int = 0
     position: str = ""
@@ -127,6 +131,61 @@ def check_start(conn: Any, start: Position, maria: bool) -> None:
             )
 
 
+class _CopyStarted(Exception):
+    """A backfill took the copy fence: stop applying, drop what is held, wait, resume."""
+
+
+class Liveness:
+    """Writes CDC's liveness every second from its own thread, so a long batch or a wait
+    still shows a live CDC (the copy fence and `status` read it)."""
+
+    def __init__(self, state: StateStore, **fields: Any) -> None:
+        self.state = state
+        self.fields: dict[str, Any] = {"pid": os.getpid(), **fields}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cdc-liveness", daemon=True)
+
+    def start(self) -> Liveness:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def beat(self, **fields: Any) -> None:
+        self.fields.update(fields)
+        try:
+            self.state.cdc_heartbeat(**self.fields)
+        except PyMongoError:  # the main loop meets the same server and reports it
+            log.debug("liveness write failed", exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.beat(alive_at=None, waiting_for=None)
+
+
+def wait_while_copying(
+    state: StateStore, live: Liveness | None, stop: threading.Event, mode: str
+) -> bool:
+    """If a backfill copies, acknowledge its fence and wait for it to end. True if waited."""
+    copy = state.copy_in_progress()
+    if copy is None:
+        return False
+    log.warning("a backfill is copying; CDC pauses until it ends", extra={"owner": copy["owner"]})
+    while copy is not None and not stop.is_set():
+        if live is not None:
+            live.beat(waiting_for="backfill", acked_copy=copy["owner"])
+        if stop.wait(0.3):
+            break
+        copy = state.copy_in_progress()
+    if live is not None:
+        live.beat(waiting_for=None)
+    return True
+
+
 def run_cdc(
     mapping: Mapping,
     *,
@@ -137,9 +196,14 @@ def run_cdc(
     stop: threading.Event | None = None,
     on_batch: Callable[[LiveStats], None] | None = None,
     dry_run: bool = False,
+    max_events_in_memory: int = 10_000,
+    pending_timeout: float = 600.0,
 ) -> CdcSummary:
     """Tail the source and apply; `dry_run` decodes, transforms and builds every operation
-    but writes nothing and saves no checkpoint (it measures the pipeline)."""
+    but writes nothing and saves no checkpoint (it measures the pipeline).
+
+    Memory is bounded by `max_events_in_memory` whatever a transaction's size: a bigger one
+    is applied in pieces, and the checkpoint still moves only at commits."""
     stop = stop or threading.Event()
     src = parse_mysql_url(mapping.source.url)
     meta = mysql_connect(src)
@@ -147,149 +211,97 @@ def run_cdc(
     schema = introspect(meta, mapping.source_database)
     transform = compile_transform(mapping, schema)
     client = mongo_connect(mapping.target.url)
-    state = StateStore(client, mapping.state.database)
-    saved = state.cdc_checkpoint() or state.backfill_position()
-    if not saved:
-        raise MigratorError(
-            "no position to start CDC from: neither a CDC checkpoint nor a "
-            "backfill position in the state store",
-            hint="run `migrator backfill` (or `migrator sync`) first",
-        )
-    start = Position.from_dict(saved)
-    check_start(meta, start, maria)
+    state = (
+        StateStore(client, mapping.state.database) if dry_run else StateStore.open(client, mapping)
+    )
     lookup = SourceLookup(src)
-    applier = Applier(transform, client[mapping.target_database], state, lookup, dry_run=dry_run)
+    applier = Applier(
+        transform,
+        client[mapping.target_database],
+        state,
+        lookup,
+        dry_run=dry_run,
+        pending_bound_seconds=pending_timeout,
+    )
     tables = set(table_roles(transform))
-    source = BinlogSource(src, schema, tables, start, flavor="mariadb" if maria else "mysql")
-    summary = CdcSummary(mode=mode, start=start.to_dict())
-    stats = LiveStats(
-        position=str(start), pending=applier.pending_count, dead_letters=state.dead_letter_count()
-    )
+    live = None if dry_run else Liveness(state, mode=mode, source="binlog").start()
     target = master_position(meta) if mode == "until-caught-up" else None
-    log.info(
-        "cdc starting",
-        extra={
-            "position": start.to_dict(),
-            "mode": mode,
-            "target": target.to_dict() if target else None,
-        },
-    )
+    summary = CdcSummary(mode=mode, start={})
+    stats = LiveStats(pending=applier.pending_count, dead_letters=state.dead_letter_count())
     t0 = time.monotonic()
-    batch: list[Transaction] = []
-    batch_started = 0.0
-    last_master_check = 0.0
-    last_idle_publish = 0.0
-    position = start
-
-    def flush() -> None:
-        nonlocal batch, position
-        if not batch:
-            return
-        res: BatchResult = applier.apply(batch)
-        log.debug(
-            "batch applied",
-            extra={
-                "transactions": len(batch),
-                "events": res.events,
-                "dead_letters": res.dead_letters,
-                "seconds": round(res.seconds, 4),
-            },
-        )
-        position = batch[-1].position
-        last_commit = batch[-1].commit_time
-        if not dry_run:
-            state.save_cdc_checkpoint(position.to_dict(), commit_time=last_commit)
-        summary.batches += 1
-        summary.transactions += len(batch)
-        summary.events += res.events
-        summary.dead_letters += res.dead_letters
-        summary.pending += res.pending
-        for (t, op), n in res.applied.items():
-            k = f"{t} {op}"
-            summary.applied[k] = summary.applied.get(k, 0) + n
-            stats.applied[(t, op)] = stats.applied.get((t, op), 0) + n
-        stats.events = summary.events
-        stats.dead_letters += res.dead_letters
-        stats.pending = applier.pending_count
-        stats.position = str(position)
-        stats.checkpoint_at = now()
-        stats.lag_seconds = (now() - last_commit).total_seconds() if last_commit else 0.0
-        batch = []
-        publish()
-
-    def publish(idle: bool = False) -> None:
-        nonlocal last_master_check
-        elapsed = time.monotonic() - t0
-        stats.events_per_sec = summary.events / elapsed if elapsed else 0.0
-        if idle or time.monotonic() - last_master_check > 1.0:
-            last_master_check = time.monotonic()
-            if idle or reached(position, lookup.run(master_position)):
-                stats.lag_seconds = 0.0
-        summary.lag_seconds = stats.lag_seconds
-        if not dry_run:
-            state.save_cdc_status(
-                lag_seconds=stats.lag_seconds,
-                position=position.to_dict(),
-                events=summary.events,
-                dead_letters=stats.dead_letters,
-                pending=stats.pending,
-                mode=mode,
-            )
-        if on_batch:
-            on_batch(stats)
-
+    batch_events = max(1, min(batch_events, max_events_in_memory))
     try:
-        if target is not None and reached(start, target):
-            summary.stopped = "caught up"
-            if not dry_run and not state.cdc_checkpoint():
-                # nothing to apply: the start is a valid checkpoint (and says CDC has run)
-                state.save_cdc_checkpoint(start.to_dict(), commit_time=None)
-        else:
-            for item in source.items():
-                if isinstance(item, Transaction):
-                    if not batch:
-                        batch_started = time.monotonic()
-                    batch.append(item)
-                    stats.queue_depth = sum(len(t.events) for t in batch)
-                    full = stats.queue_depth >= batch_events or (
-                        time.monotonic() - batch_started >= batch_seconds
-                    )
-                    if full:
-                        flush()
-                    done = target is not None and reached(item.position, target)
-                    if done:
-                        flush()
-                        summary.stopped = "caught up"
-                        break
-                elif isinstance(item, Heartbeat):
-                    flush()
-                    if position != item.position and item.position.file:
-                        # idle at a later position (other schemas' events): remember it
-                        position = Position(item.position.file, item.position.pos, position.gtid)
-                    stats.queue_depth = 0
-                    if time.monotonic() - last_idle_publish > 1.0:
-                        last_idle_publish = time.monotonic()
-                        publish(idle=True)
-                    if target is not None and reached(item.position, target):
-                        summary.stopped = "caught up"
-                        break
-                elif isinstance(item, DDL):
-                    flush()
-                    _ddl(item, on_ddl, mapping, tables, source, applier, state, summary)
-                    # past the statement now: a restart must not meet it again
-                    position = source.position
-                    if not dry_run:
-                        state.save_cdc_checkpoint(position.to_dict())
-                if stop.is_set():
-                    flush()
-                    summary.stopped = "stopped by signal"
-                    break
-        summary.reconnects = source.reconnects
+        while True:
+            if not dry_run:
+                wait_while_copying(state, live, stop, mode)
+            if stop.is_set():
+                summary.stopped = summary.stopped or "stopped by signal"
+                break
+            saved = state.cdc_checkpoint() or state.backfill_position()
+            if not saved:
+                raise MigratorError(
+                    "no position to start CDC from: neither a CDC checkpoint nor a "
+                    "backfill position in the state store",
+                    hint="run `migrator backfill` (or `migrator sync`) first",
+                )
+            start = Position.from_dict(saved)
+            if not summary.start:
+                summary.start = start.to_dict()
+            check_start(meta, start, maria)
+            source = BinlogSource(
+                src,
+                applier.transform.schema,
+                tables,
+                start,
+                flavor="mariadb" if maria else "mysql",
+                max_events=max_events_in_memory,
+            )
+            log.info(
+                "cdc starting",
+                extra={
+                    "position": start.to_dict(),
+                    "mode": mode,
+                    "target": target.to_dict() if target else None,
+                },
+            )
+            session = _Session(
+                mapping,
+                applier,
+                state,
+                source,
+                lookup,
+                summary,
+                stats,
+                stop,
+                on_batch=on_batch,
+                on_ddl=on_ddl,
+                tables=tables,
+                dry_run=dry_run,
+                batch_events=batch_events,
+                batch_seconds=batch_seconds,
+                max_events=max_events_in_memory,
+                target=target,
+                start=start,
+                t0=t0,
+            )
+            try:
+                session.run()
+            except _CopyStarted:
+                log.warning("a backfill started copying; CDC drops its batch and waits")
+                continue
+            finally:
+                summary.reconnects += source.reconnects
+                source.close()
+            break
+        if not dry_run:
+            applier.sweep_pending()
+        summary.dead_letters += applier.expired
+        stats.pending = summary.pending = applier.pending_count
     finally:
-        source.close()
+        if live is not None:
+            live.stop()
         lookup.close()
         meta.close()
-    summary.end = position.to_dict()
     log.info(
         "cdc stopped",
         extra={
@@ -306,14 +318,209 @@ def run_cdc(
     if summary.stopped == "caught up" and not dry_run:
         state.save_cdc_status(
             lag_seconds=0.0,
-            position=position.to_dict(),
+            position=summary.end,
             events=summary.events,
-            dead_letters=stats.dead_letters,
+            dead_letters=state.dead_letter_count(),
             pending=applier.pending_count,
             mode=mode,
         )
     client.close()
     return summary
+
+
+class _Session:
+    """One pass over the stream from a start position (a copy fence ends it early)."""
+
+    def __init__(
+        self,
+        mapping: Mapping,
+        applier: Applier,
+        state: StateStore,
+        source: BinlogSource,
+        lookup: SourceLookup,
+        summary: CdcSummary,
+        stats: LiveStats,
+        stop: threading.Event,
+        *,
+        on_batch: Callable[[LiveStats], None] | None,
+        on_ddl: OnDDL,
+        tables: set[str],
+        dry_run: bool,
+        batch_events: int,
+        batch_seconds: float,
+        max_events: int,
+        target: Position | None,
+        start: Position,
+        t0: float,
+    ) -> None:
+        self.mapping, self.applier, self.state, self.source = mapping, applier, state, source
+        self.lookup, self.summary, self.stats, self.stop = lookup, summary, stats, stop
+        self.on_batch, self.on_ddl, self.tables, self.dry_run = on_batch, on_ddl, tables, dry_run
+        self.batch_events, self.batch_seconds, self.max_events = (
+            batch_events,
+            batch_seconds,
+            max_events,
+        )
+        self.target, self.t0 = target, t0
+        self.position = start
+        self.saved = start  # the last checkpoint written
+        self.batch: list[Transaction] = []
+        self.held = 0
+        self.batch_started = 0.0
+        self.last_master_check = 0.0
+        self.last_idle_publish = 0.0
+        self.last_sweep = time.monotonic()
+        self.last_checkpoint_save = 0.0
+
+    def run(self) -> None:
+        summary, target = self.summary, self.target
+        if target is not None and reached(self.position, target):
+            summary.stopped = "caught up"
+            if not self.dry_run and not self.state.cdc_checkpoint():
+                # nothing to apply: the start is a valid checkpoint (and says CDC has run)
+                self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=None)
+            summary.end = self.position.to_dict()
+            return
+        for item in self.source.items():
+            if isinstance(item, Transaction):
+                if self.batch and self.held + len(item.events) > self.max_events:
+                    self.flush()  # memory stays bounded: never hold more than max_events
+                if not self.batch:
+                    self.batch_started = time.monotonic()
+                self.batch.append(item)
+                self.held += len(item.events)
+                self.stats.queue_depth = self.held
+                full = (
+                    not item.complete
+                    or self.held >= self.batch_events
+                    or time.monotonic() - self.batch_started >= self.batch_seconds
+                )
+                if full:
+                    self.flush()
+                if target is not None and item.complete and reached(item.position, target):
+                    self.flush()
+                    summary.stopped = "caught up"
+                    break
+            elif isinstance(item, Heartbeat):
+                self.flush()
+                if self.position != item.position and item.position.file:
+                    # idle at a later position (other schemas' events): remember it
+                    self.position = Position(
+                        item.position.file, item.position.pos, self.position.gtid
+                    )
+                self.stats.queue_depth = 0
+                self.idle()
+                if target is not None and reached(item.position, target):
+                    summary.stopped = "caught up"
+                    break
+            elif isinstance(item, DDL):
+                self.flush()
+                _ddl(
+                    item,
+                    self.on_ddl,
+                    self.mapping,
+                    self.tables,
+                    self.source,
+                    self.applier,
+                    self.state,
+                    summary,
+                )
+                # past the statement now: a restart must not meet it again
+                self.position = self.source.position
+                if not self.dry_run:
+                    self.state.save_cdc_checkpoint(self.position.to_dict())
+            if self.stop.is_set():
+                self.flush()
+                summary.stopped = "stopped by signal"
+                break
+        summary.end = self.position.to_dict()
+
+    def idle(self) -> None:
+        """Nothing to apply: keep the checkpoint at the source's position (so that lag is
+        measurable on a quiet source), sweep waiting children, publish the status."""
+        t = time.monotonic()
+        if t - self.last_idle_publish < 1.0:
+            return
+        self.last_idle_publish = t
+        if not self.dry_run and self.position != self.saved:
+            self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=None)
+            self.saved = self.position
+        self.sweep()
+        self.publish(idle=True)
+
+    def sweep(self) -> None:
+        if self.dry_run or time.monotonic() - self.last_sweep < 5.0:
+            return
+        self.last_sweep = time.monotonic()
+        before = self.applier.expired
+        self.applier.sweep_pending()
+        self.stats.dead_letters += self.applier.expired - before
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        if not self.dry_run and self.state.copy_in_progress() is not None:
+            self.batch, self.held = [], 0
+            raise _CopyStarted()
+        batch, held = self.batch, self.held
+        res: BatchResult = self.applier.apply(batch)
+        log.debug(
+            "batch applied",
+            extra={
+                "transactions": len(batch),
+                "events": res.events,
+                "dead_letters": res.dead_letters,
+                "seconds": round(res.seconds, 4),
+            },
+        )
+        complete = [t for t in batch if t.complete]
+        if complete:
+            self.position = complete[-1].position
+        last_commit = next((t.commit_time for t in reversed(batch) if t.commit_time), None)
+        if not self.dry_run:
+            # only now: MongoDB acknowledged every write of the batch
+            self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=last_commit)
+            self.saved = self.position
+        s, st = self.summary, self.stats
+        s.batches += 1
+        s.transactions += len(complete)
+        s.events += res.events
+        s.dead_letters += res.dead_letters
+        for (t, op), n in res.applied.items():
+            k = f"{t} {op}"
+            s.applied[k] = s.applied.get(k, 0) + n
+            st.applied[(t, op)] = st.applied.get((t, op), 0) + n
+        st.events = s.events
+        st.held_events = held
+        st.dead_letters += res.dead_letters
+        st.pending = self.applier.pending_count
+        st.position = str(self.position)
+        st.checkpoint_at = now()
+        st.lag_seconds = (now() - last_commit).total_seconds() if last_commit else 0.0
+        self.batch, self.held = [], 0
+        self.sweep()
+        self.publish()
+
+    def publish(self, idle: bool = False) -> None:
+        st, s = self.stats, self.summary
+        elapsed = time.monotonic() - self.t0
+        st.events_per_sec = s.events / elapsed if elapsed else 0.0
+        if idle or time.monotonic() - self.last_master_check > 1.0:
+            self.last_master_check = time.monotonic()
+            if idle or reached(self.position, self.lookup.run(master_position)):
+                st.lag_seconds = 0.0
+        s.lag_seconds = st.lag_seconds
+        if not self.dry_run:
+            self.state.save_cdc_status(
+                lag_seconds=st.lag_seconds,
+                position=self.position.to_dict(),
+                events=s.events,
+                dead_letters=st.dead_letters,
+                pending=st.pending,
+                mode=s.mode,
+            )
+        if self.on_batch:
+            self.on_batch(st)
 
 
 def _ddl(
@@ -346,12 +553,27 @@ def _ddl(
             conn = mysql_connect(parse_mysql_url(mapping.source.url))
             try:
                 new_schema = introspect(conn, db)
+                old_schema = applier.transform.schema
+                added = {
+                    t: [
+                        c.name
+                        for c in new_schema.tables[t].columns
+                        if t in old_schema.tables and not old_schema.tables[t].has_column(c.name)
+                    ]
+                    for t in item.tables
+                    if t in new_schema.tables
+                }
+                defaults, problem = column_defaults(conn, db, added)
             finally:
                 conn.close()
-            source.set_schema(new_schema)
-            applier.set_transform(compile_transform(mapping, new_schema))
-            record["action"] = "extended"
-            return
+            if problem is None:
+                source.set_schema(new_schema)
+                applier.set_transform(compile_transform(mapping, new_schema))
+                # existing rows got the new column's default without a binlog event: so do
+                # the documents holding them
+                applier.fill_added_columns(defaults)
+                record["action"] = "extended"
+                return
         record["action"] = f"stopped: {problem}"
     # stop: the checkpoint stays before the statement, so a rerun meets it again
     state.save_cdc_checkpoint(item.position.to_dict(), stopped_at_ddl=item.statement[:500])
@@ -360,6 +582,34 @@ def _ddl(
         hint="update the mapping if needed, then rerun with --on-ddl ignore (skip it) or "
         "--on-ddl extend (accept added nullable columns)",
     )
+
+
+def column_defaults(
+    conn: Any, db: str, added: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """{table: {column: default as a SELECT would return it}} for added columns, or why a
+    default cannot be known here (one MySQL computes per row)."""
+    out: dict[str, dict[str, Any]] = {}
+    for table, cols in added.items():
+        for col in cols:
+            rows = query(
+                conn,
+                "SELECT COLUMN_DEFAULT FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                (db, table, col),
+            )
+            raw = rows[0][0] if rows else None
+            text = None if raw is None else _s(raw)
+            if text is None or text.upper() == "NULL":
+                value: Any = None
+            elif text.startswith("'") and text.endswith("'"):
+                value = text[1:-1].replace("''", "'")
+            elif re.fullmatch(r"-?\d+(\.\d+)?", text):
+                value = text
+            else:
+                return out, f"{table}.{col} has a default MySQL computes per row ({text})"
+            out.setdefault(table, {})[col] = value
+    return out, None
 
 
 def adds_only_nullable_columns(statement: str) -> str | None:

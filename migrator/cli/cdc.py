@@ -70,6 +70,22 @@ cdc_options = [
         help="What a schema change on a mapped table does: stop "
         "with the statement shown, skip it, or accept added nullable columns.",
     ),
+    click.option(
+        "--pending-timeout",
+        type=click.FloatRange(0),
+        default=600.0,
+        show_default=True,
+        help="Seconds an embedded row may wait for its parent document before it goes to the "
+        "dead-letter collection.",
+    ),
+    click.option(
+        "--max-events-in-memory",
+        type=click.IntRange(100),
+        default=10_000,
+        show_default=True,
+        help="Row events held at once (binlog source): a bigger transaction is applied in "
+        "pieces, its checkpoint still at the commit.",
+    ),
 ]
 
 
@@ -94,6 +110,8 @@ def _run(
     group: str | None,
     dry_run: bool = False,
     metrics_port: int | None = None,
+    pending_timeout: float = 600.0,
+    max_events_in_memory: int = 10_000,
 ) -> CdcSummary:
     stop = _stop_on_signals()
     mode: Literal["follow", "until-caught-up"] = "follow" if follow else "until-caught-up"
@@ -121,10 +139,18 @@ def _run(
             mode=mode,
             stop=stop,
             settings=settings,
+            pending_timeout=pending_timeout,
         )
     else:
         run = functools.partial(
-            run_cdc, mapping, mode=mode, on_ddl=cast(OnDDL, on_ddl), stop=stop, dry_run=dry_run
+            run_cdc,
+            mapping,
+            mode=mode,
+            on_ddl=cast(OnDDL, on_ddl),
+            stop=stop,
+            dry_run=dry_run,
+            pending_timeout=pending_timeout,
+            max_events_in_memory=max_events_in_memory,
         )
     metrics = CdcMetrics()
     if metrics_port:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from bson import json_util
 from rich.console import Console
 
 from ..config import Mapping, load_mapping
-from ..errors import MigratorError
+from ..errors import MigratorError, describe_server
 from ..urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("migrator.cli")
 
 # Results go to stdout (pipe-able); progress, notes and errors to stderr.
 out = Console(highlight=False, soft_wrap=True)
@@ -33,15 +35,50 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MigratorError as exc:
-            err.print(f"[bold red]error:[/] {redact(exc.message)}", markup=True, highlight=False)
-            if exc.hint:
-                err.print(f"  [dim]hint:[/] {exc.hint}")
-            sys.exit(exc.exit_code)
+            _fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
+        except Exception as exc:  # a driver error in the middle of a run: one line, exit 2
+            kind = _server_kind(exc)
+            log.debug("error", exc_info=True)
+            if kind is None:
+                _fail(
+                    f"internal error: {type(exc).__name__}: {_first_line(exc)}",
+                    "rerun with --log-level debug for the traceback, and report it",
+                    2,
+                )
+            _fail(
+                f"{describe_server(kind)}: {_first_line(exc)}",
+                "the checkpoints are safe: rerun the command once the server is back",
+                2,
+            )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {redact(message)}", markup=True, highlight=False)
+    if hint:
+        err.print(f"  [dim]hint:[/] {redact(hint)}")
+    sys.exit(code)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _server_kind(exc: BaseException) -> str | None:
+    """Which server a driver exception came from (by the driver's package)."""
+    mod = type(exc).__module__
+    if mod.startswith(("pymongo", "bson")):
+        return "mongodb"
+    if mod.startswith(("MySQLdb", "pymysql", "pymysqlreplication", "_mysql")):
+        return "mysql"
+    if mod.startswith("kafka"):
+        return "kafka"
+    return None
 
 
 def _default(o: Any) -> Any:

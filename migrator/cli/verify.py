@@ -168,6 +168,7 @@ def print_result(r: VerifyResult) -> None:
             c.missing,
             c.extra,
             c.different,
+            c.unconvertible,
             c.rechecked,
             c.repaired,
             "[green]clean[/]" if c.clean else "[bold red]DIFFERENT[/]",
@@ -183,6 +184,7 @@ def print_result(r: VerifyResult) -> None:
                 "missing",
                 "extra",
                 "different",
+                "unconvertible",
                 "rechecked",
                 "repaired",
                 "result",
@@ -193,6 +195,8 @@ def print_result(r: VerifyResult) -> None:
     data = r.to_dict()
     for d in data["differences"][:50]:
         out.print(f"[red]{d['kind']}[/] {d['collection']} _id={d['_id']!r}")
+        if d.get("reason"):
+            out.print(f"    {d['reason']}", markup=False)
         for f in d["fields"]:
             out.print(
                 f"    {f['path']}: expected {f['expected']}, found {f['actual']}", markup=False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import urllib.request
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 from ..cdc.events import Position
@@ -32,11 +31,13 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     """Lag against the source's *current* position: 0 when the checkpoint has reached it, else
     now minus the commit time of the last applied event (the oldest unapplied is newer)."""
     cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    status = state.cdc_status() or {}
+    if status.get("source") == "debezium" or (cp or {}).get("source") == "debezium":
+        # Kafka offsets are not binlog positions: the consumer measures its own lag
+        lag = status.get("lag_seconds")
+        return None if lag is None else float(lag)
     if cp is None:
         return None
-    if cp.get("source") == "debezium":
-        status = state.cdc_status() or {}
-        return float(status.get("lag_seconds", 0.0))
     conn = mysql_connect(parse_mysql_url(mapping.source.url))
     try:
         current = master_position(conn)
@@ -47,6 +48,36 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
         return 0.0
     commit = cp.get("commit_time") or cp.get("saved_at")
     return (now() - commit).total_seconds() if commit else float("inf")
+
+
+def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, str]:
+    """Accept only a full, clean run that checked something, or clean `--changed` runs on top
+    of one; the age is the newest of those. Sample runs prove nothing about the rest."""
+    full = state.verify_runs.find_one({"mode": "full"}, sort=[("finished", -1)])
+    if full is None:
+        return False, "no full verification yet (sample and --changed runs alone do not count)"
+    t = full.get("totals", {})
+    diffs = sum(t.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
+    age_min = (now() - full["finished"]).total_seconds() / 60
+    if not full.get("ok"):
+        return False, f"{diffs} differences (full, {age_min:.1f} min ago)"
+    if not t.get("checked"):
+        return False, "the last full verification checked nothing"
+    later = list(
+        state.verify_runs.find(
+            {"mode": "changed", "finished": {"$gt": full["finished"]}}, sort=[("finished", 1)]
+        )
+    )
+    dirty = [r for r in later if not r.get("ok")]
+    if dirty:
+        r = dirty[-1]
+        rt = r.get("totals", {})
+        n = sum(rt.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
+        return False, f"{n} differences (changed, after the last full run)"
+    newest = later[-1] if later else full
+    age_min = (now() - newest["finished"]).total_seconds() / 60
+    how = f"full + {len(later)} changed" if later else "full"
+    return age_min < max_age_minutes, f"clean, {age_min:.1f} min ago ({how})"
 
 
 def run_action(action: Action) -> tuple[bool, str]:
@@ -105,23 +136,8 @@ def evaluate(
             )
         elif g == "verify_clean":
             limit_min = step.verify_max_age_minutes or d.verify_max_age_minutes
-            last = state.last_verify_run()
-            if last is None:
-                out.append(GateResult(g, False, "never verified", f"clean, < {limit_min:g} min"))
-            else:
-                age = now() - last["finished"]
-                fresh = age < timedelta(minutes=limit_min)
-                t = last.get("totals", {})
-                diffs = t.get("missing", 0) + t.get("extra", 0) + t.get("different", 0)
-                out.append(
-                    GateResult(
-                        g,
-                        bool(last.get("ok")) and fresh,
-                        f"{'clean' if last.get('ok') else f'{diffs} differences'}, "
-                        f"{age.total_seconds() / 60:.1f} min ago ({last.get('mode')})",
-                        f"clean, < {limit_min:g} min",
-                    )
-                )
+            ok, measured = verification_gate(state, limit_min)
+            out.append(GateResult(g, ok, measured, f"clean, < {limit_min:g} min"))
         elif g == "dlq_empty":
             n = state.dead_letter_count()
             out.append(GateResult(g, n == 0, f"{n} dead letters", "0"))

@@ -55,7 +55,7 @@ class Machine:
         self.playbook = playbook
         self.actor = actor or default_actor()
         self.client = mongo_connect(mapping.target.url)
-        self.state = StateStore(self.client, mapping.state.database)
+        self.state = StateStore.open(self.client, mapping)
         self.control = Control(self.state.db["control"])
         self.audit = self.state.db["audit"]
         self.recover()
@@ -354,6 +354,8 @@ class Machine:
                 "checkpoint_age_seconds": (now() - cp["saved_at"]).total_seconds() if cp else None,
                 "events": cdc_status.get("events"),
                 "position": cp and cp.get("position"),
+                "alive": st.cdc_alive(),
+                "waiting_for": cdc_status.get("waiting_for") if st.cdc_alive() else None,
             },
             "reverse_sync": self._reverse_sync(),
             "verification": None

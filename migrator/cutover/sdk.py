@@ -67,7 +67,7 @@ class DualWriter:
         self.schema = introspect(self.sql, mapping.source_database)
         self.transform = compile_transform(mapping, self.schema)
         self.client = mongo_connect(mapping.target.url)
-        self.state = StateStore(self.client, mapping.state.database)
+        self.state = StateStore.open(self.client, mapping)
         self.control = Control(self.state.db["control"])
         self.failures = self.state.db["sdk_failures"]
         self.applier = Applier(

@@ -19,8 +19,8 @@ from pymongo.errors import (
 )
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..errors import ConnectError
-from ..urls import redact
+from ..errors import ConnectError, remember_server
+from ..urls import redact, register_url_password
 
 T = TypeVar("T")
 
@@ -47,6 +47,8 @@ def host_of(url: str) -> str:
 
 def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> MongoClient[Any]:
     """A client that has answered a ping, or a ConnectError naming the host and the setting."""
+    register_url_password(url)
+    remember_server("mongodb", host_of(url), setting)
     try:
         # A timeout written in the URL wins over ours.
         opts: dict[str, Any] = {"tz_aware": False, "appname": "migrator"}

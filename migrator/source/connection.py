@@ -6,7 +6,7 @@ from typing import Any
 
 import MySQLdb
 
-from ..errors import ConnectError
+from ..errors import ConnectError, remember_server
 from ..urls import MySQLURL
 
 # MySQL client/server error codes worth a specific message.
@@ -42,6 +42,7 @@ def connect(
         kwargs["db"] = url.database
     if raw:
         kwargs["conv"] = {}
+    remember_server("mysql", url.address, setting)
     try:
         return MySQLdb.connect(**kwargs)
     except MySQLdb.OperationalError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..mapping import CollectionPlan, EmbedPlan, Row, TableView
 from .connection import quote_ident
+from .schema import Column
 
 Key = tuple[Any, ...]
 
@@ -48,6 +49,17 @@ def range_clause(pk: Sequence[str], lo: Key | None, hi: Key | None) -> tuple[str
         parts.append(_upto(pk))
         args += _bound_args(hi)
     return (" AND ".join(parts) or "1=1"), args
+
+
+_TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+
+
+def _mongo_order(col: Column) -> str:
+    """An ORDER BY term that sorts like MongoDB's $sort, which keeps arrays in order after CDC
+    changes them: text by its UTF-8 bytes, not by the column's (case-insensitive) collation."""
+    if col.data_type in _TEXT:
+        return f"CONVERT({quote_ident(col.name)} USING utf8mb4) COLLATE utf8mb4_bin"
+    return quote_ident(col.name)
 
 
 class ChunkReader:
@@ -95,11 +107,23 @@ class ChunkReader:
 
         return tuple(param_value(t.column(c), v) for c, v in zip(self.pk, pk_row, strict=True))
 
-    def read_rows(self, lo: Key | None, hi: Key | None) -> list[Row]:
+    def read_rows(self, lo: Key | None, hi: Key | None, limit: int | None = None) -> list[Row]:
         where, args = range_clause(self.pk, lo, hi)
         if self.plan.spec.filter:
             where = f"{where} AND ({self.plan.spec.filter})"
-        return self._fetch(f"{self._select} WHERE {where}{self._order}", args)
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        return self._fetch(f"{self._select} WHERE {where}{self._order}{tail}", args)
+
+    def pages(self, lo: Key | None, hi: Key | None, size: int) -> Iterator[list[Row]]:
+        """The rows of lo < key <= hi, `size` at a time: memory stays bounded even for the
+        open-ended last chunk of a table that grew while it was copied."""
+        while True:
+            rows = self.read_rows(lo, hi, limit=size)
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            lo = self.key_params(tuple(rows[-1][self.plan.root.index[c]] for c in self.pk))
 
     def read_embeds(self, rows: Sequence[Row]) -> dict[str, list[Row]]:
         return {e.name: self.read_embed(e, rows) for e in self.plan.embeds}
@@ -129,7 +153,9 @@ class ChunkReader:
                 args.extend(k)
         order = ""
         if e.many:
-            order = " ORDER BY " + ", ".join(map(quote_ident, [*e.child_columns, *e.order_by]))
+            terms = [quote_ident(c) for c in e.child_columns]
+            terms += [_mongo_order(view.table.column(c)) for c in e.order_by]
+            order = " ORDER BY " + ", ".join(terms)
         return self._fetch(f"{select} WHERE {cond}{order}", args)
 
     def read_by_keys(self, keys: Sequence[Key]) -> list[Row]:

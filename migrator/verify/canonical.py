@@ -117,9 +117,21 @@ def field_diffs(
     return out
 
 
+def _mask(v: Any) -> Any:
+    """Values under credential-like keys, at any depth, replaced."""
+    if isinstance(v, dict):
+        return {
+            k: "(secret, not shown)" if _SECRET.search(str(k)) else _mask(x) for k, x in v.items()
+        }
+    if isinstance(v, list):
+        return [_mask(x) for x in v]
+    return v
+
+
 def _show(v: Any, limit: int = 200) -> Any:
     if v is _MISSING:
         return "(missing)"
+    v = _mask(v)
     text = f"{type_name(v)} {v!r}"
     if isinstance(v, list):
         text = f"array of {len(v)}: {v!r}"

@@ -25,13 +25,14 @@ import bson
 from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, ReplaceOne
 
 from ..backfill import _chunk_bounds
 from ..config import Mapping
 from ..errors import MigratorError
+from ..keys import id_key
 from ..mapping import CollectionPlan, compile_transform
 from ..progress import NullProgress, Progress
+from ..rebuild import key_params, rebuild_ops
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..source.connection import connect as mysql_connect
@@ -39,7 +40,7 @@ from ..source.reader import ChunkReader
 from ..source.schema import introspect
 from ..state import StateStore, now
 from ..throttle import RateLimiter
-from ..urls import parse_mysql_url
+from ..urls import parse_mysql_url, redact
 from .canonical import doc_hash, field_diffs
 
 _RAW: CodecOptions[Any] = CodecOptions(document_class=RawBSONDocument)
@@ -50,8 +51,9 @@ _PLAIN: CodecOptions[Any] = CodecOptions(tz_aware=False)
 class Difference:
     collection: str
     id: Any
-    kind: str  # missing | extra | different
+    kind: str  # missing | extra | different | unconvertible
     fields: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""  # unconvertible: why the source row has no document
 
 
 @dataclass
@@ -61,13 +63,14 @@ class CollectionResult:
     missing: int = 0
     extra: int = 0
     different: int = 0
+    unconvertible: int = 0  # source rows the Transform cannot convert: never checked
     rechecked: int = 0  # differences that went away on a re-check (rows changing under load)
     repaired: int = 0
     chunks: int = 0
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.different)
+        return not (self.missing or self.extra or self.different or self.unconvertible)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class VerifyResult:
                 "missing": sum(c.missing for c in self.collections),
                 "extra": sum(c.extra for c in self.collections),
                 "different": sum(c.different for c in self.collections),
+                "unconvertible": sum(c.unconvertible for c in self.collections),
                 "repaired": self.repaired,
             },
             "collections": {
@@ -107,6 +111,7 @@ class VerifyResult:
                     "_id": _jsonable(d.id),
                     "kind": d.kind,
                     "fields": d.fields,
+                    **({"reason": redact(d.reason)} if d.reason else {}),
                 }
                 for d in self.differences
             ],
@@ -125,24 +130,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _hkey(v: Any) -> Any:
-    return tuple(sorted((k, _hkey(x)) for k, x in v.items())) if isinstance(v, dict) else v
-
-
 def id_to_key(plan: CollectionPlan, doc_id: Any) -> tuple[Any, ...]:
     """A document _id back to source primary-key parameters."""
-    values = [doc_id.get(c) for c in plan.pk] if isinstance(doc_id, dict) else [doc_id]
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, int):  # Int64, and bool keys read back as 0/1
-            out.append(int(v))
-        elif isinstance(v, Decimal128):
-            out.append(str(v))
-        elif isinstance(v, datetime):
-            out.append(v.isoformat(sep=" "))
-        else:
-            out.append(v)
-    return tuple(out)
+    return key_params(plan, doc_id)
 
 
 class Verifier:
@@ -168,7 +158,7 @@ class Verifier:
         self._conns: list[Any] = []
         self.client = mongo_connect(mapping.target.url)
         self.db = self.client[mapping.target_database]
-        self.state = StateStore(self.client, mapping.state.database)
+        self.state = StateStore.open(self.client, mapping)
         self.recheck = recheck
         self.recheck_delay = recheck_delay
         self.limiter = RateLimiter(max_rows_per_sec)
@@ -190,14 +180,25 @@ class Verifier:
         self.client.close()
 
     # -- comparing a set of keys -------------------------------------------------------------
-    def _expected(self, plan: CollectionPlan, rows: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+    def _expected(self, plan: CollectionPlan, rows: Sequence[Any]) -> _Expected:
+        """The documents the source rows should be, and the rows that do not convert (what
+        cannot be checked is reported, never skipped)."""
         reader = ChunkReader(self.conn, plan)
         children = reader.read_embeds(rows) if rows else {}
-        docs = plan.documents(rows, children, on_error=lambda row, exc: None)
-        return {_hkey(d["_id"]): d for d in docs}
+        bad: dict[Any, tuple[Any, str]] = {}
+
+        def unconvertible(row: Any, exc: MigratorError) -> None:
+            try:
+                doc_id = plan.doc_id(row)
+            except MigratorError:
+                doc_id = list(plan.root.params(row, plan.pk))
+            bad[id_key(doc_id)] = (doc_id, exc.message)
+
+        docs = plan.documents(rows, children, on_error=unconvertible)
+        return _Expected({id_key(d["_id"]): d for d in docs}, bad)
 
     def _compare(
-        self, plan: CollectionPlan, expected: dict[Any, dict[str, Any]], ids: Iterable[Any]
+        self, plan: CollectionPlan, expected: _Expected, ids: Iterable[Any]
     ) -> dict[Any, Difference]:
         """Differences between expected documents and the target, for `ids` (expected or not)."""
         ids = list(ids)
@@ -205,11 +206,14 @@ class Verifier:
         # order, same types), and comparing bytes costs nothing; only the others are decoded
         # and compared canonically (key order and int widths then do not matter).
         coll = self.db[plan.name].with_options(codec_options=_RAW)
-        actual = {_hkey(d["_id"]): d for d in coll.find({"_id": {"$in": ids}})} if ids else {}
+        actual = {id_key(d["_id"]): d for d in coll.find({"_id": {"$in": ids}})} if ids else {}
         diffs: dict[Any, Difference] = {}
         for i in ids:
-            k = _hkey(i)
-            e, a = expected.get(k), actual.get(k)
+            k = id_key(i)
+            if k in expected.bad:
+                diffs[k] = Difference(plan.name, i, "unconvertible", reason=expected.bad[k][1])
+                continue
+            e, a = expected.docs.get(k), actual.get(k)
             if e is None and a is None:
                 continue
             if a is None:
@@ -275,7 +279,8 @@ class Verifier:
         def one(lo: Any, hi: Any) -> tuple[int, list[Difference], int]:
             rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
             expected = self._expected(plan, rows)
-            ids = [d["_id"] for d in expected.values()]
+            ids = [d["_id"] for d in expected.docs.values()]
+            ids += [doc_id for doc_id, _reason in expected.bad.values()]
             first = self._compare(plan, expected, ids)
             sub = CollectionResult(plan.name)
             diffs = self.check_keys(plan, ids, sub, first=first) if first else []
@@ -310,8 +315,8 @@ class Verifier:
                 return
             if sample_pct >= 100 or rnd.random() * 100 < sample_pct:
                 rows = reader.read_by_keys([id_to_key(plan, i) for i in batch])
-                present = {_hkey(plan.doc_id(r)) for r in rows}
-                suspects = [i for i in batch if _hkey(i) not in present]
+                present = {id_key(plan.doc_id(r)) for r in rows}
+                suspects = [i for i in batch if id_key(i) not in present]
                 if suspects:
                     found.extend(
                         d for d in self.check_keys(plan, suspects, res) if d.kind == "extra"
@@ -328,19 +333,24 @@ class Verifier:
     def changed(
         self, plan: CollectionPlan, res: CollectionResult, since: datetime | None
     ) -> list[Difference]:
-        """Only the keys CDC touched (since a time)."""
-        q: dict[str, Any] = {"_id.c": plan.name}
-        if since is not None:
-            q["at"] = {"$gte": since}
-        ids = [d["_id"]["k"] for d in self.state.touched.find(q, {"_id": 1})]
-        self.progress.start(plan.name, len(ids))
+        """Only the documents CDC touched (since a time), a page of 1,000 at a time."""
+        self.progress.start(plan.name, 0)
         found: list[Difference] = []
-        for i in range(0, len(ids), 1000):
-            part = ids[i : i + 1000]
-            res.checked += len(part)
+        page: list[Any] = []
+
+        def check() -> None:
+            res.checked += len(page)
             res.chunks += 1
-            found += self.check_keys(plan, part, res)
-            self.progress.advance(plan.name, len(part))
+            found.extend(self.check_keys(plan, page, res))
+            self.progress.advance(plan.name, len(page))
+            page.clear()
+
+        for doc_id in self.state.touched_ids(plan.name, since):
+            page.append(doc_id)
+            if len(page) >= 1000:
+                check()
+        if page:
+            check()
         self.progress.finish(plan.name, res.checked)
         return found
 
@@ -348,19 +358,24 @@ class Verifier:
     def repair(
         self, plan: CollectionPlan, diffs: list[Difference], res: CollectionResult
     ) -> list[Difference]:
-        """Re-copy differing documents through the Transform, delete extras, check again."""
-        if not diffs:
-            return []
-        ids = [d.id for d in diffs]
-        rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
-        expected = self._expected(plan, rows)
-        ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in expected.values()]
-        ops += [DeleteOne({"_id": d.id}) for d in diffs if _hkey(d.id) not in expected]
+        """Rebuild differing documents from the source (deleting extras), check them again."""
+        todo = [d for d in diffs if d.kind != "unconvertible"]  # nothing to write for those
+        if not todo:
+            return diffs
+        ids = [d.id for d in todo]
+        ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
         coll = self.db[plan.name]
-        with_retry(lambda: coll.bulk_write(ops, ordered=True))
+        if ops:
+            with_retry(lambda: coll.bulk_write(ops, ordered=True))
         left = self.check_keys(plan, ids, res)
-        res.repaired += len(diffs) - len(left)
-        return left
+        res.repaired += len(todo) - len(left)
+        return left + [d for d in diffs if d.kind == "unconvertible"]
+
+
+@dataclass
+class _Expected:
+    docs: dict[Any, dict[str, Any]]  # id key -> the document the row becomes
+    bad: dict[Any, tuple[Any, str]]  # id key -> (_id, why the row does not convert)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -375,7 +390,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _diff_doc(d: Difference) -> dict[str, Any]:
-    return {"collection": d.collection, "id": d.id, "kind": d.kind, "fields": d.fields}
+    return {
+        "collection": d.collection,
+        "id": d.id,
+        "kind": d.kind,
+        "fields": d.fields,
+        "reason": d.reason,
+    }
 
 
 def verify(
@@ -471,7 +492,9 @@ def verify(
             else:
                 prior = progress_doc["collections"].get(p.name) if resume else None
                 found = [
-                    Difference(d["collection"], d["id"], d["kind"], d["fields"])
+                    Difference(
+                        d["collection"], d["id"], d["kind"], d["fields"], d.get("reason", "")
+                    )
                     for d in (prior or {}).get("diffs", [])
                 ]
                 if prior:
@@ -504,6 +527,8 @@ def verify(
         result.seconds = time.monotonic() - t0
         if mode == "full":
             with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
+            if result.ok:
+                v.state.prune_touched(result.started)
         data = result.to_dict()
         v.state.record_verify_run(
             {**data, "started": result.started, "differences": data["differences"][:100]}

@@ -11,6 +11,8 @@ from .engine import VerifyResult
 
 def _line(d: dict[str, Any]) -> str:
     text = f"{d['kind']} _id={json.dumps(d['_id'], default=str)}"
+    if d.get("reason"):
+        text += f"\n    {d['reason']}"
     for f in d["fields"]:
         text += f"\n    {f['path']}: expected {f['expected']}, found {f['actual']}"
     return text
@@ -34,7 +36,8 @@ def junit(result: VerifyResult) -> str:
                 case,
                 "failure",
                 message=f"{c.missing} missing, {c.extra} extra, "
-                f"{c.different} different of {c.checked} checked",
+                f"{c.different} different, {c.unconvertible} unconvertible "
+                f"of {c.checked} checked",
             )
             fail.text = "\n".join(lines)
         out = ET.SubElement(case, "system-out")
@@ -49,12 +52,13 @@ def markdown(result: VerifyResult) -> str:
         "",
         f"Started {data['started']}, {result.seconds:.1f} s.",
         "",
-        "| collection | checked | missing | extra | different | repaired |",
-        "|---|---|---|---|---|---|",
+        "| collection | checked | missing | extra | different | unconvertible | repaired |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in result.collections:
         out.append(
-            f"| {c.name} | {c.checked} | {c.missing} | {c.extra} | {c.different} | {c.repaired} |"
+            f"| {c.name} | {c.checked} | {c.missing} | {c.extra} | {c.different} "
+            f"| {c.unconvertible} | {c.repaired} |"
         )
     if data["differences"]:
         out += ["", "## Differences", "", "```"] + [_line(d) for d in data["differences"]] + ["```"]

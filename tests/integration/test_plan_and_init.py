@@ -160,3 +160,18 @@ def test_init_refuses_to_overwrite(env, tmp_path):
         "init", "--source", env.url, "--target", env.stack.mongo_url, "-o", str(out), check=2
     )
     assert "--force" in p.stderr and out.read_text() == "keep me"
+
+
+def test_init_takes_the_target_database_from_the_url(env, tmp_path):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY)")
+    out = tmp_path / "gen.yaml"
+    base = env.stack.mongo_url.split("/?", 1)
+    target = f"{base[0].rstrip('/')}/other_db" + (f"?{base[1]}" if len(base) > 1 else "")
+    migrator_cmd("init", "--source", env.url, "--target", target, "-o", str(out), check=0)
+    data = yaml.safe_load(out.read_text())
+    assert data["target"]["database"] == "other_db"
+    out2 = tmp_path / "gen2.yaml"
+    migrator_cmd(
+        "init", "--source", env.url, "--target", env.stack.mongo_url, "-o", str(out2), check=0
+    )
+    assert yaml.safe_load(out2.read_text())["target"]["database"] == env.db

@@ -132,3 +132,88 @@ def test_other_databases_and_tables_are_ignored():
     other = Schema("elsewhere", {"orders": ORDERS})
     assert DebeziumDecoder(other).decode(rec) is None
     assert DebeziumDecoder(Schema("shop", {})).decode(rec) is None
+
+
+# -- real Debezium 3.6 values of a type corpus (issue: decoding loses or crashes) -------------
+
+BIGU = Table(
+    "acct",
+    [
+        Column("id", "bigint", "bigint(20) unsigned"),
+        Column("d", "decimal", "decimal(38,10)", precision=38, scale=10),
+    ],
+    primary_key=["id"],
+)
+BIGU_SCHEMA = Schema("shop", {"acct": BIGU})
+
+
+def _connect_decimal(value: int, scale: int) -> str:
+    import base64
+
+    n = (value.bit_length() + 8) // 8
+    return base64.b64encode(value.to_bytes(n, "big", signed=True)).decode()
+
+
+def _record(after: dict, fields: list[dict]) -> Record:
+    schema = {
+        "type": "struct",
+        "fields": [
+            {"field": "before", "type": "struct", "optional": True, "fields": fields},
+            {"field": "after", "type": "struct", "optional": True, "fields": fields},
+        ],
+    }
+    payload = {
+        "before": None,
+        "after": after,
+        "op": "c",
+        "source": {"db": "shop", "table": "acct", "ts_ms": 1},
+    }
+    return Record("dbz.shop.acct", None, {"schema": schema, "payload": payload})
+
+
+DEC = "org.apache.kafka.connect.data.Decimal"
+
+
+def test_precise_unsigned_bigint_arrives_as_a_connect_decimal_and_is_read_exactly():
+    """bigint.unsigned.handling.mode=precise: the key is a Connect Decimal (base64 bytes)."""
+    fields = [
+        {"field": "id", "type": "bytes", "name": DEC, "parameters": {"scale": "0"}},
+        {"field": "d", "type": "bytes", "name": DEC, "parameters": {"scale": "10"}},
+    ]
+    big = 2**64 - 1
+    rec = _record({"id": _connect_decimal(big, 0), "d": _connect_decimal(1, 10)}, fields)
+    ev = DebeziumDecoder(BIGU_SCHEMA).decode(rec)
+    assert ev is not None and int(ev.after["id"]) == big
+    assert str(ev.after["d"]) == "0.0000000001"
+
+
+def test_a_34_digit_decimal_keeps_every_digit():
+    fields = [
+        {"field": "id", "type": "int64"},
+        {"field": "d", "type": "bytes", "name": DEC, "parameters": {"scale": "10"}},
+    ]
+    unscaled = 1234567890123456789012345678901234  # 34 significant digits
+    rec = _record({"id": 1, "d": _connect_decimal(unscaled, 10)}, fields)
+    ev = DebeziumDecoder(BIGU_SCHEMA).decode(rec)
+    assert ev is not None and ev.after["d"] == "123456789012345678901234.5678901234"
+
+
+def test_long_mode_unsigned_keys_above_2_63_are_unwrapped():
+    """bigint.unsigned.handling.mode=long (the default): values above 2^63-1 arrive negative;
+    the column is unsigned, so the wrap is undone instead of writing a new document."""
+    fields = [{"field": "id", "type": "int64"}, {"field": "d", "type": "string"}]
+    for real in (2**63, 2**64 - 1, 5):
+        wrapped = real - 2**64 if real >= 2**63 else real
+        rec = _record({"id": wrapped, "d": "1.5"}, fields)
+        ev = DebeziumDecoder(BIGU_SCHEMA, DebeziumSettings("connect", "string")).decode(rec)
+        assert ev is not None and int(ev.after["id"]) == real
+
+
+def test_a_value_that_cannot_be_decoded_is_a_conversion_error_not_a_crash():
+    from migrator.errors import ConversionError
+
+    fields = [{"field": "id", "type": "int64"}, {"field": "d", "type": "string"}]
+    rec = _record({"id": "not a number", "d": "1"}, fields)
+    with pytest.raises(ConversionError) as e:
+        DebeziumDecoder(BIGU_SCHEMA, DebeziumSettings("connect", "string")).decode(rec)
+    assert "acct.id" in str(e.value)

@@ -1,0 +1,208 @@
+"""The state store belongs to one migration; backfill --restart moves CDC's start and is refused
+past sync; CDC never writes while a backfill copies; an idle source still has a measured lag."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from migrator.backfill import backfill
+from migrator.cdc.runner import run_cdc
+from migrator.config import load_mapping
+from migrator.cutover.gates import evaluate
+from migrator.cutover.playbook import default_playbook
+from migrator.sandbox import start_stack
+from migrator.shop import ShopWriter
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect
+from migrator.state import StateStore
+from migrator.urls import parse_mysql_url
+
+from .cdc_helpers import assert_same_as_fresh_backfill
+from .conftest import REPO, Env, migrator_cmd
+from .test_backfill import make_shop
+
+
+def test_a_second_migration_on_the_same_state_database_is_refused(env, tmp_path):
+    path_a = make_shop(env, orders=10)
+    backfill(load_mapping(path_a), workers=1)
+    # another source database, another target database, the same state database
+    env.sql(f"CREATE DATABASE IF NOT EXISTS `{env.db}_b`")
+    env.admin.cursor().execute(f"CREATE TABLE `{env.db}_b`.t (id INT PRIMARY KEY)")
+    try:
+        other = tmp_path / "b.yaml"
+        other.write_text(
+            "version: 1\n"
+            f'source: {{url: "{env.url}_b"}}\n'
+            f'target: {{url: "{env.stack.mongo_url}", database: {env.db}_b}}\n'
+            f"state: {{database: {env.state_db}}}\n"
+            "collections:\n  - {name: t, from: t}\n"
+        )
+        for cmd in (["backfill"], ["cdc", "--until-caught-up"], ["verify"], ["status"]):
+            p = migrator_cmd(*cmd, "-m", str(other), check=2)
+            assert f"state database {env.state_db!r} belongs to another migration" in p.stderr
+            assert f"{env.db} -> {env.db}" in p.stderr and "state:" in p.stderr
+        assert env.mongo[f"{env.db}_b"].t.count_documents({}) == 0
+    finally:
+        env.admin.cursor().execute(f"DROP DATABASE `{env.db}_b`")
+        env.mongo.drop_database(f"{env.db}_b")
+
+
+@pytest.fixture
+def own_env(tmp_path):
+    """A stack of its own: this test purges its MariaDB's binlogs."""
+    stack = start_stack()
+    admin = connect(parse_mysql_url(stack.mysql_url), database=False)
+    mongo: MongoClient[Any] = MongoClient(stack.mongo_url)
+    env = Env(stack, admin, mongo, tmp_path)
+    try:
+        yield env
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+        mongo.close()
+        stack.stop()
+
+
+def _purge(env: Env) -> None:
+    env.sql("FLUSH BINARY LOGS")
+    current = env.sql("SHOW MASTER STATUS")[0][0]
+    deadline = time.monotonic() + 30
+    while len(env.sql("SHOW BINARY LOGS")) > 1 and time.monotonic() < deadline:
+        env.sql(f"PURGE BINARY LOGS TO '{current}'")
+        time.sleep(0.2)
+    assert [r[0] for r in env.sql("SHOW BINARY LOGS")] == [current]
+
+
+def test_backfill_restart_after_a_purge_lets_cdc_start_again(own_env):
+    env = own_env
+    path = make_shop(env, orders=30)
+    backfill(load_mapping(path), workers=1)
+    run_cdc(load_mapping(path), mode="until-caught-up")  # CDC has a checkpoint of its own
+    env.sql("UPDATE orders SET note = 'before purge' WHERE id = 1")
+    _purge(env)
+    p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
+    assert "purged" in p.stderr and "backfill --restart" in p.stderr
+    migrator_cmd("backfill", "-m", str(path), "--restart", check=0)  # what the message says
+    env.sql("UPDATE orders SET note = 'after restart' WHERE id = 2")
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=0)
+    assert env.target.orders.find_one({"_id": 1})["note"] == "before purge"
+    assert env.target.orders.find_one({"_id": 2})["note"] == "after restart"
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_backfill_restart_is_refused_past_sync(env):
+    from .test_cutover import ready, step
+
+    path = ready(env)
+    for _ in range(3):
+        step(path, "--next")  # backfill, sync, dual_write
+    before = env.target.orders.count_documents({})
+    p = migrator_cmd("backfill", "-m", str(path), "--restart", check=2)
+    assert "dual_write" in p.stderr and "--restart" in p.stderr and "rollback" in p.stderr
+    assert env.target.orders.count_documents({}) == before > 0
+
+
+def test_cdc_waits_while_a_backfill_copies_and_then_converges(env):
+    """A chunk read before a change and written after CDC applied it would overwrite the newer
+    document: CDC must not apply while a backfill copies (it waits, then resumes)."""
+    path = make_shop(env, orders=3000, chunk_size=100)
+    stop = threading.Event()
+    writer = ShopWriter(connect(parse_mysql_url(env.url)), seed=3)
+
+    def write() -> None:
+        while not stop.is_set():
+            writer.step()
+            time.sleep(0.005)
+
+    # the backfill records its position first; CDC is started while it copies
+    bf = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "migrator.cli.main",
+            "backfill",
+            "-m",
+            str(path),
+            "--max-rows-per-sec",
+            "1500",
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    t = threading.Thread(target=write)
+    t.start()
+    cdc = None
+    try:
+        deadline = time.monotonic() + 60
+        while env.state.chunks.count_documents({"done": True}) < 3:
+            assert time.monotonic() < deadline and bf.poll() is None
+            time.sleep(0.05)
+        cdc = subprocess.Popen(
+            [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        saw_wait = False
+        while bf.poll() is None:
+            st = env.state.meta.find_one({"_id": "cdc_status"}) or {}
+            saw_wait = saw_wait or st.get("waiting_for") == "backfill"
+            time.sleep(0.1)
+        assert bf.returncode == 0, bf.stderr.read() if bf.stderr else ""
+        assert saw_wait
+        time.sleep(2)
+    finally:
+        stop.set()
+        t.join()
+        if cdc is not None:
+            cdc.send_signal(signal.SIGTERM)
+            cdc.communicate(timeout=60)
+    assert cdc.returncode == 0
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=0)
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
+    path = make_shop(env, orders=10)
+    backfill(load_mapping(path), workers=1)
+    stop = threading.Event()
+    t = threading.Thread(
+        target=lambda: run_cdc(load_mapping(path), mode="follow", stop=stop), daemon=True
+    )
+    t.start()
+    try:
+        # nothing changes in the mapped database; another database is busy
+        env.sql(f"CREATE TABLE `{env.db}`.unrelated (id INT PRIMARY KEY)")
+        for i in range(30):
+            env.sql(f"INSERT INTO unrelated VALUES ({i})")
+            time.sleep(0.1)
+        time.sleep(2.5)
+        st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
+        assert st["cdc"]["lag_seconds"] is not None and st["cdc"]["lag_seconds"] < 2, st["cdc"]
+        assert st["cdc"]["alive"] is True
+        m = load_mapping(path)
+        client = mongo_connect(m.target.url)
+        try:
+            gates = evaluate(
+                "dual_write", m, StateStore(client, m.state.database), default_playbook()
+            )
+        finally:
+            client.close()
+        lag = next(g for g in gates if g.name == "cdc_lag")
+        assert lag.ok, lag
+    finally:
+        stop.set()
+        t.join(timeout=30)
