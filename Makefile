@@ -1,5 +1,5 @@
 # Two commands a user needs: `make demo` and `make test`. Both run the idempotent `make setup`.
-.PHONY: setup demo test lint typecheck unit integration bench clean
+.PHONY: setup demo test lint typecheck unit integration torture bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,14 @@ test: setup
 	.venv/bin/ruff format --check migrator tests bench
 	.venv/bin/mypy
 	.venv/bin/pytest -q -ra tests
+
+# The convergence harness, long: seeds from SEED on, binlog and Debezium, until MINUTES pass.
+SEED ?= 1
+MINUTES ?= 30
+SECONDS_PER_SEED ?= 20
+torture: setup
+	.venv/bin/python -m tests.torture.harness --seed $(SEED) --minutes $(MINUTES) \
+		--seconds $(SECONDS_PER_SEED) --source both
 
 bench: setup
 	.venv/bin/python bench/backfill.py

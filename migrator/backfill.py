@@ -34,7 +34,7 @@ from .source.connection import connect as mysql_connect
 from .source.position import current_position
 from .source.reader import ChunkReader
 from .source.schema import Schema, introspect
-from .state import StateStore, now, process_owner
+from .state import StateStore, decode_key, now, process_owner
 from .throttle import LoadMonitor, RateLimiter
 from .urls import parse_mysql_url
 
@@ -451,8 +451,8 @@ def _backfill(
                     id=c["_id"],
                     collection=p.name,
                     seq=c["seq"],
-                    lo=tuple(c["lo"]) if c["lo"] is not None else None,
-                    hi=tuple(c["hi"]) if c["hi"] is not None else None,
+                    lo=decode_key(c["lo"]) if c["lo"] is not None else None,
+                    hi=decode_key(c["hi"]) if c["hi"] is not None else None,
                 )
             )
         done_rows = state.done_rows(p.name) if state and cs.chunks_skipped else 0

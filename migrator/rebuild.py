@@ -53,12 +53,12 @@ def id_from_params(plan: CollectionPlan, key: Key) -> Any:
     return plan.doc_id(row)
 
 
-def rebuild_ops(
+def rebuild_docs(
     conn: Any, plan: CollectionPlan, keys: Iterable[Key], on_error: OnError | None = None
-) -> list[Any]:
-    """Replace-upserts of the current documents for `keys`, deletes for keys with no row (or a
-    row outside the collection's filter). Bounded queries of 500 keys."""
-    ops: list[Any] = []
+) -> list[tuple[Any, dict[str, Any] | None]]:
+    """(_id, current document) for each key; None for a key with no row (or a row outside the
+    collection's filter). Bounded queries of 500 keys."""
+    out: list[tuple[Any, dict[str, Any] | None]] = []
     todo = list(keys)
     reader = ChunkReader(conn, plan)
     for i in range(0, len(todo), 500):
@@ -75,7 +75,7 @@ def rebuild_ops(
 
         docs = plan.documents(rows, children, on_error=bad)
         found = {id_key(d["_id"]) for d in docs} | failed
-        ops += [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+        out += [(d["_id"], d) for d in docs]
         for k in part:
             try:
                 doc_id = id_from_params(plan, k)
@@ -84,5 +84,17 @@ def rebuild_ops(
                     on_error(list(k), exc.message)
                 continue
             if id_key(doc_id) not in found:
-                ops.append(DeleteOne({"_id": doc_id}))
-    return ops
+                out.append((doc_id, None))
+    return out
+
+
+def rebuild_ops(
+    conn: Any, plan: CollectionPlan, keys: Iterable[Key], on_error: OnError | None = None
+) -> list[Any]:
+    """Replace-upserts of the current documents for `keys`, deletes for keys with no row."""
+    return [
+        ReplaceOne({"_id": doc_id}, doc, upsert=True)
+        if doc is not None
+        else DeleteOne({"_id": doc_id})
+        for doc_id, doc in rebuild_docs(conn, plan, keys, on_error)
+    ]

@@ -232,8 +232,8 @@ class StateStore:
                 "_id": f"{collection}/{i:09d}",
                 "collection": collection,
                 "seq": i,
-                "lo": list(lo) if lo is not None else None,
-                "hi": list(hi) if hi is not None else None,
+                "lo": encode_key(lo) if lo is not None else None,
+                "hi": encode_key(hi) if hi is not None else None,
                 "done": False,
             }
             for i, (lo, hi) in enumerate(bounds)
@@ -350,16 +350,51 @@ class StateStore:
         doc = {
             "source": source,
             "collection": collection,
-            "key": key,
+            "key": storable(key),
             "reason": reason,
-            "payload": payload,
-            "position": position,
+            "payload": storable(payload),
+            "position": storable(position),
             "at": now(),
         }
         with_retry(lambda: self.dead_letters.insert_one(doc))
 
     def dead_letter_count(self) -> int:
         return self.dead_letters.count_documents({})
+
+
+def storable(v: Any) -> Any:
+    """Row and event values as BSON can store them, for dead letters: what BSON has no type
+    for (Decimal, date, time, integers beyond int64, sets) becomes its text."""
+    from datetime import date, timedelta
+    from decimal import Decimal
+
+    if isinstance(v, dict):
+        return {str(k): storable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [storable(x) for x in v]
+    if isinstance(v, bool) or v is None or isinstance(v, datetime):
+        return v
+    if isinstance(v, int):
+        return v if -(2**63) <= v < 2**63 else str(v)
+    if isinstance(v, Decimal | date | timedelta):
+        return str(v)
+    return v
+
+
+def encode_key(key: Any) -> list[Any]:
+    """A primary key (query parameters) as BSON can store it: integers beyond int64 (BIGINT
+    UNSIGNED) become Decimal128, which no other key value is, so `decode_key` undoes it."""
+    from bson.decimal128 import Decimal128
+
+    return [
+        Decimal128(str(v)) if isinstance(v, int) and not -(2**63) <= v < 2**63 else v for v in key
+    ]
+
+
+def decode_key(stored: Any) -> tuple[Any, ...]:
+    from bson.decimal128 import Decimal128
+
+    return tuple(int(v.to_decimal()) if isinstance(v, Decimal128) else v for v in stored)
 
 
 def process_owner() -> str:

@@ -23,8 +23,6 @@ import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -32,13 +30,14 @@ from pymongo import DeleteOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError
 
-from ..errors import ConversionError, MigratorError
+from ..errors import ConnectError, ConversionError, MigratorError
 from ..keys import id_key
 from ..mapping import CollectionPlan, EmbedPlan, Transform
 from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
 from ..sink.mongo import with_retry
-from ..state import StateStore, now
-from .cascade import Cascades, Effect, Place
+from ..state import StateStore, encode_key, now, storable
+from ..typerules import param_value
+from .cascade import Cascades, Effect, Place, Rule
 from .events import ChangeEvent, Position, Transaction
 from .lookup import SourceLookup
 from .roles import ChildRole, ParentRole, TableRoles, table_roles
@@ -59,6 +58,8 @@ class Pending:
     element: dict[str, Any] | None
     match: dict[str, Any]
     position: dict[str, Any]
+    child_table: str = ""
+    child_key: list[Any] = field(default_factory=list)  # the child row's primary key
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,8 @@ class Pending:
             "element": self.element,
             "match": self.match,
             "position": self.position,
+            "child_table": self.child_table,
+            "child_key": encode_key(self.child_key),
             "at": now(),
         }
 
@@ -94,23 +97,6 @@ class BatchResult:
     seconds: float = 0.0
 
 
-def bson_safe(v: Any) -> Any:
-    """Event values as BSON can store them (for dead letters)."""
-    if isinstance(v, dict):
-        return {str(k): bson_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | set):
-        return [bson_safe(x) for x in v]
-    if isinstance(v, Decimal):
-        return str(v)
-    if isinstance(v, datetime):
-        return v
-    if isinstance(v, date | timedelta):
-        return str(v)
-    if isinstance(v, int) and not -(2**63) <= v < 2**63:
-        return str(v)
-    return v
-
-
 def _row(view_columns: Sequence[str], values: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(values.get(c) for c in view_columns)
 
@@ -131,8 +117,13 @@ class Applier:
         *,
         pending_bound_seconds: float = 600.0,
         dry_run: bool = False,
+        unordered: bool = False,
     ) -> None:
         self.dry_run = dry_run  # build every operation, write none (benchmarks, estimates)
+        # events of different tables do not arrive in commit order (Debezium: a topic per
+        # table): documents may be older than a cascade's event, so every cascade's rules get
+        # a dangling-reference sweep once caught up
+        self.unordered = unordered
         self.db = db
         self.state = state
         self.lookup = lookup
@@ -161,6 +152,8 @@ class Applier:
                 result.events += 1
                 try:
                     b.event(ev, txn.position)
+                except ConnectError:
+                    raise  # a server away is not a bad event: nothing is checkpointed, it replays
                 except (ConversionError, MigratorError) as exc:
                     b.dead(ev, txn.position, exc.message)
                 key = (ev.table, ev.op)
@@ -169,80 +162,24 @@ class Applier:
         result.seconds = time.monotonic() - t0
         return result
 
-    def fill_added_columns(self, defaults: dict[str, dict[str, Any]]) -> None:
-        """Columns added by a DDL took their default in every existing row, with no binlog
-        event: every document (and embedded element) holding those rows takes it too."""
-        if self.dry_run:
-            return
-        for p in self.transform.collections:
-            places: list[tuple[Any, str | None, bool]] = [(p.root, None, False)]
-            places += [(e.view, e.name, e.many) for e in p.embeds]
-            for view, embed, many in places:
-                sets: dict[str, Any] = {}
-                for col, raw in defaults.get(view.table.name, {}).items():
-                    f = view.field_for(col)
-                    if f is None:
-                        continue
-                    value = None if raw is None else f.convert(raw)
-                    if value is None and embed is None and view.omit_nulls:
-                        continue
-                    if embed is None:
-                        sets[f.name] = value
-                    else:
-                        sets[f"{embed}{'.$[]' if many else ''}.{f.name}"] = value
-                if not sets:
-                    continue
-                flt: dict[str, Any] = {}
-                if embed is not None:
-                    flt = {embed: {"$type": "array"}} if many else {embed: {"$type": "object"}}
-                coll = self.db[p.name]
-                with_retry(partial(coll.update_many, flt, {"$set": sets}))
-
-    # ------------------------------------------------------------------------------ pending
+    # -- upkeep (upkeep.py): waiting children, dangling references, added columns -----------
     def sweep_pending(self) -> int:
-        """Children waiting for a parent that exists now (written by another consumer, or by a
-        run that did not know they waited): rebuild those parents and end the wait. Then the
-        ones waiting longer than the bound become dead letters. Returns parents rebuilt."""
-        if self.dry_run or self.state.pending.find_one({}, {"_id": 1}) is None:
-            self.pending_count = 0
-            return 0
-        result = BatchResult()
-        b = _Batch(self, result)
-        waiting: dict[str, dict[Hashable, Any]] = {}
-        for d in self.state.pending.find({}, {"collection": 1, "parent_id": 1}).limit(10_000):
-            waiting.setdefault(d["collection"], {})[id_key(d["parent_id"])] = d["parent_id"]
-        for coll, ids in waiting.items():
-            try:
-                plan = self.transform.collection(coll)
-            except MigratorError:
-                continue
-            for i in range(0, len(ids), 500):
-                part = list(ids.values())[i : i + 500]
-                for d in self.db[coll].find({"_id": {"$in": part}}, {"_id": 1}):
-                    b.rebuild_add(plan, d["_id"])
-        b.execute()
-        self.expire_pending()
-        return result.rebuilt
+        from .upkeep import sweep_pending
 
-    def expire_pending(self) -> int:
-        """Children that waited longer than the bound for their parent become dead letters."""
-        cutoff = now() - timedelta(seconds=self.pending_bound)
-        moved = 0
-        for p in list(self.state.pending.find({"at": {"$lte": cutoff}}).limit(10_000)):
-            self.state.dead_letter(
-                source="cdc",
-                collection=p["collection"],
-                key=p["parent_id"],
-                reason=f"parent document {p['parent_id']!r} did not arrive within "
-                f"{self.pending_bound:.0f} s for embedded {p['embed']!r} element",
-                payload={"element": p["element"], "match": p["match"]},
-                position=p["position"],
-            )
-            with_retry(partial(self.state.pending.delete_one, {"_id": p["_id"]}))
-            moved += 1
-        self.expired += moved
-        self.pending_count = self.state.pending.count_documents({})
-        return moved
+        return sweep_pending(self)
+
+    def sweep_dangling(self) -> int:
+        from .upkeep import sweep_dangling
+
+        return sweep_dangling(self)
+
+    def fill_added_columns(self, defaults: dict[str, dict[str, Any]]) -> None:
+        from .upkeep import fill_added_columns
+
+        fill_added_columns(self, defaults)
+
+    def new_batch(self) -> _Batch:
+        return _Batch(self, BatchResult())
 
 
 class _Unmapped(Exception):
@@ -267,6 +204,7 @@ class _Batch:
         self.touched: dict[tuple[str, Hashable], tuple[Any, Any]] = {}
         # collection -> {id key: (document _id, primary-key params)}: rebuilt at the end
         self.rebuild: dict[str, dict[Hashable, tuple[Any, tuple[Any, ...]]]] = {}
+        self.derived: list[Rule] = []  # cascade rules followed through rows documents held
 
     def touch(self, collection: str, doc_id: Any, ev: ChangeEvent | None) -> None:
         at = (ev.commit_time if ev is not None else None) or now()
@@ -320,8 +258,8 @@ class _Batch:
                 else {
                     "table": ev.table,
                     "op": ev.op,
-                    "before": bson_safe(ev.before),
-                    "after": bson_safe(ev.after),
+                    "before": storable(ev.before),
+                    "after": storable(ev.after),
                 },
             }
         )
@@ -579,8 +517,11 @@ class _Batch:
                 return  # the whole aggregate is read again at the end of the batch
             if id_key(pid) not in self.exists.get(p.name, set()):
                 el = element if kind == "upsert" else None
+                img = (ev.after if kind == "upsert" else ev.before) or {}
+                t = e.view.table
+                key = [param_value(t.column(c), img.get(c)) for c in t.primary_key]
                 self.new_pending.append(
-                    Pending(p.name, pid, e.name, kind, el, match, pos.to_dict())
+                    Pending(p.name, pid, e.name, kind, el, match, pos.to_dict(), t.name, key)
                 )
                 return
         self._element_ops(p, e, parent, kind, element, match, ev, pos, many=not cr.parent_is_pk)
@@ -661,6 +602,8 @@ class _Batch:
             return
         self.flush_writes()  # discovery must see what the events before this one wrote
         cas = self.a.cascades
+        if self.a.unordered:
+            self.derived += [e.rule for e in effects if e.rule is not None]
         queue, seen = list(effects), set()
         while queue:
             eff = queue.pop(0)
@@ -688,7 +631,7 @@ class _Batch:
                     continue
                 if found is not None:
                     rows = (rows or []) + found
-            nxt, problems = cas.follow(eff, rows if need else None)
+            nxt, problems = cas.follow(eff, rows if need else None, self.derived)
             for problem in problems:
                 self.dead(ev, pos, f"cannot follow the cascade: {problem}")
             queue += nxt
@@ -847,6 +790,10 @@ class _Batch:
             self.a.pending_count = state.pending.count_documents({})
         if self.touched:
             state.touch([(c, doc_id, at) for (c, _k), (doc_id, at) in self.touched.items()])
+        if self.derived:
+            from .upkeep import request_sweeps
+
+            request_sweeps(self.a, self.derived)
         for d in self.dead_letters:
             state.dead_letter(**d)
         self.result.dead_letters += len(self.dead_letters)

@@ -185,6 +185,9 @@ class BinlogSource:
         commit_time: datetime | None = None
         for ev in stream:
             if isinstance(ev, RotateEvent):
+                # table ids are unique only while a server runs: a new binlog file may follow
+                # a restart that reused them for other table definitions
+                stream.table_map.clear()
                 continue
             if isinstance(ev, HeartbeatLogEvent):
                 if not events:

@@ -133,13 +133,14 @@ class Cascades:
         return out
 
     def follow(
-        self, eff: Effect, rows: list[dict[str, Any]] | None
+        self, eff: Effect, rows: list[dict[str, Any]] | None, derived: list[Rule] | None = None
     ) -> tuple[list[Effect], list[str]]:
         """The effects `eff` has on the tables referencing its table; `rows` are the affected
         rows' values where discovery found them (needed when a child references columns the
-        effect's condition does not fix)."""
+        effect's condition does not fix). Rules followed through such rows go to `derived`."""
         out: list[Effect] = []
         problems: list[str] = []
+        derived = [] if derived is None else derived
         if eff.depth >= MAX_DEPTH:
             return out, [f"cascade deeper than {MAX_DEPTH} levels from {eff.table}"]
         for rule in self.rules.get(eff.table, ()):
@@ -164,6 +165,10 @@ class Cascades:
                 )
                 continue
             else:
+                # derived from rows the documents held: documents newer than this event (a
+                # snapshot copied later, a rebuild) may no longer hold them, so the rule also
+                # gets a sweep for references left dangling (see Applier.sweep_dangling)
+                derived.append(rule)
                 seen: set[tuple[Any, ...]] = set()
                 conds = []
                 for row in rows:

@@ -75,6 +75,7 @@ def run_debezium(
         state,
         lookup,
         pending_bound_seconds=pending_timeout,
+        unordered=True,  # a topic per table: no order across tables
     )
     decoder = DebeziumDecoder(schema, settings or DebeziumSettings())
     tables = sorted(table_roles(transform))
@@ -187,6 +188,8 @@ def run_debezium(
                 last_sweep = time.monotonic()
                 before = applier.expired
                 applier.sweep_pending()
+                if not polled:  # caught up: settle what cascades left dangling
+                    applier.sweep_dangling()
                 summary.dead_letters += applier.expired - before
             stats.events = summary.events
             stats.dead_letters = summary.dead_letters
@@ -226,6 +229,7 @@ def run_debezium(
         }
         before = applier.expired
         applier.sweep_pending()
+        applier.sweep_dangling()
         summary.dead_letters += applier.expired - before
         summary.pending = applier.pending_count
     finally:

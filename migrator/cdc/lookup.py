@@ -3,36 +3,53 @@ and whether a row passes a collection's SQL `filter` (which only the server can 
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import MySQLdb
 
+from ..errors import ConnectError
 from ..mapping import CollectionPlan, EmbedPlan, Row
 from ..source.connection import connect, quote_ident
 from ..source.reader import ChunkReader
 from ..urls import MySQLURL
 
 T = TypeVar("T")
+# server gone, restarting, connection dropped: worth waiting for
+_TRANSIENT = {2002, 2003, 2006, 2013, 1053}
 
 
 class SourceLookup:
-    def __init__(self, url: MySQLURL) -> None:
+    def __init__(self, url: MySQLURL, *, patience: float = 60.0) -> None:
         self.url = url
+        self.patience = patience  # seconds to wait for a server that went away
         self.conn: Any = None
 
     def run(self, fn: Callable[[Any], T]) -> T:
-        """fn(connection), reconnecting when the server dropped us (a restart, a timeout)."""
-        for attempt in range(3):
-            if self.conn is None:
-                self.conn = connect(self.url, raw=True)
+        """fn(connection), reconnecting when the server dropped us (a restart, a timeout):
+        for up to `patience` seconds, then the error goes up (nothing is checkpointed)."""
+        deadline = time.monotonic() + self.patience
+        delay = 0.2
+        while True:
             try:
+                if self.conn is None:
+                    self.conn = connect(self.url, raw=True)
                 return fn(self.conn)
-            except MySQLdb.OperationalError as exc:
-                self.conn = None
-                if exc.args[0] not in (2006, 2013) or attempt == 2:
+            except (MySQLdb.OperationalError, ConnectError) as exc:
+                code = exc.args[0] if isinstance(exc, MySQLdb.OperationalError) else 2003
+                self.close_quietly()
+                if code not in _TRANSIENT or time.monotonic() + delay > deadline:
                     raise
-        raise AssertionError("unreachable")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close_quietly(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
 
     def embedded(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
         """The embed's current value for a root row: a list (1:N) or a sub-document or None."""

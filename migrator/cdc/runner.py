@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from pymongo.errors import PyMongoError
@@ -247,7 +248,8 @@ def run_cdc(
             start = Position.from_dict(saved)
             if not summary.start:
                 summary.start = start.to_dict()
-            check_start(meta, start, maria)
+            # through the lookup's connection: it reconnects if the source restarted meanwhile
+            lookup.run(partial(check_start, start=start, maria=maria))
             source = BinlogSource(
                 src,
                 applier.transform.schema,
@@ -295,6 +297,7 @@ def run_cdc(
             break
         if not dry_run:
             applier.sweep_pending()
+            applier.sweep_dangling()
         summary.dead_letters += applier.expired
         stats.pending = summary.pending = applier.pending_count
     finally:
@@ -370,7 +373,7 @@ class _Session:
         self.last_master_check = 0.0
         self.last_idle_publish = 0.0
         self.last_sweep = time.monotonic()
-        self.last_checkpoint_save = 0.0
+        self.last_dangling_sweep = 0.0
 
     def run(self) -> None:
         summary, target = self.summary, self.target
@@ -446,6 +449,10 @@ class _Session:
             self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=None)
             self.saved = self.position
         self.sweep()
+        if not self.dry_run and t - self.last_dangling_sweep > 10.0:
+            # caught up: documents newer than the events a cascade followed are settled now
+            self.last_dangling_sweep = t
+            self.applier.sweep_dangling()
         self.publish(idle=True)
 
     def sweep(self) -> None:
@@ -553,14 +560,15 @@ def _ddl(
             conn = mysql_connect(parse_mysql_url(mapping.source.url))
             try:
                 new_schema = introspect(conn, db)
-                old_schema = applier.transform.schema
+                # the columns the statement adds, by its text: the schema read at start may
+                # already have them (a restart replaying the DDL)
                 added = {
                     t: [
-                        c.name
-                        for c in new_schema.tables[t].columns
-                        if t in old_schema.tables and not old_schema.tables[t].has_column(c.name)
+                        c
+                        for c in added_columns(item.statement)
+                        if new_schema.tables[t].has_column(c)
                     ]
-                    for t in item.tables
+                    for t in item.tables[:1]
                     if t in new_schema.tables
                 }
                 defaults, problem = column_defaults(conn, db, added)
@@ -610,6 +618,21 @@ def column_defaults(
                 return out, f"{table}.{col} has a default MySQL computes per row ({text})"
             out.setdefault(table, {})[col] = value
     return out, None
+
+
+def added_columns(statement: str) -> list[str]:
+    """The column names an ALTER TABLE … ADD [COLUMN] statement adds."""
+    names = re.findall(
+        r"\bADD\s+(?:COLUMN\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(`(?:[^`]|``)+`|\w+)",
+        statement,
+        re.I,
+    )
+    out = []
+    for n in names:
+        if n.upper() in ("INDEX", "KEY", "UNIQUE", "PRIMARY", "CONSTRAINT", "FOREIGN"):
+            continue
+        out.append(n[1:-1].replace("``", "`") if n.startswith("`") else n)
+    return out
 
 
 def adds_only_nullable_columns(statement: str) -> str | None:

@@ -97,7 +97,8 @@ def verify_cmd(
 
     Builds the expected documents from the source rows with the mapping's Transform and compares
     them with the target by canonical hash; reports each difference with its _id, its kind
-    (missing, extra, different) and, for `different`, the field paths and both values.
+    (missing, extra, different, unconvertible) and, for `different`, the field paths and both
+    values. Rows that cannot be converted are differences, never skipped.
 
     \b
     Examples:

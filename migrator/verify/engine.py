@@ -38,7 +38,7 @@ from ..sink.mongo import with_retry
 from ..source.connection import connect as mysql_connect
 from ..source.reader import ChunkReader
 from ..source.schema import introspect
-from ..state import StateStore, now
+from ..state import StateStore, decode_key, encode_key, now, storable
 from ..throttle import RateLimiter
 from ..urls import parse_mysql_url, redact
 from .canonical import doc_hash, field_diffs
@@ -392,7 +392,7 @@ def parse_duration(text: str) -> timedelta:
 def _diff_doc(d: Difference) -> dict[str, Any]:
     return {
         "collection": d.collection,
-        "id": d.id,
+        "id": storable(d.id),
         "kind": d.kind,
         "fields": d.fields,
         "reason": d.reason,
@@ -473,7 +473,7 @@ def verify(
             done: bool = False,
         ) -> None:
             progress_doc["collections"][name] = {
-                "after": list(after),
+                "after": encode_key(after),
                 "done": done,
                 "checked": res.checked,
                 "chunks": res.chunks,
@@ -510,7 +510,7 @@ def verify(
                         chunk_size=chunk_size or mapping.backfill.chunk_size,
                         rnd=rnd,
                         workers=workers,
-                        after=tuple(prior["after"]) if prior else None,
+                        after=decode_key(prior["after"]) if prior else None,
                         found=found,
                         checkpoint=checkpoint if mode == "full" else None,
                     )

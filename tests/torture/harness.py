@@ -150,6 +150,7 @@ def run_seed(
     seconds: float = 12.0,
     stack: Stack | None = None,
     say: Any = print,
+    keep: bool = False,
 ) -> Result:
     """One seeded run; a given stack is shared (MariaDB restarts and Debezium need their own)."""
     res = Result(seed, source)
@@ -182,6 +183,7 @@ def run_seed(
     db = f"tort_{seed}_{os.getpid() % 10000}"
     logdir = Path(tempfile.mkdtemp(prefix=f"torture-{seed}-"))
     mongo: MongoClient[Any] = MongoClient(stack.mongo_url, tz_aware=False)
+    mapping = logdir / "mapping.yaml"
     services: list[Service] = []
     bridge = None
     try:
@@ -194,7 +196,6 @@ def run_seed(
         load = Workload(url, model, seed)
         load.create()
         load.load(per_root=int(rnd.uniform(20, 60)))
-        mapping = logdir / "mapping.yaml"
         mapping.write_text(model.mapping_yaml(url, stack.mongo_url, db, f"_state_{db}"))
         plan = migrator("plan", "-m", str(mapping), "--json")
         if plan.returncode != 0:
@@ -281,10 +282,9 @@ def run_seed(
             cdc.start()
             time.sleep(1)
         code = cdc.stop()
-        if code not in (0, None, -9):
+        if code not in (0, None, -9, -15):  # -15: stopped while it was still starting
             res.problems.append(f"cdc --follow exited {code}:\n{cdc.last_log()}")
         _catch_up(res, mapping, source, stack, model, url, mongo, db, bridge)
-        res.ok = not res.problems
     except Exception as exc:  # report the seed, whatever broke
         res.problems.append(f"harness error: {type(exc).__name__}: {exc}")
     finally:
@@ -293,15 +293,20 @@ def run_seed(
         if bridge is not None:
             bridge.kill()
             bridge.wait()
-        with contextlib.suppress(Exception):
-            mongo.drop_database(db)
-            mongo.drop_database(f"_state_{db}")
-            admin = oracle.connect(url_with_database(stack.mysql_url, ""))
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-            admin.close()
+        res.ok = not res.problems
+        kept = keep and not res.ok
+        if kept:
+            say(f"kept for inspection: {stack.urls()} database {db}, mapping {mapping}")
+        else:
+            with contextlib.suppress(Exception):
+                mongo.drop_database(db)
+                mongo.drop_database(f"_state_{db}")
+                admin = oracle.connect(url_with_database(stack.mysql_url, ""))
+                with admin.cursor() as cur:
+                    cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+                admin.close()
         mongo.close()
-        if own:
+        if own and not kept:
             stack.stop()
         res.seconds = time.monotonic() - t0
         if res.ok:
@@ -450,13 +455,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="write load per seed")
     ap.add_argument("--minutes", type=float, default=0.0, help="run seeds from --seed on")
     ap.add_argument("--source", choices=["binlog", "debezium", "both"], default="binlog")
+    ap.add_argument("--keep", action="store_true", help="leave a failed run's servers up")
     args = ap.parse_args()
     sources = ["binlog", "debezium"] if args.source == "both" else [args.source]
     end = time.monotonic() + args.minutes * 60
     seed, runs, failed = args.seed, 0, []
     while True:
         for source in sources:
-            r = run_seed(seed, source=source, seconds=args.seconds)
+            r = run_seed(seed, source=source, seconds=args.seconds, keep=args.keep)
             runs += 1
             print(r.summary(), flush=True)
             if not r.ok:

@@ -112,9 +112,9 @@ def _fields(t: Table, proj: Projection, row: dict[str, Any], omit_nulls: bool) -
     for name in cols:
         if name in proj.exclude:
             continue
+        if row[name] is None and omit_nulls:
+            continue  # SQL NULL is omitted; a JSON null is a value
         value = convert(t.col(name).kind, row[name], proj.types.get(name))
-        if value is None and omit_nulls:
-            continue
         _put(doc, proj.rename.get(name, name), value)
     return doc
 
@@ -208,6 +208,19 @@ def _unordered(c: Any) -> Any:
     return c
 
 
+def _diff(want: Any, have: Any) -> str:
+    """The first fields that differ, briefly."""
+    if want[0] == have[0] == "object":
+        w, h = dict(want[1]), dict(have[1])
+        parts = [
+            f"{k}: want {str(w.get(k, '(missing)'))[:150]} have {str(h.get(k, '(missing)'))[:150]}"
+            for k in sorted(set(w) | set(h))
+            if w.get(k) != h.get(k)
+        ]
+        return "; ".join(parts[:4])
+    return f"{str(want)[:200]} / {str(have)[:200]}"
+
+
 def compare(model: Model, conn: Any, db: Any, limit: int = 10) -> list[str]:
     """What MongoDB holds that the oracle says it must not (and vice versa)."""
     want = expected(conn, model)
@@ -221,7 +234,7 @@ def compare(model: Model, conn: Any, db: Any, limit: int = 10) -> list[str]:
             problems.append(f"{c.name}: extra _id {k}")
         for k in exp.keys() & have.keys():
             if exp[k] != have[k]:
-                problems.append(f"{c.name}: _id {k} differs:\n  want {exp[k]}\n  have {have[k]}")
+                problems.append(f"{c.name}: _id {k} differs:\n    want {_diff(exp[k], have[k])}")
         if len(problems) >= limit:
             break
     return problems[:limit]

@@ -8,6 +8,7 @@ source decides what happened, the oracle reads what it holds.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -301,6 +302,8 @@ class Workload:
         while not stop.is_set():
             try:
                 self.step()
-            except pymysql.err.Error:
+            except Exception:  # a restarted server can leave the protocol in any state
+                with contextlib.suppress(Exception):
+                    self.conn.close()
                 self._reconnect()
             time.sleep(1.0 / rate)

@@ -1,0 +1,267 @@
+"""The applier's upkeep, run between batches: children waiting for a parent, references left
+dangling by cascades, and columns a DDL added.
+
+Each repair reads the source *now* and rebuilds whole documents (`rebuild.py`): always safe,
+because later binlog events replayed over a rebuilt document apply their rows' later states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pymongo import DeleteOne, ReplaceOne
+
+from ..errors import MigratorError
+from ..keys import id_key
+from ..rebuild import key_params, rebuild_docs, source_value
+from ..sink.mongo import with_retry
+from ..source.connection import quote_ident
+from ..state import decode_key, now
+from .cascade import Cascades, Rule
+
+if TYPE_CHECKING:
+    from .applier import Applier
+
+
+# ------------------------------------------------------------------------------ waiting children
+def sweep_pending(a: Applier) -> int:
+    """End the wait of every child whose parent can be settled from the source now.
+
+    A parent whose row exists (a document that another consumer wrote, or that CDC will reach
+    later in the stream) is rebuilt, children included. A parent whose row is gone takes its
+    waiting children with it, unless a child row still exists without it (foreign-key checks
+    off): that orphan waits up to the bound, then becomes a dead letter. Returns parents
+    rebuilt."""
+    if a.dry_run or a.state.pending.find_one({}, {"_id": 1}) is None:
+        a.pending_count = 0
+        return 0
+    waiting: dict[str, dict[Hashable, list[dict[str, Any]]]] = {}
+    for d in a.state.pending.find({}).sort("_id", 1).limit(10_000):
+        waiting.setdefault(d["collection"], {}).setdefault(id_key(d["parent_id"]), []).append(d)
+    rebuilt = 0
+    done: list[Any] = []
+    cutoff = now() - timedelta(seconds=a.pending_bound)
+    for coll, parents in waiting.items():
+        try:
+            plan = a.transform.collection(coll)
+        except MigratorError:
+            continue
+        ids = [docs[0]["parent_id"] for docs in parents.values()]
+        keys = [key_params(plan, i) for i in ids]
+        current: list[tuple[Any, dict[str, Any] | None]] = a.lookup.run(
+            partial(_current, plan=plan, keys=keys)
+        )
+        created = {id_key(doc_id) for doc_id, doc in current if doc is not None}
+        ops = [
+            ReplaceOne({"_id": doc_id}, doc, upsert=True)
+            if doc is not None
+            else DeleteOne({"_id": doc_id})
+            for doc_id, doc in current
+        ]
+        if ops:
+            with_retry(partial(a.db[coll].bulk_write, ops, ordered=True))
+            a.state.touch([(coll, doc_id, None) for doc_id, _doc in current])
+        for k, docs in parents.items():
+            if k in created:
+                rebuilt += 1
+                done += [d["_id"] for d in docs]
+                continue
+            for d in docs:  # the parent row is gone
+                if not _child_exists(a, d):
+                    done.append(d["_id"])
+                elif d["at"] <= cutoff:
+                    _dead(a, d)
+                    done.append(d["_id"])
+    if done:
+        for i in range(0, len(done), 1000):
+            part = done[i : i + 1000]
+            with_retry(partial(a.state.pending.delete_many, {"_id": {"$in": part}}))
+    a.pending_count = a.state.pending.count_documents({})
+    return rebuilt
+
+
+def _current(conn: Any, *, plan: Any, keys: list[Any]) -> list[tuple[Any, Any]]:
+    return rebuild_docs(conn, plan, keys)
+
+
+def _child_exists(a: Applier, d: dict[str, Any]) -> bool:
+    table = a.transform.schema.tables.get(d.get("child_table") or "")
+    key = decode_key(d.get("child_key") or [])
+    if table is None or len(key) != len(table.primary_key):
+        return True  # cannot tell: keep waiting until the bound
+    where = " AND ".join(f"{quote_ident(c)} = %s" for c in table.primary_key)
+    sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
+
+    def q(conn: Any) -> bool:
+        cur = conn.cursor()
+        cur.execute(sql, key)
+        return cur.fetchone() is not None
+
+    return bool(a.lookup.run(q))
+
+
+def _dead(a: Applier, p: dict[str, Any]) -> None:
+    a.state.dead_letter(
+        source="cdc",
+        collection=p["collection"],
+        key=p["parent_id"],
+        reason=f"parent document {p['parent_id']!r} did not arrive within "
+        f"{a.pending_bound:.0f} s for embedded {p['embed']!r} element (its row has no "
+        "parent row in the source)",
+        payload={"element": p["element"], "match": p["match"]},
+        position=p["position"],
+    )
+    a.expired += 1
+
+
+# ------------------------------------------------------------------------------ dangling refs
+def request_sweeps(a: Applier, rules: list[Rule]) -> None:
+    """Sweep these rules, and every delete rule below them: their discovery depended on rows
+    the documents may not have held either."""
+    todo, seen = list(rules), set()
+    expanded: list[Rule] = []
+    while todo:
+        r = todo.pop()
+        if r in seen:
+            continue
+        seen.add(r)
+        expanded.append(r)
+        todo += [x for x in a.cascades.rules.get(r.fk.table, ()) if x.on == "delete" or a.unordered]
+    for r in expanded:
+        key = f"{r.fk.table}/{r.fk.name}"
+        with_retry(
+            partial(
+                a.state.db["sweeps"].update_one,
+                {"_id": key},
+                {"$set": {"table": r.fk.table, "fk": r.fk.name, "requested_at": now()}},
+                upsert=True,
+            )
+        )
+
+
+def sweep_dangling(a: Applier) -> int:
+    """Documents whose foreign key points at a row the source no longer has, for the rules a
+    cascade followed through rows the documents held (a document newer than the event may not
+    have held them), or, for sources without a global order, any rule a cascade went through
+    (a document may be older than the event): each is rebuilt from the source. Returns
+    documents rebuilt."""
+    if a.dry_run:
+        return 0
+    requests = a.state.db["sweeps"]
+    total = 0
+    for req in list(requests.find({})):
+        rule = _rule(a.cascades, req["table"], req["fk"])
+        if rule is not None:
+            total += _sweep_rule(a, rule)
+        requests.delete_one({"_id": req["_id"], "requested_at": req["requested_at"]})
+    return total
+
+
+def _rule(cas: Cascades, table: str, fk_name: str) -> Rule | None:
+    for rules in cas.rules.values():
+        for r in rules:
+            if r.fk.table == table and r.fk.name == fk_name:
+                return r
+    return None
+
+
+def _sweep_rule(a: Applier, rule: Rule) -> int:
+    fk = rule.fk
+    cas = a.cascades
+    b = a.new_batch()
+    for place in cas.places.get(fk.table, ()):
+        locs = [cas.locate(place, c) for c in fk.columns]
+        if any(loc is None for loc in locs):
+            continue
+        e = place.embed
+        paths = []
+        for loc in locs:
+            assert loc is not None
+            inner = loc[0] == "inner" and e is not None
+            paths.append(f"{e.name}.{loc[1]}" if inner and e is not None else loc[1])
+        pipeline: list[dict[str, Any]] = []
+        if place.kind == "element" and e is not None:
+            pipeline.append({"$unwind": f"${e.name}"})
+        pipeline.append({"$group": {"_id": {f"k{i}": f"${p}" for i, p in enumerate(paths)}}})
+        refs = []
+        for d in a.db[place.plan.name].aggregate(pipeline):
+            vals = [d["_id"].get(f"k{i}") for i in range(len(paths))]
+            if all(v is not None for v in vals):
+                refs.append(vals)
+        missing = _missing_in_source(a, fk.ref_table, list(fk.ref_columns), refs)
+        for vals in missing:
+            flt = dict(zip(paths, vals, strict=True))
+            for doc in a.db[place.plan.name].find(flt, {"_id": 1}):
+                b.rebuild_add(place.plan, doc["_id"])
+    n = sum(len(x) for x in b.rebuild.values())
+    b.execute()
+    return n
+
+
+def _missing_in_source(
+    a: Applier, table: str, columns: list[str], refs: list[list[Any]]
+) -> list[list[Any]]:
+    """The referenced keys (BSON values) with no row in the source table."""
+    out: list[list[Any]] = []
+    cols = ", ".join(map(quote_ident, columns))
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    for i in range(0, len(refs), 500):
+        part = refs[i : i + 500]
+        params = [[source_value(v) for v in r] for r in part]
+        sql = (
+            f"SELECT {cols} FROM {quote_ident(table)} WHERE ({cols}) IN "
+            f"({', '.join([one] * len(part))})"
+        )
+
+        def q(conn: Any, sql: str = sql, params: list[list[Any]] = params) -> set[Any]:
+            cur = conn.cursor()
+            cur.execute(sql, [v for p in params for v in p])
+            return {tuple(_norm(v) for v in row) for row in cur.fetchall()}
+
+        found = a.lookup.run(q)
+        for r, p in zip(part, params, strict=True):
+            if tuple(_norm(v) for v in p) not in found:
+                out.append(r)
+    return out
+
+
+def _norm(v: Any) -> Any:
+    """Raw SELECT bytes and query parameters compare as text (keys are ints or strings)."""
+    if isinstance(v, bytes | bytearray):
+        return v.decode("utf-8", "surrogateescape").lower()
+    if isinstance(v, str):
+        return v.lower()  # the source matched it by a case-insensitive collation
+    return str(v)
+
+
+# ------------------------------------------------------------------------------ added columns
+def fill_added_columns(a: Applier, defaults: dict[str, dict[str, Any]]) -> None:
+    """Columns added by a DDL took their default in every existing row, with no binlog event:
+    every document (and embedded element) holding those rows takes it too."""
+    if a.dry_run:
+        return
+    for p in a.transform.collections:
+        places: list[tuple[Any, str | None, bool]] = [(p.root, None, False)]
+        places += [(e.view, e.name, e.many) for e in p.embeds]
+        for view, embed, many in places:
+            sets: dict[str, Any] = {}
+            for col, raw in defaults.get(view.table.name, {}).items():
+                f = view.field_for(col)
+                if f is None:
+                    continue
+                value = None if raw is None else f.convert(raw)
+                if value is None and embed is None and view.omit_nulls:
+                    continue
+                if embed is None:
+                    sets[f.name] = value
+                else:
+                    sets[f"{embed}{'.$[]' if many else ''}.{f.name}"] = value
+            if not sets:
+                continue
+            flt: dict[str, Any] = {}
+            if embed is not None:
+                flt = {embed: {"$type": "array"}} if many else {embed: {"$type": "object"}}
+            with_retry(partial(a.db[p.name].update_many, flt, {"$set": sets}))

@@ -1,0 +1,244 @@
+"""What the convergence harness (tests/torture) found, each pinned as a deterministic test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from migrator.backfill import backfill
+from migrator.cdc.applier import Applier
+from migrator.cdc.events import ChangeEvent, Position, Transaction
+from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.runner import run_cdc
+from migrator.config import load_mapping
+from migrator.errors import ConnectError
+from migrator.mapping import compile_transform
+from migrator.sandbox import restart_mysql, start_stack
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect
+from migrator.source.schema import introspect
+from migrator.state import StateStore
+from migrator.urls import parse_mysql_url
+
+from .cdc_helpers import assert_same_as_fresh_backfill
+from .conftest import Env, migrator_cmd
+from .test_cdc_cascades import DEEP, DEEP_MAPPING
+
+BIG = 2**64 - 1
+
+
+def test_chunk_bounds_and_verify_checkpoints_hold_keys_above_2_63(env):
+    """Seed 1: BSON has no unsigned 64-bit integer; a chunk plan or a verify checkpoint with
+    such a key crashed the run (OverflowError)."""
+    env.sql(
+        "CREATE TABLE u (id BIGINT UNSIGNED PRIMARY KEY, v INT)",
+        f"INSERT INTO u SELECT {BIG} - seq, seq FROM seq_1_to_120",
+    )
+    path = env.mapping("  - {name: u, from: u}\n", backfill="{chunk_size: 10}")
+    assert backfill(load_mapping(path), workers=2).rows == 120
+    data = json.loads(migrator_cmd("verify", "-m", str(path), "--json", check=0).stdout)
+    assert data["ok"] and data["totals"]["checked"] == 120
+
+
+@pytest.fixture
+def own_env(tmp_path):
+    stack = start_stack()
+    admin = connect(parse_mysql_url(stack.mysql_url), database=False)
+    mongo: MongoClient[Any] = MongoClient(stack.mongo_url)
+    env = Env(stack, admin, mongo, tmp_path)
+    try:
+        yield env
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+        mongo.close()
+        stack.stop()
+
+
+def test_table_ids_reused_after_a_server_restart_decode_the_right_table(own_env):
+    """Seed 4: table ids are unique only while the server runs; a stream that crosses a
+    restart met a cached definition of another table under a reused id and decoded garbage
+    (or crashed). CDC replays here from before the restart."""
+    env = own_env
+    env.sql(
+        "CREATE TABLE a (id INT PRIMARY KEY, s VARCHAR(20))",
+        "CREATE TABLE b (id INT PRIMARY KEY, t DATETIME(3), d DECIMAL(10,2), j JSON)",
+        "INSERT INTO a VALUES (1, 'one')",
+        "INSERT INTO b VALUES (1, '2024-01-01 10:00:00.123', 1.50, '{\"k\": 1}')",
+    )
+    path = env.mapping("  - {name: a, from: a}\n  - {name: b, from: b}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql("INSERT INTO a VALUES (2, 'two')", "INSERT INTO b VALUES (2, NOW(3), 2.25, '[]')")
+    restart_mysql(env.stack)
+    env.admin = connect(parse_mysql_url(env.stack.mysql_url), database=False)
+    # opened in the other order after the restart: each can get the id the other had
+    env.sql(
+        "INSERT INTO b VALUES (3, '2025-05-05 05:05:05.500', 3.75, '{\"x\": [1]}')",
+        "INSERT INTO a VALUES (3, 'three')",
+        "UPDATE b SET d = 9.99 WHERE id = 1",
+        "UPDATE a SET s = 'uno' WHERE id = 1",
+    )
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_server_away_fails_the_batch_instead_of_dead_lettering_its_events(own_env):
+    """Seed 5: an event whose apply reads the source (a primary-key change re-reads the
+    aggregate) went to the dead-letter collection when MariaDB was restarting: lost."""
+    env = own_env
+    env.sql(
+        "CREATE TABLE p (id INT PRIMARY KEY, v INT)",
+        "CREATE TABLE c (pid INT, n INT, PRIMARY KEY (pid, n))",
+        "INSERT INTO p VALUES (1, 1)",
+    )
+    path = env.mapping(
+        "  - name: p\n    from: p\n    embed:\n      - {as: cs, from: c, on: {pid: id}}\n"
+    )
+    m = load_mapping(path)
+    backfill(m, workers=1)
+    conn = connect(parse_mysql_url(m.source.url))
+    transform = compile_transform(m, introspect(conn, m.source_database))
+    conn.close()
+    client = mongo_connect(m.target.url)
+    state = StateStore(client, m.state.database)
+    proc = next(p for p in env.stack.procs if p.name in ("mariadb", "mysql"))
+    proc.stop()
+    try:
+        lookup = SourceLookup(parse_mysql_url(m.source.url), patience=1.0)
+        applier = Applier(transform, client[m.target_database], state, lookup)
+        ev = ChangeEvent("p", "update", {"id": 1, "v": 1}, {"id": 2, "v": 1})
+        with pytest.raises(ConnectError):
+            applier.apply([Transaction([ev], Position("mysql-bin.000001", 4))])
+        assert state.dead_letters.count_documents({}) == 0
+    finally:
+        restart_mysql(env.stack)
+        client.close()
+
+
+def test_a_delete_chain_through_documents_newer_than_the_event_leaves_nothing_behind(env):
+    """Seed 4: customer -> orders -> item, replayed over orders documents copied after the
+    delete (a newer snapshot): the item documents the chain reaches through those orders must
+    still go (the dangling-reference sweep)."""
+    env.sql(*DEEP)
+    # no other collection holds the orders rows the chain goes through
+    path = env.mapping(DEEP_MAPPING.split("  - name: customer_orders")[0])
+    backfill(load_mapping(path), workers=1)
+    env.sql("DELETE FROM customer WHERE id = 1")  # orders 10, 11 and their items go
+    # the orders collection is copied again after the delete; CDC still starts before it
+    migrator_cmd("backfill", "-m", str(path), "--collection", "orders", "--restart", check=0)
+    assert env.target.orders.count_documents({"_id": {"$in": [10, 11]}}) == 0
+    assert env.target.items.count_documents({"_id.order_id": {"$in": [10, 11]}}) == 3
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0
+    assert env.target.items.count_documents({"_id.order_id": {"$in": [10, 11]}}) == 0
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_ddl_replayed_after_a_restart_still_fills_the_added_column(env):
+    """Seed 10: CDC restarted after an ADD COLUMN reads a schema that already has the column,
+    so comparing schemas found nothing added and existing documents never got it."""
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1), (2, 2)")
+    path = env.mapping("  - {name: t, from: t}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "ALTER TABLE t ADD COLUMN note VARCHAR(10) NULL DEFAULT 'n/a'",
+        "UPDATE t SET note = 'set' WHERE id = 2",
+    )
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "extend", check=0)
+    assert env.target.t.find_one({"_id": 1})["note"] == "n/a"
+    assert env.target.t.find_one({"_id": 2})["note"] == "set"
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_waiting_child_whose_row_is_gone_stops_waiting_without_a_dead_letter(env):
+    """Seeds 4 and 5: children waiting for parents a cascade deleted (or whose rows are gone)
+    waited forever; a child whose own row still exists without a parent is an orphan."""
+    from .test_backfill import make_shop
+
+    path = make_shop(env, orders=3)
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "SET SESSION foreign_key_checks = 0",
+        "INSERT INTO order_items VALUES (950, 1, 1, 2, 3.00), (951, 1, 1, 2, 3.00)",
+        "SET SESSION foreign_key_checks = 1",
+        "DELETE FROM order_items WHERE order_id = 950",
+    )
+    p = migrator_cmd(
+        "cdc", "-m", str(path), "--until-caught-up", "--pending-timeout", "3600", "--json", check=0
+    )
+    assert json.loads(p.stdout)["pending"] == 1  # 951 is an orphan: it waits (up to the bound)
+    waiting = env.state.pending.find_one({})
+    assert waiting["parent_id"] == 951
+    assert env.state.dead_letters.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("server", ["mongodb", "mysql"])
+def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(tmp_path, server):
+    """A driver error in the middle of a run: one line naming the server and the setting,
+    exit 2, no traceback, no password (the issue: a traceback and exit 1)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    stack = start_stack(mongo_sync_on_commit=True)
+    try:
+        admin = connect(parse_mysql_url(stack.mysql_url), database=False)
+        env = Env(stack, admin, MongoClient(stack.mongo_url), tmp_path)
+        env.sql(
+            "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
+            "INSERT INTO t SELECT seq, 'x' FROM seq_1_to_4000",
+        )
+        path = env.mapping("  - {name: t, from: t}\n", backfill="{chunk_size: 200}")
+        # a short server selection: the test waits for the driver to give up
+        text = path.read_text().replace(
+            "directConnection=true", "directConnection=true&serverSelectionTimeoutMS=1500"
+        )
+        path.write_text(text)
+        backfill(load_mapping(path), workers=1)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "migrator.cli.main",
+                "verify",
+                "-m",
+                str(path),
+                "--max-rows-per-sec",
+                "2000",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        t0 = time.monotonic()
+        time.sleep(2.5)
+        victim = next(
+            p
+            for p in stack.procs
+            if p.name in (("secantusdb", "mongod") if server == "mongodb" else ("mariadb", "mysql"))
+        )
+        import os
+
+        os.kill(victim.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        print(f"failed {time.monotonic() - t0:.1f} s after it started")
+    finally:
+        stack.stop()
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1, err
+    setting = "target.url" if server == "mongodb" else "source.url"
+    assert ("MongoDB at" if server == "mongodb" else "MySQL at") in lines[0]
+    assert setting in lines[0], lines[0]
+    password = parse_mysql_url(stack.mysql_url).password
+    assert password not in err and password not in out
