@@ -55,7 +55,7 @@ def main() -> None:
     stack = start_stack()
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     print(f"MongoDB server: {stack.mongo_kind}; own RSS now {own_mb():.0f} MiB")
-    print(f"{'rows':>9} | {'backfill peak':>13} | {'CDC peak (1 txn of N rows)':>26}")
+    print(f"{'rows':>9} | {'backfill peak':>26} | {'CDC peak (1 txn of N rows)':>26}")
     try:
         admin = connect(parse_mysql_url(stack.mysql_url), database=False)
         for n in [int(x) for x in args.sizes.split(",")]:
@@ -80,7 +80,8 @@ def main() -> None:
             admin.commit()
             c_mb, c_s = peak_mb("cdc", "-m", str(mapping), "--until-caught-up", "--json")
             print(
-                f"{n:>9,} | {b_mb:>9.0f} MiB | {c_mb:>12.0f} MiB ({n / c_s:,.0f} rows/s)",
+                f"{n:>9,} | {b_mb:>6.0f} MiB ({n / b_s:>7,.0f} rows/s) | "
+                f"{c_mb:>6.0f} MiB ({n / c_s:>7,.0f} rows/s)",
                 flush=True,
             )
     finally:

@@ -285,8 +285,7 @@ class StateStore:
         with_retry(lambda: self.meta.replace_one({"_id": "cdc_checkpoint"}, doc, upsert=True))
 
     def save_cdc_status(self, **status: Any) -> None:
-        t = now()
-        doc = {"updated_at": t, "alive_at": t, **status}
+        doc = {"updated_at": now(), **status}  # liveness is the Liveness thread's
         with_retry(
             lambda: self.meta.find_one_and_update(
                 {"_id": "cdc_status"},
