@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from .source.reader import ChunkReader
 from .source.schema import Schema, introspect
 from .state import StateStore, decode_key, now, process_owner
 from .throttle import LoadMonitor, RateLimiter
+from .ticker import Ticker
 from .urls import parse_mysql_url
 
 BSON_MAX = 16 * 1024 * 1024
@@ -351,27 +351,18 @@ class CopyFence:
         self.state = state
         self.progress = progress
         self.owner = process_owner()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="copy-fence", daemon=True)
+        self._ticker = Ticker(lambda: state.renew_copy(self.owner), 2.0, "copy-fence")
 
     def start(self) -> CopyFence:
         self.state.begin_copy(self.owner)
-        self._thread.start()
+        self._ticker.start()
         if self.state.cdc_alive():
             self.progress.note("waiting for the running CDC to pause while this copies")
         self.state.wait_for_cdc_ack(self.owner)
         return self
 
-    def _renew(self) -> None:
-        while not self._stop.wait(2.0):
-            try:
-                self.state.renew_copy(self.owner)
-            except Exception:  # the copy itself meets the same server and reports it
-                continue
-
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._ticker.stop()
         self.state.end_copy(self.owner)
 
 

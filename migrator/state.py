@@ -397,12 +397,16 @@ def decode_key(stored: Any) -> tuple[Any, ...]:
 
 
 def process_owner() -> str:
-    """host:pid, so that a copy lease left by a dead local process can be taken over."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:nonce: a copy lease left by a dead local process can be taken over, and two
+    copies by one process (sync, tests) never share an acknowledgement."""
+    import uuid
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _dead_local(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
+    host, _, rest = owner.partition(":")
+    pid = rest.split(":", 1)[0]
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

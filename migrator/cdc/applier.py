@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pymongo import DeleteOne, ReplaceOne, UpdateMany, UpdateOne
+from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError
 
@@ -205,6 +205,8 @@ class _Batch:
         # collection -> {id key: (document _id, primary-key params)}: rebuilt at the end
         self.rebuild: dict[str, dict[Hashable, tuple[Any, tuple[Any, ...]]]] = {}
         self.derived: list[Rule] = []  # cascade rules followed through rows documents held
+        # (collection, {root column: value}): documents whose root row matches, rebuilt
+        self.rebuild_where: list[tuple[CollectionPlan, dict[str, Any]]] = []
 
     def touch(self, collection: str, doc_id: Any, ev: ChangeEvent | None) -> None:
         at = (ev.commit_time if ev is not None else None) or now()
@@ -385,67 +387,62 @@ class _Batch:
         row = _row(p.root.columns, ev.after)
         new_id = p.doc_id(row)
         self.touch(p.name, new_id, ev)
-        if p.spec.filter and not self.a.lookup.passes_filter(p, row):
-            # outside the collection's filter now: the document must not exist
-            self.add(p.name, DeleteOne({"_id": new_id}), ev, pos)
-            exists.discard(id_key(new_id))
-            self._end_wait(p, new_id)
-            return
         old_id = self._key_ids(p, ev.before) if ev.before is not None else new_id
-        if ev.before is not None and id_key(old_id) != id_key(new_id):
+        rekeyed = ev.before is not None and id_key(old_id) != id_key(new_id)
+        if rekeyed:
             self.touch(p.name, old_id, ev)
-            # primary-key change: children followed by ON UPDATE CASCADE without a binlog
-            # event, so the aggregate is read again from the source
             self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
             exists.discard(id_key(old_id))
             self._end_wait(p, old_id)
-            doc = p.document(row, {})
-            for e in p.embeds:
-                doc[e.name] = self.a.lookup.embedded(p, e, row)
-            self.add(p.name, ReplaceOne({"_id": new_id}, doc, upsert=True), ev, pos)
-        else:
-            fields = p.root.build(row)
-            unset = {
-                f.name: "" for f in p.root.fields if p.root.omit_nulls and row[f.index] is None
-            }
-            on_insert: dict[str, Any] = {}
-            for e in p.embeds:
-                changed = ev.before is None or any(
-                    ev.before.get(c) != ev.after.get(c) for c in e.root_columns
-                )
-                if e.many:
-                    on_insert[e.name] = []
-                elif changed:
-                    fields[e.name] = self._parent_of(p, e, row)
-            update: dict[str, Any] = {"$set": fields}
-            if on_insert:
-                update["$setOnInsert"] = on_insert
-            if unset:
-                update["$unset"] = unset
-            self._root_update(p.name, new_id, update, ev, pos)
+        rejoined = ev.before is not None and any(
+            ev.before.get(c) != ev.after.get(c) for e in p.embeds if e.many for c in e.root_columns
+        )
+        if p.spec.filter or rekeyed or rejoined:
+            # Read the aggregate again from the source at the end of the batch: only the
+            # server can say whether a row passes the collection's SQL filter (and one entering
+            # it needs its embedded parts); a primary-key change moved its children by ON
+            # UPDATE CASCADE without an event; a changed join column brings other children.
+            self.rebuild_add(p, new_id)
+            exists.add(id_key(new_id))
+            self._release_waiting(p, new_id, pos)
+            return
+        fields = p.root.build(row)
+        unset: dict[str, Any] = {}
+        if p.root.omit_nulls:
+            # whole top-level names: a sub-document whose parts are all NULL is left out,
+            # as the Transform leaves it out (and a dotted $unset would conflict with $set)
+            unset = {f.path[0]: "" for f in p.root.fields if f.path[0] not in fields}
+        on_insert: dict[str, Any] = {}
+        for e in p.embeds:
+            changed = ev.before is None or any(
+                ev.before.get(c) != ev.after.get(c) for c in e.root_columns
+            )
+            if e.many:
+                on_insert[e.name] = []
+            elif changed:
+                fields[e.name] = self._parent_of(p, e, row)
+        update: dict[str, Any] = {"$set": fields}
+        if on_insert:
+            update["$setOnInsert"] = on_insert
+        if unset:
+            update["$unset"] = unset
+        self._root_update(p.name, new_id, update, ev, pos)
         exists.add(id_key(new_id))
         self._release_waiting(p, new_id, pos)
 
     def _release_waiting(self, p: CollectionPlan, doc_id: Any, pos: Position) -> None:
-        """The parent document exists now: children that waited for it land."""
+        """The parent document exists now: the children that waited for it (earlier in this
+        batch, or in earlier batches, maybe another consumer's) land by reading the aggregate
+        whole at the end of the batch. Replaying their images could bring back a state a
+        later change (a cascade, a newer event elsewhere) already replaced."""
         k = id_key(doc_id)
-        # earlier in this batch: replayed in their order, right after the parent
         mine = [x for x in self.new_pending if x.collection == p.name and id_key(x.parent_id) == k]
-        if mine:
-            self.new_pending = [x for x in self.new_pending if x not in mine]
-            for x in mine:
-                e = next(y for y in p.embeds if y.name == x.embed)
-                self._element_ops(
-                    p, e, {"_id": doc_id}, x.kind, x.element, x.match, None, pos, many=False
-                )
-            self.result.resolved_pending += len(mine)
-        # from earlier batches (maybe another consumer's): newer changes of those children
-        # may already be in the document, so the aggregate is read whole instead of replayed
         stored = self.stored_pending.get(p.name, {}).pop(k, [])
-        if stored:
+        if mine or stored:
+            self.new_pending = [x for x in self.new_pending if x not in mine]
             self.rebuild_add(p, doc_id)
             self.drop_pending += [d["_id"] for d in stored]
-            self.result.resolved_pending += len(stored)
+            self.result.resolved_pending += len(mine) + len(stored)
 
     def _end_wait(self, p: CollectionPlan, doc_id: Any) -> None:
         """The parent is gone: its waiting children have nothing to wait for."""
@@ -463,6 +460,20 @@ class _Batch:
         return self.n1_cache[key]
 
     def child(self, cr: ChildRole, ev: ChangeEvent, pos: Position) -> None:
+        if not cr.parent_is_pk:
+            # the parent is found by a non-key column: its document may not exist yet and its
+            # _id is unknown, so the documents whose root row matches are read again
+            for img in (ev.before, ev.after):
+                if img is not None:
+                    values = {
+                        rc: img.get(cc)
+                        for cc, rc in zip(
+                            cr.embed.child_columns, cr.embed.root_columns, strict=True
+                        )
+                    }
+                    if all(v is not None for v in values.values()):
+                        self.rebuild_where.append((cr.plan, values))
+            return
         before = self._locate(cr, ev.before) if ev.before is not None else None
         after = self._locate(cr, ev.after) if ev.after is not None else None
         if before and after and before[0] == after[0] and before[2] == after[2]:
@@ -541,6 +552,11 @@ class _Batch:
     ) -> None:
         Update = UpdateMany if many else UpdateOne
         name = e.name
+        if not match:
+            # the child's key is its parent's: one element at most (a 1:1 table as an array)
+            value = [element] if kind == "upsert" else []
+            self.add(p.name, Update(parent, {"$set": {name: value}}), ev, pos)
+            return
         if kind == "remove":
             self.add(p.name, Update(parent, {"$pull": {name: match}}), ev, pos)
             return
@@ -602,8 +618,14 @@ class _Batch:
             return
         self.flush_writes()  # discovery must see what the events before this one wrote
         cas = self.a.cascades
-        if self.a.unordered:
-            self.derived += [e.rule for e in effects if e.rule is not None]
+        for e in effects:
+            # documents may be older than the event (no order across tables), or MySQL may
+            # have matched a text key through its collation ('us' = 'US'): the rule also gets
+            # a sweep for references the documents still hold
+            if e.rule is not None and (
+                self.a.unordered or any(isinstance(v, str | bytes) for v in e.cond.values())
+            ):
+                self.derived.append(e.rule)
         queue, seen = list(effects), set()
         while queue:
             eff = queue.pop(0)
@@ -662,6 +684,11 @@ class _Batch:
         locs = {c: cas.locate(place, c) for c in {*want, *eff.cond, *joined}}
         have_all = all(locs[c] is not None for c in want)
         rows: list[dict[str, Any]] = []
+        if rebuild and e is None and p.spec.filter and eff.kind == "update":
+            # rows the change brings into the collection's filter have no document yet
+            new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
+            if all(v is not None for v in new.values()):
+                self.rebuild_where.append((p, new))
         for doc in self.a.db[p.name].find(flt):
             if rebuild:
                 self.rebuild_add(p, doc["_id"])
@@ -739,8 +766,15 @@ class _Batch:
             for coll, tagged in ops.items():
                 self._write(coll, tagged)
 
+    def _resolve_rebuild_where(self) -> None:
+        for plan, values in self.rebuild_where:
+            for key in self.a.lookup.run(partial(keys_where, plan=plan, values=values)):
+                self.rebuild_add(plan, key=key)
+        self.rebuild_where = []
+
     def _rebuild_ops(self) -> None:
         """The aggregates queued for a rebuild, read from the source now, written last."""
+        self._resolve_rebuild_where()
         for coll, entries in self.rebuild.items():
             plan = self.a.transform.collection(coll)
             keys = [k for _id, k in entries.values()]
@@ -774,7 +808,7 @@ class _Batch:
         if self.a.dry_run:
             self.result.operations += sum(len(t) for t in self.ops.values())
             return
-        if self.rebuild:
+        if self.rebuild or self.rebuild_where:
             self._rebuild_ops()
         self._write_all(self.ops)
         self.ops = {}
@@ -829,6 +863,27 @@ class _Batch:
                     except (BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError) as e2:
                         self.dead(t.event, t.position, f"cannot apply: {e2}", coll)
                 return
+
+
+def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> list[Any]:
+    """Primary keys of the root rows whose columns equal `values` (no filter applied)."""
+    from ..source.connection import quote_ident
+
+    where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
+    cols = ", ".join(map(quote_ident, plan.pk))
+    cur = conn.cursor()
+    try:
+        cur.execute(
+            f"SELECT {cols} FROM {quote_ident(plan.table.name)} WHERE {where}",
+            [param_value(plan.table.column(c), v) for c, v in values.items()],
+        )
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return [
+        tuple(param_value(plan.table.column(c), v) for c, v in zip(plan.pk, r, strict=True))
+        for r in rows
+    ]
 
 
 def _rebuild_with(conn: Any, *, plan: CollectionPlan, keys: list[Any], bad: Any) -> list[Any]:

@@ -156,7 +156,7 @@ def run_debezium(
                     hw = consumer.highwater(tp)  # known after a fetch (end_offsets lies, STACK.md)
                     if hw is not None:
                         targets[tp] = hw
-            if txns and state.copy_in_progress() is not None:
+            if state.copy_in_progress() is not None:
                 # the copy fence: apply nothing of this poll, commit nothing; after the copy
                 # the group resumes from its committed offsets
                 consumer.close(autocommit=False)

@@ -1,5 +1,5 @@
-"""Reads from the source that the applier needs: N:1 parents, children after a key change,
-and whether a row passes a collection's SQL `filter` (which only the server can evaluate)."""
+"""Reads from the source that the applier needs (N:1 parents, children after a key change,
+whole aggregates to rebuild), through one connection that survives a server restart."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import MySQLdb
 
 from ..errors import ConnectError
 from ..mapping import CollectionPlan, EmbedPlan, Row
-from ..source.connection import connect, quote_ident
+from ..source.connection import connect
 from ..source.reader import ChunkReader
 from ..urls import MySQLURL
 
@@ -57,18 +57,6 @@ class SourceLookup:
         if e.many:
             return [e.view.build(r) for r in rows]
         return e.view.build(rows[0]) if rows else None
-
-    def passes_filter(self, plan: CollectionPlan, root_row: Row) -> bool:
-        key = plan.root.params(root_row, plan.pk)
-        conds = " AND ".join(f"{quote_ident(c)} = %s" for c in plan.pk)
-        sql = f"SELECT 1 FROM {quote_ident(plan.table.name)} WHERE {conds} AND ({plan.spec.filter})"
-
-        def q(c: Any) -> bool:
-            cur = c.cursor()
-            cur.execute(sql, key)
-            return cur.fetchone() is not None
-
-        return self.run(q)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -25,6 +25,7 @@ from ..source.connection import connect as mysql_connect
 from ..source.position import is_mariadb
 from ..source.schema import introspect
 from ..state import StateStore, now
+from ..ticker import Ticker
 from ..urls import parse_mysql_url
 from .applier import Applier, BatchResult
 from .binlog import DDL, BinlogSource, Heartbeat
@@ -143,12 +144,11 @@ class Liveness:
     def __init__(self, state: StateStore, **fields: Any) -> None:
         self.state = state
         self.fields: dict[str, Any] = {"pid": os.getpid(), **fields}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cdc-liveness", daemon=True)
+        self._ticker = Ticker(self.beat, 1.0, "cdc-liveness")
 
     def start(self) -> Liveness:
         self.beat()
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def beat(self, **fields: Any) -> None:
@@ -158,13 +158,8 @@ class Liveness:
         except PyMongoError:  # the main loop meets the same server and reports it
             log.debug("liveness write failed", exc_info=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.beat()
-
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._ticker.stop()
         self.beat(alive_at=None, waiting_for=None)
 
 
@@ -445,6 +440,8 @@ class _Session:
         if t - self.last_idle_publish < 1.0:
             return
         self.last_idle_publish = t
+        if not self.dry_run and self.state.copy_in_progress() is not None:
+            raise _CopyStarted()  # acknowledged by the wait that follows
         if not self.dry_run and self.position != self.saved:
             self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=None)
             self.saved = self.position

@@ -51,11 +51,14 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
 
 
 def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, str]:
-    """Accept only a full, clean run that checked something, or clean `--changed` runs on top
-    of one; the age is the newest of those. Sample runs prove nothing about the rest."""
-    full = state.verify_runs.find_one({"mode": "full"}, sort=[("finished", -1)])
+    """Accept only a full, clean run over every collection that checked something, or clean
+    `--changed` runs over every collection on top of one; the age is the newest of those. A
+    sample or a run over some collections proves nothing about the rest, and any run since the
+    full one that found differences refuses."""
+    runs = state.verify_runs
+    full = runs.find_one({"mode": "full", "complete": {"$ne": False}}, sort=[("finished", -1)])
     if full is None:
-        return False, "no full verification yet (sample and --changed runs alone do not count)"
+        return False, "no full verification yet (sample, partial and --changed runs do not count)"
     t = full.get("totals", {})
     diffs = sum(t.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
     age_min = (now() - full["finished"]).total_seconds() / 60
@@ -63,20 +66,17 @@ def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, 
         return False, f"{diffs} differences (full, {age_min:.1f} min ago)"
     if not t.get("checked"):
         return False, "the last full verification checked nothing"
-    later = list(
-        state.verify_runs.find(
-            {"mode": "changed", "finished": {"$gt": full["finished"]}}, sort=[("finished", 1)]
-        )
-    )
+    later = list(runs.find({"finished": {"$gt": full["finished"]}}, sort=[("finished", 1)]))
     dirty = [r for r in later if not r.get("ok")]
     if dirty:
         r = dirty[-1]
         rt = r.get("totals", {})
         n = sum(rt.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
-        return False, f"{n} differences (changed, after the last full run)"
-    newest = later[-1] if later else full
+        return False, f"{n} differences ({r.get('mode')}, after the last full run)"
+    on_top = [r for r in later if r.get("mode") == "changed" and r.get("complete", True)]
+    newest = on_top[-1] if on_top else full
     age_min = (now() - newest["finished"]).total_seconds() / 60
-    how = f"full + {len(later)} changed" if later else "full"
+    how = f"full + {len(on_top)} changed" if on_top else "full"
     return age_min < max_age_minutes, f"clean, {age_min:.1f} min ago ({how})"
 
 

@@ -55,11 +55,17 @@ _TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum"
 
 
 def _mongo_order(col: Column) -> str:
-    """An ORDER BY term that sorts like MongoDB's $sort, which keeps arrays in order after CDC
-    changes them: text by its UTF-8 bytes, not by the column's (case-insensitive) collation."""
+    """An ORDER BY term that sorts like MongoDB's $sort on the converted value, which keeps
+    arrays in order after CDC changes them: text by its UTF-8 bytes (not by the column's
+    case-insensitive collation), dates at BSON's milliseconds, TIME as the text it becomes."""
+    name = quote_ident(col.name)
     if col.data_type in _TEXT:
-        return f"CONVERT({quote_ident(col.name)} USING utf8mb4) COLLATE utf8mb4_bin"
-    return quote_ident(col.name)
+        return f"CONVERT({name} USING utf8mb4) COLLATE utf8mb4_bin"
+    if col.data_type in ("datetime", "timestamp") and (col.fsp or 0) > 3:
+        return f"({name} - INTERVAL MOD(MICROSECOND({name}), 1000) MICROSECOND)"
+    if col.data_type == "time":
+        return f"CONVERT(CAST({name} AS CHAR) USING utf8mb4) COLLATE utf8mb4_bin"
+    return name
 
 
 class ChunkReader:
@@ -158,7 +164,7 @@ class ChunkReader:
             order = " ORDER BY " + ", ".join(terms)
         return self._fetch(f"{select} WHERE {cond}{order}", args)
 
-    def read_by_keys(self, keys: Sequence[Key]) -> list[Row]:
+    def read_by_keys(self, keys: Sequence[Key], apply_filter: bool = True) -> list[Row]:
         """Root rows whose primary key is one of `keys` (and that pass the filter)."""
         if not keys:
             return []
@@ -169,7 +175,7 @@ class ChunkReader:
             one = "(" + ", ".join(["%s"] * len(self.pk)) + ")"
             cond = f"({', '.join(map(quote_ident, self.pk))}) IN ({', '.join([one] * len(keys))})"
             args = [v for k in keys for v in k]
-        if self.plan.spec.filter:
+        if self.plan.spec.filter and apply_filter:
             cond = f"{cond} AND ({self.plan.spec.filter})"
         return self._fetch(f"{self._select} WHERE {cond}{self._order}", args)
 

@@ -81,6 +81,7 @@ class VerifyResult:
     collections: list[CollectionResult] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
     repaired: int = 0
+    complete: bool = True  # every collection of the mapping was verified
 
     @property
     def ok(self) -> bool:
@@ -91,6 +92,7 @@ class VerifyResult:
         return {
             "ok": self.ok,
             "mode": self.mode,
+            "complete": self.complete,
             "started": self.started.isoformat(timespec="seconds") + "Z",
             "seconds": round(self.seconds, 3),
             "totals": {
@@ -427,6 +429,8 @@ def verify(
     )
     mode = "changed" if (changed or since) else ("sample" if sample_pct < 100 else "full")
     result = VerifyResult(mode=mode, started=now())
+    all_names = {c.name for c in mapping.collections}
+    result.complete = not collections or all_names <= set(collections)
     t0 = time.monotonic()
     rnd = random.Random(seed)
     cutoff: datetime | None = None

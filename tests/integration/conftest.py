@@ -100,6 +100,24 @@ class Env:
 
 
 @pytest.fixture
+def own_env(tmp_path: Path) -> Iterator[Env]:
+    """A stack of its own, for tests that restart, stop or purge their servers."""
+    import contextlib
+
+    own = start_stack()
+    conn = connect(parse_mysql_url(own.mysql_url), database=False)
+    client: MongoClient[Any] = MongoClient(own.mongo_url)
+    e = Env(own, conn, client, tmp_path)
+    try:
+        yield e
+    finally:
+        with contextlib.suppress(Exception):
+            e.admin.close()
+        client.close()
+        own.stop()
+
+
+@pytest.fixture
 def env(stack: Stack, admin: Any, mongo: MongoClient[Any], tmp_path: Path) -> Iterator[Env]:
     e = Env(stack, admin, mongo, tmp_path)
     try:

@@ -3,7 +3,6 @@ and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import signal
@@ -13,13 +12,10 @@ import threading
 import time
 from typing import Any
 
-import pytest
-from pymongo import MongoClient
-
 from migrator.backfill import backfill
 from migrator.cdc.runner import run_cdc
 from migrator.config import load_mapping
-from migrator.sandbox import restart_mysql, start_stack
+from migrator.sandbox import restart_mysql
 from migrator.source.connection import connect
 from migrator.urls import parse_mysql_url
 
@@ -99,22 +95,6 @@ def test_sigterm_finishes_the_batch_checkpoints_and_exits_0(env):
     assert summary["stopped"] == "stopped by signal" and summary["events"] > 0
     assert env.state.meta.find_one({"_id": "cdc_checkpoint"})["position"]["gtid"]
     assert_same_as_fresh_backfill(env, path)
-
-
-@pytest.fixture
-def own_env(tmp_path):
-    """A stack of its own: this test restarts and purges its MariaDB."""
-    stack = start_stack()
-    admin = connect(parse_mysql_url(stack.mysql_url), database=False)
-    mongo: MongoClient[Any] = MongoClient(stack.mongo_url)
-    env = Env(stack, admin, mongo, tmp_path)
-    try:
-        yield env
-    finally:
-        with contextlib.suppress(Exception):
-            admin.close()
-        mongo.close()
-        stack.stop()
 
 
 def test_mariadb_restart_mid_stream_loses_and_duplicates_nothing(own_env):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -42,21 +40,6 @@ def test_chunk_bounds_and_verify_checkpoints_hold_keys_above_2_63(env):
     assert backfill(load_mapping(path), workers=2).rows == 120
     data = json.loads(migrator_cmd("verify", "-m", str(path), "--json", check=0).stdout)
     assert data["ok"] and data["totals"]["checked"] == 120
-
-
-@pytest.fixture
-def own_env(tmp_path):
-    stack = start_stack()
-    admin = connect(parse_mysql_url(stack.mysql_url), database=False)
-    mongo: MongoClient[Any] = MongoClient(stack.mongo_url)
-    env = Env(stack, admin, mongo, tmp_path)
-    try:
-        yield env
-    finally:
-        with contextlib.suppress(Exception):
-            admin.close()
-        mongo.close()
-        stack.stop()
 
 
 def test_table_ids_reused_after_a_server_restart_decode_the_right_table(own_env):
@@ -194,7 +177,7 @@ def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(tmp_path, server):
         env = Env(stack, admin, MongoClient(stack.mongo_url), tmp_path)
         env.sql(
             "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
-            "INSERT INTO t SELECT seq, 'x' FROM seq_1_to_4000",
+            "INSERT INTO t SELECT seq, 'x' FROM seq_1_to_10000",
         )
         path = env.mapping("  - {name: t, from: t}\n", backfill="{chunk_size: 200}")
         # a short server selection: the test waits for the driver to give up
@@ -220,7 +203,10 @@ def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(tmp_path, server):
             text=True,
         )
         t0 = time.monotonic()
-        time.sleep(2.5)
+        # the server goes while verify is in the middle of the table
+        while not (env.state.meta.find_one({"_id": "verify_progress"}) or {}).get("collections"):
+            assert proc.poll() is None and time.monotonic() - t0 < 60, proc.communicate()
+            time.sleep(0.05)
         victim = next(
             p
             for p in stack.procs

@@ -3,24 +3,18 @@ past sync; CDC never writes while a backfill copies; an idle source still has a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
-
-import pytest
-from pymongo import MongoClient
 
 from migrator.backfill import backfill
 from migrator.cdc.runner import run_cdc
 from migrator.config import load_mapping
 from migrator.cutover.gates import evaluate
 from migrator.cutover.playbook import default_playbook
-from migrator.sandbox import start_stack
 from migrator.shop import ShopWriter
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
@@ -55,22 +49,6 @@ def test_a_second_migration_on_the_same_state_database_is_refused(env, tmp_path)
     finally:
         env.admin.cursor().execute(f"DROP DATABASE `{env.db}_b`")
         env.mongo.drop_database(f"{env.db}_b")
-
-
-@pytest.fixture
-def own_env(tmp_path):
-    """A stack of its own: this test purges its MariaDB's binlogs."""
-    stack = start_stack()
-    admin = connect(parse_mysql_url(stack.mysql_url), database=False)
-    mongo: MongoClient[Any] = MongoClient(stack.mongo_url)
-    env = Env(stack, admin, mongo, tmp_path)
-    try:
-        yield env
-    finally:
-        with contextlib.suppress(Exception):
-            admin.close()
-        mongo.close()
-        stack.stop()
 
 
 def _purge(env: Env) -> None:

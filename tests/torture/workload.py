@@ -268,10 +268,13 @@ class Workload:
 
         t = self.rnd.choice(list(self.model.tables.values()))
         col = Col(f"added{self.counts['ddl']}", "varchar", True)
-        cur = self.conn.cursor()
-        cur.execute(f"ALTER TABLE `{t.name}` ADD COLUMN {col.ddl}")
-        self.conn.commit()
-        t.cols.append(col)
+        conn = connect(self.url)  # its own: the write load uses self.conn from its thread
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE `{t.name}` ADD COLUMN {col.ddl}")
+        finally:
+            conn.close()
+        t.cols.append(col)  # the oracle reads it from here on
         self.counts["ddl"] += 1
 
     def step(self) -> None:
