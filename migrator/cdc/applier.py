@@ -121,8 +121,8 @@ class Applier:
     ) -> None:
         self.dry_run = dry_run  # build every operation, write none (benchmarks, estimates)
         # events of different tables do not arrive in commit order (Debezium: a topic per
-        # table): documents may be older than a cascade's event, so every cascade's rules get
-        # a dangling-reference sweep once caught up
+        # table): documents are read again from the source instead of being patched (see
+        # _Batch.resync), and every cascade's rules get a dangling-reference sweep
         self.unordered = unordered
         self.db = db
         self.state = state
@@ -368,12 +368,58 @@ class _Batch:
             effects = self.a.cascades.effects_of(ev)
             if effects:
                 self.cascade(effects, ev, pos)
+        elif self.a.unordered and ev.after is not None and self.a.cascades.triggers(ev.table):
+            # Debezium sends a primary-key change as a delete of the old key and a create of
+            # the new one: rows ON UPDATE CASCADE moved to the new key are read where they are
+            self.followers_of(ev.table, ev.after)
+        if self.a.unordered and ev.op == "delete" and self.a.cascades.triggers(ev.table):
+            # ...and the delete half may be an ON UPDATE SET NULL or CASCADE, not a delete:
+            # every rule referencing the table is swept for the old key
+            self.derived += [
+                r
+                for r in self.a.cascades.rules.get(ev.table, ())
+                if r.fk.table in self.a.cascades.relevant
+            ]
         for p in roles.roots:
-            self.root(p, ev, pos)
+            if self.a.unordered and any(e.many for e in p.embeds):
+                self.resync_root(p, ev)
+            else:
+                self.root(p, ev, pos)
         for cr in roles.children:
-            self.child(cr, ev, pos)
+            if self.a.unordered:
+                self.resync_child(cr, ev)
+            else:
+                self.child(cr, ev, pos)
         for pr in roles.parents:
             self.parent(pr, ev, pos)
+
+    # Events of different tables out of commit order (a topic per table): an array built
+    # from them in arrival order could miss a child whose event came before its parent's
+    # re-creation. So a document with arrays that an event touches is read again from the
+    # source at the end of the batch, which gives the source's current state whatever the
+    # order (one read per collection and batch). A document of one table is patched from the
+    # image as usual: one row's events stay in order (one key, one partition).
+    def resync_root(self, p: CollectionPlan, ev: ChangeEvent) -> None:
+        for img in (ev.before, ev.after):
+            if img is not None:
+                doc_id = self._key_ids(p, img)
+                self.touch(p.name, doc_id, ev)
+                self.rebuild_add(p, doc_id)
+
+    def resync_child(self, cr: ChildRole, ev: ChangeEvent) -> None:
+        pairs = list(zip(cr.embed.child_columns, cr.embed.root_columns, strict=True))
+        for img in (ev.before, ev.after):
+            if img is None:
+                continue
+            values = {rc: img.get(cc) for cc, rc in pairs}
+            if any(v is None for v in values.values()):
+                continue
+            if cr.parent_is_pk:
+                pid = self._parent_id(cr, img)
+                self.touch(cr.plan.name, pid, ev)
+                self.rebuild_add(cr.plan, pid)
+            else:
+                self.rebuild_where.append((cr.plan, values))
 
     def root(self, p: CollectionPlan, ev: ChangeEvent, pos: Position) -> None:
         exists = self.exists.setdefault(p.name, set())
@@ -658,6 +704,33 @@ class _Batch:
                 self.dead(ev, pos, f"cannot follow the cascade: {problem}")
             queue += nxt
 
+    def followers_of(self, table: str, row: dict[str, Any], depth: int = 0) -> None:
+        """Documents of rows that reference this row through ON UPDATE CASCADE, to any depth,
+        read again from the source (their keys come from the source too)."""
+        cas = self.a.cascades
+        if depth > 16:
+            return
+        for rule in cas.rules.get(table, ()):
+            fk = rule.fk
+            if rule.on != "update" or rule.action != "CASCADE" or fk.table not in cas.relevant:
+                continue
+            values = [row.get(r) for r in fk.ref_columns]
+            if any(v is None for v in values):
+                continue
+            cond = dict(zip(fk.columns, values, strict=True))
+            child = self.a.transform.schema.tables[fk.table]
+            for place in cas.places.get(fk.table, ()):
+                e = place.embed
+                if e is None:
+                    self.rebuild_where.append((place.plan, cond))
+                elif place.kind == "element" and set(e.child_columns) <= set(cond):
+                    pairs = zip(e.child_columns, e.root_columns, strict=True)
+                    self.rebuild_where.append((place.plan, {rc: cond[cc] for cc, rc in pairs}))
+            if any(r.on == "update" for r in cas.rules.get(fk.table, ())):
+                rows = self.a.lookup.run(partial(rows_where, table=child, values=cond))
+                for r in rows:
+                    self.followers_of(fk.table, r, depth + 1)
+
     def _discover(
         self, place: Place, eff: Effect, need: list[str], *, rebuild: bool = True
     ) -> list[dict[str, Any]] | None:
@@ -684,11 +757,26 @@ class _Batch:
         locs = {c: cas.locate(place, c) for c in {*want, *eff.cond, *joined}}
         have_all = all(locs[c] is not None for c in want)
         rows: list[dict[str, Any]] = []
-        if rebuild and e is None and p.spec.filter and eff.kind == "update":
-            # rows the change brings into the collection's filter have no document yet
+        moves = set(eff.changes) & set(p.pk if e is None else e.child_columns)
+        if rebuild and eff.kind == "update" and (self.a.unordered or p.spec.filter or moves):
+            # Rows where the change put them may have no document to find: rows it brings
+            # into the collection's filter; with events out of order, rows whose insert comes
+            # after this event; rows moved to a new key whose old documents a sweep (which
+            # reads the source ahead of the stream) already removed. They are read from the
+            # source where they are now.
             new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
             if all(v is not None for v in new.values()):
-                self.rebuild_where.append((p, new))
+                if e is None:
+                    self.rebuild_where.append((p, new))
+                elif (
+                    place.kind == "element"
+                    and (self.a.unordered or moves)
+                    and set(e.child_columns) <= set(new)
+                ):
+                    root_values = {
+                        rc: new[cc] for cc, rc in zip(e.child_columns, e.root_columns, strict=True)
+                    }
+                    self.rebuild_where.append((p, root_values))
         for doc in self.a.db[p.name].find(flt):
             if rebuild:
                 self.rebuild_add(p, doc["_id"])
@@ -863,6 +951,27 @@ class _Batch:
                     except (BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError) as e2:
                         self.dead(t.event, t.position, f"cannot apply: {e2}", coll)
                 return
+
+
+def rows_where(conn: Any, *, table: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a table whose columns equal `values`, as column -> raw value."""
+    from ..source.connection import quote_ident
+
+    where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
+    cols = table.column_names
+    cur = conn.cursor()
+    try:
+        cur.execute(
+            f"SELECT {', '.join(map(quote_ident, cols))} FROM {quote_ident(table.name)} "
+            f"WHERE {where}",
+            [param_value(table.column(c), v) for c, v in values.items()],
+        )
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return [
+        {c: param_value(table.column(c), v) for c, v in zip(cols, r, strict=True)} for r in rows
+    ]
 
 
 def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> list[Any]:

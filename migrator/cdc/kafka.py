@@ -42,6 +42,25 @@ def _json(b: bytes | None) -> Any:
         return b.decode("utf-8", "replace")
 
 
+def _pause_for_copy(
+    consumer: Any, state: StateStore, live: Liveness, stop: threading.Event, mode: str
+) -> None:
+    log.warning("a backfill is copying; CDC pauses until it ends")
+    parts = list(consumer.assignment())
+    if parts:
+        consumer.pause(*parts)
+    while state.copy_in_progress() is not None and not stop.is_set():
+        wait_while_copying(state, live, stop, mode, max_wait=1.0)
+        consumer.poll(timeout_ms=100)  # heartbeats; paused partitions return nothing
+    for tp in consumer.assignment():
+        committed = consumer.committed(tp)
+        if committed is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+    consumer.resume(*consumer.assignment())
+
+
 def run_debezium(
     mapping: Mapping,
     *,
@@ -157,11 +176,10 @@ def run_debezium(
                     if hw is not None:
                         targets[tp] = hw
             if state.copy_in_progress() is not None:
-                # the copy fence: apply nothing of this poll, commit nothing; after the copy
-                # the group resumes from its committed offsets
-                consumer.close(autocommit=False)
-                wait_while_copying(state, live, stop, mode)
-                consumer = open_consumer()
+                # the copy fence: apply nothing of this poll, commit nothing; the consumer
+                # stays in its group (paused, polling to keep its membership) and goes back
+                # to the committed offsets after the copy
+                _pause_for_copy(consumer, state, live, stop, mode)
                 targets.clear()
                 continue
             if txns:

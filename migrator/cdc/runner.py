@@ -164,14 +164,25 @@ class Liveness:
 
 
 def wait_while_copying(
-    state: StateStore, live: Liveness | None, stop: threading.Event, mode: str
+    state: StateStore,
+    live: Liveness | None,
+    stop: threading.Event,
+    mode: str,
+    max_wait: float | None = None,
 ) -> bool:
-    """If a backfill copies, acknowledge its fence and wait for it to end. True if waited."""
+    """If a backfill copies, acknowledge its fence and wait for it to end (or `max_wait`
+    seconds). True if it waited."""
     copy = state.copy_in_progress()
     if copy is None:
         return False
-    log.warning("a backfill is copying; CDC pauses until it ends", extra={"owner": copy["owner"]})
+    if max_wait is None:
+        log.warning(
+            "a backfill is copying; CDC pauses until it ends", extra={"owner": copy["owner"]}
+        )
+    until = None if max_wait is None else time.monotonic() + max_wait
     while copy is not None and not stop.is_set():
+        if until is not None and time.monotonic() >= until:
+            break
         if live is not None:
             live.beat(waiting_for="backfill", acked_copy=copy["owner"])
         if stop.wait(0.3):

@@ -171,11 +171,15 @@ def sweep_dangling(a: Applier) -> int:
         return 0
     requests = a.state.db["sweeps"]
     total = 0
+    # without an order across tables, a record older than the sweep may still be on its way:
+    # the request stays (and is swept again) until it is that old
+    settle = timedelta(seconds=60 if a.unordered else 0)
     for req in list(requests.find({})):
         rule = _rule(a.cascades, req["table"], req["fk"])
         if rule is not None:
             total += _sweep_rule(a, rule)
-        requests.delete_one({"_id": req["_id"], "requested_at": req["requested_at"]})
+        if now() - req["requested_at"] >= settle:
+            requests.delete_one({"_id": req["_id"], "requested_at": req["requested_at"]})
     return total
 
 
