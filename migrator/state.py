@@ -125,7 +125,7 @@ class StateStore:
             cur is not None
             and cur.get("owner") != owner
             and cur.get("expires", t) >= t
-            and not _dead_local(cur.get("owner", ""))
+            and not dead_local(cur.get("owner", ""))
         ):
             since = cur.get("since")
             raise CheckFailed(
@@ -165,9 +165,17 @@ class StateStore:
     def end_copy(self, owner: str) -> None:
         with_retry(lambda: self.meta.delete_one({"_id": "copy", "owner": owner}))
 
+    def mongo_is_truth(self) -> str | None:
+        """The phase, when the write switch has made MongoDB the source of truth (CDC must
+        then apply nothing from MySQL); None before it."""
+        doc = self.db["control"].find_one({"_id": "control"}, {"phase": 1, "source_of_truth": 1})
+        if doc is not None and doc.get("source_of_truth") == "mongo":
+            return str(doc.get("phase"))
+        return None
+
     def copy_in_progress(self) -> dict[str, Any] | None:
         doc = self.meta.find_one({"_id": "copy"})
-        if doc is None or doc.get("expires", now()) < now() or _dead_local(doc.get("owner", "")):
+        if doc is None or doc.get("expires", now()) < now() or dead_local(doc.get("owner", "")):
             return None
         return doc
 
@@ -404,7 +412,8 @@ def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _dead_local(owner: str) -> bool:
+def dead_local(owner: str) -> bool:
+    """True only when `owner` (host:pid:nonce) is a process of this host that is gone."""
     host, _, rest = owner.partition(":")
     pid = rest.split(":", 1)[0]
     if host != socket.gethostname() or not pid.isdigit():

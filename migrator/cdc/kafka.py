@@ -28,7 +28,14 @@ from .debezium import DebeziumDecoder, DebeziumSettings, Record
 from .events import Position, Transaction
 from .lookup import SourceLookup
 from .roles import table_roles
-from .runner import CdcSummary, Liveness, LiveStats, wait_while_copying
+from .runner import (
+    CdcSummary,
+    Liveness,
+    LiveStats,
+    truth_stop_reason,
+    wait_while_copying,
+    wait_while_mongo_is_truth,
+)
 
 log = logging.getLogger("migrator.cdc.kafka")
 
@@ -46,11 +53,16 @@ def _pause_for_copy(
     consumer: Any, state: StateStore, live: Liveness, stop: threading.Event, mode: str
 ) -> None:
     log.warning("a backfill is copying; CDC pauses until it ends")
+    _pause(consumer, stop, lambda: wait_while_copying(state, live, stop, mode, max_wait=1.0))
+
+
+def _pause(consumer: Any, stop: threading.Event, wait: Any) -> None:
+    """Pause every partition while `wait()` says it waited (it waits at most a second at a
+    time), polling to keep the group membership; then go back to the committed offsets."""
     parts = list(consumer.assignment())
     if parts:
         consumer.pause(*parts)
-    while state.copy_in_progress() is not None and not stop.is_set():
-        wait_while_copying(state, live, stop, mode, max_wait=1.0)
+    while not stop.is_set() and wait():
         consumer.poll(timeout_ms=100)  # heartbeats; paused partitions return nothing
     for tp in consumer.assignment():
         committed = consumer.committed(tp)
@@ -175,6 +187,16 @@ def run_debezium(
                     hw = consumer.highwater(tp)  # known after a fetch (end_offsets lies, STACK.md)
                     if hw is not None:
                         targets[tp] = hw
+            truth = state.mongo_is_truth()
+            if truth is not None:
+                # the write switch: apply and commit nothing of this poll (checked after it,
+                # so every record in it is from before a later flip)
+                if mode != "follow":
+                    summary.stopped = truth_stop_reason(truth)
+                    break
+                _pause(consumer, stop, lambda: wait_while_mongo_is_truth(state, live, stop, 1.0))
+                targets.clear()
+                continue
             if state.copy_in_progress() is not None:
                 # the copy fence: apply nothing of this poll, commit nothing; the consumer
                 # stays in its group (paused, polling to keep its membership) and goes back
@@ -245,10 +267,11 @@ def run_debezium(
                 f"{tp.topic}[{tp.partition}]": consumer.position(tp) for tp in consumer.assignment()
             }
         }
-        before = applier.expired
-        applier.sweep_pending()
-        applier.sweep_dangling()
-        summary.dead_letters += applier.expired - before
+        if state.mongo_is_truth() is None:  # sweeps read MySQL as the truth
+            before = applier.expired
+            applier.sweep_pending()
+            applier.sweep_dangling()
+            summary.dead_letters += applier.expired - before
         summary.pending = applier.pending_count
     finally:
         live.stop()

@@ -137,6 +137,41 @@ class _CopyStarted(Exception):
     """A backfill took the copy fence: stop applying, drop what is held, wait, resume."""
 
 
+class _TruthMoved(Exception):
+    """The write switch made MongoDB the source of truth: apply nothing more from MySQL."""
+
+
+def truth_stop_reason(phase: str) -> str:
+    return (
+        f"MongoDB is the source of truth (phase {phase}): CDC applies nothing from MySQL "
+        "until a rollback"
+    )
+
+
+def wait_while_mongo_is_truth(
+    state: StateStore, live: Liveness | None, stop: threading.Event, max_wait: float | None = None
+) -> bool:
+    """After the write switch, a following CDC stays alive but applies nothing; after a
+    rollback it resumes from its checkpoint (the position it had caught up to at the switch).
+    True if it waited."""
+    phase = state.mongo_is_truth()
+    if phase is None:
+        return False
+    log.warning(truth_stop_reason(phase))
+    until = None if max_wait is None else time.monotonic() + max_wait
+    while phase is not None and not stop.is_set():
+        if until is not None and time.monotonic() >= until:
+            break
+        if live is not None:
+            live.beat(waiting_for=f"rollback (MongoDB is the source of truth, phase {phase})")
+        if stop.wait(1.0):
+            break
+        phase = state.mongo_is_truth()
+    if live is not None:
+        live.beat(waiting_for=None)
+    return True
+
+
 class Liveness:
     """Writes CDC's liveness every second from its own thread, so a long batch or a wait
     still shows a live CDC (the copy fence and `status` read it)."""
@@ -240,6 +275,11 @@ def run_cdc(
     try:
         while True:
             if not dry_run:
+                truth = state.mongo_is_truth()
+                if truth is not None and mode != "follow":
+                    summary.stopped = truth_stop_reason(truth)
+                    break
+                wait_while_mongo_is_truth(state, live, stop)
                 wait_while_copying(state, live, stop, mode)
             if stop.is_set():
                 summary.stopped = summary.stopped or "stopped by signal"
@@ -297,11 +337,13 @@ def run_cdc(
             except _CopyStarted:
                 log.warning("a backfill started copying; CDC drops its batch and waits")
                 continue
+            except _TruthMoved:
+                continue  # the loop's top waits (follow) or stops
             finally:
                 summary.reconnects += source.reconnects
                 source.close()
             break
-        if not dry_run:
+        if not dry_run and state.mongo_is_truth() is None:  # sweeps read MySQL as the truth
             applier.sweep_pending()
             applier.sweep_dangling()
         summary.dead_letters += applier.expired
@@ -453,6 +495,8 @@ class _Session:
         self.last_idle_publish = t
         if not self.dry_run and self.state.copy_in_progress() is not None:
             raise _CopyStarted()  # acknowledged by the wait that follows
+        if not self.dry_run and self.state.mongo_is_truth() is not None:
+            raise _TruthMoved()
         if not self.dry_run and self.position != self.saved:
             self.state.save_cdc_checkpoint(self.position.to_dict(), commit_time=None)
             self.saved = self.position
@@ -477,6 +521,11 @@ class _Session:
         if not self.dry_run and self.state.copy_in_progress() is not None:
             self.batch, self.held = [], 0
             raise _CopyStarted()
+        if not self.dry_run and self.state.mongo_is_truth() is not None:
+            # checked before every batch: each of its events committed before this read, so if
+            # the switch flips after it, they are changes from before the flip
+            self.batch, self.held = [], 0
+            raise _TruthMoved()
         batch, held = self.batch, self.held
         res: BatchResult = self.applier.apply(batch)
         log.debug(

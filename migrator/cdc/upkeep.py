@@ -107,19 +107,35 @@ def _existing(conn: Any, *, plan: Any, keys: list[Any]) -> set[Any]:
 
 
 def _child_exists(a: Applier, d: dict[str, Any]) -> bool:
+    """Whether the waiting child's row is still an orphan: it exists and references a parent
+    row that does not exist. A child whose reference is NULL now (ON UPDATE SET NULL, its
+    own update) or points at a parent that exists has left this wait."""
     table = a.transform.schema.tables.get(d.get("child_table") or "")
     key = decode_key(d.get("child_key") or [])
     if table is None or len(key) != len(table.primary_key):
         return True  # cannot tell: keep waiting until the bound
-    where = " AND ".join(f"{quote_ident(c)} = %s" for c in table.primary_key)
-    sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
+    try:
+        plan = a.transform.collection(d["collection"])
+        e = next(e for e in plan.embeds if e.name == d["embed"])
+    except (MigratorError, StopIteration):
+        return True
+    q = quote_ident
+    where = " AND ".join(f"{q(c)} = %s" for c in table.primary_key)
+    sql = f"SELECT {', '.join(q(c) for c in e.child_columns)} FROM {q(table.name)} WHERE {where}"
+    parent_sql = f"SELECT 1 FROM {q(plan.table.name)} WHERE " + " AND ".join(
+        f"{q(c)} = %s" for c in e.root_columns
+    )
 
-    def q(conn: Any) -> bool:
+    def orphan(conn: Any) -> bool:
         cur = conn.cursor()
         cur.execute(sql, key)
-        return cur.fetchone() is not None
+        row = cur.fetchone()
+        if row is None or any(v is None for v in row):
+            return False
+        cur.execute(parent_sql, row)
+        return cur.fetchone() is None
 
-    return bool(a.lookup.run(q))
+    return bool(a.lookup.run(orphan))
 
 
 def _dead(a: Applier, p: dict[str, Any]) -> None:

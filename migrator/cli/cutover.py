@@ -63,6 +63,14 @@ def status_cmd(mapping_path: str, playbook_path: str | None, as_json: bool) -> N
         f"source of truth {st['source_of_truth']}"
         + ("  [bold red]WRITES FROZEN[/]" if st["freeze"] else "")
     )
+    sw = st.get("switch")
+    if sw and sw.get("running"):
+        out.print(f"a {sw['kind']} to {sw['to']} is running: stage {sw['stage']}, {sw['holder']}")
+    elif sw and sw.get("interrupted"):
+        out.print(
+            f"[yellow]a {sw['kind']} to {sw['to']} was interrupted at stage {sw['stage']}[/] "
+            f"({sw['holder']}, started {sw['started_at']}); it left {sw['left']}"
+        )
     cdc = st["cdc"]
     lag = "not running yet" if cdc["lag_seconds"] is None else f"{cdc['lag_seconds']:.1f} s"
     age = cdc["checkpoint_age_seconds"]
@@ -138,8 +146,11 @@ def cutover_cmd(
     """Move the migration one phase forward, after its gates pass.
 
     Phases: planned, backfill, sync, dual_write, read_mongo, write_mongo, done. The step into
-    write_mongo freezes writes, lets CDC apply everything, re-verifies recent changes, flips,
-    and unfreezes (the pause is measured); any failure unfreezes and stays in read_mongo.
+    write_mongo freezes writes, waits until every live SDK writer has acknowledged the freeze
+    (the fence), lets CDC apply everything, re-verifies what changed since the last clean
+    verification, then flips and unfreezes at once (the pause is measured); any failure
+    unfreezes and stays in read_mongo. If this process dies, writers resume by themselves
+    within the playbook's freeze_timeout_seconds (10 s) and `status` says what was left.
 
     \b
     Examples:
@@ -195,7 +206,8 @@ def rollback_cmd(
     as_json: bool,
 ) -> None:
     """Step back: one phase by default, or to any earlier phase. No gates: it is the 3 a.m.
-    command. Clears any write freeze.
+    command. A rollback that moves writes back to MySQL first is fenced like the write switch
+    (freeze, every live writer acknowledges, flip and unfreeze at once).
 
     \b
     Example:

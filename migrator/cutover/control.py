@@ -5,14 +5,22 @@ Fields (the protocol any language can follow, see the README):
   phase        one of PHASES
   version      incremented by every change; writers compare-and-set on it
   freeze       true while writes must pause (the write switch); apps hold writes, bounded
+  freeze_id, freeze_at, freeze_timeout
+               which freeze; writers acknowledge it by id and treat it as over after
+               freeze_timeout seconds of their own clock (cutover/fence.py)
+  switch       {id, stage, holder, started_at} while a fenced switch runs
+  interrupted_switch
+               what the last recovery found of a switch whose process died
   reads_from   "mysql" | "mongo";  writes_to: ["mysql"], ["mysql","mongo"], ["mongo","mysql"]...
   source_of_truth, updated_at, updated_by, reason
-  lease        {holder, expires} while an operation is under way
+  lease        {holder, expires, since} while an operation is under way; the holder renews it
+               (cutover/machine.py), so it dies with the process within `lease_seconds`
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +30,7 @@ from pymongo.collection import Collection
 
 from ..errors import CheckFailed
 from ..sink.mongo import with_retry
-from ..state import now
+from ..state import dead_local, now, process_owner
 from .phases import ROUTING
 
 CONTROL_ID = "control"
@@ -72,15 +80,26 @@ class Control:
                 raise
         return doc
 
-    def compare_and_set(self, version: int, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply `changes` if the document is still at `version`; else say who changed it."""
+    def compare_and_set(
+        self, version: int, changes: dict[str, Any], holder: str | None = None
+    ) -> dict[str, Any]:
+        """Apply `changes` if the document is still at `version` (and, given a holder, the
+        lease is still theirs); else say who changed it."""
+        flt: dict[str, Any] = {"_id": CONTROL_ID, "version": version}
+        if holder is not None:
+            flt["lease.holder"] = holder
         doc = self.coll.find_one_and_update(
-            {"_id": CONTROL_ID, "version": version},
+            flt,
             {"$set": changes, "$inc": {"version": 1}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             cur = self.get()
+            if holder is not None and (cur.get("lease") or {}).get("holder") != holder:
+                raise LeaseHeld(
+                    "the cutover lease was lost (it expired or was taken over): nothing changed",
+                    hint="look at `migrator status` and try again",
+                )
             raise CheckFailed(
                 f"the control document changed under us (version {version} -> {cur['version']}, "
                 f"phase {cur['phase']!r} by {cur.get('updated_by')} at {cur.get('updated_at')})",
@@ -88,14 +107,22 @@ class Control:
             )
         return doc
 
-    def acquire(self, holder: str, seconds: float = 300) -> dict[str, Any]:
-        """Take the lease (or fail naming whoever holds it)."""
+    def acquire(self, holder: str, seconds: float = 15) -> dict[str, Any]:
+        """Take the lease (or fail naming whoever holds it). A lease whose holder is a dead
+        process on this host is taken over at once."""
         t = now()
+        self.get()
+        free: list[dict[str, Any]] = [
+            {"lease": None},
+            {"lease.expires": {"$lt": t}},
+            {"lease.holder": holder},
+        ]
+        cur = self.coll.find_one({"_id": CONTROL_ID}, {"lease": 1}) or {}
+        other = (cur.get("lease") or {}).get("holder")
+        if other and holder_is_dead(other):
+            free.append({"lease.holder": other})
         doc = self.coll.find_one_and_update(
-            {
-                "_id": CONTROL_ID,
-                "$or": [{"lease": None}, {"lease.expires": {"$lt": t}}, {"lease.holder": holder}],
-            },
+            {"_id": CONTROL_ID, "$or": free},
             {
                 "$set": {
                     "lease": {
@@ -117,12 +144,30 @@ class Control:
             )
         return doc
 
+    def renew(self, holder: str, seconds: float) -> bool:
+        res = self.coll.update_one(
+            {"_id": CONTROL_ID, "lease.holder": holder},
+            {"$set": {"lease.expires": now() + timedelta(seconds=seconds)}},
+        )
+        return res.matched_count == 1
+
     def release(self, holder: str) -> None:
         with_retry(
             lambda: self.coll.update_one(
                 {"_id": CONTROL_ID, "lease.holder": holder}, {"$set": {"lease": None}}
             )
         )
+
+
+def lease_holder(actor: str) -> str:
+    """A holder name unique to this process: the actor, then (host:pid:nonce)."""
+    return f"{actor} ({process_owner()})"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when the holder is a process of this host that no longer exists."""
+    m = re.search(r"\(([^()]+)\)$", holder)
+    return m is not None and dead_local(m.group(1))
 
 
 def _fmt(v: Any) -> str:

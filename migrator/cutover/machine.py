@@ -6,7 +6,11 @@ every refused attempt appends an audit entry (actor, time, from, to, reason, gat
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,10 +21,23 @@ from ..errors import CheckFailed, ConfigError, MigratorError
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..state import StateStore, now
-from .control import Control, default_actor, routing_fields
+from .control import (
+    Control,
+    LeaseHeld,
+    default_actor,
+    holder_is_dead,
+    lease_holder,
+    routing_fields,
+)
+from .fence import FLIP_MARGIN, Fence
 from .gates import GateResult, cdc_lag_seconds, evaluate, run_action
-from .phases import PHASES, index, next_phase, previous_phase
+from .phases import PHASES, ROUTING, index, next_phase, previous_phase
 from .playbook import Action, Playbook
+
+
+def _primary(phase: str) -> str:
+    """The store writes go to first in a phase."""
+    return ROUTING[phase][2].split(",")[0]
 
 
 @dataclass
@@ -34,6 +51,7 @@ class StepResult:
     seconds: float = 0.0
     write_pause_ms: float | None = None
     hooks: list[dict[str, Any]] = field(default_factory=list)
+    fence: dict[str, Any] | None = None  # writers acknowledged / presumed gone, seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,9 +62,39 @@ class StepResult:
             "forced": self.forced,
             "seconds": round(self.seconds, 3),
             "write_pause_ms": self.write_pause_ms,
+            "fence": self.fence,
             "gates": [g.to_dict() for g in self.gates],
             "hooks": self.hooks,
         }
+
+
+class _Lease:
+    """The cutover lease, renewed from a thread while one operation runs: it dies with the
+    process (within `seconds`), so a crashed operator never blocks the next one for long."""
+
+    def __init__(self, control: Control, holder: str, seconds: float) -> None:
+        self.control, self.holder, self.seconds = control, holder, seconds
+        self._stop = threading.Event()
+        control.acquire(holder, seconds)
+        self._thread = threading.Thread(target=self._renew, name="migrator-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                self.control.renew(self.holder, self.seconds)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.control.release(self.holder)
+
+
+def fault_point(stage: str) -> None:
+    """Tests stop a switch at a stage to kill it there: MIGRATOR_FAULT_PAUSE=stage:seconds."""
+    name, _, secs = os.environ.get("MIGRATOR_FAULT_PAUSE", "").partition(":")
+    if name == stage:
+        time.sleep(float(secs or 30))
 
 
 class Machine:
@@ -54,6 +102,8 @@ class Machine:
         self.mapping = mapping
         self.playbook = playbook
         self.actor = actor or default_actor()
+        self.holder = lease_holder(self.actor)
+        self.fence: dict[str, Any] | None = None  # what the last fenced flip waited for
         self.client = mongo_connect(mapping.target.url)
         self.state = StateStore.open(self.client, mapping)
         self.control = Control(self.state.db["control"])
@@ -61,19 +111,46 @@ class Machine:
         self.recover()
 
     def recover(self) -> None:
-        """A write switch that crashed left `freeze` set: once its lease is gone, clear it (the
-        phase never moved, so the system is still in read_mongo)."""
+        """A switch whose process died left `freeze` set. Writers already ignore it after
+        its timeout (fence.py); once the lease is gone (expired, or its holder is a dead
+        process here), clear it and record what was interrupted (the phase never moved)."""
         doc = self.control.get()
-        lease = doc.get("lease")
-        if doc.get("freeze") and (lease is None or lease.get("expires") < now()):
-            self.control.compare_and_set(doc["version"], {"freeze": False, "lease": None})
-            self._audit(
-                kind="recovery",
-                outcome="done",
-                from_phase=doc["phase"],
-                to_phase=doc["phase"],
-                detail="cleared the write freeze left by an interrupted write switch",
+        lease = doc.get("lease") or {}
+        gone = (
+            not lease
+            or lease.get("expires", now()) < now()
+            or holder_is_dead(str(lease.get("holder", "")))
+        )
+        if not (doc.get("freeze") and gone):
+            return
+        sw = doc.get("switch") or {}
+        found = {
+            "kind": sw.get("kind", "write switch"),
+            "stage": sw.get("stage"),
+            "to": sw.get("to"),
+            "holder": sw.get("holder") or lease.get("holder"),
+            "started_at": sw.get("started_at") or doc.get("freeze_at"),
+            "phase": doc["phase"],
+            "cleared_at": now(),
+        }
+        try:
+            self.control.compare_and_set(
+                doc["version"],
+                {"freeze": False, "switch": None, "lease": None, "interrupted_switch": found},
             )
+        except CheckFailed:
+            return  # someone else changed it first
+        self._audit(
+            kind="recovery",
+            outcome="done",
+            from_phase=doc["phase"],
+            to_phase=doc["phase"],
+            detail=(
+                f"cleared the write freeze left by a {found['kind']} to {found['to']} "
+                f"interrupted at stage {found['stage']!r} (held by {found['holder']}); "
+                f"the phase stayed {doc['phase']!r}"
+            ),
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -88,18 +165,37 @@ class Machine:
         )
 
     def _set_phase(self, doc: dict[str, Any], phase: str, reason: str | None) -> None:
-        """Compare-and-set the phase (routing fields follow it; any freeze is cleared)."""
+        """Compare-and-set the phase on the version its gates were judged at, under our lease
+        (routing fields follow it; any freeze is cleared)."""
         self.control.compare_and_set(
             doc["version"],
             {
                 "phase": phase,
                 **routing_fields(phase),
                 "freeze": False,
+                "switch": None,
                 "updated_at": now(),
                 "updated_by": self.actor,
                 "reason": reason,
             },
+            holder=self.holder,
         )
+
+    def _lease(self, kind: str, to: str | None, reason: str | None) -> _Lease:
+        """Take the lease before reading the phase; a refusal is audited."""
+        try:
+            return _Lease(self.control, self.holder, self.playbook.defaults.lease_seconds)
+        except LeaseHeld as exc:
+            cur = self.control.get()["phase"]
+            self._audit(
+                kind=kind,
+                outcome="refused",
+                from_phase=cur,
+                to_phase=to,
+                reason=reason,
+                detail=exc.message,
+            )
+            raise
 
     def _hooks(self, actions: list[Action], when: str, res: StepResult) -> bool:
         for a in actions:
@@ -110,8 +206,8 @@ class Machine:
         return True
 
     # -- forward -----------------------------------------------------------------------------
-    def plan_step(self, to: str | None) -> StepResult:
-        cur = self.control.get()["phase"]
+    def plan_step(self, to: str | None, doc: dict[str, Any] | None = None) -> StepResult:
+        cur = (doc or self.control.get())["phase"]
         target = to or next_phase(cur)
         if target is None:
             raise CheckFailed(f"the migration is already {cur!r}: there is no next phase")
@@ -138,43 +234,47 @@ class Machine:
         confirm: Callable[[StepResult], bool] | None = None,
     ) -> StepResult:
         t0 = time.monotonic()
-        res = self.plan_step(to)
-        res.dry_run = dry_run
-        failing = [g for g in res.gates if not g.ok]
         if dry_run:
+            res = self.plan_step(to)
+            res.dry_run = True
             return res
         if force and not reason:
             raise ConfigError("--force needs --reason: the audit must say why gates were skipped")
-        if failing and not force:
-            self._audit_step(
-                "cutover",
-                "refused",
-                res,
-                reason=reason,
-                forced=False,
-                gates=[g.to_dict() for g in res.gates],
-                detail="gates failed: " + ", ".join(g.name for g in failing),
-            )
-            raise CheckFailed(
-                f"{res.from_phase} -> {res.to_phase} refused: "
-                + "; ".join(f"{g.name} is {g.measured} (needs {g.threshold})" for g in failing),
-                hint="fix the gates, or --force --reason '...' (audited)",
-            )
-        res.forced = bool(failing)
-        if confirm is not None and not confirm(res):
-            raise CheckFailed("not confirmed: nothing changed")
+        lease = self._lease("cutover", to, reason)
         try:
-            self.control.acquire(self.actor, self.playbook.defaults.lease_seconds)
-        except CheckFailed as exc:
-            self._audit_step(
-                "cutover",
-                "refused",
-                res,
-                reason=reason,
-                detail=exc.message,
-            )
-            raise
-        try:
+            # judged under the lease: nobody can move the phase between the gates and the flip
+            doc = self.control.get()
+            try:
+                res = self.plan_step(to, doc)
+            except MigratorError as exc:
+                self._audit(
+                    kind="cutover",
+                    outcome="refused",
+                    from_phase=doc["phase"],
+                    to_phase=to,
+                    reason=reason,
+                    detail=exc.message,
+                )
+                raise
+            failing = [g for g in res.gates if not g.ok]
+            if failing and not force:
+                self._audit_step(
+                    "cutover",
+                    "refused",
+                    res,
+                    reason=reason,
+                    forced=False,
+                    gates=[g.to_dict() for g in res.gates],
+                    detail="gates failed: " + ", ".join(g.name for g in failing),
+                )
+                raise CheckFailed(
+                    f"{res.from_phase} -> {res.to_phase} refused: "
+                    + "; ".join(f"{g.name} is {g.measured} (needs {g.threshold})" for g in failing),
+                    hint="fix the gates, or --force --reason '...' (audited)",
+                )
+            res.forced = bool(failing)
+            if confirm is not None and not confirm(res):
+                raise CheckFailed("not confirmed: nothing changed")
             step = self.playbook.step(res.to_phase)
             if not self._hooks(step.hooks.before, "before", res):
                 self._audit_step(
@@ -189,10 +289,11 @@ class Machine:
                     f"{res.from_phase} -> {res.to_phase} stopped: before-hook "
                     f"{res.hooks[-1]['hook']!r} failed ({res.hooks[-1]['result']})"
                 )
-            if res.to_phase == "write_mongo":
-                res.write_pause_ms = self._write_switch(reason)
+            doc = self.control.get()
+            if _primary(res.from_phase) != _primary(res.to_phase):
+                res.write_pause_ms = self._fenced_flip(doc, res.to_phase, reason)
+                res.fence = self.fence
             else:
-                doc = self.control.get()
                 self._set_phase(doc, res.to_phase, reason)
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
@@ -207,51 +308,108 @@ class Machine:
                 hooks=res.hooks,
                 seconds=res.seconds,
                 write_pause_ms=res.write_pause_ms,
+                fence=res.fence,
             )
             return res
         finally:
-            self.control.release(self.actor)
+            lease.release()
 
-    def _write_switch(self, reason: str | None) -> float:
-        """Freeze writes, let CDC apply everything, re-verify recent changes, flip, unfreeze.
-        Any failure unfreezes and stays in read_mongo. Returns the pause in ms."""
+    def _stage(self, stage: str) -> None:
+        """Where a fenced flip is, for `status` if its process dies (no version change)."""
+        with_retry(
+            lambda: self.control.coll.update_one(
+                {"_id": "control", "lease.holder": self.holder}, {"$set": {"switch.stage": stage}}
+            )
+        )
+        fault_point(stage)
+
+    def _fenced_flip(self, doc: dict[str, Any], target: str, reason: str | None) -> float:
+        """Change which store writes go to first: freeze, wait until every live writer has
+        acknowledged (fence.py), for the write switch let CDC apply everything and re-verify
+        what changed since the last clean verification, then flip and unfreeze in one
+        compare-and-set, within the freeze's deadline. Any failure unfreezes and leaves the
+        phase as it was. Returns the pause in ms."""
+        d = self.playbook.defaults
+        timeout = d.freeze_timeout_seconds
+        fid = uuid.uuid4().hex
+        fence = Fence(self.state.db["writers"])
+        fence.survey()
+        t0 = time.monotonic()
+        deadline = t0 + timeout - FLIP_MARGIN  # writers give up the freeze after `timeout`
+        switch = {
+            "id": fid,
+            "kind": "write switch" if target == "write_mongo" else "rollback",
+            "to": target,
+            "stage": "freeze",
+            "holder": self.holder,
+            "started_at": now(),
+        }
+        doc = self.control.compare_and_set(
+            doc["version"],
+            {
+                "freeze": True,
+                "freeze_id": fid,
+                "freeze_at": now(),
+                "freeze_timeout": timeout,
+                "switch": switch,
+                "interrupted_switch": None,  # the audit keeps the earlier one
+            },
+            holder=self.holder,
+        )
+        phase = doc["phase"]
+        try:
+            self._stage("fence")
+            self.fence = fence.wait(fid, deadline=deadline)
+            if target == "write_mongo":
+                self._stage("catch_up")
+                self._catch_up(deadline, timeout)
+                self._stage("reverify")
+                self._reverify()
+            if time.monotonic() > deadline:
+                raise CheckFailed(
+                    f"the switch took longer than its freeze allows ({timeout:g} s, less a "
+                    f"{FLIP_MARGIN:g} s margin): staying in {phase}"
+                )
+            self._set_phase(self.control.get(), target, reason)
+            pause = (time.monotonic() - t0) * 1000
+            fault_point("flipped")
+            return pause
+        except BaseException:
+            cur = self.control.get()
+            if cur.get("freeze") and cur.get("freeze_id") == fid:
+                with contextlib.suppress(CheckFailed):
+                    self.control.compare_and_set(
+                        cur["version"], {"freeze": False, "switch": None}, holder=self.holder
+                    )
+            raise
+
+    def _catch_up(self, deadline: float, timeout: float) -> None:
+        while True:
+            lag = cdc_lag_seconds(self.mapping, self.state)
+            if lag == 0.0:
+                return
+            if time.monotonic() > deadline:
+                raise CheckFailed(
+                    f"CDC did not catch up within {timeout:g} s of the write freeze "
+                    f"(lag {lag}): staying in read_mongo"
+                )
+            time.sleep(0.05)
+
+    def _reverify(self) -> None:
+        """Re-verify what CDC touched since the last clean verification started (a running
+        `verify --follow` keeps that short), or the playbook's window without one."""
         from ..verify.engine import verify
 
-        d = self.playbook.defaults
-        doc = self.control.get()
-        doc = self.control.compare_and_set(doc["version"], {"freeze": True, "freeze_at": now()})
-        t0 = time.monotonic()
-        try:
-            deadline = t0 + d.freeze_timeout_seconds
-            while True:
-                lag = cdc_lag_seconds(self.mapping, self.state)
-                if lag == 0.0:
-                    break
-                if time.monotonic() > deadline:
-                    raise CheckFailed(
-                        f"CDC did not catch up within {d.freeze_timeout_seconds:g} s "
-                        f"of the write freeze (lag {lag}): staying in read_mongo"
-                    )
-                time.sleep(0.05)
-            check = verify(
-                self.mapping,
-                since=timedelta(minutes=d.reverify_window_minutes),
-                recheck=1,
-                recheck_delay=0.1,
+        last = self.state.verify_runs.find_one({"ok": True}, sort=[("finished", -1)])
+        window = timedelta(minutes=self.playbook.defaults.reverify_window_minutes)
+        if last is not None:
+            window = min(window, now() - last["started"] + timedelta(seconds=1))
+        check = verify(self.mapping, since=window, recheck=1, recheck_delay=0.1)
+        if not check.ok:
+            raise CheckFailed(
+                f"re-verification of recent changes found "
+                f"{len(check.differences)} differences: staying in read_mongo"
             )
-            if not check.ok:
-                raise CheckFailed(
-                    f"re-verification of recent changes found "
-                    f"{len(check.differences)} differences: staying in read_mongo"
-                )
-            doc = self.control.get()
-            self._set_phase(doc, "write_mongo", reason)
-            return (time.monotonic() - t0) * 1000
-        except BaseException:
-            doc = self.control.get()
-            if doc.get("freeze"):
-                self.control.compare_and_set(doc["version"], {"freeze": False})
-            raise
 
     # -- back --------------------------------------------------------------------------------
     def rollback(
@@ -262,17 +420,18 @@ class Machine:
         rollback_playbook: Playbook | None = None,
     ) -> StepResult:
         t0 = time.monotonic()
-        cur = self.control.get()["phase"]
-        target = to or previous_phase(cur)
-        if target is None:
-            raise CheckFailed(f"the migration is {cur!r}: there is nothing to roll back to")
-        if target not in PHASES:
-            raise ConfigError(f"--to {target!r}: not a phase ({', '.join(PHASES)})")
-        if index(target) >= index(cur):
-            raise ConfigError(f"--to {target!r} is not behind {cur!r}")
-        res = StepResult(cur, target)
-        self.control.acquire(self.actor, self.playbook.defaults.lease_seconds)
+        lease = self._lease("rollback", to, reason)
         try:
+            doc = self.control.get()
+            cur = doc["phase"]
+            target = to or previous_phase(cur)
+            if target is None:
+                raise CheckFailed(f"the migration is {cur!r}: there is nothing to roll back to")
+            if target not in PHASES:
+                raise ConfigError(f"--to {target!r}: not a phase ({', '.join(PHASES)})")
+            if index(target) >= index(cur):
+                raise ConfigError(f"--to {target!r} is not behind {cur!r}")
+            res = StepResult(cur, target)
             step = (rollback_playbook or Playbook(version=1)).step(target)
             if not self._hooks(step.hooks.before, "before", res):
                 self._audit_step(
@@ -288,7 +447,11 @@ class Machine:
                     f"failed ({res.hooks[-1]['result']})"
                 )
             doc = self.control.get()
-            self._set_phase(doc, target, reason)
+            if _primary(cur) != _primary(target):
+                res.write_pause_ms = self._fenced_flip(doc, target, reason)
+                res.fence = self.fence
+            else:
+                self._set_phase(doc, target, reason)
             res.changed = True
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
@@ -299,10 +462,12 @@ class Machine:
                 reason=reason,
                 hooks=res.hooks,
                 seconds=res.seconds,
+                write_pause_ms=res.write_pause_ms,
+                fence=res.fence,
             )
             return res
         finally:
-            self.control.release(self.actor)
+            lease.release()
 
     # -- status ------------------------------------------------------------------------------
     def _reverse_sync(self) -> dict[str, Any]:
@@ -316,6 +481,20 @@ class Machine:
             "unapplied": failures.count_documents(q),
             "lag_seconds": 0.0 if oldest is None else (now() - oldest["at"]).total_seconds(),
         }
+
+    def _switch_state(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """A switch under way, or the last one whose process died (and what it left)."""
+        if doc.get("switch"):
+            return {"running": True, **doc["switch"]}
+        last = doc.get("interrupted_switch")
+        if last:
+            return {
+                "running": False,
+                "interrupted": True,
+                **last,
+                "left": f"phase {last['phase']!r}, writes unfrozen, routing unchanged",
+            }
+        return None
 
     def status(self) -> dict[str, Any]:
         doc = self.control.get()
@@ -348,6 +527,7 @@ class Machine:
             "updated_at": doc.get("updated_at"),
             "reason": doc.get("reason"),
             "lease": doc.get("lease"),
+            "switch": self._switch_state(doc),
             "backfill": backfill,
             "cdc": {
                 "lag_seconds": lag,

@@ -1,7 +1,7 @@
 """Playbooks: thresholds, gates and hooks per step, validated like mapping files.
 
 version: 1
-defaults: {max_lag_seconds: 2, verify_max_age_minutes: 15, lease_seconds: 300}
+defaults: {max_lag_seconds: 2, verify_max_age_minutes: 15, lease_seconds: 15}
 steps:
   dual_write:                       # the step INTO this phase
     gates: [backfill_complete, cdc_lag, verify_clean, dlq_empty]
@@ -64,7 +64,7 @@ class Step(_Model):
 class Defaults(_Model):
     max_lag_seconds: float = Field(2.0, gt=0)
     verify_max_age_minutes: float = Field(15.0, gt=0)
-    lease_seconds: float = Field(300, gt=0)
+    lease_seconds: float = Field(15, gt=0)  # renewed every third of it while held
     # the write switch (read_mongo -> write_mongo)
     freeze_timeout_seconds: float = Field(10.0, gt=0)
     reverify_window_minutes: float = Field(5.0, gt=0)

@@ -13,10 +13,15 @@ control document's `writes_to`: MySQL then MongoDB until the write switch, Mongo
 after it (this keeps MySQL current for a rollback: reverse sync). A failed secondary write does
 not fail the request: it is recorded in `sdk_failures` for repair (`verify --repair`). While
 `freeze` is set, writes wait (bounded) and then raise `WritesFrozen`, a retryable error.
+
+One instance may be shared by threads: writes run one at a time under a lock, MySQL reads under
+another. Each instance registers as a writer and acknowledges freezes (the fence, `fence.py`);
+`close()` unregisters it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -41,6 +46,7 @@ from ..state import StateStore, now
 from ..urls import parse_mysql_url
 from ..verify.canonical import doc_hash
 from .control import Control
+from .fence import Registration
 
 
 class WritesFrozen(MigratorError):
@@ -57,6 +63,7 @@ class DualWriter:
         control_ttl: float = 1.0,
         freeze_wait: float = 5.0,
         shadow_reads: bool = True,
+        beat_seconds: float = 0.25,
     ) -> None:
         self.mapping = mapping
         src = parse_mysql_url(mapping.source.url)
@@ -100,52 +107,105 @@ class DualWriter:
         )
         self._doc: dict[str, Any] | None = None
         self._fetched = 0.0
+        # one write at a time per instance (threads share it safely); reads of MySQL have
+        # their own connection lock
         self._lock = threading.Lock()
+        self._raw_lock = threading.Lock()
+        # the write fence (cutover/fence.py): register, beat, acknowledge freezes
+        self._freeze_seen: tuple[Any, float] | None = None
+        self._acked: str | None = None
+        self.registration = Registration(self.state.db["writers"])
+        self._stop = threading.Event()
+        self.registration.beat(None)
+        self._beater = threading.Thread(
+            target=self._beat_loop, args=(beat_seconds,), name="migrator-sdk-beat", daemon=True
+        )
+        self._beater.start()
 
     @classmethod
     def from_file(cls, path: str, **kw: Any) -> DualWriter:
         return cls(load_mapping(path), **kw)
 
     def close(self) -> None:
+        self._stop.set()
+        self._beater.join(timeout=5)
+        self.registration.leave()
         self.sql.close()
         self.raw.close()
         self.client.close()
 
-    # -- the control document ----------------------------------------------------------------
+    # -- the control document and the fence ---------------------------------------------------
     def control_doc(self, fresh: bool = False) -> dict[str, Any]:
         if fresh or self._doc is None or time.monotonic() - self._fetched > self.control_ttl:
             self._doc = self.control.get()
             self._fetched = time.monotonic()
         return self._doc
 
+    def _frozen(self, doc: dict[str, Any]) -> bool:
+        """Whether `doc`'s freeze holds writes: a freeze seen for `freeze_timeout` seconds of
+        this writer's own clock is over (the switch that set it is gone: see fence.py)."""
+        if not doc.get("freeze"):
+            return False
+        fid = doc.get("freeze_id")
+        if self._freeze_seen is None or self._freeze_seen[0] != fid:
+            self._freeze_seen = (fid, time.monotonic())
+        timeout = float(doc.get("freeze_timeout") or 10.0)
+        return time.monotonic() - self._freeze_seen[1] < timeout
+
+    def _ack(self, doc: dict[str, Any]) -> None:
+        """Called under the write lock: no write of this instance is in flight."""
+        fid = doc.get("freeze_id")
+        if fid and self._acked != fid:
+            self._acked = fid
+            with contextlib.suppress(Exception):  # the beat thread repeats it
+                self.registration.beat(fid)
+
+    def _beat_loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                doc = self.control.get()
+                if doc.get("freeze") and doc.get("freeze_id") != self._acked:
+                    with self._lock:  # waits for a write in flight
+                        self._doc, self._fetched = doc, time.monotonic()
+                        self._ack(doc)
+                else:
+                    self.registration.beat(self._acked)
+            except Exception:  # MongoDB away: the switch will see no beats
+                continue
+
     def _writable(self) -> dict[str, Any]:
         doc = self.control_doc()
-        if not doc.get("freeze"):
+        if not self._frozen(doc):
+            if doc.get("freeze"):  # an expired freeze: act on the order in force now
+                doc = self.control_doc(fresh=True)
             return doc
         self._m_frozen.inc()
         deadline = time.monotonic() + self.freeze_wait
-        while time.monotonic() < deadline:
+        while True:
+            self._ack(doc)
+            if time.monotonic() >= deadline:
+                raise WritesFrozen(
+                    f"writes are frozen for the write switch (phase {doc['phase']}) "
+                    f"longer than {self.freeze_wait:g} s",
+                    hint="retry the write",
+                )
             time.sleep(0.02)
             doc = self.control_doc(fresh=True)
-            if not doc.get("freeze"):
+            if not self._frozen(doc):
                 return doc
-        raise WritesFrozen(
-            f"writes are frozen for the write switch (phase {doc['phase']}) "
-            f"longer than {self.freeze_wait:g} s",
-            hint="retry the write",
-        )
 
     # -- rows --------------------------------------------------------------------------------
     def _row(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
         t = self.schema.table(table)
         cols = ", ".join(quote_ident(c) for c in t.column_names)
         cond = " AND ".join(f"{quote_ident(c)} = %s" for c in t.primary_key)
-        cur = self.raw.cursor()
-        cur.execute(
-            f"SELECT {cols} FROM {quote_ident(table)} WHERE {cond}",
-            tuple(key[c] for c in t.primary_key),
-        )
-        r = cur.fetchone()
+        with self._raw_lock:
+            cur = self.raw.cursor()
+            cur.execute(
+                f"SELECT {cols} FROM {quote_ident(table)} WHERE {cond}",
+                tuple(key[c] for c in t.primary_key),
+            )
+            r = cur.fetchone()
         return dict(zip(t.column_names, r, strict=True)) if r else None
 
     def _sql(self, table: str, op: str, key: dict[str, Any], values: dict[str, Any]) -> None:
@@ -198,25 +258,29 @@ class DualWriter:
         with self._lock:
             doc = self._writable()
             order = doc.get("writes_to") or ["mysql"]
+            before = None if op == "insert" else self._row(table, key)
             if order[0] == "mysql":
                 self._sql(table, op, key, values)
                 if "mongo" in order:
                     after = None if op == "delete" else self._row(table, key)
-                    ev = ChangeEvent(table, op, self._before, after)  # type: ignore[arg-type]
+                    ev = ChangeEvent(table, op, before, after)  # type: ignore[arg-type]
                     self._secondary("mongo", lambda: self._mongo(ev), table, key)
             else:
-                before = self._before
-                after = None if op == "delete" else self._predict(table, op, key, values)
+                after = None if op == "delete" else self._predict(table, before, key, values)
                 self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
                 if "mysql" in order:
                     self._secondary("mysql", lambda: self._sql(table, op, key, values), table, key)
 
     def _predict(
-        self, table: str, op: str, key: dict[str, Any], values: dict[str, Any]
+        self,
+        table: str,
+        before: dict[str, Any] | None,
+        key: dict[str, Any],
+        values: dict[str, Any],
     ) -> dict[str, Any]:
         """The row after the change, without MySQL having run it (MongoDB writes first)."""
         t = self.schema.table(table)
-        base = dict(self._before or {c: None for c in t.column_names})
+        base = dict(before or {c: None for c in t.column_names})
         for c, v in {**key, **values}.items():
             base[c] = v if isinstance(v, bytes | str) or v is None else str(v).encode()
         return base
@@ -224,15 +288,12 @@ class DualWriter:
     def insert(self, table: str, row: dict[str, Any]) -> None:
         t = self.schema.table(table)
         key = {c: row[c] for c in t.primary_key}
-        self._before = None
         self._write(table, "insert", key, row)
 
     def update(self, table: str, key: dict[str, Any], changes: dict[str, Any]) -> None:
-        self._before = self._row(table, key)
         self._write(table, "update", key, changes)
 
     def delete(self, table: str, key: dict[str, Any]) -> None:
-        self._before = self._row(table, key)
         self._write(table, "delete", key, {})
 
     # -- reads -------------------------------------------------------------------------------
@@ -240,9 +301,10 @@ class DualWriter:
         from ..verify.engine import id_to_key
 
         plan = self.transform.collection(collection)
-        reader = ChunkReader(self.raw, plan)
-        rows = reader.read_by_keys([id_to_key(plan, doc_id)])
-        docs = plan.documents(rows, reader.read_embeds(rows)) if rows else []
+        with self._raw_lock:
+            reader = ChunkReader(self.raw, plan)
+            rows = reader.read_by_keys([id_to_key(plan, doc_id)])
+            docs = plan.documents(rows, reader.read_embeds(rows)) if rows else []
         return docs[0] if docs else None
 
     def get(self, collection: str, doc_id: Any) -> dict[str, Any] | None:
@@ -261,5 +323,3 @@ class DualWriter:
             else:
                 self._m_shadow.labels("match").inc()
         return primary
-
-    _before: dict[str, Any] | None = None

@@ -28,7 +28,7 @@ from bson.raw_bson import RawBSONDocument
 
 from ..backfill import _chunk_bounds
 from ..config import Mapping
-from ..errors import MigratorError
+from ..errors import ConfigError, MigratorError
 from ..keys import id_key
 from ..mapping import CollectionPlan, compile_transform
 from ..progress import NullProgress, Progress
@@ -440,6 +440,13 @@ def verify(
         last = v.state.last_verify_run()
         cutoff = last["started"] if last else None
     try:
+        truth = v.state.mongo_is_truth() if repair else None
+        if truth is not None:
+            raise ConfigError(
+                f"--repair copies MySQL rows over MongoDB documents, but since the write switch "
+                f"MongoDB is the source of truth (phase {truth}): nothing was repaired",
+                hint="run verify without --repair; MySQL follows MongoDB through reverse sync",
+            )
         plans = [p for p in v.transform.collections if not collections or p.name in collections]
         unknown = set(collections or []) - {p.name for p in v.transform.collections}
         if unknown:

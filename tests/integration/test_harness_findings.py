@@ -160,6 +160,39 @@ def test_a_waiting_child_whose_row_is_gone_stops_waiting_without_a_dead_letter(e
     assert env.state.dead_letters.count_documents({}) == 0
 
 
+def test_a_waiting_child_that_since_left_its_parent_stops_waiting(env):
+    """Seed 27: children waited for a parent that was gone, while their own rows still
+    existed with the reference set to NULL (ON UPDATE SET NULL): they belong to no document,
+    so they must neither wait for the bound nor become dead letters."""
+    env.sql(
+        "CREATE TABLE parent (id INT PRIMARY KEY, note VARCHAR(10))",
+        "CREATE TABLE item (id INT PRIMARY KEY, parent_id INT NULL, qty INT, "
+        "FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE ON UPDATE SET NULL)",
+        "INSERT INTO parent VALUES (1, 'a')",
+    )
+    path = env.mapping(
+        "  - name: parents\n    from: parent\n    embed:\n"
+        "      - {as: items, from: item, on: {parent_id: id}}\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "SET SESSION foreign_key_checks = 0",
+        "INSERT INTO item VALUES (10, 7, 1), (11, 7, 2), (12, 8, 3)",  # before parents 7, 8
+        "SET SESSION foreign_key_checks = 1",
+        "INSERT INTO parent VALUES (8, 'b')",
+        "UPDATE parent SET id = 9 WHERE id = 8",  # item 12: parent_id NULL by the cascade
+        "UPDATE item SET parent_id = NULL WHERE id = 10",
+        "UPDATE item SET parent_id = 1 WHERE id = 11",
+    )
+    p = migrator_cmd(
+        "cdc", "-m", str(path), "--until-caught-up", "--pending-timeout", "3600", "--json", check=0
+    )
+    assert json.loads(p.stdout)["pending"] == 0
+    assert env.state.pending.count_documents({}) == 0
+    assert env.state.dead_letters.count_documents({}) == 0
+    assert_same_as_fresh_backfill(env, path)
+
+
 @pytest.mark.parametrize("server", ["mongodb", "mysql"])
 def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(tmp_path, server):
     """A driver error in the middle of a run: one line naming the server and the setting,

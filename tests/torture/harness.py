@@ -284,7 +284,8 @@ def run_seed(
         code = cdc.stop()
         if code not in (0, None, -9, -15):  # -15: stopped while it was still starting
             res.problems.append(f"cdc --follow exited {code}:\n{cdc.last_log()}")
-        _catch_up(res, mapping, source, stack, model, url, mongo, db, bridge)
+        group = cdc.args[cdc.args.index("--group") + 1] if "--group" in cdc.args else ""
+        _catch_up(res, mapping, source, stack, model, url, mongo, db, bridge, group)
     except Exception as exc:  # report the seed, whatever broke
         res.problems.append(f"harness error: {type(exc).__name__}: {exc}")
     finally:
@@ -333,6 +334,8 @@ def _inject(
     elif fault == "kill_cdc":
         if cdc.proc is not None:
             cdc.kill()
+            if stack.kafka_bootstrap and "--group" in cdc.args:
+                _leave_dead_group(stack.kafka_bootstrap, cdc.args)
             cdc.start()
     elif fault == "restart_mysql":
         restart_mysql(stack)
@@ -353,6 +356,28 @@ def _inject(
             load.add_column()
 
 
+def _leave_dead_group(bootstrap: str, args: list[str]) -> None:
+    """Test setup only, for a Tansu quirk (README, testing): a consumer killed with kill -9
+    stays its group's leader forever (session timeouts are not enforced), so the group never
+    assigns partitions again; a real Kafka evicts it after session.timeout.ms. The committed
+    offsets move to a new group, which the next CDC joins: it resumes from them, as it would
+    after the eviction."""
+    from kafka import KafkaAdminClient
+
+    i = args.index("--group") + 1
+    old = args[i]
+    base, _, n = old.partition("~")
+    new = f"{base}~{int(n or 0) + 1}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(old).get(old, {})
+        if offsets:
+            admin.alter_group_offsets(new, offsets)
+    finally:
+        admin.close()
+    args[i] = new
+
+
 def _catch_up(
     res: Result,
     mapping: Path,
@@ -363,6 +388,7 @@ def _catch_up(
     mongo: MongoClient[Any],
     db: str,
     bridge: Any,
+    group: str,
 ) -> None:
     deadline = time.monotonic() + (180 if source == "debezium" else 120)
     problems: list[str] = []
@@ -381,7 +407,7 @@ def _catch_up(
                 "--topic-prefix",
                 "dbz",
                 "--group",
-                f"torture-{res.seed}",
+                group,
             )
         else:
             p = migrator(

@@ -1,0 +1,293 @@
+"""The write switch as an on-call engineer relies on it (DESIGN.md, "The write switch and
+after"): a dead switch never holds writes past the freeze timeout, the freeze is a fence every
+live writer acknowledges, one operator at a time, and one SDK instance shared by threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+
+from migrator.cdc.runner import run_cdc
+from migrator.config import load_mapping
+from migrator.cutover.control import Control
+from migrator.cutover.sdk import DualWriter
+from migrator.state import now
+from migrator.verify.engine import verify
+
+from .conftest import REPO, migrator_cmd
+from .test_cutover import ready, step
+
+FREEZE = 4.0  # the playbook's freeze timeout in these tests (default 10 s)
+
+
+def to_read_mongo(env, tmp_path, orders=20):
+    path = ready(env, orders=orders)
+    for target in ("backfill", "sync", "dual_write", "read_mongo"):
+        step(path, "--to", target, "--force", "--reason", "setup")
+    pb = tmp_path / "playbook.yaml"
+    pb.write_text(f"version: 1\ndefaults: {{freeze_timeout_seconds: {FREEZE}}}\n")
+    return path, pb
+
+
+def control(env):
+    return env.state.control.find_one({"_id": "control"})
+
+
+def start_switch(path, pb, *, pause: str = "", to: str = "write_mongo"):
+    env = {**os.environ, "MIGRATOR_FAULT_PAUSE": pause}
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli.main", "cutover", "-m", str(path), "--to", to,
+         "--force", "--reason", "fence test", "--yes", "--actor", "switch@ci", "--json",
+         "--playbook", str(pb)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_until(cond, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_switch_killed_at_any_stage_never_holds_writes_past_the_freeze_timeout(env, tmp_path):
+    path, pb = to_read_mongo(env, tmp_path)
+    w = DualWriter(load_mapping(path), control_ttl=0.2, freeze_wait=30)
+    try:
+        for n, stage in enumerate(["fence", "catch_up", "reverify"]):
+            proc = start_switch(path, pb, pause=f"{stage}:60")
+            wait_until(lambda s=stage: (control(env).get("switch") or {}).get("stage") == s, stage)
+            proc.kill()
+            proc.wait()
+            # nobody runs a command: the application's next write waits out the freeze only
+            t0 = time.monotonic()
+            w.update("orders", {"id": 1}, {"note": f"after a dead switch {n}"})
+            waited = time.monotonic() - t0
+            assert 0.5 < waited < FREEZE + 1.5, (stage, waited)
+            note = f"after a dead switch {n}"
+            assert env.sql("SELECT note FROM orders WHERE id = 1")[0][0] == note
+            assert env.target.orders.find_one({"_id": 1})["note"] == note
+            st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
+            assert st["phase"] == "read_mongo" and st["freeze"] is False
+            sw = st["switch"]
+            assert sw["interrupted"] and sw["stage"] == stage and sw["to"] == "write_mongo"
+            assert "switch@ci" in sw["holder"] and "writes unfrozen" in sw["left"]
+            run_cdc(load_mapping(path), mode="until-caught-up")
+        # killed right after the flip: the flip and the unfreeze are one change
+        proc = start_switch(path, pb, pause="flipped:60")
+        wait_until(lambda: control(env)["phase"] == "write_mongo", "the flip")
+        proc.kill()
+        proc.wait()
+        assert control(env)["freeze"] is False
+        t0 = time.monotonic()
+        w.update("orders", {"id": 1}, {"note": "after the flip"})
+        assert time.monotonic() - t0 < 0.5
+        assert env.target.orders.find_one({"_id": 1})["note"] == "after the flip"
+        # a retried switch works at once: the dead operator's lease is taken over
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "again", check=0)
+        run_cdc(load_mapping(path), mode="until-caught-up")
+        verify(load_mapping(path))
+        step(path, "--to", "write_mongo", "--force", "--reason", "retry", "--playbook", str(pb))
+        assert control(env)["phase"] == "write_mongo"
+    finally:
+        w.close()
+    recoveries = list(env.state.audit.find({"kind": "recovery"}))
+    assert len(recoveries) == 3 and all("interrupted at stage" in r["detail"] for r in recoveries)
+
+
+def test_the_switch_waits_for_live_writers_and_not_for_dead_ones(env, tmp_path):
+    path, pb = to_read_mongo(env, tmp_path)
+    writers = env.state["writers"]
+    stop = threading.Event()
+
+    def stuck_writer():  # alive (it beats) but never acknowledges: a write that hangs
+        n = 0
+        while not stop.wait(0.1):
+            n += 1
+            writers.update_one(
+                {"_id": "app-host:4242:stuck"}, {"$set": {"beats": n, "at": now()}}, upsert=True
+            )
+
+    t = threading.Thread(target=stuck_writer)
+    t.start()
+    try:
+        p = step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb),
+                 check=1)  # fmt: skip
+    finally:
+        stop.set()
+        t.join()
+    assert "did not acknowledge the write freeze" in p.stderr and "app-host:4242:stuck" in p.stderr
+    doc = control(env)
+    assert doc["phase"] == "read_mongo" and doc["freeze"] is False and doc["lease"] is None
+    # the same writer, dead now (no more beats): presumed gone after its timeout
+    res = json.loads(
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb)).stdout
+    )
+    assert res["to"] == "write_mongo" and res["fence"]["gone"] == 1
+
+
+def test_no_write_runs_under_the_old_order_after_the_flip(env, tmp_path):
+    """Two SDK instances, one shared by three threads, write hot rows through the switch and
+    a rollback: every write routed MySQL-first ended before the flip to MongoDB-first, and the
+    other way round for the rollback; both stores hold every acknowledged write."""
+    path, pb = to_read_mongo(env, tmp_path)
+    m = load_mapping(path)
+    shared = DualWriter(m, control_ttl=1.0, freeze_wait=30)
+    alone = DualWriter(m, control_ttl=1.0, freeze_wait=30)
+    log: list[tuple[str, datetime, datetime]] = []  # (first store, routed, ended) per write
+    local = threading.local()
+    for w in (shared, alone):
+        orig = w._writable
+
+        def recording(orig=orig):
+            doc = orig()
+            local.order = doc["writes_to"][0]
+            local.decided = datetime.utcnow()  # the write is routed from here on
+            return doc
+
+        w._writable = recording
+    stop = threading.Event()
+
+    def app(w, k):
+        i = 0
+        while not stop.is_set():
+            i += 1
+            w.update("orders", {"id": 1 + (i % 3)}, {"note": f"t{k}-{i}"})
+            log.append((local.order, local.decided, datetime.utcnow()))
+
+    threads = [threading.Thread(target=app, args=(shared, k)) for k in range(3)]
+    threads.append(threading.Thread(target=app, args=(alone, 3)))
+    cdc = subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        flip = control(env)["updated_at"]
+        time.sleep(1)
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        back = control(env)["updated_at"]
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        shared.close()
+        alone.close()
+        cdc.terminate()
+        cdc.wait(timeout=60)
+    eps = timedelta(milliseconds=2)  # MongoDB keeps milliseconds
+    assert {o for o, _, _ in log} == {"mysql", "mongo"}
+    for order, start, end in log:
+        if order == "mysql":
+            assert end <= flip + eps or start >= back - eps, (order, start, end, flip, back)
+        else:
+            assert start >= flip - eps and end <= back + eps, (order, start, end, flip, back)
+    run_cdc(m, mode="until-caught-up")
+    assert verify(m).ok
+
+
+def test_two_operators_at_once_end_in_one_audited_state(env, tmp_path):
+    path, pb = to_read_mongo(env, tmp_path)
+    proc = start_switch(path, pb, pause="fence:2")
+    wait_until(lambda: (control(env).get("switch") or {}).get("stage") == "fence", "the fence")
+    p = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "panic", check=1)
+    assert "another operation holds the cutover lease" in p.stderr
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert control(env)["phase"] == "write_mongo"
+    audit = [(a["kind"], a["outcome"]) for a in env.state.audit.find({}).sort("at", 1)]
+    assert audit[-2:] == [("rollback", "refused"), ("cutover", "done")]
+    # both at the very same moment: whatever wins, the phase is what the audit says happened
+    procs = [
+        start_switch(path, pb, to="done"),
+        subprocess.Popen(
+            [sys.executable, "-m", "migrator.cli.main", "rollback", "-m", str(path), "--yes",
+             "--reason", "race", "--actor", "rollback@ci"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ),
+    ]  # fmt: skip
+    codes = [p.wait(timeout=120) for p in procs]
+    entries = list(env.state.audit.find({}).sort("at", 1))[len(audit) :]
+    assert len(entries) == 2 and all(c in (0, 1, 2) for c in codes)
+    done = [e for e in entries if e["outcome"] == "done"]
+    assert len(done) >= 1
+    assert control(env)["phase"] == done[-1]["to_phase"]
+    assert control(env)["freeze"] is False and control(env)["lease"] is None
+
+
+def test_one_sdk_instance_shared_by_threads_keeps_documents_right(env, tmp_path):
+    """Before: the row before the change was kept on the instance, outside the lock, so one
+    thread's update could carry another thread's row and move an item between orders."""
+    path, _ = to_read_mongo(env, tmp_path)
+    migrator_cmd("rollback", "-m", str(path), "--to", "dual_write", "--yes", check=0)
+    m = load_mapping(path)
+    w = DualWriter(m, control_ttl=1.0)
+    items = env.sql("SELECT order_id, line_no FROM order_items ORDER BY 1, 2 LIMIT 8")
+    errors: list[BaseException] = []
+
+    def app(k):
+        try:
+            for i in range(40):
+                o, line = items[(i + k) % len(items)]
+                w.update("order_items", {"order_id": o, "line_no": line}, {"qty": k * 100 + i})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=app, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    w.close()
+    assert not errors
+    res = verify(m, recheck=0)  # no CDC: the SDK's own MongoDB writes must be right
+    assert res.ok, res.differences[:3]
+    assert Control(env.state.control).get()["phase"] == "dual_write"
+
+
+def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, tmp_path):
+    """MongoDB is the source of truth from write_mongo on: a MySQL change (an SDK's reverse
+    write, an admin) must not overwrite the newer document; a following CDC waits, and after
+    a rollback resumes from where it had caught up."""
+    path, pb = to_read_mongo(env, tmp_path)
+    cdc = subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
+            "CDC to run",
+        )
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        env.target.orders.update_one({"_id": 3}, {"$set": {"note": "newer, in MongoDB"}})
+        env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 3")
+        time.sleep(3)  # a CDC still applying would have written it by now
+        assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
+        st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
+        assert st["cdc"]["alive"] and "rollback" in (st["cdc"]["waiting_for"] or "")
+        p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--json", check=0)
+        assert "MongoDB is the source of truth" in json.loads(p.stdout)["stopped"]
+        assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
+        p = migrator_cmd("verify", "-m", str(path), "--repair", check=2)
+        assert "MongoDB is the source of truth (phase write_mongo)" in p.stderr
+        assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
+        # back to MySQL as the truth: CDC resumes from the position it had caught up to
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        wait_until(
+            lambda: env.target.orders.find_one({"_id": 3})["note"] == "older, in MySQL",
+            "CDC to resume",
+        )
+    finally:
+        cdc.terminate()
+        cdc.wait(timeout=60)
+    assert cdc.returncode == 0
