@@ -26,6 +26,7 @@ class FieldPlan:
     column: str
     index: int
     convert: Converter
+    type_name: str = "auto"  # the mapping's `type:` ("auto": the default rule)
 
 
 @dataclass
@@ -296,6 +297,7 @@ def _view(
             column=c,
             index=index[c],
             convert=override_converter(table.column(c), t, zone),
+            type_name=t,
         )
         for n, c, t in mapped
     ]

@@ -16,6 +16,7 @@ from .backfill import BSON_MAX
 from .config import Mapping
 from .errors import MigratorError
 from .mapping import CollectionPlan, Transform, compile_transform
+from .reverse.inverse import lossy
 from .sink.mongo import connect as mongo_connect
 from .sink.mongo import host_of
 from .source.connection import _s, query, quote_ident, variables
@@ -290,6 +291,15 @@ def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
                         "warn",
                         f"{where}.{f.name} ({view.table.name}.{col.name} "
                         f"{col.column_type}): {note}",
+                    )
+                inverse = lossy(col, f.type_name)
+                if inverse:
+                    # said before the switch: after it, reverse sync writes these values back
+                    report.add(
+                        "reverse",
+                        "warn",
+                        f"{where}.{f.name}: reverse sync cannot restore {view.table.name}."
+                        f"{inverse} (after the write switch MySQL gets the converted value)",
                     )
                 if col.is_bool and col.data_type == "tinyint":
                     rows = query(

@@ -18,6 +18,7 @@ from typing import Any
 from ..config import Mapping
 from ..errors import ConnectError, ConversionError
 from ..mapping import compile_transform
+from ..reverse.runner import run_reverse
 from ..sink.mongo import connect as mongo_connect
 from ..source.connection import connect as mysql_connect
 from ..source.schema import introspect
@@ -34,7 +35,6 @@ from .runner import (
     LiveStats,
     truth_stop_reason,
     wait_while_copying,
-    wait_while_mongo_is_truth,
 )
 
 log = logging.getLogger("migrator.cdc.kafka")
@@ -191,10 +191,28 @@ def run_debezium(
             if truth is not None:
                 # the write switch: apply and commit nothing of this poll (checked after it,
                 # so every record in it is from before a later flip)
+                def reverse_a_while() -> bool:
+                    """Reverse sync for a few seconds at a time (the consumer polls between);
+                    True while MongoDB is still the source of truth."""
+                    rev = run_reverse(
+                        mapping,
+                        transform,
+                        client,
+                        state,
+                        stop=stop,
+                        mode="follow" if mode == "follow" else "until-caught-up",
+                        live=live,
+                        max_seconds=5.0,
+                    )
+                    summary.reverse_changes += rev.changes
+                    summary.dead_letters += rev.dead_letters
+                    return mode == "follow" and state.mongo_is_truth() is not None
+
                 if mode != "follow":
-                    summary.stopped = truth_stop_reason(truth)
+                    reverse_a_while()
+                    summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
                     break
-                _pause(consumer, stop, lambda: wait_while_mongo_is_truth(state, live, stop, 1.0))
+                _pause(consumer, stop, reverse_a_while)
                 targets.clear()
                 continue
             if state.copy_in_progress() is not None:

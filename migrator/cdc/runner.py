@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 from ..config import Mapping
 from ..errors import CheckFailed, MigratorError
 from ..mapping import compile_transform
+from ..reverse.runner import run_reverse
 from ..sink.mongo import connect as mongo_connect
 from ..source.connection import _s, query
 from ..source.connection import connect as mysql_connect
@@ -54,6 +55,7 @@ class CdcSummary:
     events_per_sec: float = 0.0
     stopped: str = ""
     ddl: list[dict[str, Any]] = field(default_factory=list)
+    reverse_changes: int = 0  # documents written back to MySQL after the write switch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,30 +148,6 @@ def truth_stop_reason(phase: str) -> str:
         f"MongoDB is the source of truth (phase {phase}): CDC applies nothing from MySQL "
         "until a rollback"
     )
-
-
-def wait_while_mongo_is_truth(
-    state: StateStore, live: Liveness | None, stop: threading.Event, max_wait: float | None = None
-) -> bool:
-    """After the write switch, a following CDC stays alive but applies nothing; after a
-    rollback it resumes from its checkpoint (the position it had caught up to at the switch).
-    True if it waited."""
-    phase = state.mongo_is_truth()
-    if phase is None:
-        return False
-    log.warning(truth_stop_reason(phase))
-    until = None if max_wait is None else time.monotonic() + max_wait
-    while phase is not None and not stop.is_set():
-        if until is not None and time.monotonic() >= until:
-            break
-        if live is not None:
-            live.beat(waiting_for=f"rollback (MongoDB is the source of truth, phase {phase})")
-        if stop.wait(1.0):
-            break
-        phase = state.mongo_is_truth()
-    if live is not None:
-        live.beat(waiting_for=None)
-    return True
 
 
 class Liveness:
@@ -276,10 +254,21 @@ def run_cdc(
         while True:
             if not dry_run:
                 truth = state.mongo_is_truth()
-                if truth is not None and mode != "follow":
-                    summary.stopped = truth_stop_reason(truth)
-                    break
-                wait_while_mongo_is_truth(state, live, stop)
+                if truth is not None:
+                    # after the write switch this process carries MongoDB's changes to MySQL
+                    log.warning(truth_stop_reason(truth) + "; reverse sync runs instead")
+                    rev = run_reverse(
+                        mapping, transform, client, state, stop=stop, mode=mode, live=live
+                    )
+                    summary.reverse_changes += rev.changes
+                    summary.dead_letters += rev.dead_letters
+                    if mode != "follow":
+                        summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
+                        break
+                    if stop.is_set():
+                        summary.stopped = "stopped by signal"
+                        break
+                    continue  # rolled back: CDC resumes from its checkpoint
                 wait_while_copying(state, live, stop, mode)
             if stop.is_set():
                 summary.stopped = summary.stopped or "stopped by signal"

@@ -192,7 +192,13 @@ def cutover_cmd(
     help="Rollback playbook (hooks per phase rolled back to).",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--reason", help="Why (recorded in the audit).")
+@click.option("--reason", help="Why (recorded in the audit; required with --force).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Roll back to MySQL-first without waiting for reverse sync (audited; MySQL then "
+    "misses MongoDB's unapplied changes).",
+)
 @actor_option
 @json_option
 @handle_errors
@@ -202,12 +208,15 @@ def rollback_cmd(
     playbook_path: str | None,
     yes: bool,
     reason: str | None,
+    force: bool,
     actor: str | None,
     as_json: bool,
 ) -> None:
     """Step back: one phase by default, or to any earlier phase. No gates: it is the 3 a.m.
-    command. A rollback that moves writes back to MySQL first is fenced like the write switch
-    (freeze, every live writer acknowledges, flip and unfreeze at once).
+    command. A rollback that moves writes back to MySQL first (from write_mongo or done) is
+    fenced like the write switch (freeze, every live writer acknowledges), waits until reverse
+    sync has written every MongoDB change up to the freeze into MySQL (reverse lag 0; --force
+    --reason skips that, audited), then flips and unfreezes at once.
 
     \b
     Example:
@@ -225,7 +234,7 @@ def rollback_cmd(
                 )
             if not click.confirm(f"Roll back from {cur} to {to or 'the previous phase'}?"):
                 raise SystemExit(1)
-        res = m.rollback(to, reason=reason, rollback_playbook=rb)
+        res = m.rollback(to, reason=reason, rollback_playbook=rb, force=force)
     finally:
         m.close()
     if as_json:

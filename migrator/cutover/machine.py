@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
+from ..reverse.runner import lag_seconds, operation_time, record_start, wait_for_reverse
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..state import StateStore, now
@@ -323,7 +324,9 @@ class Machine:
         )
         fault_point(stage)
 
-    def _fenced_flip(self, doc: dict[str, Any], target: str, reason: str | None) -> float:
+    def _fenced_flip(
+        self, doc: dict[str, Any], target: str, reason: str | None, skip_reverse: bool = False
+    ) -> float:
         """Change which store writes go to first: freeze, wait until every live writer has
         acknowledged (fence.py), for the write switch let CDC apply everything and re-verify
         what changed since the last clean verification, then flip and unfreeze in one
@@ -365,6 +368,11 @@ class Machine:
                 self._catch_up(deadline, timeout)
                 self._stage("reverify")
                 self._reverify()
+                # nothing is written now: reverse sync starts from this moment
+                record_start(self.client, self.state)
+            elif _primary(phase) == "mongo" and not skip_reverse:
+                self._stage("reverse_catch_up")
+                self._reverse_catch_up(deadline, timeout, phase)
             if time.monotonic() > deadline:
                 raise CheckFailed(
                     f"the switch took longer than its freeze allows ({timeout:g} s, less a "
@@ -382,6 +390,19 @@ class Machine:
                         cur["version"], {"freeze": False, "switch": None}, holder=self.holder
                     )
             raise
+
+    def _reverse_catch_up(self, deadline: float, timeout: float, phase: str) -> None:
+        """A rollback to MySQL-first: every MongoDB change made up to the freeze must be in
+        MySQL first (reverse lag 0), or MySQL would serve without them."""
+        until = operation_time(self.client)
+        if not wait_for_reverse(self.client, self.state, self.mapping, until, deadline=deadline):
+            lag = lag_seconds(self.client, self.state, self.mapping)
+            raise CheckFailed(
+                f"reverse sync has not written MongoDB's changes to MySQL within "
+                f"{timeout:g} s of the freeze (reverse lag {lag} s): staying in {phase}",
+                hint="is `migrator cdc --follow` running (it carries them after the switch)? "
+                "Or --force --reason '...' to roll back without them (audited)",
+            )
 
     def _catch_up(self, deadline: float, timeout: float) -> None:
         while True:
@@ -418,8 +439,13 @@ class Machine:
         *,
         reason: str | None = None,
         rollback_playbook: Playbook | None = None,
+        force: bool = False,
     ) -> StepResult:
         t0 = time.monotonic()
+        if force and not reason:
+            raise ConfigError(
+                "--force needs --reason: the audit must say why reverse sync was skipped"
+            )
         lease = self._lease("rollback", to, reason)
         try:
             doc = self.control.get()
@@ -447,8 +473,13 @@ class Machine:
                     f"failed ({res.hooks[-1]['result']})"
                 )
             doc = self.control.get()
+            res.forced = force
             if _primary(cur) != _primary(target):
-                res.write_pause_ms = self._fenced_flip(doc, target, reason)
+                try:
+                    res.write_pause_ms = self._fenced_flip(doc, target, reason, force)
+                except CheckFailed as exc:
+                    self._audit_step("rollback", "refused", res, reason=reason, detail=exc.message)
+                    raise
                 res.fence = self.fence
             else:
                 self._set_phase(doc, target, reason)
@@ -460,6 +491,7 @@ class Machine:
                 "done",
                 res,
                 reason=reason,
+                forced=force,
                 hooks=res.hooks,
                 seconds=res.seconds,
                 write_pause_ms=res.write_pause_ms,
@@ -471,15 +503,25 @@ class Machine:
 
     # -- status ------------------------------------------------------------------------------
     def _reverse_sync(self) -> dict[str, Any]:
-        """After the write switch the SDK writes MongoDB, then MySQL; a MySQL write it could
-        not make waits in sdk_failures: reverse lag is the age of the oldest one."""
+        """From the write switch on, reverse sync (run by `cdc --follow`) writes MongoDB's
+        changes back to MySQL: its lag, where it is, and the SDK's own failed MySQL writes."""
+        from ..reverse.runner import checkpoint
+
+        cp = checkpoint(self.state)
         failures = self.state.db["sdk_failures"]
         q = {"store": "mysql", "repaired": False}
-        oldest = failures.find_one(q, sort=[("at", 1)])
+        try:
+            lag = lag_seconds(self.client, self.state, self.mapping)
+        except MigratorError:
+            lag = None
         return {
-            "mode": "dual-write SDK: MongoDB first, then MySQL",
-            "unapplied": failures.count_documents(q),
-            "lag_seconds": 0.0 if oldest is None else (now() - oldest["at"]).total_seconds(),
+            "mode": "change stream -> MySQL (run by `migrator cdc --follow`)",
+            "started_at": cp and cp.get("start_at") and cp["start_at"].as_datetime(),
+            "applied_through": cp
+            and cp.get("applied_through")
+            and cp["applied_through"].as_datetime(),
+            "lag_seconds": lag,
+            "sdk_failures": failures.count_documents(q),
         }
 
     def _switch_state(self, doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -258,18 +258,94 @@ class DualWriter:
         with self._lock:
             doc = self._writable()
             order = doc.get("writes_to") or ["mysql"]
-            before = None if op == "insert" else self._row(table, key)
             if order[0] == "mysql":
+                before = None if op == "insert" else self._row(table, key)
                 self._sql(table, op, key, values)
                 if "mongo" in order:
                     after = None if op == "delete" else self._row(table, key)
                     ev = ChangeEvent(table, op, before, after)  # type: ignore[arg-type]
                     self._secondary("mongo", lambda: self._mongo(ev), table, key)
+            elif table not in self._mapped:
+                self._sql(table, op, key, values)  # not migrated: MySQL stays its home
             else:
+                # MongoDB is the source of truth: the row is derived from its document, and
+                # MySQL follows through reverse sync (`cdc --follow`), in MongoDB's commit
+                # order, so a write here can never be reordered against another writer's
+                self._refuse_source_reads(table, op, values)
+                before = None if op == "insert" else self._mongo_row(table, key)
                 after = None if op == "delete" else self._predict(table, before, key, values)
                 self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
-                if "mysql" in order:
-                    self._secondary("mysql", lambda: self._sql(table, op, key, values), table, key)
+
+    def _mongo_row(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The row as MongoDB holds it now (the source of truth after the switch): from the
+        document of its own collection, or from the array element that holds it."""
+        from ..reverse.inverse import DocumentInverse
+
+        db = self.client[self.mapping.target_database]
+        t = self.schema.table(table)
+        raw = {c: _raw(key[c]) for c in t.primary_key}
+        for plan in self.transform.collections:
+            if plan.table.name == table:
+                doc_id = plan.doc_id(tuple(raw.get(c) for c in plan.root.columns))
+                found = db[plan.name].find_one({"_id": doc_id})
+                if found is not None:
+                    return _raw_row(DocumentInverse(plan).rows(found).root.values)
+        for plan in self.transform.collections:
+            for e in plan.embeds:
+                if e.view.table.name != table or not e.many:
+                    continue
+                match, flt = {}, {}
+                for c in t.primary_key:
+                    f = e.view.field_for(c)
+                    if f is not None:
+                        match[f.name] = f.convert(raw[c])
+                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
+                    if cc in raw and rc in plan.pk:  # the parent document's own key
+                        i = plan.pk.index(rc)
+                        path = "_id" if len(plan.pk) == 1 else f"_id.{rc}"
+                        flt[path] = plan.id_converters[i](raw[cc])
+                flt[e.name] = {"$elemMatch": match}
+                found = db[plan.name].find_one(flt)
+                if found is None:
+                    continue
+                rows = DocumentInverse(plan).rows(found).children[e.name]
+                for r in rows:
+                    if all(_same(r.values.get(c), key[c]) for c in t.primary_key):
+                        return _raw_row(r.values)
+        return None
+
+    def _refuse_source_reads(self, table: str, op: str, values: dict[str, Any]) -> None:
+        """Changes the applier can only make by reading MySQL again (a new primary key, a
+        changed join column, a filtered collection) would bring MySQL's possibly older rows
+        into the source of truth: refused after the switch, with the reason."""
+        t = self.schema.table(table)
+        why = ""
+        if op != "update":
+            values = {}
+        if set(values) & set(t.primary_key):
+            why = "it changes the primary key"
+        for plan in self.transform.collections:
+            if plan.table.name == table:
+                if plan.spec.filter:
+                    why = why or f"collection {plan.name!r} has a filter"
+                joins = {c for e in plan.embeds if e.many for c in e.root_columns}
+                if set(values) & joins:
+                    why = why or f"it changes a column {plan.name!r} embeds rows by"
+            for e in plan.embeds:
+                if e.view.table.name == table and e.many and set(values) & set(e.child_columns):
+                    why = why or f"it moves the row to another {plan.name!r} document"
+        if why:
+            raise MigratorError(
+                f"this change of {table} is not supported through the SDK after the write "
+                f"switch: {why}, and MongoDB is the source of truth now",
+                hint="write the documents in MongoDB directly (reverse sync brings MySQL along)",
+            )
+
+    @property
+    def _mapped(self) -> set[str]:
+        return {p.table.name for p in self.transform.collections} | {
+            e.view.table.name for p in self.transform.collections for e in p.embeds
+        }
 
     def _predict(
         self,
@@ -323,3 +399,16 @@ class DualWriter:
             else:
                 self._m_shadow.labels("match").inc()
         return primary
+
+
+def _raw(v: Any) -> Any:
+    """An application's value in the form a SELECT returns (what the Transform converts)."""
+    return v if isinstance(v, bytes | str) or v is None else str(v).encode()
+
+
+def _raw_row(values: dict[str, Any]) -> dict[str, Any]:
+    return {c: _raw(v) for c, v in values.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or str(a) == str(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import MySQLdb
+from MySQLdb.converters import conversions
 
 from ..errors import ConnectError, remember_server
 from ..urls import MySQLURL
@@ -41,7 +42,9 @@ def connect(
     if database and url.database:
         kwargs["db"] = url.database
     if raw:
-        kwargs["conv"] = {}
+        # values come back as the server sends them; parameters are still encoded (None is
+        # NULL, not the text 'None')
+        kwargs["conv"] = {k: v for k, v in conversions.items() if not isinstance(k, int)}
     remember_server("mysql", url.address, setting)
     try:
         return MySQLdb.connect(**kwargs)

@@ -97,6 +97,20 @@ def test_plan_warns_about_lossy_types_and_bool_values(env):
     assert "BIGINT UNSIGNED above 2^63-1" in warns
 
 
+def test_plan_names_the_fields_reverse_sync_cannot_restore(env):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY, n INT, price DECIMAL(9,2), at DATETIME)")
+    path = env.mapping(
+        "  - name: t\n    from: t\n    fields:\n"
+        "      n: {column: n, type: bool}\n"
+        "      price: {column: price, type: double}\n"
+        "      at: {column: at, type: date}\n"
+    )
+    report = json.loads(migrator_cmd("plan", "-m", str(path), "--json", check=0).stdout)
+    rev = [c["message"] for c in report["checks"] if c["name"] == "reverse"]
+    assert len(rev) == 3 and all("reverse sync cannot restore" in m for m in rev)
+    assert any("t.n: `type: bool` keeps only zero / non-zero" in m for m in rev)
+
+
 def test_init_writes_a_working_mapping_without_the_password(env, tmp_path):
     make_shop(env, orders=20)
     env.sql(

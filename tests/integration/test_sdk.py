@@ -70,10 +70,24 @@ def test_dual_write_writes_mysql_then_mongo_and_shadow_reads(env, sdk):
     assert verify(load_mapping(path), collections=["customers", "products"]).ok
 
 
-def test_after_the_write_switch_mongo_first_then_mysql_keeps_mysql_equal(env, sdk):
+def test_after_the_write_switch_the_sdk_writes_mongodb_and_reverse_sync_brings_mysql(env, sdk):
+    """After the switch MongoDB is the source of truth: the SDK writes it only, deriving the
+    row from the document (not from MySQL, which may lag), and reverse sync (run by CDC)
+    writes MySQL in MongoDB's commit order."""
     w, path = sdk
-    set_phase(env, "write_mongo")
-    w.update("orders", {"id": 3}, {"note": "written in write_mongo", "status": "shipped"})
+    m = Machine(load_mapping(path), default_playbook())
+    try:
+        for target in ("backfill", "sync", "dual_write", "read_mongo", "write_mongo"):
+            m.step(target, force=True, reason="test")
+    finally:
+        m.close()
+    # MySQL is behind (reverse sync not run yet): the next update must not bring its stale
+    # values into MongoDB
+    w.update("orders", {"id": 3}, {"note": "first"})
+    w.update("orders", {"id": 3}, {"status": "shipped"})
+    assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] != "first"
+    doc = env.target.orders.find_one({"_id": 3})
+    assert doc["note"] == "first" and doc["status"] == "shipped"
     w.insert(
         "orders",
         {
@@ -85,19 +99,22 @@ def test_after_the_write_switch_mongo_first_then_mysql_keeps_mysql_equal(env, sd
             "created_at": "2024-06-01 00:00:00",
         },
     )
+    w.update("order_items", {"order_id": 5, "line_no": 1}, {"qty": 77})
     w.delete("orders", {"id": 4})
-    assert env.target.orders.find_one({"_id": 3})["note"] == "written in write_mongo"
-    assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "written in write_mongo"
-    assert env.sql("SELECT COUNT(*) FROM orders WHERE id = 4")[0][0] == 0
     assert w.get("orders", 600)["orderNo"] == "SO-600"  # reads from MongoDB now
-    res = verify(load_mapping(path), collections=["orders"])
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")  # reverse sync
+    assert summary.reverse_changes >= 4
+    assert env.sql("SELECT note, status FROM orders WHERE id = 3")[0] == ("first", "shipped")
+    assert env.sql("SELECT COUNT(*) FROM orders WHERE id = 4")[0][0] == 0
+    assert env.sql("SELECT qty FROM order_items WHERE order_id = 5 AND line_no = 1")[0][0] == 77
+    res = verify(load_mapping(path))  # MySQL's rows build exactly MongoDB's documents
     assert res.ok, [(d.id, d.fields) for d in res.differences]
     m = Machine(load_mapping(path), default_playbook())
     try:
         rs = m.status()["reverse_sync"]
     finally:
         m.close()
-    assert rs["unapplied"] == 0 and rs["lag_seconds"] == 0.0
+    assert rs["lag_seconds"] == 0 and rs["sdk_failures"] == 0
 
 
 def test_writes_wait_while_frozen_then_go_or_fail_retryably(env, sdk):

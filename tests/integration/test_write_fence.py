@@ -255,9 +255,9 @@ def test_one_sdk_instance_shared_by_threads_keeps_documents_right(env, tmp_path)
 
 
 def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, tmp_path):
-    """MongoDB is the source of truth from write_mongo on: a MySQL change (an SDK's reverse
-    write, an admin) must not overwrite the newer document; a following CDC waits, and after
-    a rollback resumes from where it had caught up."""
+    """MongoDB is the source of truth from write_mongo on: a MySQL change (an admin) must not
+    overwrite the newer document; the same `cdc --follow` carries MongoDB's changes to MySQL
+    instead (reverse sync), and after a rollback resumes from where it had caught up."""
     path, pb = to_read_mongo(env, tmp_path)
     cdc = subprocess.Popen(
         [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
@@ -270,11 +270,15 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         )
         step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
         env.target.orders.update_one({"_id": 3}, {"$set": {"note": "newer, in MongoDB"}})
+        wait_until(
+            lambda: env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "newer, in MongoDB",
+            "reverse sync",
+        )
         env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 3")
-        time.sleep(3)  # a CDC still applying would have written it by now
+        time.sleep(3)  # a CDC still applying MySQL's changes would have written it by now
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
         st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
-        assert st["cdc"]["alive"] and "rollback" in (st["cdc"]["waiting_for"] or "")
+        assert st["cdc"]["alive"] and st["reverse_sync"]["lag_seconds"] == 0
         p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--json", check=0)
         assert "MongoDB is the source of truth" in json.loads(p.stdout)["stopped"]
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"

@@ -1,0 +1,1 @@
+"""Reverse sync: MongoDB documents back to MySQL rows, after the write switch."""

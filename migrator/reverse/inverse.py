@@ -1,0 +1,272 @@
+"""Documents back to rows: the inverse of the Transform, for reverse sync (MongoDB -> MySQL).
+
+For a collection's document it gives the root row, the rows of every array (the complete set of
+child rows that belong to this parent) and, for a sub-document, the parent key it stands for.
+Values come out as MySQL query parameters (the reverse applier writes them with
+`time_zone = '+00:00'`). Columns the mapping leaves out are absent: MySQL keeps its own values.
+
+Round trip, the property the unit tests check: for a row the Transform converts, converting
+the inverse's values again gives the same document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from bson.binary import Binary
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+
+from ..errors import ConversionError
+from ..mapping import CollectionPlan, EmbedPlan, TableView
+from ..source.schema import Column
+from ..typerules import zone_for
+
+Inverse = Callable[[Any], Any]
+_MISSING = object()
+
+
+@dataclass
+class RowImage:
+    table: str
+    values: dict[str, Any]  # column -> MySQL parameter (mapped columns and keys only)
+
+
+@dataclass
+class DocumentRows:
+    root: RowImage
+    # embed name -> the child rows of this parent (arrays), all of them
+    children: dict[str, list[RowImage]] = field(default_factory=dict)
+    # embed name -> {child column: value}: which child rows belong to this parent
+    scopes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _number(v: Any) -> Decimal:
+    if isinstance(v, Decimal128):
+        return v.to_decimal()
+    if isinstance(v, bool):
+        return Decimal(int(v))
+    return Decimal(str(v)) if isinstance(v, float) else Decimal(v)
+
+
+def _int(v: Any) -> int:
+    return int(_number(v))
+
+
+def _plain_json(v: Any) -> Any:
+    """BSON values inside a JSON field, as json.dumps takes them."""
+    if isinstance(v, dict):
+        return {k: _plain_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain_json(x) for x in v]
+    if isinstance(v, Decimal128):
+        d = v.to_decimal()
+        return int(d) if d == d.to_integral_value() else float(d)
+    if isinstance(v, Int64):
+        return int(v)
+    return v
+
+
+def _json_text(v: Any) -> str:
+    return json.dumps(_plain_json(v), ensure_ascii=False, separators=(", ", ": "))
+
+
+def _datetime_text(zone: tzinfo | None) -> Inverse:
+    def inv(v: Any) -> str:
+        if not isinstance(v, datetime):
+            raise ConversionError(f"expected a date, got {type(v).__name__}")
+        if zone is not None:  # documents hold UTC; the column holds the source's zone
+            v = v.replace(tzinfo=UTC).astimezone(zone).replace(tzinfo=None)
+        return v.isoformat(sep=" ", timespec="microseconds")
+
+    return inv
+
+
+def _date_text(v: Any) -> str:
+    if isinstance(v, datetime | date):
+        return v.strftime("%Y-%m-%d")
+    raise ConversionError(f"expected a date, got {type(v).__name__}")
+
+
+def _bytes(v: Any) -> bytes:
+    if isinstance(v, Binary | bytes | bytearray):
+        return bytes(v)
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    raise ConversionError(f"expected binary, got {type(v).__name__}")
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, Decimal128):
+        return str(v.to_decimal())
+    if isinstance(v, datetime):
+        return v.isoformat(sep=" ")
+    return str(v)
+
+
+def default_inverse(col: Column, zone: tzinfo | None = None) -> Inverse:
+    """The inverse of `typerules.default_converter` for this column."""
+    t = col.data_type
+    if col.is_bool:
+        return lambda v: 1 if v else 0
+    if col.is_integer or t in ("bit", "year"):
+        return _int
+    if t in ("decimal", "numeric"):
+        return lambda v: str(_number(v))
+    if t in ("float", "double", "real"):
+        return float
+    if t == "datetime":
+        return _datetime_text(zone)
+    if t == "timestamp":
+        return _datetime_text(None)  # written with time_zone = '+00:00'
+    if t == "date":
+        return _date_text
+    if t == "time":
+        return _text
+    if t == "json":
+        return _json_text
+    if t == "set":
+        return lambda v: ",".join(v) if isinstance(v, list) else _text(v)
+    if col.is_binary:
+        return _bytes
+    return _text
+
+
+def override_inverse(col: Column, type_name: str, zone: tzinfo | None = None) -> Inverse:
+    """The inverse of `typerules.override_converter`."""
+    if type_name == "auto":
+        return default_inverse(col, zone)
+    t = col.data_type
+    if type_name == "string":
+        if col.is_binary:
+            return lambda v: bytes.fromhex(v) if isinstance(v, str) else _bytes(v)
+        if col.is_integer or t in ("bit", "year"):
+            return lambda v: int(Decimal(v))
+        return _text
+    if type_name in ("int", "double", "decimal", "bool"):
+        if col.is_bool or col.is_integer or t in ("bit", "year"):
+            return lambda v: int(_number(v))
+        if t in ("float", "double", "real"):
+            return lambda v: float(_number(v))
+        return lambda v: str(_number(v))
+    if type_name in ("datetime", "date"):
+        if t == "date":
+            return _date_text
+        if t in ("datetime", "timestamp"):
+            return _datetime_text(zone if t == "datetime" else None)
+        return _text
+    if type_name == "binary":
+        return _bytes if col.is_binary else lambda v: _bytes(v).decode("utf-8")
+    if type_name == "json":
+        return _json_text
+    return default_inverse(col, zone)
+
+
+# What cannot be restored exactly; `plan` lists these before the switch.
+def lossy(col: Column, type_name: str) -> str | None:
+    t = col.data_type
+    if type_name == "bool" and not col.is_bool:
+        return f"{col.name}: `type: bool` keeps only zero / non-zero of {t.upper()}"
+    if type_name in ("int",) and t in ("decimal", "numeric", "float", "double", "real"):
+        return f"{col.name}: `type: int` drops the fraction of {t.upper()}"
+    if type_name == "double" and t in ("decimal", "numeric"):
+        return f"{col.name}: `type: double` rounds DECIMAL to 15-17 digits"
+    if type_name == "date" and t in ("datetime", "timestamp"):
+        return f"{col.name}: `type: date` drops the time of day"
+    if type_name == "json" and t != "json":
+        return f"{col.name}: `type: json` keeps the value, not the text's formatting"
+    return None
+
+
+def _get(doc: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict) or part not in doc:
+            return _MISSING
+        doc = doc[part]
+    return doc
+
+
+class DocumentInverse:
+    """The inverse of one collection's plan, compiled once."""
+
+    def __init__(self, plan: CollectionPlan, timezone: str = "UTC") -> None:
+        self.plan = plan
+        zone = zone_for(timezone)
+        t = plan.table
+        self.id_inv = [default_inverse(t.column(c), zone) for c in plan.pk]
+        self.root = _ViewInverse(plan.root, zone)
+        self.embeds = [(e, _ViewInverse(e.view, zone)) for e in plan.embeds]
+
+    def rows(self, doc: dict[str, Any]) -> DocumentRows:
+        plan = self.plan
+        values = self.root.values(doc)
+        ident = doc["_id"]
+        if len(plan.pk) == 1:
+            values[plan.pk[0]] = self.id_inv[0](ident)
+        else:
+            for c, inv in zip(plan.pk, self.id_inv, strict=True):
+                values[c] = inv(ident[c])
+        out = DocumentRows(RowImage(plan.table.name, values))
+        for e, view in self.embeds:
+            sub = doc.get(e.name)
+            if e.many:
+                scope = self._scope(e, values)
+                out.scopes[e.name] = scope
+                out.children[e.name] = [
+                    RowImage(e.view.table.name, {**view.values(el), **scope}) for el in sub or []
+                ]
+            else:
+                # a sub-document stands for the parent row the root's columns point at
+                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
+                    if rc in values:
+                        continue  # mapped at the root as well: that value wins
+                    f = e.view.field_for(cc)
+                    if sub is None:
+                        values[rc] = None
+                    elif f is not None and _get(sub, f.path) is not _MISSING:
+                        v = _get(sub, f.path)
+                        values[rc] = None if v is None else view.inverse[cc](v)
+        return out
+
+    @staticmethod
+    def _scope(e: EmbedPlan, root: dict[str, Any]) -> dict[str, Any]:
+        missing = [rc for rc in e.root_columns if rc not in root]
+        if missing:
+            raise ConversionError(
+                f"array {e.name!r}: the root column(s) {', '.join(missing)} it joins on are not "
+                "in the document, so its rows cannot be matched to this parent"
+            )
+        return {cc: root[rc] for cc, rc in zip(e.child_columns, e.root_columns, strict=True)}
+
+
+class _ViewInverse:
+    def __init__(self, view: TableView, zone: tzinfo | None) -> None:
+        self.view = view
+        self.inverse: dict[str, Inverse] = {}
+        self.fields: list[tuple[str, tuple[str, ...], Inverse]] = []
+        for f in view.fields:
+            inv = override_inverse(view.table.column(f.column), f.type_name, zone)
+            self.inverse[f.column] = inv
+            self.fields.append((f.column, f.path, inv))
+
+    def values(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for col, path, inv in self.fields:
+            v = _get(doc, path)
+            if v is _MISSING or v is None:
+                out[col] = None  # omitted nulls come back as NULL
+                continue
+            try:
+                out[col] = inv(v)
+            except (ValueError, TypeError, ArithmeticError, ConversionError) as exc:
+                raise ConversionError(
+                    f"{self.view.table.name}.{col}: cannot write {v!r:.80} back: {exc}"
+                ) from None
+        return out

@@ -1,0 +1,253 @@
+"""Reverse sync's loop: from the write switch on, tail the target database's change stream and
+write every changed document back to MySQL (`applier.py`), in MongoDB's commit order.
+
+Checkpoints (`<state>.meta`, _id "reverse_checkpoint"): the write switch records where the
+stream starts (`start_at`, MongoDB's operation time inside the freeze); after every batch that
+MySQL committed, the stream's resume token and `applied_through` (the cluster time up to which
+every change is in MySQL) are saved. A crash replays at most the last batch, which converges
+(each change is written as its document's current state). MySQL away: the batch is retried
+with backoff from the last checkpoint, lag grows, and drains when MySQL is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bson.timestamp import Timestamp
+from MySQLdb import MySQLError
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from ..config import Mapping
+from ..errors import MigratorError
+from ..mapping import Transform
+from ..source.connection import connect as mysql_connect
+from ..state import StateStore, now
+from ..urls import parse_mysql_url
+from .applier import ReverseApplier, ReverseChange
+
+log = logging.getLogger("migrator.reverse")
+CHECKPOINT = "reverse_checkpoint"
+BATCH = 500
+
+
+@dataclass
+class ReverseSummary:
+    changes: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    stopped: str = ""
+
+
+def operation_time(client: MongoClient[Any]) -> Timestamp:
+    """MongoDB's current operation time (a replica set's cluster time)."""
+    t = client.admin.command("hello").get("operationTime")
+    if not isinstance(t, Timestamp):
+        raise MigratorError(
+            "the target MongoDB reports no operation time: reverse sync needs a replica set "
+            "(change streams)"
+        )
+    return t
+
+
+def record_start(client: MongoClient[Any], state: StateStore) -> Timestamp:
+    """Called by the write switch inside the freeze: reverse sync starts here."""
+    t = operation_time(client)
+    state.meta.replace_one(
+        {"_id": CHECKPOINT},
+        {"_id": CHECKPOINT, "start_at": t, "token": None, "applied_through": t, "saved_at": now()},
+        upsert=True,
+    )
+    return t
+
+
+def checkpoint(state: StateStore) -> dict[str, Any] | None:
+    return state.meta.find_one({"_id": CHECKPOINT})
+
+
+def applied_through(state: StateStore) -> Timestamp | None:
+    cp = checkpoint(state)
+    return cp.get("applied_through") if cp else None
+
+
+def lag_seconds(client: MongoClient[Any], state: StateStore, mapping: Mapping) -> float | None:
+    """Seconds of MongoDB changes not yet in MySQL (0 when none waits); None before a
+    switch."""
+    done = applied_through(state)
+    if done is None:
+        return None
+    if not unapplied(client, state, mapping):
+        return 0.0
+    return float(max(0, operation_time(client).time - done.time))
+
+
+def _change(ev: dict[str, Any]) -> ReverseChange | None:
+    op = ev.get("operationType")
+    coll = (ev.get("ns") or {}).get("coll", "")
+    key = (ev.get("documentKey") or {}).get("_id")
+    if op in ("insert", "update", "replace"):
+        # the document as it is now (None: deleted since; its delete event follows)
+        doc = ev.get("fullDocument")
+        return ReverseChange(coll, "upsert", key, doc) if doc is not None else None
+    if op == "delete":
+        return ReverseChange(coll, "delete", key)
+    return None  # drop, rename, invalidate: nothing row-shaped
+
+
+def run_reverse(
+    mapping: Mapping,
+    transform: Transform,
+    client: MongoClient[Any],
+    state: StateStore,
+    *,
+    stop: threading.Event,
+    mode: Literal["follow", "until-caught-up"] = "follow",
+    live: Any = None,
+    max_seconds: float | None = None,
+) -> ReverseSummary:
+    """Apply MongoDB's changes to MySQL while MongoDB is the source of truth (follow), or
+    until everything committed before the call is applied (until-caught-up); `max_seconds`
+    returns after that long (a Kafka consumer polls in between)."""
+    summary = ReverseSummary()
+    delay = 0.5
+    end = None if max_seconds is None else time.monotonic() + max_seconds
+    while not stop.is_set() and (end is None or time.monotonic() < end):
+        if state.mongo_is_truth() is None:
+            summary.stopped = "MySQL is the source of truth again (rollback)"
+            break
+        try:
+            if _session(mapping, transform, client, state, stop, mode, live, summary, end):
+                break
+            delay = 0.5
+        except (MySQLError, PyMongoError, MigratorError) as exc:
+            # MySQL (or MongoDB) away: lag grows; retry from the last checkpoint (a run that
+            # must end, until-caught-up, gives up after a few tries and says why)
+            summary.retries += 1
+            if mode != "follow" and summary.retries > 5:
+                raise
+            log.warning("reverse sync: %s; retrying in %.1f s", str(exc)[:200], delay)
+            if live is not None:
+                live.beat(waiting_for=f"reverse sync retrying: {str(exc)[:120]}")
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return summary
+
+
+def _session(
+    mapping: Mapping,
+    transform: Transform,
+    client: MongoClient[Any],
+    state: StateStore,
+    stop: threading.Event,
+    mode: str,
+    live: Any,
+    summary: ReverseSummary,
+    end: float | None = None,
+) -> bool:
+    """One pass from the checkpoint; True when done (caught up in until-caught-up mode)."""
+    cp = checkpoint(state)
+    if cp is None:
+        raise MigratorError("no reverse sync start in the state store (the write switch sets it)")
+    names = [p.name for p in transform.collections]
+    kw: dict[str, Any] = {
+        "full_document": "updateLookup",
+        "pipeline": [{"$match": {"ns.coll": {"$in": names}}}],
+        "max_await_time_ms": 200,
+    }
+    if cp.get("token"):
+        kw["resume_after"] = cp["token"]
+    else:
+        kw["start_at_operation_time"] = cp["start_at"]
+    target = operation_time(client) if mode == "until-caught-up" else None
+    conn = mysql_connect(parse_mysql_url(mapping.source.url), raw=True)
+    conn.autocommit(False)
+    try:
+        applier = ReverseApplier(transform, conn)
+        with client[mapping.target_database].watch(**kw) as stream:
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                if state.mongo_is_truth() is None:
+                    return True
+                before = operation_time(client)
+                batch: list[ReverseChange] = []
+                last: Timestamp | None = None
+                while len(batch) < BATCH:
+                    ev = stream.try_next()
+                    if ev is None:
+                        break
+                    last = ev.get("clusterTime") or last
+                    ch = _change(ev)
+                    if ch is not None:
+                        batch.append(ch)
+                caught_up = len(batch) < BATCH
+                if batch:
+                    res = applier.apply(batch)  # one MySQL transaction
+                    for ch, why in res.problems:
+                        state.dead_letter(
+                            source="reverse",
+                            collection=ch.collection,
+                            key=ch.doc_id,
+                            reason=f"cannot write the document back to MySQL: {why}",
+                            payload=ch.document,
+                            position=None,
+                        )
+                        summary.dead_letters += 1
+                    summary.changes += res.applied
+                    summary.batches += 1
+                through = before if caught_up else last
+                fields: dict[str, Any] = {"token": stream.resume_token, "saved_at": now()}
+                if through is not None:
+                    fields["applied_through"] = through
+                # only now: MySQL committed everything up to here
+                state.meta.update_one({"_id": CHECKPOINT}, {"$set": fields})
+                if live is not None:
+                    live.beat(waiting_for=None, reverse=True)
+                if caught_up and target is not None and before >= target:
+                    summary.stopped = "caught up"
+                    return True
+                if caught_up:
+                    stop.wait(0.1)
+        return False
+    finally:
+        conn.close()
+
+
+def unapplied(client: MongoClient[Any], state: StateStore, mapping: Mapping) -> bool:
+    """Whether any change of a mapped collection waits after the checkpoint (a look at the
+    stream itself: no reverse process needs to be running to know that nothing waits)."""
+    cp = checkpoint(state)
+    if cp is None:
+        return False
+    kw: dict[str, Any] = {
+        "pipeline": [{"$match": {"ns.coll": {"$in": [c.name for c in mapping.collections]}}}],
+        "max_await_time_ms": 100,
+    }
+    if cp.get("token"):
+        kw["resume_after"] = cp["token"]
+    else:
+        kw["start_at_operation_time"] = cp["start_at"]
+    with client[mapping.target_database].watch(**kw) as stream:
+        return stream.try_next() is not None
+
+
+def wait_for_reverse(
+    client: MongoClient[Any],
+    state: StateStore,
+    mapping: Mapping,
+    until: Timestamp,
+    *,
+    deadline: float,
+) -> bool:
+    """The rollback's catch-up: True once every MongoDB change up to `until` is in MySQL."""
+    while time.monotonic() < deadline:
+        done = applied_through(state)
+        if done is not None and done >= until:
+            return True
+        if not unapplied(client, state, mapping):
+            return True
+        time.sleep(0.05)
+    return False
