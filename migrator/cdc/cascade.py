@@ -276,6 +276,11 @@ class Cascades:
             row_source = False
             for place in self.places.get(eff.table, ()):
                 if self.skipped(place, eff):
+                    # its documents go with the triggering row, but discovery still reads
+                    # the rows they hold for the next level (Applier.cascade)
+                    cols = [*eff.cond, *need]
+                    if need and all(self.locate(place, c) is not None for c in cols):
+                        row_source = True
                     continue
                 missing = [c for c in eff.cond if self.locate(place, c) is None]
                 if missing:

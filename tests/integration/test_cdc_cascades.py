@@ -189,3 +189,34 @@ def test_plan_blocks_a_cascade_cdc_cannot_follow(env):
     report = preflight(load_mapping(path))
     blocks = [c.message for c in report.checks if c.level == "block"]
     assert any("customer_id" in b and "orders" in b for b in blocks), blocks
+
+
+def test_plan_accepts_a_chain_whose_keys_only_the_deleted_aggregate_holds(env):
+    """Harness seed 206: root -> child (ON DELETE CASCADE) -> grandchild (ON DELETE SET NULL,
+    referencing a child column the condition does not fix). The child rows' keys live only
+    in the root's array, which goes with the root; CDC still reads them there before deleting,
+    so plan must not block (it did), and the grandchildren's documents lose the reference."""
+    from migrator.plan import preflight
+
+    env.sql(
+        "CREATE TABLE r (id INT PRIMARY KEY)",
+        "CREATE TABLE c (cid INT PRIMARY KEY, r_id INT NOT NULL, "
+        "FOREIGN KEY (r_id) REFERENCES r(id) ON DELETE CASCADE)",
+        "CREATE TABLE g (gid INT PRIMARY KEY, c_id INT NULL, "
+        "FOREIGN KEY (c_id) REFERENCES c(cid) ON DELETE SET NULL)",
+        "INSERT INTO r VALUES (1), (2)",
+        "INSERT INTO c VALUES (10, 1), (11, 1), (20, 2)",
+        "INSERT INTO g VALUES (100, 10), (101, 11), (200, 20)",
+    )
+    path = env.mapping(
+        "  - name: rs\n    from: r\n    embed:\n      - {as: cs, from: c, on: {r_id: id}}\n"
+        "  - {name: gs, from: g}\n"
+    )
+    report = preflight(load_mapping(path))
+    assert not [c.message for c in report.checks if c.level == "block"]
+    backfill(load_mapping(path), workers=1)
+    env.sql("DELETE FROM r WHERE id = 1")
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0
+    assert [d["c_id"] for d in env.target.gs.find({}).sort("_id", 1)] == [None, None, 20]
+    assert_same_as_fresh_backfill(env, path)
