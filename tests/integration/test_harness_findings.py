@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -12,6 +15,7 @@ from migrator.cdc.applier import Applier
 from migrator.cdc.events import ChangeEvent, Position, Transaction
 from migrator.cdc.lookup import SourceLookup
 from migrator.cdc.runner import run_cdc
+from migrator.cdc.upkeep import request_sweeps
 from migrator.config import load_mapping
 from migrator.errors import ConnectError
 from migrator.mapping import compile_transform
@@ -27,6 +31,25 @@ from .conftest import Env, migrator_cmd
 from .test_cdc_cascades import DEEP, DEEP_MAPPING
 
 BIG = 2**64 - 1
+
+
+@contextmanager
+def applier_for(m: Any, **kw: Any) -> Iterator[Applier]:
+    """An Applier on the mapping's real servers, as `cdc` builds it (events fed by hand)."""
+    conn = connect(parse_mysql_url(m.source.url))
+    transform = compile_transform(m, introspect(conn, m.source_database))
+    conn.close()
+    client = mongo_connect(m.target.url)
+    try:
+        yield Applier(
+            transform,
+            client[m.target_database],
+            StateStore(client, m.state.database),
+            SourceLookup(parse_mysql_url(m.source.url)),
+            **kw,
+        )
+    finally:
+        client.close()
 
 
 def test_chunk_bounds_and_verify_checkpoints_hold_keys_above_2_63(env):
@@ -301,23 +324,10 @@ def test_records_of_several_tables_out_of_order_still_build_the_source_documents
         ChangeEvent("orders", "delete", {"id": 2, "note": "two"}, None),
         ChangeEvent("orders", "insert", None, {"id": 20, "note": "two"}),
     ]
-    conn = connect(parse_mysql_url(m.source.url))
-    transform = compile_transform(m, introspect(conn, m.source_database))
-    conn.close()
-    client = mongo_connect(m.target.url)
-    try:
-        applier = Applier(
-            transform,
-            client[m.target_database],
-            StateStore(client, m.state.database),
-            SourceLookup(parse_mysql_url(m.source.url)),
-            unordered=True,
-        )
+    with applier_for(m, unordered=True) as applier:
         for ev in events:  # one record per poll: the worst case
             applier.apply([Transaction([ev], Position("t[0]", 1))])
         applier.sweep_dangling()
-    finally:
-        client.close()
     assert [i["line"] for i in env.target.orders.find_one({"_id": 1})["items"]] == [2]
     assert env.target.items.find_one({"_id": {"order_id": 20, "line": 1}})
     assert_same_as_fresh_backfill(env, path)
@@ -344,25 +354,11 @@ def test_a_sweep_ahead_of_the_stream_does_not_lose_rows_a_key_change_moves(env):
     m = load_mapping(path)
     backfill(m, workers=1)
     env.sql("UPDATE parent SET id = 'k9' WHERE id = 'k1'")  # child rows move by cascade
-    conn = connect(parse_mysql_url(m.source.url))
-    transform = compile_transform(m, introspect(conn, m.source_database))
-    conn.close()
-    client = mongo_connect(m.target.url)
-    try:
-        applier = Applier(
-            transform,
-            client[m.target_database],
-            StateStore(client, m.state.database),
-            SourceLookup(parse_mysql_url(m.source.url)),
-        )
-        from migrator.cdc.upkeep import request_sweeps
-
+    with applier_for(m) as applier:
         # an earlier cascade through a text key asked for a sweep of this rule; it runs
         # between batches, before CDC has read the key change
         request_sweeps(applier, list(applier.cascades.rules["parent"]))
         applier.sweep_dangling()
-    finally:
-        client.close()
     summary = run_cdc(m, mode="until-caught-up")
     assert summary.dead_letters == 0
     assert env.target.children.count_documents({"_id.parent_id": "k9"}) == 2
