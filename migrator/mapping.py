@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from .bsonorder import sort_documents
 from .config import CollectionSpec, EmbedSpec, Mapping, _Projection
 from .errors import ConversionError, SchemaError
 from .source.schema import Schema, Table
@@ -150,6 +152,23 @@ class EmbedPlan:
     def many(self) -> bool:
         return self.spec.many
 
+    @cached_property
+    def sort_fields(self) -> list[tuple[str, ...]]:
+        """The element fields the array is sorted by ($sort's keys): order_by, then the key.
+        Columns left out of the elements (the `on` columns, constant in one array) drop out."""
+        paths = []
+        for c in self.order_by:
+            f = self.view.field_for(c)
+            if f is not None:
+                paths.append(f.path)
+        return paths
+
+    def elements(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
+        """An array's elements, in MongoDB's $sort order of their converted fields."""
+        docs = [self.view.build(r) for r in rows]
+        sort_documents(docs, self.sort_fields)
+        return docs
+
 
 @dataclass
 class CollectionPlan:
@@ -191,7 +210,7 @@ class CollectionPlan:
         for e in self.embeds:
             val = embedded.get(e.name)
             if e.many:
-                doc[e.name] = [e.view.build(r) for r in (val or ())]
+                doc[e.name] = e.elements(val or ())
             else:
                 doc[e.name] = e.view.build(val) if val is not None else None
         return doc
@@ -365,6 +384,14 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
                 omit_nulls=False,
             )
             if emb.many:
+                for oi, ocol in enumerate(emb.order_by):
+                    if view.field_for(ocol) is None and ocol not in emb.on:
+                        raise SchemaError(
+                            f"{mapping.where(*ekey, 'order_by', oi)}: column {ocol!r} is "
+                            "excluded from the elements; CDC keeps the array in order by "
+                            "sorting on the elements' own fields, so an order_by column "
+                            "must stay in them"
+                        )
                 # Within one parent's array the `on` columns are constant; the rest of the
                 # child's key tells elements apart.
                 for c in [k for k in child.primary_key if k not in emb.on]:

@@ -98,6 +98,7 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
             _collection_reports(conn, transform, report)
             _cascade_checks(transform, schema, report)
             _type_checks(conn, transform, report)
+            _reverse_checks(transform, report)
             _retention_check(conn, report, assume_rows_per_sec)
     finally:
         conn.close()
@@ -277,6 +278,36 @@ def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) ->
                 )
     for problem in cascades.problems():
         report.add("fk_cascade", "block", problem)
+
+
+def _reverse_checks(transform: Transform, report: PlanReport) -> None:
+    """What reverse sync (after the write switch) cannot write back as rows, said before it."""
+    for p in transform.collections:
+        places = [(p.root, p.name, set(p.pk))]
+        places += [
+            (e.view, f"{p.name}.{e.name}", set(e.view.table.primary_key) | set(e.child_columns))
+            for e in p.embeds
+            if e.many
+        ]
+        for view, where, keys in places:
+            held = {f.column for f in view.fields} | keys
+            for col in view.table.columns:
+                if col.generated and col.name in held:
+                    report.add(
+                        "reverse",
+                        "info",
+                        f"{where}: {view.table.name}.{col.name} is a generated column; reverse "
+                        "sync leaves it to MySQL to compute",
+                    )
+                elif not (col.name in held or col.nullable or col.has_default or col.generated):
+                    report.add(
+                        "reverse",
+                        "warn",
+                        f"{where}: {view.table.name}.{col.name} is NOT NULL without a default "
+                        "and not in the documents, so a document (or element) created after "
+                        "the write switch cannot become a row: reverse sync dead-letters it. "
+                        "Map the column, or give it a default before the switch",
+                    )
 
 
 def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:

@@ -606,11 +606,7 @@ class _Batch:
         if kind == "remove":
             self.add(p.name, Update(parent, {"$pull": {name: match}}), ev, pos)
             return
-        sort = {}
-        for c in e.order_by:
-            f = e.view.field_for(c)
-            if f is not None:
-                sort[f.name] = 1
+        sort = {".".join(path): 1 for path in e.sort_fields}
         # present: replace the element in place; absent: push it (the guard makes a replay
         # a no-op instead of a duplicate); then keep the array in the embed's order
         self.add(

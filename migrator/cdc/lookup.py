@@ -55,7 +55,7 @@ class SourceLookup:
         """The embed's current value for a root row: a list (1:N) or a sub-document or None."""
         rows = self.run(lambda c: ChunkReader(c, plan).read_embed(e, [root_row]))
         if e.many:
-            return [e.view.build(r) for r in rows]
+            return e.elements(rows)
         return e.view.build(rows[0]) if rows else None
 
     def close(self) -> None:

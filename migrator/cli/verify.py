@@ -32,8 +32,9 @@ from .common import err, handle_errors, json_option, load, mapping_option, out, 
 @click.option(
     "--repair",
     is_flag=True,
-    help="Re-copy differing documents from the source "
-    "through the Transform, delete extras, then verify them again.",
+    help="Repair toward the source of truth, then verify again: before the write switch "
+    "re-copy differing documents from MySQL (deleting extras); after it rewrite MySQL's rows "
+    "from MongoDB's documents (the reverse mapping).",
 )
 @click.option(
     "--max-rows-per-sec",

@@ -9,9 +9,11 @@
 
 Applications keep speaking rows; the SDK writes MySQL with SQL and MongoDB with the same
 Transform and applier CDC uses, so both stores get the same document. The order follows the
-control document's `writes_to`: MySQL then MongoDB until the write switch, MongoDB then MySQL
-after it (this keeps MySQL current for a rollback: reverse sync). A failed secondary write does
-not fail the request: it is recorded in `sdk_failures` for repair (`verify --repair`). While
+control document's `writes_to`: MySQL then MongoDB until the write switch; after it MongoDB
+only, the row derived from MongoDB's document, and reverse sync (`cdc --follow`) carries the
+change to MySQL in MongoDB's commit order, so no SDK write can be reordered against another
+writer's. A failed secondary write (before the switch) does not fail the request: it is
+recorded in `sdk_failures` for repair (`verify --repair`). While
 `freeze` is set, writes wait (bounded) and then raise `WritesFrozen`, a retryable error.
 
 One instance may be shared by threads: writes run one at a time under a lock, MySQL reads under
@@ -35,7 +37,7 @@ from ..cdc.events import ChangeEvent, Position, Transaction
 from ..cdc.lookup import SourceLookup
 from ..config import Mapping, load_mapping
 from ..errors import MigratorError
-from ..mapping import compile_transform
+from ..mapping import CollectionPlan, EmbedPlan, Row, compile_transform
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..source.connection import connect as mysql_connect
@@ -77,8 +79,9 @@ class DualWriter:
         self.state = StateStore.open(self.client, mapping)
         self.control = Control(self.state.db["control"])
         self.failures = self.state.db["sdk_failures"]
+        self.lookup = _TruthLookup(src, self)
         self.applier = Applier(
-            self.transform, self.client[mapping.target_database], self.state, SourceLookup(src)
+            self.transform, self.client[mapping.target_database], self.state, self.lookup
         )
         self.control_ttl = control_ttl
         self.freeze_wait = freeze_wait
@@ -274,7 +277,11 @@ class DualWriter:
                 self._refuse_source_reads(table, op, values)
                 before = None if op == "insert" else self._mongo_row(table, key)
                 after = None if op == "delete" else self._predict(table, before, key, values)
-                self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
+                self.lookup.mongo_first = True  # N:1 sub-documents from MongoDB too
+                try:
+                    self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
+                finally:
+                    self.lookup.mongo_first = False
 
     def _mongo_row(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
         """The row as MongoDB holds it now (the source of truth after the switch): from the
@@ -314,6 +321,40 @@ class DualWriter:
                         return _raw_row(r.values)
         return None
 
+    def _n1_from_mongo(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
+        """The N:1 sub-document for a root row, from the parent's own document (MongoDB is the
+        truth after the switch; MySQL's row may lag behind reverse sync). _NOT_HELD when no
+        unfiltered collection of the parent table holds every column the sub-document needs
+        (MySQL stays the home of such columns: reverse sync never writes them)."""
+        from ..reverse.inverse import DocumentInverse
+
+        parent = e.view.table.name
+        values = plan.root.values(root_row, e.root_columns)
+        if any(v is None for v in values):
+            return None
+        db = self.client[self.mapping.target_database]
+        for owner in self.transform.collections:
+            if owner.table.name != parent or owner.spec.filter:
+                continue
+            flt: dict[str, Any] = {}
+            for cc, v in zip(e.child_columns, values, strict=True):
+                if cc in owner.pk:
+                    i = owner.pk.index(cc)
+                    flt["_id" if len(owner.pk) == 1 else f"_id.{cc}"] = owner.id_converters[i](v)
+                elif (f := owner.root.field_for(cc)) is not None:
+                    flt[f.name] = f.convert(v)
+                else:
+                    break
+            else:
+                inverse = DocumentInverse(owner)
+                found = db[owner.name].find_one(flt)
+                if found is None:
+                    return None  # no such parent in the source of truth
+                row = _raw_row(inverse.rows(found).root.values)
+                if all(c in row for c in e.view.columns):
+                    return e.view.build(tuple(row[c] for c in e.view.columns))
+        return _NOT_HELD
+
     def _refuse_source_reads(self, table: str, op: str, values: dict[str, Any]) -> None:
         """Changes the applier can only make by reading MySQL again (a new primary key, a
         changed join column, a filtered collection) would bring MySQL's possibly older rows
@@ -332,8 +373,15 @@ class DualWriter:
                 if set(values) & joins:
                     why = why or f"it changes a column {plan.name!r} embeds rows by"
             for e in plan.embeds:
-                if e.view.table.name == table and e.many and set(values) & set(e.child_columns):
+                if e.view.table.name != table or not e.many:
+                    continue
+                if set(values) & set(e.child_columns):
                     why = why or f"it moves the row to another {plan.name!r} document"
+                if sorted(e.root_columns) != sorted(plan.pk):
+                    why = why or (
+                        f"{plan.name!r} embeds {table} by a column that is not its key, "
+                        "so the documents are rebuilt from MySQL"
+                    )
         if why:
             raise MigratorError(
                 f"this change of {table} is not supported through the SDK after the write "
@@ -399,6 +447,26 @@ class DualWriter:
             else:
                 self._m_shadow.labels("match").inc()
         return primary
+
+
+_NOT_HELD = object()
+
+
+class _TruthLookup(SourceLookup):
+    """The SDK's applier reads N:1 parents from MongoDB when MongoDB is the source of truth,
+    and from MySQL (as CDC does) before the switch."""
+
+    def __init__(self, url: Any, writer: DualWriter) -> None:
+        super().__init__(url)
+        self.writer = writer
+        self.mongo_first = False
+
+    def embedded(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
+        if self.mongo_first and not e.many:
+            found = self.writer._n1_from_mongo(plan, e, root_row)
+            if found is not _NOT_HELD:
+                return found
+        return super().embedded(plan, e, root_row)
 
 
 def _raw(v: Any) -> Any:

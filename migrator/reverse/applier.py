@@ -151,10 +151,37 @@ class ReverseApplier:
         )
 
     # -- SQL ---------------------------------------------------------------------------------
-    @staticmethod
-    def _upsert_row(cur: Any, row: RowImage, pk: list[str]) -> None:
-        cols = list(row.values)
+    def _upsert_row(self, cur: Any, row: RowImage, pk: list[str]) -> None:
+        t = self.transform.schema.tables[row.table]
+        # a generated column is MySQL's to compute: writing it is an error
+        cols = [c for c in row.values if not (t.has_column(c) and t.column(c).generated)]
         updates = [c for c in cols if c not in pk] or cols[:1]
+        if any(
+            not (c.nullable or c.has_default or c.generated) and c.name not in row.values
+            for c in t.columns
+        ):
+            # a NOT NULL column the document does not hold: INSERT ... ON DUPLICATE KEY would
+            # fail on the INSERT part even for an existing row, so update that row in place,
+            # and insert (which then fails, as it must: a dead letter) only when it is absent
+            cond = " AND ".join(f"{q(c)} = %s" for c in pk)
+            key = tuple(row.values[c] for c in pk)
+            cur.execute(
+                f"UPDATE {q(row.table)} SET "
+                + ", ".join(f"{q(c)} = %s" for c in updates)
+                + f" WHERE {cond}",
+                (*(row.values[c] for c in updates), *key),
+            )
+            if cur.rowcount:
+                return
+            cur.execute(f"SELECT 1 FROM {q(row.table)} WHERE {cond} FOR UPDATE", key)
+            if cur.fetchone():
+                return  # there, and already equal
+            cur.execute(
+                f"INSERT INTO {q(row.table)} ({', '.join(q(c) for c in cols)}) VALUES "
+                f"({', '.join(['%s'] * len(cols))})",
+                tuple(row.values[c] for c in cols),
+            )
+            return
         cur.execute(
             f"INSERT INTO {q(row.table)} ({', '.join(q(c) for c in cols)}) VALUES "
             f"({', '.join(['%s'] * len(cols))}) ON DUPLICATE KEY UPDATE "

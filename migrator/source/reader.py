@@ -7,7 +7,6 @@ from typing import Any
 
 from ..mapping import CollectionPlan, EmbedPlan, Row, TableView
 from .connection import quote_ident
-from .schema import Column
 
 Key = tuple[Any, ...]
 
@@ -49,23 +48,6 @@ def range_clause(pk: Sequence[str], lo: Key | None, hi: Key | None) -> tuple[str
         parts.append(_upto(pk))
         args += _bound_args(hi)
     return (" AND ".join(parts) or "1=1"), args
-
-
-_TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
-
-
-def _mongo_order(col: Column) -> str:
-    """An ORDER BY term that sorts like MongoDB's $sort on the converted value, which keeps
-    arrays in order after CDC changes them: text by its UTF-8 bytes (not by the column's
-    case-insensitive collation), dates at BSON's milliseconds, TIME as the text it becomes."""
-    name = quote_ident(col.name)
-    if col.data_type in _TEXT:
-        return f"CONVERT({name} USING utf8mb4) COLLATE utf8mb4_bin"
-    if col.data_type in ("datetime", "timestamp") and (col.fsp or 0) > 3:
-        return f"({name} - INTERVAL MOD(MICROSECOND({name}), 1000) MICROSECOND)"
-    if col.data_type == "time":
-        return f"CONVERT(CAST({name} AS CHAR) USING utf8mb4) COLLATE utf8mb4_bin"
-    return name
 
 
 class ChunkReader:
@@ -157,12 +139,8 @@ class ChunkReader:
             )
             for k in keys:
                 args.extend(k)
-        order = ""
-        if e.many:
-            terms = [quote_ident(c) for c in e.child_columns]
-            terms += [_mongo_order(view.table.column(c)) for c in e.order_by]
-            order = " ORDER BY " + ", ".join(terms)
-        return self._fetch(f"{select} WHERE {cond}{order}", args)
+        # arrays are sorted after conversion (EmbedPlan.elements), as $sort orders them
+        return self._fetch(f"{select} WHERE {cond}", args)
 
     def read_by_keys(self, keys: Sequence[Key], apply_filter: bool = True) -> list[Row]:
         """Root rows whose primary key is one of `keys` (and that pass the filter)."""

@@ -34,6 +34,8 @@ class Column:
     scale: int | None = None
     fsp: int | None = None  # fractional seconds precision of TIME/DATETIME/TIMESTAMP
     charset: str | None = None
+    has_default: bool = False  # DEFAULT, AUTO_INCREMENT: MySQL fills it when a write omits it
+    generated: bool = False  # GENERATED ALWAYS AS (...): MySQL computes it, nobody writes it
 
     @property
     def unsigned(self) -> bool:
@@ -124,13 +126,17 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes | bytearray) else str(v)
 
 
+_GENERATED = ("virtual generated", "stored generated", "persistent generated")
+
+
 def introspect(conn: Any, database: str) -> Schema:
     """Read the schema of `database` through a (converting) MySQLdb connection."""
     cols = _rows(
         conn,
         """
         SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION,
-               NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, ORDINAL_POSITION
+               NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, ORDINAL_POSITION,
+               COLUMN_DEFAULT, EXTRA
         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s
         ORDER BY TABLE_NAME, ORDINAL_POSITION""",
         (database,),
@@ -140,6 +146,7 @@ def introspect(conn: Any, database: str) -> Schema:
     for r in cols:
         tname, cname = _s(r["table_name"]), _s(r["column_name"])
         dtype = _s(r["data_type"]).lower()
+        extra = _s(r["extra"] or "").lower()
         if (tname, cname) in json_cols:
             dtype = "json"
         tables.setdefault(tname, []).append(
@@ -152,6 +159,8 @@ def introspect(conn: Any, database: str) -> Schema:
                 scale=r["numeric_scale"],
                 fsp=r["datetime_precision"],
                 charset=_s(r["character_set_name"]) if r["character_set_name"] else None,
+                has_default=r["column_default"] is not None or "auto_increment" in extra,
+                generated=any(g in extra for g in _GENERATED),
             )
         )
     meta = {

@@ -11,6 +11,7 @@ catching up) are not reported as false differences.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import bson
@@ -28,7 +30,7 @@ from bson.raw_bson import RawBSONDocument
 
 from ..backfill import _chunk_bounds
 from ..config import Mapping
-from ..errors import ConfigError, MigratorError
+from ..errors import MigratorError
 from ..keys import id_key
 from ..mapping import CollectionPlan, compile_transform
 from ..progress import NullProgress, Progress
@@ -43,6 +45,7 @@ from ..throttle import RateLimiter
 from ..urls import parse_mysql_url, redact
 from .canonical import doc_hash, field_diffs
 
+log = logging.getLogger(__name__)
 _RAW: CodecOptions[Any] = CodecOptions(document_class=RawBSONDocument)
 _PLAIN: CodecOptions[Any] = CodecOptions(tz_aware=False)
 
@@ -165,6 +168,7 @@ class Verifier:
         self.recheck_delay = recheck_delay
         self.limiter = RateLimiter(max_rows_per_sec)
         self.limit = limit_differences
+        self.toward_mysql = False  # verify --repair after the write switch
         self.progress = progress or NullProgress()
 
     @property
@@ -360,18 +364,56 @@ class Verifier:
     def repair(
         self, plan: CollectionPlan, diffs: list[Difference], res: CollectionResult
     ) -> list[Difference]:
-        """Rebuild differing documents from the source (deleting extras), check them again."""
+        """Rebuild differing documents from the source (deleting extras), check them again.
+        After the write switch the source is MongoDB: the rows are written from the documents
+        instead (reverse_repair)."""
         todo = [d for d in diffs if d.kind != "unconvertible"]  # nothing to write for those
+        if self.toward_mysql:
+            todo = diffs  # a row MySQL holds that does not convert is rewritten from MongoDB
         if not todo:
             return diffs
         ids = [d.id for d in todo]
-        ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
-        coll = self.db[plan.name]
-        if ops:
-            with_retry(lambda: coll.bulk_write(ops, ordered=True))
+        if self.toward_mysql:
+            self.reverse_repair(plan, ids)
+        else:
+            ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
+            coll = self.db[plan.name]
+            if ops:
+                with_retry(lambda: coll.bulk_write(ops, ordered=True))
         left = self.check_keys(plan, ids, res)
         res.repaired += len(todo) - len(left)
-        return left + [d for d in diffs if d.kind == "unconvertible"]
+        return left + [d for d in diffs if d.kind == "unconvertible" and d not in todo]
+
+    def reverse_repair(self, plan: CollectionPlan, ids: list[Any]) -> None:
+        """Write MySQL's rows from MongoDB's documents (deleting the rows of documents that are
+        gone), as reverse sync does. A document that changes meanwhile is written again, so a
+        repair never leaves MySQL behind a change reverse sync already applied."""
+        from ..reverse.applier import ReverseApplier, ReverseChange
+
+        conn = mysql_connect(self._src, raw=True)
+        conn.autocommit(False)
+        try:
+            applier = ReverseApplier(self.transform, conn)
+            coll = self.db[plan.name]
+            pending = list(ids)
+            for _ in range(5):
+                docs = {id_key(i): with_retry(partial(coll.find_one, {"_id": i})) for i in pending}
+                changes = [
+                    ReverseChange(plan.name, "delete" if d is None else "upsert", i, d)
+                    for i, d in zip(pending, docs.values(), strict=True)
+                ]
+                out = applier.apply(changes)
+                for ch, why in out.problems:
+                    log.warning("verify --repair: %s %r not written to MySQL: %s",
+                                plan.name, ch.doc_id, why)  # fmt: skip
+                now_docs = [with_retry(partial(coll.find_one, {"_id": i})) for i in pending]
+                pending = [
+                    i for i, d in zip(pending, now_docs, strict=True) if d != docs[id_key(i)]
+                ]
+                if not pending:
+                    break
+        finally:
+            conn.close()
 
 
 @dataclass
@@ -440,13 +482,9 @@ def verify(
         last = v.state.last_verify_run()
         cutoff = last["started"] if last else None
     try:
-        truth = v.state.mongo_is_truth() if repair else None
-        if truth is not None:
-            raise ConfigError(
-                f"--repair copies MySQL rows over MongoDB documents, but since the write switch "
-                f"MongoDB is the source of truth (phase {truth}): nothing was repaired",
-                hint="run verify without --repair; MySQL follows MongoDB through reverse sync",
-            )
+        # repair goes toward the source of truth of the phase: MySQL -> MongoDB until the
+        # write switch, MongoDB -> MySQL (through the reverse mapping) after it
+        v.toward_mysql = repair and v.state.mongo_is_truth() is not None
         plans = [p for p in v.transform.collections if not collections or p.name in collections]
         unknown = set(collections or []) - {p.name for p in v.transform.collections}
         if unknown:

@@ -363,3 +363,39 @@ def test_a_sweep_ahead_of_the_stream_does_not_lose_rows_a_key_change_moves(env):
     assert summary.dead_letters == 0
     assert env.target.children.count_documents({"_id.parent_id": "k9"}) == 2
     assert_same_as_fresh_backfill(env, path)
+
+
+def test_an_array_ordered_by_a_column_mapped_to_another_type_sorts_as_the_documents(env):
+    """Seed 212: `order_by: [n]` on an INT column mapped `type: string`. Backfill sorted the
+    elements by the integer (SQL ORDER BY), CDC's `$push $sort` by the string the document
+    holds, so an array changed by CDC no longer equalled a fresh copy. One rule now: arrays
+    are in MongoDB's order of the document values ("10" < "100" < "9")."""
+    env.sql(
+        "CREATE TABLE p (id INT PRIMARY KEY)",
+        "CREATE TABLE c (id INT PRIMARY KEY, p_id INT NOT NULL, n INT, "
+        "FOREIGN KEY (p_id) REFERENCES p(id))",
+        "INSERT INTO p VALUES (1), (2)",
+        "INSERT INTO c VALUES (1, 1, 9), (2, 1, 100), (3, 1, 10), (4, 1, NULL), (5, 2, 7)",
+    )
+    path = env.mapping(
+        "  - name: p\n    from: p\n    embed:\n"
+        "      - {as: cs, from: c, on: {p_id: id}, many: true, order_by: [n],\n"
+        "         fields: {n: {column: n, type: string}}}\n"
+    )
+    backfill(load_mapping(path), workers=1)
+
+    def order(pid: int) -> list[Any]:
+        return [e["n"] for e in env.target.p.find_one({"_id": pid})["cs"]]
+
+    assert order(1) == [None, "10", "100", "9"]
+    env.sql(
+        "INSERT INTO c VALUES (6, 1, 11), (7, 2, 70)",
+        "UPDATE c SET n = 1000 WHERE id = 1",
+        "UPDATE c SET p_id = 1 WHERE id = 5",
+    )
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert order(1) == [None, "10", "100", "1000", "11", "7"]
+    assert order(2) == ["70"]
+    assert_same_as_fresh_backfill(env, path)
+    data = json.loads(migrator_cmd("verify", "-m", str(path), "--json", check=0).stdout)
+    assert data["ok"], data

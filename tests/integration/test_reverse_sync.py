@@ -134,3 +134,33 @@ def test_reverse_sync_survives_kill_9_and_a_mysql_outage_and_gates_the_rollback(
         cdc.wait(timeout=60)
     audit = [(a["kind"], a["outcome"]) for a in env.state.audit.find({}).sort("at", 1)]
     assert audit[-2:] == [("rollback", "refused"), ("rollback", "done")]
+
+
+def test_generated_and_unmapped_not_null_columns_are_said_before_and_handled_after(env):
+    """A generated column is MySQL's to compute: reverse sync leaves it out of its writes
+    (writing it is an error). A NOT NULL column without a default that the documents do not
+    hold: an existing row is still updated (an INSERT ... ON DUPLICATE KEY UPDATE failed on
+    its INSERT part for every such row), but a document created after the switch cannot
+    become a row: `plan` warns before the switch (check "reverse"), and reverse sync
+    dead-letters it with the reason."""
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, a INT NOT NULL, "
+        "doubled INT AS (a * 2) STORED, secret VARCHAR(20) NOT NULL)",
+        "INSERT INTO t (id, a, secret) VALUES (1, 1, 's1'), (2, 2, 's2')",
+    )
+    path = env.mapping("  - {name: t, from: t, exclude: [secret]}\n")
+    plan = json.loads(migrator_cmd("plan", "-m", str(path), "--json", check=0).stdout)
+    notes = [c["message"] for c in plan["checks"] if c["name"] == "reverse"]
+    assert any("t.doubled is a generated column" in n for n in notes), notes
+    assert any("t.secret is NOT NULL without a default" in n for n in notes), notes
+    backfill(load_mapping(path), workers=1)
+    assert env.target.t.find_one({"_id": 1})["doubled"] == 2
+    switch(path)
+    env.target.t.update_one({"_id": 1}, {"$set": {"a": 5, "doubled": 10}})
+    env.target.t.insert_one({"_id": 3, "a": 3, "doubled": 6})  # no `secret`: cannot be a row
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.sql("SELECT a, doubled, secret FROM t WHERE id = 1")[0] == (5, 10, "s1")
+    assert env.sql("SELECT COUNT(*) FROM t WHERE id = 3")[0][0] == 0
+    assert summary.dead_letters == 1
+    dead = env.state.dead_letters.find_one({})
+    assert "secret" in dead["reason"], dead["reason"]

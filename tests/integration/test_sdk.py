@@ -117,6 +117,34 @@ def test_after_the_write_switch_the_sdk_writes_mongodb_and_reverse_sync_brings_m
     assert rs["lag_seconds"] == 0 and rs["sdk_failures"] == 0
 
 
+def test_after_the_switch_an_n1_sub_document_comes_from_mongodb_not_lagging_mysql(env, sdk):
+    """A customer renamed in MongoDB (by any writer) before reverse sync ran: an order the
+    SDK then writes for that customer embeds the new name, MongoDB's, not MySQL's older one;
+    a change the SDK can only make by rebuilding documents from MySQL is refused."""
+    w, path = sdk
+    m = Machine(load_mapping(path), default_playbook())
+    try:
+        for target in ("backfill", "sync", "dual_write", "read_mongo", "write_mongo"):
+            m.step(target, force=True, reason="test")
+    finally:
+        m.close()
+    env.target.customers.update_one({"_id": 4}, {"$set": {"name": "Renamed in MongoDB"}})
+    w.insert(
+        "orders",
+        {"id": 700, "order_no": "SO-700", "customer_id": 4, "status": "new",
+         "total": "1.00", "created_at": "2024-06-01 00:00:00"},
+    )  # fmt: skip
+    w.update("orders", {"id": 2}, {"customer_id": 4})
+    assert env.sql("SELECT name FROM customers WHERE id = 4")[0][0] != "Renamed in MongoDB"
+    for oid in (700, 2):
+        assert env.target.orders.find_one({"_id": oid})["customer"]["name"] == (
+            "Renamed in MongoDB"
+        )
+    run_cdc(load_mapping(path), mode="until-caught-up")  # reverse sync
+    res = verify(load_mapping(path))
+    assert res.ok, [(d.id, d.fields) for d in res.differences]
+
+
 def test_writes_wait_while_frozen_then_go_or_fail_retryably(env, sdk):
     w, _ = sdk
     set_phase(env, "read_mongo", freeze=True)

@@ -285,15 +285,22 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--json", check=0)
         assert "MongoDB is the source of truth" in json.loads(p.stdout)["stopped"]
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
-        p = migrator_cmd("verify", "-m", str(path), "--repair", check=2)
-        assert "MongoDB is the source of truth (phase write_mongo)" in p.stderr
+        # verify --repair goes toward the source of truth: MySQL's row is rewritten from
+        # MongoDB's document, the document stays
+        p = migrator_cmd("verify", "-m", str(path), "--repair", "--json", check=0)
+        assert json.loads(p.stdout)["totals"]["repaired"] == 1
+        assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "newer, in MongoDB"
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
-        # back to MySQL as the truth: CDC resumes from the position it had caught up to
+        assert verify(load_mapping(path)).ok
+        env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 4")
+        # back to MySQL as the truth: CDC resumes from the position it had caught up to, so
+        # MySQL's changes made meanwhile reach MongoDB
         migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
         wait_until(
-            lambda: env.target.orders.find_one({"_id": 3})["note"] == "older, in MySQL",
+            lambda: env.target.orders.find_one({"_id": 4})["note"] == "older, in MySQL",
             "CDC to resume",
         )
+        assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
     finally:
         cdc.terminate()
         cdc.wait(timeout=60)

@@ -322,14 +322,16 @@ def _mapping(rnd: random.Random, tables: dict[str, Table]) -> list[Coll]:
             if rnd.random() < 0.75:
                 fk = ch.fks[0]
                 order = [c.name for c in ch.payload if c.kind in ("int", "varchar", "date")][:1]
+                order = order if rnd.random() < 0.5 else []
                 coll.embeds.append(
                     Embed(
                         f"arr_{ch.name}",
                         ch.name,
                         dict(zip(fk.cols, fk.ref_cols, strict=True)),
                         True,
-                        order if rnd.random() < 0.5 else [],
-                        _projection(rnd, ch, set()),
+                        order,
+                        # an order_by column stays in the elements (the mapping refuses else)
+                        _projection(rnd, ch, set(order)),
                     )
                 )
                 mapped.add(ch.name)

@@ -132,13 +132,22 @@ def _rows(conn: Any, t: Table) -> list[dict[str, Any]]:
 
 
 def _sort_key(value: Any) -> Any:
-    # MongoDB's $sort order, which arrays keep: null first, numbers by value, text by its
-    # UTF-8 bytes (not by a MySQL collation)
+    # MongoDB's $sort order of the *document* values, which CDC's $push $sort keeps: null
+    # first, then numbers by value (whatever their BSON type), then text by its UTF-8 bytes
+    # (not by a MySQL collation), then dates
     if value is None:
-        return (0, b"")
+        return (0,)
+    if isinstance(value, Decimal128):
+        return (1, value.to_decimal())
+    if isinstance(value, bool):
+        return (4, value)
+    if isinstance(value, int | float):
+        return (1, value)
     if isinstance(value, str):
-        return (1, value.encode())
-    return (1, value)
+        return (2, value.encode())
+    if isinstance(value, datetime):
+        return (5, value)
+    raise AssertionError(f"oracle: no sort order written for {value!r}")
 
 
 def expected(conn: Any, model: Model) -> dict[str, dict[Any, Any]]:
@@ -168,7 +177,11 @@ def _embedded(model: Model, e: Embed, root_row: dict[str, Any], rows: list[dict[
     if not e.many:
         return _fields(t, e.proj, match[0], False) if match else None
     order = list(e.order_by) + [k for k in t.pk if k not in e.order_by]
-    match.sort(key=lambda r: tuple(_sort_key(r[k]) for k in order))
+    match.sort(
+        key=lambda r: tuple(
+            _sort_key(convert(t.col(k).kind, r[k], e.proj.types.get(k))) for k in order
+        )
+    )
     return [_fields(t, e.proj, r, False) for r in match]
 
 

@@ -175,3 +175,33 @@ def test_schema_errors_name_file_line_and_key(collection, expected):
     with pytest.raises(SchemaError) as e:
         compile_(HEAD + collection)
     assert expected in str(e.value)
+
+
+def test_an_order_by_column_left_out_of_the_elements_is_refused():
+    """CDC keeps an array in order with `$sort` on the elements' fields; a column the elements
+    do not hold cannot order them, so the mapping names the file, the key and why."""
+    text = HEAD + (
+        "  - name: o\n    from: orders\n    embed:\n"
+        "      - {as: items, from: order_items, on: {order_id: id}, many: true,\n"
+        "         order_by: [qty], exclude: [qty]}\n"
+    )
+    with pytest.raises(SchemaError, match=r"m\.yaml.*order_by.*'qty' is excluded"):
+        compile_(text)
+
+
+def test_arrays_are_built_in_mongodb_order_of_the_converted_values():
+    """`$push $sort` orders by the document's values: with `qty` mapped to a string, "10"
+    comes before "9"; a NULL comes first; the key breaks ties."""
+    text = HEAD + (
+        "  - name: o\n    from: orders\n    embed:\n"
+        "      - {as: items, from: order_items, on: {order_id: id}, many: true,\n"
+        "         order_by: [qty], fields: {qty: {column: qty, type: string}}}\n"
+    )
+    plan = compile_(text).collection("o")
+    e = plan.embeds[0]
+    rows = [(1, 1, 9), (1, 2, 10), (1, 3, None), (1, 4, 9)]
+    cols = e.view.columns
+    named = [dict(zip(["order_id", "line_no", "qty"], r, strict=True)) for r in rows]
+    picked = [tuple(n[c] for c in cols) for n in named]
+    got = [(x["line_no"], x["qty"]) for x in e.elements(picked)]
+    assert got == [(3, None), (2, "10"), (1, "9"), (4, "9")]

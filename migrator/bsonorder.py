@@ -1,0 +1,76 @@
+"""MongoDB's sort order for document values.
+
+An embedded array is kept in its embed's order by CDC with `$push: {$each, $sort}`, so the
+server sorts the *converted* values. Every array the tool builds itself (backfill, verify's
+expected documents, CDC's rebuilds) is sorted with this key so that it equals what `$sort`
+keeps, whatever type the mapping gave the order_by columns.
+
+The order is MongoDB's comparison order: null (and a missing field) < numbers (by value,
+across int/long/double/decimal; NaN lowest) < strings (by UTF-8 bytes) < objects < arrays
+< binary (by length, then subtype, then bytes) < ObjectId < booleans < dates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from bson import Binary, Decimal128, Int64, ObjectId
+
+_MISSING = object()
+
+
+def sort_key(value: Any) -> tuple[Any, ...]:
+    """A Python key that orders values as MongoDB's $sort (ascending) does."""
+    if value is None or value is _MISSING:
+        return (1,)
+    if isinstance(value, bool):
+        return (8, value)
+    if isinstance(value, int | Int64 | float | Decimal | Decimal128):
+        n = value.to_decimal() if isinstance(value, Decimal128) else value
+        if (isinstance(n, float) and math.isnan(n)) or (isinstance(n, Decimal) and n.is_nan()):
+            return (2, 0)
+        return (2, 1, n)
+    if isinstance(value, str):
+        return (3, value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return (4, tuple((_type_rank(v), k.encode(), sort_key(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (5, tuple(sort_key(v) for v in value))
+    if isinstance(value, bytes | bytearray):
+        subtype = value.subtype if isinstance(value, Binary) else 0
+        return (6, len(value), subtype, bytes(value))
+    if isinstance(value, ObjectId):
+        return (7, value.binary)
+    if isinstance(value, datetime):
+        return (9, value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value)
+    return (10, repr(value))
+
+
+def _type_rank(value: Any) -> int:
+    return int(sort_key(value)[0])
+
+
+def _get(doc: dict[str, Any], path: Sequence[str]) -> Any:
+    cur: Any = doc
+    for part in path:
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def _field_key(value: Any) -> tuple[Any, ...]:
+    # a sort field holding an array sorts by its smallest element; an empty one first of all
+    if isinstance(value, list):
+        return min((sort_key(v) for v in value), default=(0,))
+    return sort_key(value)
+
+
+def sort_documents(docs: list[dict[str, Any]], paths: Sequence[Sequence[str]]) -> None:
+    """Sort `docs` in place as `$sort: {path1: 1, path2: 1, ...}` would."""
+    if paths and len(docs) > 1:
+        docs.sort(key=lambda d: tuple(_field_key(_get(d, p)) for p in paths))
