@@ -1,10 +1,10 @@
 """Write pause of the write switch, rollback time and the outage after a killed switch, printed
 (not a timed test).
 
-The shop application writes steadily through the dual-write SDK (`--threads` threads, each
-with its own DualWriter as separate application processes would have, default settings,
-`--rate` writes/s in all), CDC follows and `verify --follow` re-verifies what
-CDC touched, as DESIGN.md's runbook has it. The bench walks to read_mongo, then repeats the
+The shop application writes steadily through the dual-write SDK (`--writers` processes, each
+with its own DualWriter, default settings, `--rate` writes/s in all), `migrator cdc --follow`
+and `migrator verify --follow` run as their own processes, as DESIGN.md's runbook has it.
+The bench walks to read_mongo, then repeats the
 write switch (read_mongo -> write_mongo: fence, catch-up, re-verify of what changed since the
 last clean pass, flip) and the rollback to read_mongo (waits for reverse lag 0, fenced flip
 back). It prints, with the MongoDB server used:
@@ -16,13 +16,14 @@ back). It prints, with the MongoDB server used:
 - the outage after a switch is killed with SIGKILL during catch-up: how long application
   writes waited with nobody running a command (bounded by the freeze timeout, 10 s default).
 
-Usage: .venv/bin/python bench/cutover.py [--rounds 10] [--rate 200] [--threads 4]
+Usage: .venv/bin/python bench/cutover.py [--rounds 10] [--rate 200] [--writers 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from migrator.backfill import backfill
-from migrator.cdc.runner import run_cdc
 from migrator.config import load_mapping
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
@@ -43,7 +43,7 @@ from migrator.sandbox import start_stack, url_with_database
 from migrator.shop import AppLoad, create_shop, shop_mapping
 from migrator.source.connection import connect
 from migrator.urls import parse_mysql_url
-from migrator.verify.engine import follow, verify
+from migrator.verify.engine import verify
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Timed:
-    """The SDK as the application sees it: every write's start and duration recorded."""
+    """The SDK as the application sees it: every successful write's start and duration."""
 
     def __init__(self, sdk: DualWriter, log: list[tuple[float, float]]) -> None:
         self.sdk, self.log = sdk, log
@@ -78,6 +78,26 @@ class Timed:
         return self.sdk.get(*a)
 
 
+def writer_process(path: str, idx: int, rate: float, out: Any, stop: Any) -> None:
+    """One application process: its own SDK (default settings), `rate` writes/s, its write
+    log sent back in batches (CLOCK_MONOTONIC is the same clock in every process)."""
+    sdk = DualWriter(load_mapping(path))
+    log: list[tuple[float, float]] = []
+    app = AppLoad(Timed(sdk, log), first_order=3_000_000 + idx * 1_000_000, seed=idx)
+    t_next = sent = time.monotonic()
+    while not stop.is_set():
+        before = app.writes
+        app.step()
+        t_next += (app.writes - before) / rate
+        time.sleep(max(0.0, t_next - time.monotonic()))
+        if time.monotonic() - sent > 0.2:
+            out.put((idx, log[:]))
+            log.clear()
+            sent = time.monotonic()
+    out.put((idx, log[:]))
+    sdk.close()
+
+
 def longest_stall(logs: list[list[tuple[float, float]]], since: float) -> float:
     """The longest time any application thread went without completing a write, from the
     last write it completed before `since` on (a frozen write retried counts as one wait)."""
@@ -95,13 +115,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--rate", type=float, default=200.0, help="application writes per second")
-    ap.add_argument("--threads", type=int, default=4, help="application writers (one SDK each)")
+    ap.add_argument("--writers", type=int, default=4, help="application processes (one SDK each)")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of writes first")
     ap.add_argument("--no-kill", action="store_true", help="skip the killed-switch outage")
     args = ap.parse_args()
     stack = start_stack()
-    stop_app, stop_cdc, stop_verify = threading.Event(), threading.Event(), threading.Event()
-    threads: list[threading.Thread] = []
+    ctx = mp.get_context("spawn")
+    stop_app = ctx.Event()
+    queue = ctx.Queue()
+    procs: list[Any] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-cutover-"))
     try:
         admin = connect(parse_mysql_url(stack.mysql_url), database=False)
@@ -112,64 +134,77 @@ def main() -> None:
         backfill(mapping, workers=2)
         pb = default_playbook()
         machine = Machine(mapping, pb, actor="bench")
-        sdks = [DualWriter(mapping) for _ in range(args.threads)]  # default settings
-        logs: list[list[tuple[float, float]]] = [[] for _ in range(args.threads)]
-        apps = [
-            AppLoad(Timed(sdks[i], logs[i]), first_order=3_000_000 + i * 1_000_000, seed=i)
-            for i in range(args.threads)
+        cli = [sys.executable, "-m", "migrator.cli.main"]
+
+        def start(*a: str) -> None:
+            procs.append(
+                subprocess.Popen(
+                    [*cli, *a], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+
+        start("cdc", "-m", str(path), "--follow")
+        logs: list[list[tuple[float, float]]] = [[] for _ in range(args.writers)]
+        writers = [
+            ctx.Process(
+                target=writer_process,
+                args=(str(path), i, args.rate / args.writers, queue, stop_app),
+            )
+            for i in range(args.writers)
         ]
-        per_thread = args.rate / args.threads
+        for w in writers:
+            w.start()
 
-        def run_app(app: AppLoad) -> None:
-            t_next = time.monotonic()
-            while not stop_app.is_set():
-                before = app.writes
-                app.step()
-                t_next += (app.writes - before) / per_thread
-                time.sleep(max(0.0, t_next - time.monotonic()))
+        def collect() -> None:
+            while True:
+                item = queue.get()
+                if item is None:
+                    return
+                logs[item[0]].extend(item[1])
 
-        cdc = threading.Thread(target=lambda: run_cdc(mapping, mode="follow", stop=stop_cdc))
-        cdc.start()
-        threads.append(cdc)
-        for a in apps:
-            t = threading.Thread(target=run_app, args=(a,))
-            t.start()
-            threads.append(t)
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
         verify(mapping, recheck=10)
         for _ in range(4):  # -> backfill, sync, dual_write, read_mongo
             machine.step(None, reason="bench", force=True)
-        vf = threading.Thread(
-            target=lambda: follow(
-                mapping, settle_seconds=1.0, stop=stop_verify, on_pass=lambda r: None
-            )
-        )
-        vf.start()
+        start("verify", "-m", str(path), "--follow", "--settle", "1")
         time.sleep(args.warmup)
-        w0, t_w0 = sum(a.writes for a in apps), time.monotonic()
+        t_w0 = time.monotonic()
+        half = t_w0 - args.warmup / 2
+        steady_rate = sum(1 for log in logs for s, _ in list(log) if s >= half) / (t_w0 - half)
+        w0 = sum(len(log) for log in logs)
         steady = [d for log in logs for s, d in list(log) if s >= t_w0 - args.warmup / 2]
         pauses, waits, rollbacks, back_pauses = [], [], [], []
+        stages: dict[str, list[float]] = {}
+        surveys: list[float] = []
         for _ in range(args.rounds):
             time.sleep(2)
             t0 = time.monotonic()
             res = machine.step("write_mongo", reason="bench", force=True)
             pauses.append(res.write_pause_ms or 0.0)
+            for k, ms in (res.pause_stages or {}).items():
+                stages.setdefault(k, []).append(ms)
             time.sleep(2)
             waits.append(longest_stall(logs, t0))
             t1 = time.monotonic()
             rb = machine.rollback("read_mongo", reason="bench")
             rollbacks.append((time.monotonic() - t1) * 1000)
+            surveys.append((rb.fence or {}).get("survey", 0.0) * 1000)
             back_pauses.append(rb.write_pause_ms or 0.0)
-        writes = sum(a.writes for a in apps) - w0
-        rate = writes / (time.monotonic() - t_w0)
+        rate = (sum(len(log) for log in logs) - w0) / (time.monotonic() - t_w0)
         outage = None if args.no_kill else killed_switch_outage(path, logs)
         stop_app.set()
+        for w in writers:
+            w.join(timeout=60)
+        queue.put(None)
+        collector.join(timeout=10)
         print(
-            f"MongoDB server: {stack.mongo_kind}; {args.threads} application writers (one SDK "
-            f"each, default settings); {rate:.0f} writes/s reached during the switches "
-            f"(asked {args.rate:g}); CDC and verify --follow running"
+            f"MongoDB server: {stack.mongo_kind}; {args.writers} application processes (one SDK "
+            f"each, default settings); {rate:.0f} writes/s reached over the switches "
+            f"(asked {args.rate:g}); `cdc --follow` and `verify --follow` running"
         )
         print(
-            "application write latency outside switches: p50 "
+            f"application outside switches: {steady_rate:.0f} writes/s, write latency p50 "
             f"{statistics.median(steady) * 1000:.0f} ms, p99 {pct(steady, 99) * 1000:.0f} ms"
         )
         print(
@@ -178,10 +213,15 @@ def main() -> None:
             f"{max(pauses):.0f} ms; longest application wait {max(waits) * 1000:.0f} ms"
         )
         print(
+            "  where the pause goes (p50 / max ms): "
+            + ", ".join(f"{k} {statistics.median(v):.0f} / {max(v):.0f}" for k, v in stages.items())
+        )
+        print(
             f"rollback write_mongo -> read_mongo (reverse lag drained, fenced flip back): p50 "
             f"{statistics.median(rollbacks):.0f} ms, p99 {pct(rollbacks, 99):.0f} ms; its "
             f"write pause p50 {statistics.median(back_pauses):.0f} ms, "
-            f"p99 {pct(back_pauses, 99):.0f} ms"
+            f"p99 {pct(back_pauses, 99):.0f} ms; telling live writers from dead ones before "
+            f"the freeze p50 {statistics.median(surveys):.0f} ms"
         )
         if outage is not None:
             print(
@@ -189,15 +229,12 @@ def main() -> None:
                 f"{outage:.1f} s with no operator action (freeze timeout "
                 f"{pb.defaults.freeze_timeout_seconds:g} s)"
             )
-        for sdk in sdks:
-            sdk.close()
         machine.close()
     finally:
         stop_app.set()
-        stop_verify.set()
-        stop_cdc.set()
-        for t in threads:
-            t.join(timeout=30)
+        for pr in procs:
+            pr.terminate()
+            pr.wait(timeout=60)
         stack.stop()
 
 

@@ -27,6 +27,25 @@ class GateResult:
         return asdict(self)
 
 
+def source_position(mapping: Mapping) -> Position:
+    """The source's current binlog position."""
+    conn = mysql_connect(parse_mysql_url(mapping.source.url))
+    try:
+        return master_position(conn)
+    finally:
+        conn.close()
+
+
+def applied_through(state: StateStore, target: Position) -> bool | None:
+    """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
+    offsets are not binlog positions) or before CDC ran."""
+    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    if cp is None or cp.get("source") == "debezium":
+        return None
+    pos = Position.from_dict(cp["position"])
+    return reached(pos, target) or bool(pos.gtid and pos.gtid == target.gtid)
+
+
 def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     """Lag against the source's *current* position: 0 when the checkpoint has reached it, else
     now minus the commit time of the last applied event (the oldest unapplied is newer)."""

@@ -7,6 +7,7 @@ every refused attempt appends an audit entry (actor, time, from, to, reason, gat
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -31,7 +32,14 @@ from .control import (
     routing_fields,
 )
 from .fence import FLIP_MARGIN, Fence
-from .gates import GateResult, cdc_lag_seconds, evaluate, run_action
+from .gates import (
+    GateResult,
+    applied_through,
+    cdc_lag_seconds,
+    evaluate,
+    run_action,
+    source_position,
+)
 from .phases import PHASES, ROUTING, index, next_phase, previous_phase
 from .playbook import Action, Playbook
 
@@ -53,6 +61,7 @@ class StepResult:
     write_pause_ms: float | None = None
     hooks: list[dict[str, Any]] = field(default_factory=list)
     fence: dict[str, Any] | None = None  # writers acknowledged / presumed gone, seconds
+    pause_stages: dict[str, float] | None = None  # ms of the write pause spent in each stage
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +73,7 @@ class StepResult:
             "seconds": round(self.seconds, 3),
             "write_pause_ms": self.write_pause_ms,
             "fence": self.fence,
+            "pause_stages": self.pause_stages,
             "gates": [g.to_dict() for g in self.gates],
             "hooks": self.hooks,
         }
@@ -293,7 +303,7 @@ class Machine:
             doc = self.control.get()
             if _primary(res.from_phase) != _primary(res.to_phase):
                 res.write_pause_ms = self._fenced_flip(doc, res.to_phase, reason)
-                res.fence = self.fence
+                res.fence, res.pause_stages = self.fence, self.pause_stages
             else:
                 self._set_phase(doc, res.to_phase, reason)
             res.changed = True
@@ -310,18 +320,22 @@ class Machine:
                 seconds=res.seconds,
                 write_pause_ms=res.write_pause_ms,
                 fence=res.fence,
+                pause_stages=res.pause_stages,
             )
             return res
         finally:
             lease.release()
 
-    def _stage(self, stage: str) -> None:
+    def _stage(self, stage: str, *, write: bool = True) -> None:
         """Where a fenced flip is, for `status` if its process dies (no version change)."""
-        with_retry(
-            lambda: self.control.coll.update_one(
-                {"_id": "control", "lease.holder": self.holder}, {"$set": {"switch.stage": stage}}
+        if write:
+            with_retry(
+                lambda: self.control.coll.update_one(
+                    {"_id": "control", "lease.holder": self.holder},
+                    {"$set": {"switch.stage": stage}},
+                )
             )
-        )
+        self._marks.append((stage, time.monotonic()))
         fault_point(stage)
 
     def _fenced_flip(
@@ -336,14 +350,19 @@ class Machine:
         timeout = d.freeze_timeout_seconds
         fid = uuid.uuid4().hex
         fence = Fence(self.state.db["writers"])
+        surveyed = time.monotonic()
         fence.survey()
+        surveyed = time.monotonic() - surveyed
+        # everything that costs time but not a frozen write is done before the freeze
+        verifier = self._verifier() if target == "write_mongo" else None
         t0 = time.monotonic()
+        self._marks: list[tuple[str, float]] = [("freeze", t0)]
         deadline = t0 + timeout - FLIP_MARGIN  # writers give up the freeze after `timeout`
         switch = {
             "id": fid,
             "kind": "write switch" if target == "write_mongo" else "rollback",
             "to": target,
-            "stage": "freeze",
+            "stage": "fence",  # set with the freeze: one write less inside the pause
             "holder": self.holder,
             "started_at": now(),
         }
@@ -361,13 +380,13 @@ class Machine:
         )
         phase = doc["phase"]
         try:
-            self._stage("fence")
-            self.fence = fence.wait(fid, deadline=deadline)
+            self._stage("fence", write=False)
+            self.fence = {**fence.wait(fid, deadline=deadline), "survey": round(surveyed, 3)}
             if target == "write_mongo":
                 self._stage("catch_up")
                 self._catch_up(deadline, timeout)
                 self._stage("reverify")
-                self._reverify()
+                self._reverify(verifier)
                 # nothing is written now: reverse sync starts from this moment
                 record_start(self.client, self.state)
             elif _primary(phase) == "mongo" and not skip_reverse:
@@ -378,8 +397,14 @@ class Machine:
                     f"the switch took longer than its freeze allows ({timeout:g} s, less a "
                     f"{FLIP_MARGIN:g} s margin): staying in {phase}"
                 )
+            self._stage("flip")
             self._set_phase(self.control.get(), target, reason)
-            pause = (time.monotonic() - t0) * 1000
+            end = time.monotonic()
+            pause = (end - t0) * 1000
+            marks = [*self._marks, ("", end)]
+            self.pause_stages = {
+                name: round((b - a) * 1000, 1) for (name, a), (_, b) in itertools.pairwise(marks)
+            }
             fault_point("flipped")
             return pause
         except BaseException:
@@ -390,6 +415,9 @@ class Machine:
                         cur["version"], {"freeze": False, "switch": None}, holder=self.holder
                     )
             raise
+        finally:
+            if verifier is not None:
+                verifier.close()
 
     def _reverse_catch_up(self, deadline: float, timeout: float, phase: str) -> None:
         """A rollback to MySQL-first: every MongoDB change made up to the freeze must be in
@@ -405,18 +433,38 @@ class Machine:
             )
 
     def _catch_up(self, deadline: float, timeout: float) -> None:
+        """Every writer has acknowledged the freeze: CDC must apply the binlog up to where it
+        is now (read once; polling the checkpoint alone is cheap)."""
+        target = None if self._debezium() else source_position(self.mapping)
         while True:
-            lag = cdc_lag_seconds(self.mapping, self.state)
+            if target is not None and applied_through(self.state, target):
+                return
+            lag = None if target is not None else cdc_lag_seconds(self.mapping, self.state)
             if lag == 0.0:
                 return
             if time.monotonic() > deadline:
+                if lag is None:
+                    lag = cdc_lag_seconds(self.mapping, self.state)
                 raise CheckFailed(
                     f"CDC did not catch up within {timeout:g} s of the write freeze "
                     f"(lag {lag}): staying in read_mongo"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)
 
-    def _reverify(self) -> None:
+    def _debezium(self) -> bool:
+        cp = self.state.meta.find_one({"_id": "cdc_checkpoint"}) or {}
+        status = self.state.cdc_status() or {}
+        return "debezium" in (cp.get("source"), status.get("source"))
+
+    def _verifier(self) -> Any:
+        """The re-verification's connections and compiled mapping, made before the freeze."""
+        from ..verify.engine import Verifier
+
+        v = Verifier(self.mapping, recheck=1, recheck_delay=0.1)
+        v.conn  # noqa: B018 (opens this thread's MySQL connection now)
+        return v
+
+    def _reverify(self, verifier: Any) -> None:
         """Re-verify what CDC touched since the last clean verification started (a running
         `verify --follow` keeps that short), or the playbook's window without one."""
         from ..verify.engine import verify
@@ -425,7 +473,7 @@ class Machine:
         window = timedelta(minutes=self.playbook.defaults.reverify_window_minutes)
         if last is not None:
             window = min(window, now() - last["started"] + timedelta(seconds=1))
-        check = verify(self.mapping, since=window, recheck=1, recheck_delay=0.1)
+        check = verify(self.mapping, since=window, verifier=verifier)
         if not check.ok:
             raise CheckFailed(
                 f"re-verification of recent changes found "
@@ -480,7 +528,7 @@ class Machine:
                 except CheckFailed as exc:
                     self._audit_step("rollback", "refused", res, reason=reason, detail=exc.message)
                     raise
-                res.fence = self.fence
+                res.fence, res.pause_stages = self.fence, self.pause_stages
             else:
                 self._set_phase(doc, target, reason)
             res.changed = True
@@ -496,6 +544,7 @@ class Machine:
                 seconds=res.seconds,
                 write_pause_ms=res.write_pause_ms,
                 fence=res.fence,
+                pause_stages=res.pause_stages,
             )
             return res
         finally:

@@ -50,6 +50,9 @@ from ..verify.canonical import doc_hash
 from .control import Control
 from .fence import Registration
 
+CONTROL_POLL = 0.1  # seconds between the beat thread's reads of the control document
+FROZEN_POLL = 0.05  # seconds between a held write's reads of it (every writer polls)
+
 
 class WritesFrozen(MigratorError):
     """Writes are paused for the write switch longer than the SDK waits: retry shortly."""
@@ -164,15 +167,24 @@ class DualWriter:
                 self.registration.beat(fid)
 
     def _beat_loop(self, every: float) -> None:
-        while not self._stop.wait(every):
+        # the control document is read more often than the beat is written: how soon a
+        # freeze is acknowledged is most of the fence's share of the write pause
+        look = min(every, CONTROL_POLL)
+        last_beat = time.monotonic()
+        while not self._stop.wait(look):
             try:
                 doc = self.control.get()
                 if doc.get("freeze") and doc.get("freeze_id") != self._acked:
+                    # the next write sees the freeze at once (and acknowledges it itself),
+                    # not when its cached copy expires
+                    self._doc, self._fetched = doc, time.monotonic()
                     with self._lock:  # waits for a write in flight
                         self._doc, self._fetched = doc, time.monotonic()
                         self._ack(doc)
-                else:
+                    last_beat = time.monotonic()
+                elif time.monotonic() - last_beat >= every:
                     self.registration.beat(self._acked)
+                    last_beat = time.monotonic()
             except Exception:  # MongoDB away: the switch will see no beats
                 continue
 
@@ -192,7 +204,7 @@ class DualWriter:
                     f"longer than {self.freeze_wait:g} s",
                     hint="retry the write",
                 )
-            time.sleep(0.02)
+            time.sleep(FROZEN_POLL)
             doc = self.control_doc(fresh=True)
             if not self._frozen(doc):
                 return doc

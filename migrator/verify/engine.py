@@ -459,10 +459,13 @@ def verify(
     workers: int = 1,
     restart: bool = False,
     progress: Progress | None = None,
+    verifier: Verifier | None = None,
 ) -> VerifyResult:
     """Verify; a full run checkpoints after every group of chunks in the state store and an
-    interrupted run is resumed by the next one with the same options (`restart` starts over)."""
-    v = Verifier(
+    interrupted run is resumed by the next one with the same options (`restart` starts over).
+    `verifier`: one made beforehand (the write switch prepares it before its freeze); the
+    caller closes it."""
+    v = verifier or Verifier(
         mapping,
         recheck=recheck,
         recheck_delay=recheck_delay,
@@ -583,7 +586,8 @@ def verify(
             {**data, "started": result.started, "differences": data["differences"][:100]}
         )
     finally:
-        v.close()
+        if verifier is None:
+            v.close()
     return result
 
 
