@@ -98,6 +98,12 @@ def writer_process(path: str, idx: int, rate: float, out: Any, stop: Any) -> Non
     sdk.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def longest_stall(logs: list[list[tuple[float, float]]], since: float) -> float:
     """The longest time any application thread went without completing a write, from the
     last write it completed before `since` on (a frozen write retried counts as one wait)."""
@@ -168,7 +174,11 @@ def main() -> None:
         for _ in range(4):  # -> backfill, sync, dual_write, read_mongo
             machine.step(None, reason="bench", force=True)
         start("verify", "-m", str(path), "--follow", "--settle", "1")
-        time.sleep(args.warmup)
+        mongo_pid = next(p.pid for p in stack.procs if p.name not in ("mariadb", "mysql"))
+        time.sleep(args.warmup / 2)
+        cpu0, wall0 = cpu_seconds(mongo_pid), time.monotonic()
+        time.sleep(args.warmup / 2)
+        server_cpu = (cpu_seconds(mongo_pid) - cpu0) / (time.monotonic() - wall0)
         t_w0 = time.monotonic()
         half = t_w0 - args.warmup / 2
         steady_rate = sum(1 for log in logs for s, _ in list(log) if s >= half) / (t_w0 - half)
@@ -205,7 +215,8 @@ def main() -> None:
         )
         print(
             f"application outside switches: {steady_rate:.0f} writes/s, write latency p50 "
-            f"{statistics.median(steady) * 1000:.0f} ms, p99 {pct(steady, 99) * 1000:.0f} ms"
+            f"{statistics.median(steady) * 1000:.0f} ms, p99 {pct(steady, 99) * 1000:.0f} ms; "
+            f"the MongoDB server process used {server_cpu * 100:.0f}% of a core meanwhile"
         )
         print(
             f"write pause over {len(pauses)} switches (freeze set -> cleared): p50 "

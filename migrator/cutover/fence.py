@@ -65,6 +65,7 @@ class Fence:
         self.writers = writers
         self.timeout = writer_timeout
         self.last: dict[str, tuple[int, float]] = {}
+        self.live: set[str] = set()
         self.gone: set[str] = set()
 
     def _look(self, freeze_id: str | None) -> tuple[list[str], int]:
@@ -77,16 +78,18 @@ class Fence:
             if freeze_id is not None and w.get("acked_freeze") == freeze_id:
                 acked += 1
                 continue
-            beats = w.get("beats", 0)
-            seen = self.last.get(w["_id"])
+            wid, beats = w["_id"], w.get("beats", 0)
+            seen = self.last.get(wid)
             if seen is None or seen[0] != beats:
-                self.last[w["_id"]] = (beats, t)
+                self.last[wid] = (beats, t)
+                if seen is not None:
+                    self.live.add(wid)  # seen to move once: alive (the survey's question)
                 if seen is None or freeze_id is not None:
-                    waiting.append(w["_id"])
+                    waiting.append(wid)
             elif t - seen[1] >= self.timeout:
-                self.gone.add(w["_id"])
-            else:
-                waiting.append(w["_id"])
+                self.gone.add(wid)
+            elif freeze_id is not None or wid not in self.live:
+                waiting.append(wid)
         return waiting, acked
 
     def survey(self) -> None:

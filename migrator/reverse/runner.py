@@ -20,7 +20,7 @@ from typing import Any, Literal
 from bson.timestamp import Timestamp
 from MySQLdb import MySQLError
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from ..config import Mapping
 from ..errors import MigratorError
@@ -30,6 +30,8 @@ from ..state import StateStore, now
 from ..urls import parse_mysql_url
 from .applier import ReverseApplier, ReverseChange
 
+# ChangeStreamHistoryLost, and the error a resume token older than the oplog gives
+_HISTORY_LOST = {286, 280}
 log = logging.getLogger("migrator.reverse")
 CHECKPOINT = "reverse_checkpoint"
 BATCH = 500
@@ -64,6 +66,17 @@ def record_start(client: MongoClient[Any], state: StateStore) -> Timestamp:
         upsert=True,
     )
     return t
+
+
+def restart_after_repair(state: StateStore, since: Timestamp) -> bool:
+    """A full, clean `verify --repair` after the switch made MySQL equal MongoDB as of its
+    start: a reverse checkpoint the change stream lost restarts there (replaying from then on
+    converges, documents being written whole). True if it did."""
+    res = state.meta.update_one(
+        {"_id": CHECKPOINT, "lost_at": {"$ne": None}},
+        {"$set": {"start_at": since, "token": None, "lost_at": None, "saved_at": now()}},
+    )
+    return res.modified_count == 1
 
 
 def checkpoint(state: StateStore) -> dict[str, Any] | None:
@@ -125,6 +138,16 @@ def run_reverse(
                 break
             delay = 0.5
         except (MySQLError, PyMongoError, MigratorError) as exc:
+            if isinstance(exc, OperationFailure) and exc.code in _HISTORY_LOST:
+                state.meta.update_one({"_id": CHECKPOINT}, {"$set": {"lost_at": now()}})
+                raise MigratorError(
+                    "reverse sync: MongoDB's change stream no longer holds the changes after "
+                    "the reverse checkpoint (reverse sync was down longer than the oplog "
+                    "window), so MySQL has missed some of them",
+                    hint="run a full `migrator verify --repair`: it rewrites MySQL's rows "
+                    "from MongoDB and restarts reverse sync from its own start; keep the "
+                    "oplog window longer than any reverse sync outage",
+                ) from None
             # MySQL (or MongoDB) away: lag grows; retry from the last checkpoint (a run that
             # must end, until-caught-up, gives up after a few tries and says why)
             summary.retries += 1

@@ -488,6 +488,10 @@ def verify(
         # repair goes toward the source of truth of the phase: MySQL -> MongoDB until the
         # write switch, MongoDB -> MySQL (through the reverse mapping) after it
         v.toward_mysql = repair and v.state.mongo_is_truth() is not None
+        if v.toward_mysql:
+            from ..reverse.runner import operation_time
+
+            op_start = operation_time(v.client)
         plans = [p for p in v.transform.collections if not collections or p.name in collections]
         unknown = set(collections or []) - {p.name for p in v.transform.collections}
         if unknown:
@@ -581,6 +585,11 @@ def verify(
             with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
             if result.ok:
                 v.state.prune_touched(result.started)
+            if result.ok and result.complete and v.toward_mysql and not resume:
+                from ..reverse.runner import restart_after_repair
+
+                if restart_after_repair(v.state, op_start):
+                    log.warning("verify --repair: reverse sync restarts from this run's start")
         data = result.to_dict()
         v.state.record_verify_run(
             {**data, "started": result.started, "differences": data["differences"][:100]}

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 from bson.decimal128 import Decimal128
 
@@ -164,3 +165,28 @@ def test_generated_and_unmapped_not_null_columns_are_said_before_and_handled_aft
     assert summary.dead_letters == 1
     dead = env.state.dead_letters.find_one({})
     assert "secret" in dead["reason"], dead["reason"]
+
+
+def test_a_full_verify_repair_rewrites_mysql_and_restarts_a_lost_reverse_checkpoint(env):
+    """Reverse sync down longer than the oplog window loses its place in the change stream
+    (it then stops, naming the way out). A full `verify --repair` after the switch rewrites
+    MySQL's rows from MongoDB and restarts reverse sync from its own start."""
+    path = make_shop(env, orders=12)
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    # as the runner records it when the stream says the history is gone
+    env.state.meta.update_one(
+        {"_id": "reverse_checkpoint"}, {"$set": {"lost_at": datetime.utcnow()}}
+    )
+    env.target.orders.update_one({"_id": 2}, {"$set": {"note": "missed by reverse sync"}})
+    env.target.orders.delete_one({"_id": 3})
+    p = migrator_cmd("verify", "-m", str(path), "--repair", "--json", check=0)
+    assert json.loads(p.stdout)["totals"]["repaired"] == 2
+    assert env.sql("SELECT note FROM orders WHERE id = 2")[0][0] == "missed by reverse sync"
+    assert env.sql("SELECT COUNT(*) FROM orders WHERE id = 3")[0][0] == 0
+    cp = env.state.meta.find_one({"_id": "reverse_checkpoint"})
+    assert cp["lost_at"] is None and cp["token"] is None
+    env.target.orders.update_one({"_id": 4}, {"$set": {"note": "after the repair"}})
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.sql("SELECT note FROM orders WHERE id = 4")[0][0] == "after the repair"
+    assert verify(load_mapping(path)).ok

@@ -305,3 +305,33 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         cdc.terminate()
         cdc.wait(timeout=60)
     assert cdc.returncode == 0
+
+
+def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(env):
+    """Before the freeze the switch tells live writers from dead ones. A writer seen to beat
+    once is live for the rest of the survey: requiring every writer to have just beaten at
+    the same look made a survey with several writers run to its timeout every time."""
+    from migrator.cutover.fence import Fence, Registration
+
+    writers = env.state["writers"]
+    regs = [Registration(writers) for _ in range(8)]
+    dead = Registration(writers)
+    dead.beat(None)  # registered, then its process died
+    stop = threading.Event()
+
+    def beating(r):
+        while not stop.wait(0.25):
+            r.beat(None)
+
+    threads = [threading.Thread(target=beating, args=(r,)) for r in regs]
+    for t in threads:
+        t.start()
+    try:
+        fence = Fence(writers, writer_timeout=1.0)
+        fence.survey()
+        assert fence.live == {r.id for r in regs}
+        assert fence.gone == {dead.id}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
