@@ -1,4 +1,4 @@
-"""MongoDB's sort order for document values.
+"""MongoDB's sort order for document values (as `$push ... $sort` orders array elements).
 
 An embedded array is kept in its embed's order by CDC with `$push: {$each, $sort}`, so the
 server sorts the *converted* values. Every array the tool builds itself (backfill, verify's
@@ -63,14 +63,9 @@ def _get(doc: dict[str, Any], path: Sequence[str]) -> Any:
     return cur
 
 
-def _field_key(value: Any) -> tuple[Any, ...]:
-    # a sort field holding an array sorts by its smallest element; an empty one first of all
-    if isinstance(value, list):
-        return min((sort_key(v) for v in value), default=(0,))
-    return sort_key(value)
-
-
 def sort_documents(docs: list[dict[str, Any]], paths: Sequence[Sequence[str]]) -> None:
-    """Sort `docs` in place as `$sort: {path1: 1, path2: 1, ...}` would."""
+    """Sort `docs` in place as `$push: {$each: [...], $sort: {path1: 1, ...}}` does: each
+    path's whole value is compared (an array element by element, above null). A query's
+    `find().sort()` differs there (an array sorts by its least element); CDC uses $push."""
     if paths and len(docs) > 1:
-        docs.sort(key=lambda d: tuple(_field_key(_get(d, p)) for p in paths))
+        docs.sort(key=lambda d: tuple(sort_key(_get(d, p)) for p in paths))

@@ -83,6 +83,7 @@ class DualWriter:
         self.control = Control(self.state.db["control"])
         self.failures = self.state.db["sdk_failures"]
         self.lookup = _TruthLookup(src, self)
+        self._inverses: dict[str, Any] = {}
         self.applier = Applier(
             self.transform, self.client[mapping.target_database], self.state, self.lookup
         )
@@ -289,6 +290,8 @@ class DualWriter:
                 self._refuse_source_reads(table, op, values)
                 before = None if op == "insert" else self._mongo_row(table, key)
                 after = None if op == "delete" else self._predict(table, before, key, values)
+                if after is not None:
+                    self._refuse_orphan(table, after)
                 self.lookup.mongo_first = True  # N:1 sub-documents from MongoDB too
                 try:
                     self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
@@ -298,7 +301,6 @@ class DualWriter:
     def _mongo_row(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
         """The row as MongoDB holds it now (the source of truth after the switch): from the
         document of its own collection, or from the array element that holds it."""
-        from ..reverse.inverse import DocumentInverse
 
         db = self.client[self.mapping.target_database]
         t = self.schema.table(table)
@@ -308,7 +310,7 @@ class DualWriter:
                 doc_id = plan.doc_id(tuple(raw.get(c) for c in plan.root.columns))
                 found = db[plan.name].find_one({"_id": doc_id})
                 if found is not None:
-                    return _raw_row(DocumentInverse(plan).rows(found).root.values)
+                    return _raw_row(self._inverse(plan).rows(found).root.values)
         for plan in self.transform.collections:
             for e in plan.embeds:
                 if e.view.table.name != table or not e.many:
@@ -327,18 +329,27 @@ class DualWriter:
                 found = db[plan.name].find_one(flt)
                 if found is None:
                     continue
-                rows = DocumentInverse(plan).rows(found).children[e.name]
+                rows = self._inverse(plan).rows(found).children[e.name]
                 for r in rows:
                     if all(_same(r.values.get(c), key[c]) for c in t.primary_key):
                         return _raw_row(r.values)
         return None
+
+    def _inverse(self, plan: CollectionPlan) -> Any:
+        from ..reverse.inverse import DocumentInverse
+
+        inv = self._inverses.get(plan.name)
+        if inv is None:
+            # the source's time zone, as reverse sync and the Transform use it
+            inv = DocumentInverse(plan, self.mapping.source.timezone)
+            self._inverses[plan.name] = inv
+        return inv
 
     def _n1_from_mongo(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
         """The N:1 sub-document for a root row, from the parent's own document (MongoDB is the
         truth after the switch; MySQL's row may lag behind reverse sync). _NOT_HELD when no
         unfiltered collection of the parent table holds every column the sub-document needs
         (MySQL stays the home of such columns: reverse sync never writes them)."""
-        from ..reverse.inverse import DocumentInverse
 
         parent = e.view.table.name
         values = plan.root.values(root_row, e.root_columns)
@@ -358,12 +369,15 @@ class DualWriter:
                 else:
                     break
             else:
-                inverse = DocumentInverse(owner)
                 found = db[owner.name].find_one(flt)
                 if found is None:
                     return None  # no such parent in the source of truth
-                row = _raw_row(inverse.rows(found).root.values)
-                if all(c in row for c in e.view.columns):
+                row = _raw_row(self._inverse(owner).rows(found).root.values)
+                # a column the owner holds through a type override may not come back as the
+                # row MySQL keeps (6.5 for DECIMAL 6.50): only default conversions are exact
+                exact = {f.column for f in owner.root.fields if f.type_name == "auto"}
+                exact |= set(owner.pk)
+                if all(c in row and c in exact for c in e.view.columns):
                     return e.view.build(tuple(row[c] for c in e.view.columns))
         return _NOT_HELD
 
@@ -400,6 +414,34 @@ class DualWriter:
                 f"switch: {why}, and MongoDB is the source of truth now",
                 hint="write the documents in MongoDB directly (reverse sync brings MySQL along)",
             )
+
+    def _refuse_orphan(self, table: str, after: dict[str, Any]) -> None:
+        """An array element whose parent document does not exist yet would wait for it, and
+        land by a rebuild of the parent from MySQL, which lags: refused, as MySQL's foreign
+        key would refuse it (write the parent first)."""
+        db = self.client[self.mapping.target_database]
+        for plan in self.transform.collections:
+            for e in plan.embeds:
+                if e.view.table.name != table or not e.many:
+                    continue
+                ident: dict[str, Any] = {}
+                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
+                    if after.get(cc) is None or rc not in plan.pk:
+                        break
+                    ident[rc] = plan.id_converters[plan.pk.index(rc)](after[cc])
+                else:
+                    if set(ident) != set(plan.pk):
+                        continue
+                    doc_id = (
+                        ident[plan.pk[0]] if len(plan.pk) == 1 else {c: ident[c] for c in plan.pk}
+                    )
+                    if db[plan.name].count_documents({"_id": doc_id}, limit=1) == 0:
+                        raise MigratorError(
+                            f"this change of {table} is not supported through the SDK after "
+                            f"the write switch: its parent document {plan.name} {doc_id!r} "
+                            "does not exist in MongoDB",
+                            hint="write the parent first (as MySQL's foreign key requires)",
+                        )
 
     @property
     def _mapped(self) -> set[str]:

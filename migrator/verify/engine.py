@@ -374,7 +374,18 @@ class Verifier:
             return diffs
         ids = [d.id for d in todo]
         if self.toward_mysql:
-            self.reverse_repair(plan, ids)
+            # a document MongoDB lacks because the tool could not build or write it (the row
+            # does not convert, or it is a dead letter) was never deleted by anyone: its row
+            # is the only copy and stays
+            stored = [storable(i) for i in ids]
+            lettered = {
+                id_key(d["key"])
+                for d in self.state.dead_letters.find(
+                    {"collection": plan.name, "key": {"$in": stored}}, {"key": 1}
+                )
+            }
+            keep = {id_key(d.id) for d in todo if d.kind == "unconvertible"} | lettered
+            self.reverse_repair(plan, ids, keep_rows=keep)
         else:
             ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
             coll = self.db[plan.name]
@@ -384,10 +395,10 @@ class Verifier:
         res.repaired += len(todo) - len(left)
         return left + [d for d in diffs if d.kind == "unconvertible" and d not in todo]
 
-    def reverse_repair(self, plan: CollectionPlan, ids: list[Any]) -> None:
+    def reverse_repair(self, plan: CollectionPlan, ids: list[Any], keep_rows: set[Any]) -> None:
         """Write MySQL's rows from MongoDB's documents (deleting the rows of documents that are
-        gone), as reverse sync does. A document that changes meanwhile is written again, so a
-        repair never leaves MySQL behind a change reverse sync already applied."""
+        gone, except `keep_rows`), as reverse sync does. A document that changes meanwhile is
+        written again, so a repair never leaves MySQL behind a change reverse sync applied."""
         from ..reverse.applier import ReverseApplier, ReverseChange
 
         conn = mysql_connect(self._src, raw=True)
@@ -401,6 +412,7 @@ class Verifier:
                 changes = [
                     ReverseChange(plan.name, "delete" if d is None else "upsert", i, d)
                     for i, d in zip(pending, docs.values(), strict=True)
+                    if d is not None or id_key(i) not in keep_rows
                 ]
                 out = applier.apply(changes)
                 for ch, why in out.problems:

@@ -51,13 +51,16 @@ def test_dates_compare_as_instants():
     assert sort_key(datetime(2020, 1, 1, tzinfo=UTC)) == sort_key(datetime(2020, 1, 1))
 
 
-def test_documents_sort_by_several_paths_missing_as_null_and_arrays_by_their_least():
+def test_documents_sort_by_several_paths_missing_as_null_and_arrays_whole():
+    """As `$push $sort` compares: a missing field as null, an array field as a whole (above
+    null, element by element), not by its least element as find().sort() would."""
     docs = [
         {"k": 2, "n": {"x": "b"}},
         {"k": 1, "n": {"x": "b"}},
         {"k": 3},
         {"k": 4, "n": {"x": ["c", "a"]}},
         {"k": 5, "n": {"x": []}},
+        {"k": 6, "n": {"x": ["a", "z"]}},
     ]
     sort_documents(docs, [("n", "x"), ("k",)])
-    assert [d["k"] for d in docs] == [5, 3, 4, 1, 2]
+    assert [d["k"] for d in docs] == [3, 1, 2, 5, 6, 4]
