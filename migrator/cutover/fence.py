@@ -22,6 +22,7 @@ for longer than `writer_timeout` (a MySQL lock wait, say) when the switch flippe
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -45,12 +46,20 @@ class Registration:
         self.id = process_owner()
         self.role = role
         self.beats = 0
+        self.acked: str | None = None
+        self._lock = threading.Lock()
 
-    def beat(self, acked_freeze: str | None) -> None:
-        self.beats += 1
-        doc = {"role": self.role, "beats": self.beats, "at": now(), "acked_freeze": acked_freeze}
-        # no retries: a writer that cannot beat must look gone to the switch
-        self.writers.update_one({"_id": self.id}, {"$set": doc}, upsert=True)
+    def beat(self, acknowledge: str | None = None) -> None:
+        """Beat; with `acknowledge`, also acknowledge that freeze. The beat thread and the
+        writer (acknowledging) both beat: under one lock the count moves and a beat never
+        writes back an acknowledgement older than the one already made."""
+        with self._lock:
+            if acknowledge is not None:
+                self.acked = acknowledge
+            self.beats += 1
+            doc = {"role": self.role, "beats": self.beats, "at": now(), "acked_freeze": self.acked}
+            # no retries: a writer that cannot beat must look gone to the switch
+            self.writers.update_one({"_id": self.id}, {"$set": doc}, upsert=True)
 
     def leave(self) -> None:
         with contextlib.suppress(Exception):  # best effort: a writer left behind ages out

@@ -123,7 +123,7 @@ class DualWriter:
         self._acked: str | None = None
         self.registration = Registration(self.state.db["writers"])
         self._stop = threading.Event()
-        self.registration.beat(None)
+        self.registration.beat()
         self._beater = threading.Thread(
             target=self._beat_loop, args=(beat_seconds,), name="migrator-sdk-beat", daemon=True
         )
@@ -165,7 +165,7 @@ class DualWriter:
         if fid and self._acked != fid:
             self._acked = fid
             with contextlib.suppress(Exception):  # the beat thread repeats it
-                self.registration.beat(fid)
+                self.registration.beat(acknowledge=fid)
 
     def _beat_loop(self, every: float) -> None:
         # the control document is read more often than the beat is written: how soon a
@@ -179,12 +179,22 @@ class DualWriter:
                     # the next write sees the freeze at once (and acknowledges it itself),
                     # not when its cached copy expires
                     self._doc, self._fetched = doc, time.monotonic()
-                    with self._lock:  # waits for a write in flight
+                    # a write in flight holds the lock: keep beating meanwhile (alive, not
+                    # acknowledged), or a write stuck in MySQL for longer than the switch's
+                    # writer timeout would make this writer look gone while it can still
+                    # finish under the old order
+                    while not self._lock.acquire(timeout=every):
+                        self.registration.beat()
+                        if self._stop.is_set():
+                            return
+                    try:
                         self._doc, self._fetched = doc, time.monotonic()
                         self._ack(doc)
+                    finally:
+                        self._lock.release()
                     last_beat = time.monotonic()
                 elif time.monotonic() - last_beat >= every:
-                    self.registration.beat(self._acked)
+                    self.registration.beat()
                     last_beat = time.monotonic()
             except Exception:  # MongoDB away: the switch will see no beats
                 continue

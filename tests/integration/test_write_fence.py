@@ -316,12 +316,12 @@ def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(en
     writers = env.state["writers"]
     regs = [Registration(writers) for _ in range(8)]
     dead = Registration(writers)
-    dead.beat(None)  # registered, then its process died
+    dead.beat()  # registered, then its process died
     stop = threading.Event()
 
     def beating(r):
         while not stop.wait(0.25):
-            r.beat(None)
+            r.beat()
 
     threads = [threading.Thread(target=beating, args=(r,)) for r in regs]
     for t in threads:
@@ -335,3 +335,39 @@ def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(en
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_a_write_stuck_in_mysql_keeps_its_writer_alive_and_the_switch_does_not_flip(env, tmp_path):
+    """An SDK write waits on a MySQL row lock for longer than the switch's writer timeout
+    (3 s). Its writer must keep beating (alive) without acknowledging: the switch waits for
+    it and gives up at its deadline. Before, the beat thread itself waited for the writer's
+    lock, the writer looked gone after 3 s, and the switch flipped while that write could
+    still finish under the old order (MySQL first)."""
+    from migrator.source.connection import connect
+    from migrator.urls import parse_mysql_url
+
+    path, _ = to_read_mongo(env, tmp_path)
+    pb = tmp_path / "slow.yaml"
+    pb.write_text("version: 1\ndefaults: {freeze_timeout_seconds: 8}\n")
+    m = load_mapping(path)
+    blocker = connect(parse_mysql_url(m.source.url))
+    blocker.autocommit(False)
+    cur = blocker.cursor()
+    cur.execute("SELECT id FROM orders WHERE id = 1 FOR UPDATE")
+    w = DualWriter(m, control_ttl=1.0, freeze_wait=30)
+    stuck = threading.Thread(target=w.update, args=("orders", {"id": 1}, {"note": "stuck"}))
+    try:
+        stuck.start()
+        time.sleep(1.0)  # the write is in flight, waiting for the row lock
+        proc = start_switch(path, pb)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (out, err)
+        assert "did not acknowledge the write freeze" in err, err
+        assert control(env)["phase"] == "read_mongo" and control(env)["freeze"] is False
+    finally:
+        blocker.rollback()
+        blocker.close()
+        stuck.join(timeout=30)
+        w.close()
+    assert env.sql("SELECT note FROM orders WHERE id = 1")[0][0] == "stuck"
+    assert env.target.orders.find_one({"_id": 1})["note"] == "stuck"
