@@ -16,6 +16,7 @@ from migrator.errors import MigratorError
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import migrator_cmd
+from .test_reverse_sync import switch
 
 
 def _ids(env: Any, coll: str, pid: int, arr: str) -> list[Any]:
@@ -71,19 +72,6 @@ def test_sort_documents_matches_the_servers_push_sort_for_array_fields(env):
     assert [d["id"] for d in mine] == server
 
 
-def _to_write_mongo(path: Any) -> None:
-    from migrator.cutover.machine import Machine
-    from migrator.cutover.playbook import default_playbook
-
-    run_cdc(load_mapping(path), mode="until-caught-up")
-    m = Machine(load_mapping(path), default_playbook(), actor="review")
-    try:
-        for target in ("backfill", "sync", "dual_write", "read_mongo", "write_mongo"):
-            m.step(target, force=True, reason="review")
-    finally:
-        m.close()
-
-
 def test_the_sdks_n1_sub_document_from_mongodb_keeps_the_source_time_zone(env):
     """_n1_from_mongo inverts the parent's document with DocumentInverse(owner) -- UTC --
     although the mapping says DATETIME columns hold Europe/Paris time; the embed's converter
@@ -109,7 +97,7 @@ def test_the_sdks_n1_sub_document_from_mongodb_keeps_the_source_time_zone(env):
     backfill(load_mapping(path), workers=1)
     want = env.target.orders.find_one({"_id": 10})["customer"]
     assert want["since"].hour == 11  # 12:00 Paris = 11:00 UTC
-    _to_write_mongo(path)
+    switch(path)
 
     from migrator.cutover.sdk import DualWriter
 
@@ -137,7 +125,7 @@ def test_verify_repair_after_the_switch_keeps_a_row_that_never_became_a_document
     path = env.mapping("  - {name: t, from: t}\n")
     backfill(load_mapping(path), workers=1)
     assert env.target.t.find_one({"_id": 2}) is None  # dead-lettered by the backfill
-    _to_write_mongo(path)
+    switch(path)
     res = verify(load_mapping(path), repair=True, recheck=1, recheck_delay=0.1)
     left = env.sql("SELECT id, note FROM t ORDER BY id")
     assert left == [(1, "fine"), (2, "big")], (left, res.ok, [d.kind for d in res.differences])
@@ -154,7 +142,7 @@ def test_after_the_switch_the_sdk_refuses_a_child_before_its_parent(env):
 
     path = make_shop(env, orders=5)
     backfill(load_mapping(path), workers=1)
-    _to_write_mongo(path)
+    switch(path)
     w = DualWriter(load_mapping(path), control_ttl=0, freeze_wait=0.5)
     item = {"order_id": 900, "line_no": 1, "product_id": 1, "qty": 2, "unit_price": "6.25"}
     try:
@@ -194,7 +182,7 @@ def test_the_sdks_n1_sub_document_ignores_an_owners_type_override(env):
     )
     backfill(load_mapping(path), workers=1)
     want = env.target.olines.find_one({"_id": 10})["product"]
-    _to_write_mongo(path)
+    switch(path)
     w = DualWriter(load_mapping(path), control_ttl=0, freeze_wait=0.5)
     try:
         w.insert("olines", {"id": 11, "product_id": 1, "qty": 2})

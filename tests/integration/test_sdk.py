@@ -18,6 +18,7 @@ from migrator.cutover.sdk import DualWriter, WritesFrozen
 from migrator.verify.engine import verify
 
 from .test_backfill import make_shop
+from .test_reverse_sync import switch
 
 
 def set_phase(env, phase, **extra):
@@ -75,12 +76,7 @@ def test_after_the_write_switch_the_sdk_writes_mongodb_and_reverse_sync_brings_m
     row from the document (not from MySQL, which may lag), and reverse sync (run by CDC)
     writes MySQL in MongoDB's commit order."""
     w, path = sdk
-    m = Machine(load_mapping(path), default_playbook())
-    try:
-        for target in ("backfill", "sync", "dual_write", "read_mongo", "write_mongo"):
-            m.step(target, force=True, reason="test")
-    finally:
-        m.close()
+    switch(path)
     # MySQL is behind (reverse sync not run yet): the next update must not bring its stale
     # values into MongoDB
     w.update("orders", {"id": 3}, {"note": "first"})
@@ -122,12 +118,7 @@ def test_after_the_switch_an_n1_sub_document_comes_from_mongodb_not_lagging_mysq
     SDK then writes for that customer embeds the new name, MongoDB's, not MySQL's older one;
     a change the SDK can only make by rebuilding documents from MySQL is refused."""
     w, path = sdk
-    m = Machine(load_mapping(path), default_playbook())
-    try:
-        for target in ("backfill", "sync", "dual_write", "read_mongo", "write_mongo"):
-            m.step(target, force=True, reason="test")
-    finally:
-        m.close()
+    switch(path)
     env.target.customers.update_one({"_id": 4}, {"$set": {"name": "Renamed in MongoDB"}})
     w.insert(
         "orders",
