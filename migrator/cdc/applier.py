@@ -182,6 +182,17 @@ class Applier:
         return _Batch(self, BatchResult())
 
 
+def parent_id(cr: ChildRole, child: dict[str, Any]) -> Any:
+    """The _id of the document whose array holds this child row (None: a NULL reference)."""
+    p, e = cr.plan, cr.embed
+    row: list[Any] = [None] * len(p.root.columns)
+    for ccol, rcol in zip(e.child_columns, e.root_columns, strict=True):
+        if child.get(ccol) is None:
+            return None
+        row[p.root.index[rcol]] = child[ccol]
+    return p.doc_id(row)
+
+
 class _Unmapped(Exception):
     pass
 
@@ -270,13 +281,7 @@ class _Batch:
         return plan.doc_id(_row(plan.root.columns, values))
 
     def _parent_id(self, cr: ChildRole, child: dict[str, Any]) -> Any:
-        p, e = cr.plan, cr.embed
-        row: list[Any] = [None] * len(p.root.columns)
-        for ccol, rcol in zip(e.child_columns, e.root_columns, strict=True):
-            if child.get(ccol) is None:
-                return None
-            row[p.root.index[rcol]] = child[ccol]
-        return p.doc_id(row)
+        return parent_id(cr, child)
 
     def _field_filter(
         self,

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..cdc.applier import Applier
+from ..cdc.applier import Applier, parent_id
 from ..cdc.events import ChangeEvent, Position, Transaction
 from ..cdc.lookup import SourceLookup
 from ..config import Mapping, load_mapping
@@ -430,28 +430,21 @@ class DualWriter:
         land by a rebuild of the parent from MySQL, which lags: refused, as MySQL's foreign
         key would refuse it (write the parent first)."""
         db = self.client[self.mapping.target_database]
-        for plan in self.transform.collections:
-            for e in plan.embeds:
-                if e.view.table.name != table or not e.many:
-                    continue
-                ident: dict[str, Any] = {}
-                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
-                    if after.get(cc) is None or rc not in plan.pk:
-                        break
-                    ident[rc] = plan.id_converters[plan.pk.index(rc)](after[cc])
-                else:
-                    if set(ident) != set(plan.pk):
-                        continue
-                    doc_id = (
-                        ident[plan.pk[0]] if len(plan.pk) == 1 else {c: ident[c] for c in plan.pk}
-                    )
-                    if db[plan.name].count_documents({"_id": doc_id}, limit=1) == 0:
-                        raise MigratorError(
-                            f"this change of {table} is not supported through the SDK after "
-                            f"the write switch: its parent document {plan.name} {doc_id!r} "
-                            "does not exist in MongoDB",
-                            hint="write the parent first (as MySQL's foreign key requires)",
-                        )
+        roles = self.applier.roles.get(table)
+        for cr in roles.children if roles else ():
+            if not cr.parent_is_pk:
+                continue  # refused before (_refuse_source_reads)
+            doc_id = parent_id(cr, after)
+            if (
+                doc_id is not None
+                and db[cr.plan.name].count_documents({"_id": doc_id}, limit=1) == 0
+            ):
+                raise MigratorError(
+                    f"this change of {table} is not supported through the SDK after "
+                    f"the write switch: its parent document {cr.plan.name} {doc_id!r} "
+                    "does not exist in MongoDB",
+                    hint="write the parent first (as MySQL's foreign key requires)",
+                )
 
     @property
     def _mapped(self) -> set[str]:
