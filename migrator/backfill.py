@@ -36,7 +36,6 @@ from .source.schema import Schema, introspect
 from .state import StateStore, decode_key, now, process_owner
 from .throttle import LoadMonitor, RateLimiter
 from .ticker import Ticker
-from .urls import parse_mysql_url
 
 BSON_MAX = 16 * 1024 * 1024
 
@@ -150,7 +149,7 @@ class ChunkWorker:
             lo = reader.key_params(tuple(rows[-1][plan.root.index[c]] for c in plan.pk))
 
     def _connect_source(self) -> None:
-        self.conn = mysql_connect(parse_mysql_url(self.mapping.source.url), raw=True)
+        self.conn = mysql_connect(self.mapping.source_url, raw=True)
         self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
 
     def run(self, chunk: Chunk) -> ChunkResult:
@@ -283,7 +282,7 @@ def backfill(
     progress = progress or NullProgress()
     workers = workers or mapping.backfill.workers
     chunk_size = chunk_size or mapping.backfill.chunk_size
-    src_url = parse_mysql_url(mapping.source.url)
+    src_url = mapping.source_url
     meta_conn = mysql_connect(src_url)
     schema = introspect(meta_conn, mapping.source_database)
     transform = compile_transform(mapping, schema)
@@ -384,7 +383,7 @@ def _backfill(
     collections: list[str] | None,
     progress: Progress,
 ) -> BackfillSummary:
-    src_url = parse_mysql_url(mapping.source.url)
+    src_url = mapping.source_url
     if state is not None:
         client = state.client
         if restart:
@@ -455,7 +454,7 @@ def _backfill(
             )
     raw.close()
 
-    monitor = LoadMonitor(meta_conn, mapping.throttle)
+    monitor = LoadMonitor(meta_conn, mapping.throttle, mapping.source_url.tls)
     rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
 
     def record(res: ChunkResult) -> None:

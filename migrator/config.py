@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -29,7 +30,15 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .urls import mongo_database_from_url, parse_mysql_url, register_secret, register_url_password
+from .secretfiles import SOURCE_PASSWORD_FILE_ENV, password_from_env_file, read_secret_file
+from .source.tls import TLSOptions, check_mode
+from .urls import (
+    MySQLURL,
+    mongo_database_from_url,
+    parse_mysql_url,
+    register_secret,
+    register_url_password,
+)
 
 FieldType = Literal[
     "auto", "string", "int", "double", "decimal", "bool", "datetime", "date", "binary", "json"
@@ -106,9 +115,34 @@ class CollectionSpec(_Projection):
         return self
 
 
+class TLSSpec(_Model):
+    """TLS for every MySQL connection; the URL's ssl-* parameters win over these."""
+
+    mode: str | None = Field(
+        None, description="DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"
+    )
+    ca: str | None = Field(None, description="PEM file of the CA that signed the server")
+    cert: str | None = Field(None, description="PEM client certificate (with key)")
+    key: str | None = Field(None, description="PEM key of the client certificate")
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_mode(v, "mode")
+        except ConfigError as exc:
+            raise ValueError(f"{v!r} is not a TLS mode ({exc.hint})") from None
+
+    def options(self) -> TLSOptions:
+        return TLSOptions(mode=self.mode, ca=self.ca, cert=self.cert, key=self.key)
+
+
 class SourceSpec(_Model):
     url: str
     timezone: str = Field("UTC", description="zone DATETIME values are written in")
+    tls: TLSSpec | None = None
 
     @field_validator("url")
     @classmethod
@@ -162,6 +196,56 @@ class DebeziumSpec(_Model):
     ] = "adaptive_time_microseconds"
     decimal_handling_mode: Literal["precise", "string", "double"] = "precise"
     binary_handling_mode: Literal["bytes", "base64", "base64-url-safe", "hex"] = "bytes"
+    security: KafkaSecuritySpec = Field(default_factory=lambda: KafkaSecuritySpec())
+
+
+class KafkaSecuritySpec(_Model):
+    """How the consumer authenticates to Kafka (Kafka's own names for the settings)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security.protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(
+        None, description="write ${ENV} or ${file:/path}; never the password itself"
+    )
+    ssl_cafile: str | None = Field(None, description="PEM CA of the brokers' certificates")
+    ssl_certfile: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecuritySpec:
+        if self.protocol.startswith("SASL"):
+            missing = [
+                n
+                for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if not getattr(self, n)
+            ]
+            if missing:
+                raise ValueError(f"protocol {self.protocol} needs " + ", ".join(missing))
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.sasl_password:
+            register_secret(self.sasl_password)
+        return self
+
+    def kafka_python(self) -> dict[str, Any]:
+        """KafkaConsumer keyword arguments."""
+        out: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.protocol.endswith("SSL"):
+            out["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name):
+                    out[name] = getattr(self, name)
+        return out
 
 
 class Mapping(_Model):
@@ -196,6 +280,13 @@ class Mapping(_Model):
         return self
 
     @property
+    def source_url(self) -> MySQLURL:
+        """The source URL with `source.tls` and a password from $MIGRATOR_SOURCE_PASSWORD_FILE."""
+        url = parse_mysql_url(self.source.url)
+        url = url.with_tls(self.source.tls.options() if self.source.tls else None)
+        return with_password_file(url, SOURCE_PASSWORD_FILE_ENV)
+
+    @property
     def source_database(self) -> str:
         db = parse_mysql_url(self.source.url).database
         if not db:
@@ -228,7 +319,26 @@ def format_key(key: tuple[str | int, ...] | list[str | int]) -> str:
     return out
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+def with_password_file(url: MySQLURL, env: str) -> MySQLURL:
+    """`url` with the password from the file `$env` names, when the URL has none."""
+    password = password_from_env_file(env)
+    if password is None:
+        return url
+    if url.password:
+        raise ConfigError(
+            f"{url.setting} has a password and {env} names a file: give the password once",
+            hint=f"drop the password from {url.setting}, or unset {env}",
+        )
+    return url.with_password(password)
+
+
+_ENV = re.compile(r"\$\{(file:[^}]+|[A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_USERINFO_OPEN = re.compile(r"://[^/@?#]*$")
+
+
+def _in_userinfo(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] sits in a URL's user:password part (it must be %-encoded)."""
+    return bool(_USERINFO_OPEN.search(text[:start])) and "@" in re.split(r"[/?#]", text[end:])[0]
 
 
 def _interpolate(
@@ -239,20 +349,29 @@ def _interpolate(
     if isinstance(value, list):
         return [_interpolate(v, path, lines, (*key, i)) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
+        where = f"{path}:{lines.get(key)} {format_key(key)}"
 
-        def sub(m: re.Match[str]) -> str:
+        def lookup(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
+            if name.startswith("file:"):
+                return read_secret_file(name.removeprefix("file:"), where)
             if name in os.environ:
                 if re.search(r"PASS|SECRET|TOKEN|KEY", name, re.I):
                     register_secret(os.environ[name])
                 return os.environ[name]
+            if os.environ.get(f"{name}_FILE"):
+                return read_secret_file(os.environ[f"{name}_FILE"], f"{where} ({name}_FILE)")
             if default is not None:
                 return default
-            line = lines.get(key)
             raise ConfigError(
-                f"{path}:{line} {format_key(key)}: environment variable {name} is not set",
-                hint=f"export {name}=… or write ${{{name}:-default}}",
+                f"{where}: environment variable {name} is not set",
+                hint=f"export {name}=… (or {name}_FILE=/path) or write ${{{name}:-default}}",
             )
+
+        def sub(m: re.Match[str]) -> str:
+            text = lookup(m)
+            # a password with '@' or '/' must not end a URL's user part early
+            return quote(text, safe="") if _in_userinfo(value, m.start(), m.end()) else text
 
         return _ENV.sub(sub, value)
     return value

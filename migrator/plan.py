@@ -16,16 +16,17 @@ from .backfill import BSON_MAX
 from .config import Mapping
 from .errors import MigratorError
 from .mapping import CollectionPlan, Transform, compile_transform
+from .privileges import PHASES, check_phases, read_grants
 from .reverse.inverse import lossy
 from .sink.mongo import connect as mongo_connect
-from .sink.mongo import host_of
-from .source.connection import _s, query, quote_ident, variables
+from .sink.mongo import host_of, uses_tls
+from .source.connection import _s, query, quote_ident, session_cipher, variables
 from .source.connection import connect as mysql_connect
 from .source.reader import ChunkReader
 from .source.schema import Schema, introspect
 from .state import StateStore
 from .typerules import loss_notes
-from .urls import parse_mysql_url
+from .urls import MySQLURL
 
 ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
 
@@ -54,6 +55,9 @@ class PlanReport:
     server_version: str = ""
     checks: list[Check] = field(default_factory=list)
     collections: list[CollectionReport] = field(default_factory=list)
+    # phase -> {"ok", "missing"}; connection -> {"encrypted", ...}
+    privileges: dict[str, Any] = field(default_factory=dict)
+    connections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -77,7 +81,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 
 def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER_SEC) -> PlanReport:
-    src = parse_mysql_url(mapping.source.url)
+    src = mapping.source_url
     report = PlanReport(source=str(src), target=host_of(mapping.target.url))
     conn = mysql_connect(src)
     try:
@@ -86,7 +90,8 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
         maria = "mariadb" in version.lower() or bool(variables(conn, "gtid_binlog_pos"))
         report.add("server", "ok", f"{'MariaDB' if maria else 'MySQL'} {version}")
         _binlog_checks(conn, report, maria, version)
-        _privilege_checks(conn, report)
+        _tls_checks(conn, src, report)
+        _privilege_checks(conn, mapping, report)
         schema = introspect(conn, mapping.source_database)
         try:
             transform: Transform | None = compile_transform(mapping, schema)
@@ -159,38 +164,69 @@ def _binlog_checks(conn: Any, report: PlanReport, maria: bool, version: str) -> 
         report.add("gtid", "info", "gtid_mode is OFF: CDC uses file/position checkpoints")
 
 
-_NEEDED = {
-    "SELECT": "read rows",
-    "REPLICATION SLAVE": "read the binlog",
-    "REPLICATION CLIENT": "read the binlog position",
-}
-_ALIASES = {
-    "REPLICATION CLIENT": ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"),
-    "REPLICATION SLAVE": ("REPLICATION SLAVE", "REPLICATION REPLICA"),
-}
-
-
-def _privilege_checks(conn: Any, report: PlanReport) -> None:
-    grants = " ".join(_s(r[0]).upper() for r in query(conn, "SHOW GRANTS FOR CURRENT_USER()"))
-    global_grants = " ".join(g for g in re.findall(r"GRANT (.*?) ON \*\.\*", grants))
-    missing = []
-    for priv, why in _NEEDED.items():
-        names = _ALIASES.get(priv, (priv,))
-        if "ALL PRIVILEGES" in global_grants or any(n in global_grants for n in names):
-            continue
-        if priv == "SELECT" and re.search(r"GRANT [^;]*SELECT[^;]* ON ", grants):
-            continue  # SELECT on the database is enough
-        missing.append(f"{priv} ({why})")
-    if missing:
+def _privilege_checks(conn: Any, mapping: Mapping, report: PlanReport) -> None:
+    """Each phase's source privileges against the user's grants: the copy, CDC, verify and the
+    switch cannot run without theirs (block); writes back to MySQL are needed only from
+    dual_write on (warn)."""
+    tables = sorted(
+        {c.from_ for c in mapping.collections}
+        | {e.from_ for c in mapping.collections for e in c.embed}
+    )
+    db = mapping.source_database
+    try:
+        grants = read_grants(conn)
+    except Exception as exc:  # a server that hides SHOW GRANTS: say so, do not guess
+        report.add("privileges", "warn", f"cannot read the source user's grants: {exc}")
+        return
+    phases = check_phases(grants, db, tables)
+    if all(n.ok for n in phases):
         report.add(
             "privileges",
-            "block",
-            "the source user lacks "
-            + ", ".join(missing)
-            + ": GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the user",
+            "ok",
+            "the source user has what every phase needs (" + ", ".join(PHASES) + ")",
+        )
+    for needs in phases:
+        report.privileges[needs.phase] = {"ok": needs.ok, "missing": needs.missing}
+        if needs.ok:
+            continue
+        level = "warn" if needs.phase in ("sdk writes", "reverse sync") else "block"
+        report.add(
+            f"privileges {needs.phase}",
+            level,
+            "the source user lacks " + "; ".join(needs.missing) + " (README: Least privilege)",
+        )
+    if grants.unread_roles:
+        report.add(
+            "privileges",
+            "info",
+            "privileges through roles " + ", ".join(grants.unread_roles) + " were not read "
+            "(the user may not read their grants): a missing privilege above may be granted "
+            "by them",
+        )
+
+
+def _tls_checks(conn: Any, src: MySQLURL, report: PlanReport) -> None:
+    cipher = session_cipher(conn)
+    mode = src.tls.effective_mode or "default"
+    local = src.host in ("127.0.0.1", "localhost", "::1")
+    report.connections["source"] = {"encrypted": bool(cipher), "cipher": cipher, "ssl_mode": mode}
+    if cipher and src.tls.effective_mode in ("VERIFY_CA", "VERIFY_IDENTITY"):
+        report.add("tls source", "ok", f"MySQL connections encrypted ({cipher}, ssl-mode={mode})")
+    elif cipher:
+        report.add(
+            "tls source",
+            "warn",
+            f"MySQL connections encrypted ({cipher}) but the server's certificate is not checked "
+            f"(ssl-mode={mode}): use ssl-mode=VERIFY_IDENTITY&ssl-ca=...",
         )
     else:
-        report.add("privileges", "ok", "SELECT, REPLICATION SLAVE, REPLICATION CLIENT granted")
+        report.add(
+            "tls source",
+            "info" if local else "warn",
+            "MySQL connections are NOT encrypted"
+            + (" (loopback: traffic stays on this machine)" if local else "")
+            + ": add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/ca.pem to source.url",
+        )
 
 
 def _pk_checks(mapping: Mapping, schema: Schema, report: PlanReport) -> None:
@@ -207,7 +243,7 @@ def _pk_checks(mapping: Mapping, schema: Schema, report: PlanReport) -> None:
 
 
 def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> None:
-    raw = mysql_connect(parse_mysql_url(transform.mapping.source.url), raw=True)
+    raw = mysql_connect(transform.mapping.source_url, raw=True)
     try:
         for p in transform.collections:
             rep = CollectionReport(
@@ -379,10 +415,38 @@ def _retention_check(conn: Any, report: PlanReport, rate: float) -> None:
         )
 
 
+def _kafka_tls_check(mapping: Mapping, report: PlanReport) -> None:
+    dbz = mapping.debezium
+    if not dbz.bootstrap:
+        return
+    protocol = dbz.security.protocol
+    encrypted = protocol.endswith("SSL")
+    report.connections["kafka"] = {"encrypted": encrypted, "security_protocol": protocol}
+    report.add(
+        "tls kafka",
+        "ok" if encrypted else "warn",
+        f"Kafka security.protocol={protocol}"
+        + ("" if encrypted else ": not encrypted (debezium.security.protocol: SASL_SSL or SSL)"),
+    )
+
+
 def _target_checks(mapping: Mapping, report: PlanReport) -> None:
     client = mongo_connect(mapping.target.url)
     try:
         info = client.admin.command("buildInfo")
+        encrypted = uses_tls(client)
+        report.connections["target"] = {"encrypted": encrypted}
+        local = host_of(mapping.target.url).split(":")[0] in ("127.0.0.1", "localhost")
+        report.add(
+            "tls target",
+            "ok" if encrypted else "info" if local else "warn",
+            "MongoDB connections encrypted"
+            if encrypted
+            else "MongoDB connections are NOT encrypted"
+            + (" (loopback)" if local else "")
+            + ": add tls=true&tlsCAFile=/path/ca.pem to target.url",
+        )
+        _kafka_tls_check(mapping, report)
         report.add(
             "target",
             "ok",

@@ -201,8 +201,14 @@ skip-name-resolve
 """
 
 
-def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, Proc]:
-    """Start a throwaway MariaDB (or MySQL) and return (url, process)."""
+def start_mysql(
+    base: Path, *, debezium_compatible: bool = False, tls: dict[str, Path] | None = None
+) -> tuple[str, Proc]:
+    """Start a throwaway MariaDB (or MySQL) and return (url, process).
+
+    `tls` ({"ca", "cert", "key"}: PEM files) serves TLS and refuses plain TCP connections
+    (require_secure_transport), as managed MySQL services do; the unix socket stays open.
+    """
     mariadbd = _which("mariadbd")
     mysqld = mariadbd or _which("mysqld")
     if not mysqld:
@@ -225,6 +231,13 @@ def start_mysql(base: Path, *, debezium_compatible: bool = False) -> tuple[str, 
     if debezium_compatible:
         # Debezium refuses MariaDB's version string and needs checksums off (STACK.md).
         extra += ["version = 5.5.5-10.11.19-log", "binlog-checksum = NONE"]
+    if tls:
+        extra += [
+            f"ssl-ca = {tls['ca']}",
+            f"ssl-cert = {tls['cert']}",
+            f"ssl-key = {tls['key']}",
+            "require-secure-transport = ON",
+        ]
     if is_maria:
         extra += ["gtid-strict-mode = 1"]
     else:
@@ -473,15 +486,33 @@ def start_mongo(
                 None,
                 container.get_wrapped_container().id,
             )
-    binary = secantus_binary()
-    if not binary:
+    if not secantus_binary():
         raise SandboxError(
             "no MongoDB server available: no MIGRATOR_TEST_MONGO_URL, no mongod on PATH, "
             "no Docker engine, and no SecantusDB (secantusd-py) in this venv",
             hint="run `make setup`, or set MIGRATOR_TEST_MONGO_URL=mongodb://host:27017",
         )
+    return (*start_secantus(base, sync_on_commit=sync_on_commit), None)
+
+
+def start_secantus(
+    base: Path,
+    *,
+    sync_on_commit: bool = False,
+    tls: dict[str, Path] | None = None,
+    user: tuple[str, str] | None = None,
+) -> tuple[str, str, Proc]:
+    """A SecantusDB server: (url, "secantusdb", process).
+
+    `tls` ({"pem": certificate and key in one file, "ca"}) makes it accept TLS only; `user`
+    (name, password) creates that user (root on admin) and then requires SCRAM authentication.
+    The URL returned carries neither: callers add `tls=true&tlsCAFile=…` and credentials.
+    """
+    binary = secantus_binary()
+    if not binary:
+        raise SandboxError("no SecantusDB (secantusd-py) in this venv", hint="run `make setup`")
     port = free_port()
-    (base / "db").mkdir(exist_ok=True)
+    (base / "db").mkdir(parents=True, exist_ok=True)
     argv = [
         binary,
         "--host",
@@ -495,10 +526,27 @@ def start_mongo(
     ]
     if sync_on_commit:
         argv.append("--sync-on-commit")
-    proc, popen = _spawn("secantusdb", argv, base / "secantusdb.log")
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    _wait_mongo(url, proc, popen)
-    return url, "secantusdb", proc, None
+    if user:
+        # users are made on a plain, open server, which then restarts with --auth
+        proc, popen = _spawn("secantusdb", argv, base / "secantusdb-setup.log")
+        _wait_mongo(url, proc, popen)
+        from pymongo import MongoClient
+
+        with MongoClient[dict[str, Any]](url) as c:
+            c.admin.command(
+                "createUser", user[0], pwd=user[1], roles=[{"role": "root", "db": "admin"}]
+            )
+        proc.stop()
+        argv.append("--auth")
+    probe = url
+    if tls:
+        argv += ["--tls-cert-file", str(tls["pem"]), "--tls-key-file", str(tls["pem"])]
+        argv += ["--tls-ca-file", str(tls["ca"])]
+        probe += f"&tls=true&tlsCAFile={tls['ca']}"
+    proc, popen = _spawn("secantusdb", argv, base / "secantusdb.log")
+    _wait_mongo(probe, proc, popen)  # ping needs no authentication
+    return url, "secantusdb", proc
 
 
 # ----------------------------------------------------------------------------- Kafka (Tansu)

@@ -20,14 +20,18 @@ SOURCE_PASSWORD_ENV = "MIGRATOR_SOURCE_PASSWORD"
 TARGET_PASSWORD_ENV = "MIGRATOR_TARGET_PASSWORD"
 
 
-def _secretless(url: str, env: str) -> tuple[str, bool]:
+def _secretless(url: str, env: str, password_file: str | None = None) -> tuple[str, bool]:
+    """`url` with its password replaced by `${env}`, or by `${file:password_file}`."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if password_file is None and parts.password is None:
         return url, False
-    host = parts.netloc.rsplit("@", 1)[1]
+    host = parts.netloc.rsplit("@", 1)[-1]
     user = quote(parts.username or "", safe="")
-    netloc = f"{user}:${{{env}}}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), True
+    secret = f"${{file:{password_file}}}" if password_file else f"${{{env}}}"
+    netloc = f"{user}:{secret}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), (
+        password_file is None
+    )
 
 
 def _y(s: str) -> str:
@@ -51,14 +55,21 @@ def _bool_column_has_other_values(conn: Any, table: str, column: str) -> bool:
 
 
 def generate_mapping(
-    conn: Any, schema: Schema, source_url: str, target_url: str, tables: list[str] | None = None
+    conn: Any,
+    schema: Schema,
+    source_url: str,
+    target_url: str,
+    tables: list[str] | None = None,
+    *,
+    source_password_file: str | None = None,
+    target_password_file: str | None = None,
 ) -> tuple[str, list[str]]:
     """Return (YAML text, notes for the user)."""
     notes: list[str] = []
     # the database named in the target URL's path, else the source database's name
     target_db = mongo_database_from_url(target_url) or schema.database
-    src, src_secret = _secretless(source_url, SOURCE_PASSWORD_ENV)
-    tgt, tgt_secret = _secretless(target_url, TARGET_PASSWORD_ENV)
+    src, src_secret = _secretless(source_url, SOURCE_PASSWORD_ENV, source_password_file)
+    tgt, tgt_secret = _secretless(target_url, TARGET_PASSWORD_ENV, target_password_file)
     if src_secret:
         notes.append(f"the source password is read from ${SOURCE_PASSWORD_ENV}: export it")
     if tgt_secret:

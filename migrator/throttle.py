@@ -9,6 +9,7 @@ from typing import Any
 from .config import ThrottleSpec
 from .errors import MigratorError
 from .source.connection import _s, connect, query
+from .source.tls import TLSOptions
 from .urls import parse_mysql_url
 
 
@@ -53,11 +54,12 @@ def replication_lag(conn: Any) -> float | None:
 class LoadMonitor:
     """Answers `reason_to_pause()` at most once per check interval."""
 
-    def __init__(self, source_conn: Any, spec: ThrottleSpec) -> None:
+    def __init__(self, source_conn: Any, spec: ThrottleSpec, tls: TLSOptions | None = None) -> None:
+        """`tls`: the source's TLS options, for replicas whose URLs set none (same CA)."""
         self.spec = spec
         self.conns = [("source", source_conn)]
         for i, url in enumerate(spec.replicas):
-            u = parse_mysql_url(url, f"throttle.replicas[{i}]")
+            u = parse_mysql_url(url, f"throttle.replicas[{i}]").with_tls(tls)
             self.conns.append((u.address, connect(u, database=False)))
         self._last = 0.0
         self._reason: str | None = None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .errors import ConfigError
+from .source.tls import TLSOptions, tls_from_params
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
 _SECRET_NAME = r"(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|signature|sig)"
@@ -50,6 +51,7 @@ class MySQLURL:
     database: str | None
     params: dict[str, str]
     setting: str = "source.url"
+    tls: TLSOptions = field(default_factory=TLSOptions)
 
     @property
     def address(self) -> str:
@@ -58,6 +60,14 @@ class MySQLURL:
     def __str__(self) -> str:
         db = self.database or ""
         return f"mysql://{self.user}:***@{self.host}:{self.port}/{db}"
+
+    def with_tls(self, defaults: TLSOptions | None) -> MySQLURL:
+        """This URL with TLS options it does not set taken from `defaults`."""
+        return replace(self, tls=self.tls.merged(defaults))
+
+    def with_password(self, password: str) -> MySQLURL:
+        register_secret(password)
+        return replace(self, password=password)
 
 
 def parse_mysql_url(url: str, setting: str = "source.url") -> MySQLURL:
@@ -75,14 +85,16 @@ def parse_mysql_url(url: str, setting: str = "source.url") -> MySQLURL:
         raise ConfigError(f"{setting}: bad port in URL: {exc}") from None
     db = unquote(parts.path.lstrip("/")) or None
     register_secret(unquote(parts.password or ""))
+    tls, params = tls_from_params(dict(parse_qsl(parts.query)), setting)
     return MySQLURL(
         host=parts.hostname,
         port=port,
         user=unquote(parts.username or "root"),
         password=unquote(parts.password or ""),
         database=db,
-        params=dict(parse_qsl(parts.query)),
+        params=params,
         setting=setting,
+        tls=tls,
     )
 
 

@@ -100,6 +100,8 @@ class BinlogSource:
             "user": self.url.user,
             "passwd": self.url.password,
             "charset": "utf8mb4",
+            # the URL's ssl-mode (PyMySQL: an SSLContext, required once given)
+            **self.url.tls.pymysql_kwargs(),
         }
         kwargs: dict[str, Any] = dict(
             connection_settings=settings,

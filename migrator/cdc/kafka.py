@@ -23,7 +23,6 @@ from ..sink.mongo import connect as mongo_connect
 from ..source.connection import connect as mysql_connect
 from ..source.schema import introspect
 from ..state import StateStore, now
-from ..urls import parse_mysql_url
 from .applier import Applier
 from .debezium import DebeziumDecoder, DebeziumSettings, Record
 from .events import Position, Transaction
@@ -85,12 +84,14 @@ def run_debezium(
     settings: DebeziumSettings | None = None,
     poll_ms: int = 500,
     pending_timeout: float = 600.0,
+    security: dict[str, Any] | None = None,
 ) -> CdcSummary:
+    """`security`: KafkaConsumer's security_protocol/sasl_*/ssl_* arguments."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
     stop = stop or threading.Event()
-    src = parse_mysql_url(mapping.source.url)
+    src = mapping.source_url
     conn = mysql_connect(src)
     try:
         schema = introspect(conn, mapping.source_database)
@@ -127,10 +128,12 @@ def run_debezium(
                 max_poll_records=2000,
                 client_id="migrator",
                 metadata_max_age_ms=5000,
+                **(security or {}),
             )
         except KafkaError as exc:  # kafka-python 3 names "no brokers" differently than 2.x
             raise ConnectError(
-                f"cannot reach Kafka at {bootstrap} (--kafka-bootstrap): {type(exc).__name__}"
+                f"cannot reach Kafka at {bootstrap} (--kafka-bootstrap, security.protocol "
+                f"{(security or {}).get('security_protocol', 'PLAINTEXT')}): {type(exc).__name__}"
             ) from None
         c.subscribe(topics=topics)
         return c

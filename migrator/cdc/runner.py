@@ -27,7 +27,6 @@ from ..source.position import is_mariadb
 from ..source.schema import introspect
 from ..state import StateStore, now
 from ..ticker import Ticker
-from ..urls import parse_mysql_url
 from .applier import Applier, BatchResult
 from .binlog import DDL, BinlogSource, Heartbeat
 from .events import Position, Transaction
@@ -225,7 +224,7 @@ def run_cdc(
     Memory is bounded by `max_events_in_memory` whatever a transaction's size: a bigger one
     is applied in pieces, and the checkpoint still moves only at commits."""
     stop = stop or threading.Event()
-    src = parse_mysql_url(mapping.source.url)
+    src = mapping.source_url
     meta = mysql_connect(src)
     maria = is_mariadb(meta)
     schema = introspect(meta, mapping.source_database)
@@ -603,7 +602,7 @@ def _ddl(
     if on_ddl == "extend":
         problem = adds_only_nullable_columns(item.statement)
         if problem is None:
-            conn = mysql_connect(parse_mysql_url(mapping.source.url))
+            conn = mysql_connect(mapping.source_url)
             try:
                 new_schema = introspect(conn, db)
                 # the columns the statement adds, by its text: the schema read at start may

@@ -9,13 +9,16 @@ from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import click
+from pydantic import ValidationError
 
 from ..backfill import backfill
 from ..cdc.debezium import DebeziumSettings
 from ..cdc.kafka import run_debezium
 from ..cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
+from ..config import KafkaSecuritySpec
 from ..errors import ConfigError
 from ..metrics import CdcMetrics
+from ..secretfiles import read_secret_file
 from . import render
 from .backfill import print_summary
 from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
@@ -63,6 +66,27 @@ cdc_options = [
         "(default: debezium.group, else migrator-<target database>).",
     ),
     click.option(
+        "--kafka-security-protocol",
+        type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+        help="Kafka security.protocol (default: debezium.security.protocol, else PLAINTEXT).",
+    ),
+    click.option(
+        "--kafka-sasl-mechanism",
+        type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+        help="SASL mechanism for SASL_SSL / SASL_PLAINTEXT.",
+    ),
+    click.option("--kafka-sasl-username", help="SASL user name."),
+    click.option(
+        "--kafka-sasl-password-file",
+        type=click.Path(dir_okay=False),
+        help="File holding the SASL password (read once, never printed).",
+    ),
+    click.option(
+        "--kafka-ssl-cafile",
+        type=click.Path(dir_okay=False),
+        help="PEM file of the CA that signed the brokers' certificates.",
+    ),
+    click.option(
         "--on-ddl",
         type=click.Choice(["stop", "ignore", "extend"]),
         default="stop",
@@ -108,6 +132,11 @@ def _run(
     kafka_bootstrap: str | None,
     topic_prefix: str | None,
     group: str | None,
+    kafka_security_protocol: str | None = None,
+    kafka_sasl_mechanism: str | None = None,
+    kafka_sasl_username: str | None = None,
+    kafka_sasl_password_file: str | None = None,
+    kafka_ssl_cafile: str | None = None,
     dry_run: bool = False,
     metrics_port: int | None = None,
     pending_timeout: float = 600.0,
@@ -130,6 +159,16 @@ def _run(
         settings = DebeziumSettings(
             dbz.time_precision_mode, dbz.decimal_handling_mode, dbz.binary_handling_mode
         )
+        security = kafka_security_settings(
+            mapping,
+            {
+                "protocol": kafka_security_protocol,
+                "sasl_mechanism": kafka_sasl_mechanism,
+                "sasl_username": kafka_sasl_username,
+                "sasl_password_file": kafka_sasl_password_file,
+                "ssl_cafile": kafka_ssl_cafile,
+            },
+        )
         run = functools.partial(
             run_debezium,
             mapping,
@@ -140,6 +179,7 @@ def _run(
             stop=stop,
             settings=settings,
             pending_timeout=pending_timeout,
+            security=security,
         )
     else:
         run = functools.partial(
@@ -164,6 +204,23 @@ def _run(
             metrics.update(stats)
 
         return run(on_batch=both)
+
+
+def kafka_security_settings(mapping: Any, flags: dict[str, Any]) -> dict[str, Any]:
+    """debezium.security of the mapping with the --kafka-* flags given over it."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "sasl_password_file" in given:
+        given["sasl_password"] = read_secret_file(
+            given.pop("sasl_password_file"), "--kafka-sasl-password-file"
+        )
+    try:
+        spec = KafkaSecuritySpec.model_validate({**mapping.debezium.security.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(
+            f"Kafka security settings (--kafka-*, debezium.security): {problems}"
+        ) from None
+    return spec.kafka_python()
 
 
 def print_cdc(s: CdcSummary) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
+from ..config import with_password_file
 from ..errors import ConfigError
 from ..scaffold import generate_mapping
+from ..secretfiles import SOURCE_PASSWORD_FILE_ENV, read_secret_file
 from ..sink.mongo import connect as mongo_connect
 from ..source.connection import connect
 from ..source.schema import introspect
@@ -35,31 +38,77 @@ from .common import err, handle_errors, out
 )
 @click.option("--table", "tables", multiple=True, help="Only these tables (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option(
+    "--source-password-file",
+    type=click.Path(dir_okay=False),
+    help="Read the source password from this file; the mapping says ${file:PATH}.",
+)
+@click.option(
+    "--target-password-file",
+    type=click.Path(dir_okay=False),
+    help="Read the target password from this file; the mapping says ${file:PATH}.",
+)
 @handle_errors
 def init_cmd(
-    source_url: str, target_url: str, output: str | None, tables: tuple[str, ...], force: bool
+    source_url: str,
+    target_url: str,
+    output: str | None,
+    tables: tuple[str, ...],
+    force: bool,
+    source_password_file: str | None,
+    target_password_file: str | None,
 ) -> None:
     """Introspect the source schema and write a one-table-one-collection mapping.
 
     Every column is listed; comments mark types that need a decision and foreign keys that
     could become embeds. Passwords are replaced by ${MIGRATOR_SOURCE_PASSWORD} and
-    ${MIGRATOR_TARGET_PASSWORD}.
+    ${MIGRATOR_TARGET_PASSWORD} (either may also come from a file named by
+    $MIGRATOR_SOURCE_PASSWORD_FILE / $MIGRATOR_TARGET_PASSWORD_FILE), or by ${file:PATH} with
+    --source-password-file / --target-password-file. TLS options in the URLs are kept.
 
     \b
-    Example:
+    Examples:
       migrator init --source mysql://app:pw@db:3306/shop \\
                     --target mongodb://mongo:27017 -o shop.yaml
+      migrator init --source 'mysql://app@db:3306/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem' \\
+                    --source-password-file /run/secrets/mysql \\
+                    --target 'mongodb://app@mongo:27017/?tls=true&authSource=admin' \\
+                    --target-password-file /run/secrets/mongo -o shop.yaml
     """
     url = parse_mysql_url(source_url, "--source")
+    if source_password_file:
+        if url.password:
+            raise ConfigError("--source has a password and --source-password-file is given")
+        url = url.with_password(read_secret_file(source_password_file, "--source-password-file"))
+    else:
+        url = with_password_file(url, SOURCE_PASSWORD_FILE_ENV)
+    connect_target = target_url
+    if target_password_file:
+        parts = urlsplit(target_url)
+        if parts.password or not parts.username:
+            raise ConfigError(
+                "--target-password-file needs a --target URL with a user and no password"
+            )
+        secret = quote(read_secret_file(target_password_file, "--target-password-file"), safe="")
+        netloc = f"{quote(parts.username, safe='')}:{secret}@{parts.netloc.rsplit('@', 1)[-1]}"
+        connect_target = urlunsplit(parts._replace(netloc=netloc))
     if not url.database:
         raise ConfigError("--source names no database: mysql://user:pw@host:3306/DATABASE")
     if output and Path(output).exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
-    mongo_connect(target_url, "--target").close()
+    mongo_connect(connect_target, "--target").close()
     conn = connect(url, where="--source")
     try:
         schema = introspect(conn, url.database)
-        text, notes = generate_mapping(conn, schema, source_url, target_url, list(tables) or None)
+        text, notes = generate_mapping(
+            conn,
+            schema,
+            source_url,
+            target_url,
+            list(tables) or None,
+            source_password_file=source_password_file,
+            target_password_file=target_password_file,
+        )
     finally:
         conn.close()
     if output:

@@ -12,7 +12,6 @@ from ..cdc.runner import master_position, reached
 from ..config import Mapping
 from ..source.connection import connect as mysql_connect
 from ..state import StateStore, now
-from ..urls import parse_mysql_url
 from .playbook import Action, Playbook
 
 
@@ -29,7 +28,7 @@ class GateResult:
 
 def source_position(mapping: Mapping) -> Position:
     """The source's current binlog position."""
-    conn = mysql_connect(parse_mysql_url(mapping.source.url))
+    conn = mysql_connect(mapping.source_url)
     try:
         return master_position(conn)
     finally:
@@ -57,7 +56,7 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
         return None if lag is None else float(lag)
     if cp is None:
         return None
-    conn = mysql_connect(parse_mysql_url(mapping.source.url))
+    conn = mysql_connect(mapping.source_url)
     try:
         current = master_position(conn)
     finally:

@@ -45,7 +45,6 @@ from ..source.connection import quote_ident
 from ..source.reader import ChunkReader
 from ..source.schema import introspect
 from ..state import StateStore, now
-from ..urls import parse_mysql_url
 from ..verify.canonical import doc_hash
 from .control import Control
 from .fence import Registration
@@ -71,7 +70,7 @@ class DualWriter:
         beat_seconds: float = 0.25,
     ) -> None:
         self.mapping = mapping
-        src = parse_mysql_url(mapping.source.url)
+        src = mapping.source_url
         self.sql = mysql_connect(src)  # converting: for writes
         self.raw = mysql_connect(src, raw=True)  # SELECT-shaped rows for the Transform
         self.sql.autocommit(False)

@@ -27,7 +27,6 @@ from ..errors import MigratorError
 from ..mapping import Transform
 from ..source.connection import connect as mysql_connect
 from ..state import StateStore, now
-from ..urls import parse_mysql_url
 from .applier import ReverseApplier, ReverseChange
 
 # ChangeStreamHistoryLost, and the error a resume token older than the oplog gives
@@ -187,7 +186,7 @@ def _session(
     else:
         kw["start_at_operation_time"] = cp["start_at"]
     target = operation_time(client) if mode == "until-caught-up" else None
-    conn = mysql_connect(parse_mysql_url(mapping.source.url), raw=True)
+    conn = mysql_connect(mapping.source_url, raw=True)
     conn.autocommit(False)
     try:
         applier = ReverseApplier(transform, conn)

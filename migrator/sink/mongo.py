@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
@@ -20,6 +20,7 @@ from pymongo.errors import (
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..errors import ConnectError, remember_server
+from ..secretfiles import TARGET_PASSWORD_FILE_ENV, password_from_env_file
 from ..urls import redact, register_url_password
 
 T = TypeVar("T")
@@ -49,11 +50,26 @@ def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> 
     """A client that has answered a ping, or a ConnectError naming the host and the setting."""
     register_url_password(url)
     remember_server("mongodb", host_of(url), setting)
+    # A timeout written in the URL wins over ours.
+    opts: dict[str, Any] = {"tz_aware": False, "appname": "migrator"}
+    if "serverselectiontimeoutms" not in url.lower():
+        opts["serverSelectionTimeoutMS"] = timeout_ms
+    password = password_from_env_file(TARGET_PASSWORD_FILE_ENV)
+    if password is not None:
+        parts = urlsplit(url)
+        if parts.password:
+            raise ConnectError(
+                f"{setting} has a password and {TARGET_PASSWORD_FILE_ENV} names a file: "
+                "give the password once",
+                hint=f"drop the password from {setting}, or unset {TARGET_PASSWORD_FILE_ENV}",
+            )
+        if not parts.username:
+            raise ConnectError(
+                f"{TARGET_PASSWORD_FILE_ENV} is set but {setting} names no user",
+                hint="write the user in the URL: mongodb://user@host/?authSource=admin",
+            )
+        opts["password"] = password
     try:
-        # A timeout written in the URL wins over ours.
-        opts: dict[str, Any] = {"tz_aware": False, "appname": "migrator"}
-        if "serverselectiontimeoutms" not in url.lower():
-            opts["serverSelectionTimeoutMS"] = timeout_ms
         client: MongoClient[Any] = MongoClient(url, **opts)
         client.admin.command("ping")
         return client
@@ -66,13 +82,46 @@ def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> 
                 hint="check the user and password (the password is not shown)",
             ) from None
         raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {exc}") from None
-    except ConnectionFailure:
-        raise ConnectError(
-            f"cannot reach MongoDB at {host_of(url)} ({setting})",
-            hint="check the host and port, and that the server is running",
-        ) from None
+    except ConnectionFailure as exc:
+        raise _unreachable(url, setting, str(exc)) from None
     except PyMongoError as exc:
         raise ConnectError(f"MongoDB at {host_of(url)} ({setting}): {redact(str(exc))}") from None
+
+
+def _unreachable(url: str, setting: str, detail: str) -> ConnectError:
+    host = host_of(url)
+    query = urlsplit(url).query.lower()
+    uses_tls = "tls=true" in query or "ssl=true" in query or url.startswith("mongodb+srv://")
+    if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
+        reason = detail.split("certificate verify failed:", 1)[-1].split("(")[0].strip()
+        return ConnectError(
+            f"cannot verify the certificate of MongoDB at {host} ({setting} tlsCAFile="
+            f"{tls_ca_file(url) or 'system CAs'}): {reason}; tlsCAFile must be the CA that "
+            "signed the server's certificate"
+        )
+    if "SSL" in detail or "TLS" in detail:
+        return ConnectError(f"TLS with MongoDB at {host} failed ({setting}): {redact(detail)}")
+    if not uses_tls and ("reset by peer" in detail or "closed" in detail):
+        return ConnectError(
+            f"MongoDB at {host} closed the connection ({setting}); it may accept TLS only",
+            hint="add tls=true&tlsCAFile=/path/to/ca.pem to the URL",
+        )
+    return ConnectError(
+        f"cannot reach MongoDB at {host} ({setting})",
+        hint="check the host and port, and that the server is running",
+    )
+
+
+def tls_ca_file(url: str) -> str | None:
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name.lower() in ("tlscafile", "ssl_ca_certs"):
+            return value
+    return None
+
+
+def uses_tls(client: MongoClient[Any]) -> bool:
+    """Whether the client's connections are encrypted."""
+    return bool(getattr(client.options.pool_options, "_ssl_context", None))
 
 
 class DocumentWriter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import MySQLdb
@@ -14,6 +15,8 @@ from ..urls import MySQLURL
 _UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
 _ACCESS_DENIED = {1044, 1045, 1698}
 _UNKNOWN_DB = 1049
+_TLS_ERROR = 2026  # CR_SSL_CONNECTION_ERROR
+_INSECURE_REFUSED = 3159  # MySQL's ER_SECURE_TRANSPORT_REQUIRED
 
 
 def connect(
@@ -46,27 +49,96 @@ def connect(
         # NULL, not the text 'None')
         kwargs["conv"] = {k: v for k, v in conversions.items() if not isinstance(k, int)}
     remember_server("mysql", url.address, setting)
+    tls = url.tls
+    tls.check_files(setting)
+    mode = tls.effective_mode
     try:
-        return MySQLdb.connect(**kwargs)
+        if mode == "PREFERRED":
+            # MariaDB's client library never tries TLS in PREFERRED: ask for it, and fall back
+            # to plain only when the server has no TLS at all
+            try:
+                return MySQLdb.connect(
+                    **kwargs, **replace(tls, mode="REQUIRED").mysqlclient_kwargs()
+                )
+            except MySQLdb.OperationalError as exc:
+                if not exc.args or exc.args[0] != _TLS_ERROR:
+                    raise
+                return MySQLdb.connect(**kwargs, ssl_mode="DISABLED")
+        conn = MySQLdb.connect(**kwargs, **tls.mysqlclient_kwargs())
     except MySQLdb.OperationalError as exc:
-        code = exc.args[0] if exc.args else 0
-        detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
-        detail = detail.replace(url.password, "***") if url.password else detail
-        if code in _UNREACHABLE:
-            raise ConnectError(
-                f"cannot reach MySQL at {url.address} ({setting}): {detail}",
-                hint="check the host and port, and that the server is running",
-            ) from None
-        if code in _ACCESS_DENIED:
-            raise ConnectError(
-                f"MySQL at {url.address} refused user {url.user!r} ({setting}): access denied",
-                hint="check the user and password (the password is not shown)",
-            ) from None
-        if code == _UNKNOWN_DB:
-            raise ConnectError(
-                f"MySQL at {url.address} has no database {url.database!r} ({setting})"
-            ) from None
-        raise ConnectError(f"MySQL at {url.address} ({setting}): {detail}") from None
+        raise _connect_error(exc, url, setting, kwargs) from None
+    if tls.required and not session_cipher(conn):
+        # MariaDB's client library goes on without TLS when the server offers none
+        conn.close()
+        raise ConnectError(
+            f"MySQL at {url.address} ({setting}) does not offer TLS, and ssl-mode={mode} "
+            "requires it",
+            hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
+        )
+    return conn
+
+
+def session_cipher(conn: Any) -> str:
+    """The TLS cipher of this connection ('' when it is not encrypted)."""
+    rows = query(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    return _s(rows[0][1]) if rows and rows[0][1] else ""
+
+
+def _connect_error(
+    exc: Exception, url: MySQLURL, setting: str, kwargs: dict[str, Any]
+) -> ConnectError:
+    code = exc.args[0] if exc.args else 0
+    detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    detail = detail.replace(url.password, "***") if url.password else detail
+    tls = url.tls
+    if code == _TLS_ERROR or (code in _UNREACHABLE and "SSL" in detail):
+        if "doesn't support" in detail or "not support" in detail:
+            return ConnectError(
+                f"MySQL at {url.address} ({setting}) does not offer TLS, and "
+                f"ssl-mode={tls.effective_mode} requires it",
+                hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
+            )
+        if "certificate" in detail or "verify" in detail.lower():
+            # one line: the setting, the file and what to do
+            return ConnectError(
+                f"cannot verify the certificate of MySQL at {url.address} ({setting} "
+                f"{tls.describe()}): {detail}; ssl-ca must be the CA that signed the server's "
+                "certificate"
+            )
+        return ConnectError(
+            f"TLS with MySQL at {url.address} failed ({setting} {tls.describe()}): {detail}"
+        )
+    if code == _INSECURE_REFUSED or (
+        code in _ACCESS_DENIED and not tls.required and _accepts_tls_only(kwargs)
+    ):
+        return ConnectError(
+            f"MySQL at {url.address} refuses connections without TLS ({setting}): "
+            "add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/to/ca.pem to the URL (or set source.tls)",
+            hint="ssl-mode=REQUIRED encrypts without checking the server's certificate",
+        )
+    if code in _UNREACHABLE:
+        return ConnectError(
+            f"cannot reach MySQL at {url.address} ({setting}): {detail}",
+            hint="check the host and port, and that the server is running",
+        )
+    if code in _ACCESS_DENIED:
+        return ConnectError(
+            f"MySQL at {url.address} refused user {url.user!r} ({setting}): access denied",
+            hint="check the user and password (the password is not shown)",
+        )
+    if code == _UNKNOWN_DB:
+        return ConnectError(f"MySQL at {url.address} has no database {url.database!r} ({setting})")
+    return ConnectError(f"MySQL at {url.address} ({setting}): {detail}")
+
+
+def _accepts_tls_only(kwargs: dict[str, Any]) -> bool:
+    """Whether the same login succeeds over TLS: MariaDB with require_secure_transport answers
+    a plain login with 'access denied', which would send the user after the wrong problem."""
+    try:
+        MySQLdb.connect(**{**kwargs, "connect_timeout": 5}, ssl_mode="REQUIRED").close()
+    except MySQLdb.Error:
+        return False
+    return True
 
 
 def query(conn: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:

@@ -42,7 +42,7 @@ from ..source.reader import ChunkReader
 from ..source.schema import introspect
 from ..state import StateStore, decode_key, encode_key, now, storable
 from ..throttle import RateLimiter
-from ..urls import parse_mysql_url, redact
+from ..urls import redact
 from .canonical import doc_hash, field_diffs
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Verifier:
         progress: Progress | None = None,
     ) -> None:
         self.mapping = mapping
-        src = parse_mysql_url(mapping.source.url)
+        src = mapping.source_url
         meta = mysql_connect(src)
         try:
             self.transform = compile_transform(mapping, introspect(meta, mapping.source_database))
