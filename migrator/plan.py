@@ -26,7 +26,7 @@ from .source.reader import ChunkReader
 from .source.schema import Schema, introspect
 from .state import StateStore
 from .typerules import loss_notes
-from .urls import MySQLURL
+from .urls import MySQLURL, parse_mysql_url
 
 ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
 
@@ -91,6 +91,7 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
         report.add("server", "ok", f"{'MariaDB' if maria else 'MySQL'} {version}")
         _binlog_checks(conn, report, maria, version)
         _tls_checks(conn, src, report)
+        _replica_tls_checks(mapping, src, report)
         _privilege_checks(conn, mapping, report)
         schema = introspect(conn, mapping.source_database)
         try:
@@ -412,6 +413,28 @@ def _retention_check(conn: Any, report: PlanReport, rate: float) -> None:
             "ok",
             f"binlogs kept {secs / 3600:.1f} h; backfill "
             f"estimated at {est / 60:.1f} min at {rate:,.0f} rows/s",
+        )
+
+
+def _replica_tls_checks(mapping: Mapping, src: MySQLURL, report: PlanReport) -> None:
+    for i, url in enumerate(mapping.throttle.replicas):
+        setting = f"throttle.replicas[{i}]"
+        replica = parse_mysql_url(url, setting).with_tls(src.tls)
+        try:
+            conn = mysql_connect(replica, database=False)
+        except MigratorError as exc:
+            report.add("throttle", "block", str(exc))
+            continue
+        try:
+            cipher = session_cipher(conn)
+        finally:
+            conn.close()
+        report.connections[setting] = {"encrypted": bool(cipher), "cipher": cipher}
+        report.add(
+            f"tls {setting}",
+            "ok" if cipher else "warn",
+            f"replica {replica.address}: "
+            + (f"encrypted ({cipher})" if cipher else "NOT encrypted (add ssl-mode to its URL)"),
         )
 
 

@@ -98,7 +98,7 @@ class BinlogSource:
             "host": self.url.host,
             "port": self.url.port,
             "user": self.url.user,
-            "passwd": self.url.password,
+            "password": self.url.password,
             "charset": "utf8mb4",
             # the URL's ssl-mode (PyMySQL: an SSLContext, required once given)
             **self.url.tls.pymysql_kwargs(),

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from bson import json_util
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Mapping, load_mapping
 from ..errors import MigratorError, describe_server
@@ -58,9 +59,15 @@ def handle_errors(fn: F) -> F:
 
 
 def _fail(message: str, hint: str | None, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {redact(message)}", markup=True, highlight=False)
+    # soft_wrap: a long path or URL stays on one line, as a user would copy it
+    err.print(
+        f"[bold red]error:[/] {escape(redact(message))}",
+        markup=True,
+        highlight=False,
+        soft_wrap=True,
+    )
     if hint:
-        err.print(f"  [dim]hint:[/] {redact(hint)}")
+        err.print(f"  [dim]hint:[/] {escape(redact(hint))}", soft_wrap=True)
     sys.exit(code)
 
 

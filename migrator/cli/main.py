@@ -27,14 +27,14 @@ Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),
 @click.version_option(__version__, prog_name="migrator")
 @click.option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json"], case_sensitive=False),
     default="text",
     envvar="MIGRATOR_LOG_FORMAT",
     help="Logs on stderr as text or as JSON lines.",
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default=None,
     envvar="MIGRATOR_LOG_LEVEL",
     help="Default: warning for text, info for json.",

@@ -100,9 +100,10 @@ def _connect_error(
             )
         if "certificate" in detail or "verify" in detail.lower():
             # one line: the setting, the file and what to do
+            reason = detail.removeprefix("TLS/SSL error: ")
             return ConnectError(
                 f"cannot verify the certificate of MySQL at {url.address} ({setting} "
-                f"{tls.describe()}): {detail}; ssl-ca must be the CA that signed the server's "
+                f"{tls.describe()}): {reason}; ssl-ca must be the CA that signed the server's "
                 "certificate"
             )
         return ConnectError(

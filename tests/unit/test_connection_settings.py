@@ -1,0 +1,176 @@
+"""TLS options, password files, Kafka security and grants: the pure logic behind production
+connections (the integration tests run them against real TLS servers)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from migrator.config import KafkaSecuritySpec, parse_mapping
+from migrator.errors import ConfigError
+from migrator.privileges import check_phases, parse_grants
+from migrator.source.tls import TLSOptions
+from migrator.urls import parse_mysql_url, redact
+
+
+@pytest.mark.parametrize(
+    ("query", "mode"),
+    [
+        ("?ssl-mode=REQUIRED", "REQUIRED"),
+        ("?ssl_mode=verify_identity&ssl-ca=/ca.pem", "VERIFY_IDENTITY"),
+        ("?sslMode=verify-ca&sslca=/ca.pem", "VERIFY_CA"),
+        ("?ssl-ca=/ca.pem", "VERIFY_CA"),  # a CA alone means: check it (mysql client rule)
+        ("?ssl=1", "REQUIRED"),
+        ("?tls=skip-verify", "REQUIRED"),
+        ("?useSSL=false", "DISABLED"),
+        ("?charset=utf8mb4", None),
+    ],
+)
+def test_url_tls_options_in_the_forms_users_write(query, mode):
+    u = parse_mysql_url(f"mysql://u:pw@h:3306/db{query}")
+    assert u.tls.effective_mode == mode
+    assert "ssl" not in " ".join(u.params).lower()  # TLS options are not left as unknowns
+
+
+def test_a_misspelt_tls_option_or_mode_is_an_error_naming_the_setting():
+    with pytest.raises(ConfigError, match=r"source.url: unknown TLS parameter 'ssl-cafile'"):
+        parse_mysql_url("mysql://u@h/db?ssl-cafile=/x")
+    with pytest.raises(ConfigError, match=r"source.url ssl-mode: 'VERIFY' is not a TLS mode"):
+        parse_mysql_url("mysql://u@h/db?ssl-mode=VERIFY")
+
+
+def test_driver_settings_for_each_mode(tmp_path: Path):
+    assert TLSOptions().mysqlclient_kwargs() == {}
+    assert TLSOptions().pymysql_kwargs() == {}  # PyMySQL prefers TLS by itself
+    assert TLSOptions(mode="DISABLED").pymysql_kwargs() == {"ssl_disabled": True}
+    req = TLSOptions(mode="REQUIRED")
+    assert req.mysqlclient_kwargs() == {"ssl_mode": "REQUIRED"}
+    ctx = req.pymysql_kwargs()["ssl"]
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    ca = Path(ssl.get_default_verify_paths().openssl_cafile or "")
+    if not ca.is_file():  # any PEM CA will do; make one from the system store
+        ca = tmp_path / "ca.pem"
+        ca.write_text(ssl.DER_cert_to_PEM_cert(ssl.create_default_context().get_ca_certs(True)[0]))
+    ident = TLSOptions(mode="VERIFY_IDENTITY", ca=str(ca))
+    assert ident.mysqlclient_kwargs() == {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": str(ca)}}
+    ctx = ident.pymysql_kwargs()["ssl"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    ctx = TLSOptions(mode="VERIFY_CA", ca=str(ca)).ssl_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and not ctx.check_hostname
+
+
+def test_the_url_wins_over_the_mapping_block_and_the_block_fills_the_rest():
+    u = parse_mysql_url("mysql://u@h/db?ssl-mode=REQUIRED")
+    merged = u.with_tls(TLSOptions(mode="VERIFY_IDENTITY", ca="/ca.pem"))
+    assert (merged.tls.mode, merged.tls.ca) == ("REQUIRED", "/ca.pem")
+
+
+def _mapping(url: str, target: str = "mongodb://m:27017") -> str:
+    return (
+        f"version: 1\nsource: {{url: '{url}'}}\ntarget: {{url: '{target}'}}\n"
+        "collections:\n  - {name: c, from: t}\n"
+    )
+
+
+def test_file_secrets_are_read_escaped_in_urls_and_never_shown(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("p@ss/w:rd-Unit-7\n")
+    m = parse_mapping(_mapping(f"mysql://app:${{file:{secret}}}@db:3306/shop"), "m.yaml")
+    assert m.source_url.password == "p@ss/w:rd-Unit-7"  # newline dropped, URL still parses
+    assert m.source_url.host == "db"
+    assert "p@ss/w:rd-Unit-7" not in redact("login p@ss/w:rd-Unit-7 failed")
+
+    # ${NAME} reads $NAME_FILE when NAME is unset (the official images' convention)
+    monkeypatch.delenv("MIGRATOR_SOURCE_PASSWORD", raising=False)
+    monkeypatch.setenv("MIGRATOR_SOURCE_PASSWORD_FILE", str(secret))
+    m = parse_mapping(_mapping("mysql://app:${MIGRATOR_SOURCE_PASSWORD}@db/shop"), "m.yaml")
+    with pytest.raises(ConfigError, match="has a password and MIGRATOR_SOURCE_PASSWORD_FILE"):
+        _ = m.source_url  # the same password from two places is refused, not guessed
+    m = parse_mapping(_mapping("mysql://app@db/shop"), "m.yaml")
+    assert m.source_url.password == "p@ss/w:rd-Unit-7"
+
+
+def test_a_missing_or_empty_secret_file_names_the_mapping_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"m.yaml:2 source.url: cannot read the secret file"):
+        parse_mapping(_mapping("mysql://app:${file:/nonexistent/pw}@db/shop"), "m.yaml")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        parse_mapping(_mapping(f"mysql://app:${{file:{empty}}}@db/shop"), "m.yaml")
+
+
+def test_source_tls_block_is_validated_with_the_line():
+    text = _mapping("mysql://app@db/shop").replace(
+        "source: {url: 'mysql://app@db/shop'}",
+        "source:\n  url: mysql://app@db/shop\n  tls: {mode: VERIFY}",
+    )
+    with pytest.raises(ConfigError, match=r"m.yaml:4 source.tls.mode: 'VERIFY' is not a TLS"):
+        parse_mapping(text, "m.yaml")
+
+
+def test_kafka_security_settings():
+    spec = KafkaSecuritySpec(
+        protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="cdc",
+        sasl_password="kafka-secret-1",
+        ssl_cafile="/ca.pem",
+    )
+    assert spec.kafka_python() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "cdc",
+        "sasl_plain_password": "kafka-secret-1",
+        "ssl_check_hostname": True,
+        "ssl_cafile": "/ca.pem",
+    }
+    assert "kafka-secret-1" not in redact("auth failed for kafka-secret-1")
+    with pytest.raises(ValueError, match="needs sasl_mechanism, sasl_username, sasl_password"):
+        KafkaSecuritySpec(protocol="SASL_PLAINTEXT")
+    assert KafkaSecuritySpec().kafka_python() == {"security_protocol": "PLAINTEXT"}
+
+
+MARIADB_GRANTS = [
+    "GRANT BINLOG MONITOR, REPLICATION SLAVE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB12'",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON `shop`.* TO `app`@`%`",
+]
+
+
+def test_grants_cover_each_phase():
+    phases = {p.phase: p for p in check_phases(parse_grants(MARIADB_GRANTS), "shop", ["orders"])}
+    assert all(p.ok for p in phases.values()), phases
+
+
+def test_missing_grants_are_named_per_phase_and_table():
+    grants = parse_grants(
+        [
+            "GRANT USAGE ON *.* TO 'r'@'%'",
+            "GRANT SELECT ON `shop`.`orders` TO 'r'@'%'",
+            "GRANT SELECT (`id`, `name`) ON `shop`.`customers` TO 'r'@'%'",  # columns only
+            "GRANT `analyst` TO 'r'@'%'",
+        ]
+    )
+    assert grants.roles == ["`analyst`"]
+    phases = {p.phase: p for p in check_phases(grants, "shop", ["customers", "orders"])}
+    assert phases["verify"].missing == ["SELECT ON shop.customers (compare rows with documents)"]
+    assert any(m.startswith("REPLICATION SLAVE ON *.*") for m in phases["cdc"].missing)
+    assert any(m.startswith("INSERT ON shop.* ") for m in phases["sdk writes"].missing)
+
+
+def test_all_privileges_wildcard_databases_and_old_names():
+    everything = parse_grants(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`"])
+    assert all(p.ok for p in check_phases(everything, "shop", ["t"]))
+    pattern = parse_grants(
+        [
+            "GRANT REPLICATION CLIENT, REPLICATION SLAVE ON *.* TO u",  # MySQL names
+            "GRANT ALL ON `sho\\_%`.* TO u",
+        ]
+    )
+    assert all(p.ok for p in check_phases(pattern, "sho_p", ["t"]))
+    assert not all(p.ok for p in check_phases(pattern, "shop", ["t"]))  # `\\_` is literal
+    # a database-level grant never stands in for a global one
+    db_only = parse_grants(["GRANT ALL ON `shop`.* TO u"])
+    cdc = next(p for p in check_phases(db_only, "shop", ["t"]) if p.phase == "cdc")
+    assert any("REPLICATION SLAVE" in m for m in cdc.missing)
