@@ -5,7 +5,9 @@ MIGRATOR_TEST_MYSQL_URL / MIGRATOR_TEST_MONGO_URL) and prints, from one run:
   1. a raw single-connection pymysql keyset read (rows/s): the baseline;
   2. `backfill --dry-run` with 1 and 2 workers (rows/s, ratio to the raw read);
   3. a real backfill into the MongoDB server in use (rows/s, and which server it is) of
-     --write-rows rows (default: all of them).
+     --write-rows rows (default: all of them);
+  4. the sink alone, side by side: the same documents upserted, and inserted (the backfill's
+     way: insert_many, a replace only for an _id already there).
 
 Usage: .venv/bin/python bench/backfill.py [--rows 200000] [--write-rows N]
 """
@@ -15,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import pymysql
+from pymongo import MongoClient
 
 from migrator.backfill import backfill
 from migrator.config import parse_mapping
 from migrator.sandbox import start_stack, url_with_database
+from migrator.sink.mongo import DocumentWriter
 from migrator.source.connection import connect
 from migrator.urls import parse_mysql_url
 
@@ -72,6 +77,30 @@ def mapping_text(mysql_url: str, mongo_url: str, state_db: str, filt: str | None
         f'target: {{url: "{mongo_url}", database: bench}}\nstate: {{database: {state_db}}}\n'
         f"collections:\n  - name: orders\n    from: orders\n{f}"
     )
+
+
+def sink_side_by_side(mongo_url: str, kind: str, n: int = 10_000) -> dict[str, object]:
+    """The backfill's documents written again into empty collections, both ways the sink can:
+    upserts (ReplaceOne, the writer before) and insert-first (insert_many, a replace only for
+    an `_id` already there). Same documents, same server, one after the other."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
+    try:
+        docs = list(client.bench.orders.find().limit(n))
+        out: dict[str, object] = {}
+        for name in ("upsert", "insert_or_replace"):
+            coll = client.bench[f"sink_{name}"]
+            coll.drop()
+            writer = DocumentWriter(coll)
+            t0 = time.perf_counter()
+            for i in range(0, len(docs), 5000):
+                getattr(writer, name)(docs[i : i + 5000])
+            rate = len(docs) / (time.perf_counter() - t0)
+            out[f"sink_{name}_docs_per_sec"] = round(rate)
+            print(f"sink only, {name} of {len(docs):,} new documents into {kind}: {rate:,.0f}/s")
+            coll.drop()
+        return out
+    finally:
+        client.close()
 
 
 def main() -> None:
@@ -126,6 +155,7 @@ def main() -> None:
             f"real backfill into {stack.mongo_kind} ({s.rows:,} rows, 2 workers): "
             f"{s.rows_per_sec:,.0f} rows/s"
         )
+        results.update(sink_side_by_side(stack.mongo_url, stack.mongo_kind))
         if args.json:
             print(json.dumps(results))
     finally:

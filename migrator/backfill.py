@@ -200,7 +200,7 @@ class ChunkWorker:
             return
         assert self.target is not None and self.state is not None
         if kept:
-            DocumentWriter(self.target[plan.name]).upsert(kept)
+            DocumentWriter(self.target[plan.name]).insert_or_replace(kept)
         for key, reason, payload in dead:
             self.state.dead_letter(
                 source="backfill",

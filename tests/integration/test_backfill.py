@@ -212,3 +212,28 @@ def test_partial_restart_keeps_the_position_and_other_collections(env):
     assert env.state.backfill.find_one({"_id": "customers"})["status"] == "complete"
     assert env.target.customers.count_documents({}) == 30
     assert_orders_exact(env)
+
+
+def test_documents_already_in_the_target_are_replaced_not_kept_or_duplicated(env):
+    """Chunks are inserted (fast) and only the documents whose _id exists are replaced: stale
+    documents scattered through a chunk, and a whole chunk already there, end exact."""
+    path = make_shop(env, orders=300, chunk_size=50)
+    stale = [{"_id": i, "stale": True} for i in range(1, 301, 3)]  # a third of every chunk
+    stale += [{"_id": i, "stale": True} for i in range(101, 151) if i % 3 != 1]  # chunk 3: all
+    env.target.orders.insert_many(stale)
+    summary = backfill(load_mapping(path), workers=2)
+    assert summary.dead_letters == 0
+    assert env.target.orders.count_documents({"stale": True}) == 0
+    assert_orders_exact(env)
+
+
+def test_a_conflict_on_another_unique_index_fails_the_chunk_loudly(env):
+    """Only a duplicate _id means 'the document is there already'; a user's unique index that
+    refuses a document is an error, not something to paper over with a replace."""
+    path = make_shop(env, orders=20, chunk_size=50)
+    env.target.orders.create_index("orderNo", unique=True)
+    env.target.orders.insert_one({"_id": 10_000, "orderNo": "SO-0000005"})  # order 5's number
+    p = migrator_cmd("backfill", "-m", str(path), "--collection", "orders", "--json")
+    assert p.returncode != 0
+    assert "duplicate key" in (p.stdout + p.stderr).lower()
+    assert env.target.orders.find_one({"_id": 5}) is None
