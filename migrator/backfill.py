@@ -25,9 +25,10 @@ import MySQLdb
 
 from .config import Mapping
 from .errors import CheckFailed, ConfigError, MigratorError
+from .faults import fault_point
 from .mapping import CollectionPlan, Transform, compile_transform
 from .progress import NullProgress, Progress
-from .sink.mongo import DocumentWriter
+from .sink.mongo import DocumentWriter, with_retry
 from .sink.mongo import connect as mongo_connect
 from .source.connection import connect as mysql_connect
 from .source.position import current_position
@@ -161,6 +162,7 @@ class ChunkWorker:
             res.rows += len(rows)
         if not self.dry_run:
             assert self.state is not None
+            fault_point("chunk-copied")
             self.state.mark_chunk_done(chunk.id, res.rows, time.monotonic() - t0)
         res.throttled_seconds = self.limiter.account(res.rows)
         res.seconds = time.monotonic() - t0
@@ -312,6 +314,12 @@ def backfill(
             # CDC must not write while this copies (see StateStore.begin_copy): take the
             # fence and wait until a running CDC has paused before anything is reset or read
             fence = CopyFence(state, progress).start()
+            if restart and not fence.created:
+                raise ConfigError(
+                    f"backfill --restart is refused: another backfill ({fence.copy_id}) is "
+                    "copying this migration, and a restart would empty what it copies",
+                    hint="run the restart once the other backfills have finished",
+                )
         return _backfill(
             mapping,
             transform,
@@ -328,6 +336,7 @@ def backfill(
             dry_run=dry_run,
             collections=collections,
             progress=progress,
+            fence=fence,
         )
     finally:
         if fence is not None:
@@ -350,14 +359,22 @@ class CopyFence:
         self.state = state
         self.progress = progress
         self.owner = process_owner()
-        self._ticker = Ticker(lambda: state.renew_copy(self.owner), 2.0, "copy-fence")
+        self.copy_id = self.owner
+        self.created = True  # False: this process joined another backfill's copy
+        self._ticker = Ticker(self._renew, 2.0, "copy-fence")
+
+    def _renew(self) -> None:
+        self.state.renew_copy(self.owner)
+        self.state.renew_chunks(self.owner)
 
     def start(self) -> CopyFence:
-        self.state.begin_copy(self.owner)
+        self.copy_id, self.created = self.state.begin_copy(self.owner)
         self._ticker.start()
+        if not self.created:
+            self.progress.note(f"joining the copy of another backfill ({self.copy_id})")
         if self.state.cdc_alive():
             self.progress.note("waiting for the running CDC to pause while this copies")
-        self.state.wait_for_cdc_ack(self.owner)
+        self.state.wait_for_cdc_ack(self.copy_id, self.owner)
         return self
 
     def stop(self) -> None:
@@ -382,6 +399,7 @@ def _backfill(
     dry_run: bool,
     collections: list[str] | None,
     progress: Progress,
+    fence: CopyFence | None = None,
 ) -> BackfillSummary:
     src_url = mapping.source_url
     if state is not None:
@@ -398,12 +416,14 @@ def _backfill(
                 client[mapping.target_database][p.name].delete_many({})
         position = state.backfill_position()
         if position is None:
-            # Before any row is read: CDC replays from here and converges.
-            position = current_position(meta_conn)
-            state.record_backfill_position(position)
+            # Before any row is read: CDC replays from here and converges (with several
+            # processes, the first one recorded stands: it lies before all their reads)
+            position = state.record_backfill_position(current_position(meta_conn))
         summary.position = position
         _ensure_target_indexes(client[mapping.target_database], plans)
 
+    if state is not None and fence is not None and not fence.created:
+        _wait_for_plan(state, fence, plans)
     raw = mysql_connect(src_url, raw=True)
     todo: list[Chunk] = []
     per_coll: dict[str, CollectionSummary] = {}
@@ -468,13 +488,18 @@ def _backfill(
         progress.advance(res.collection, res.rows)
 
     if todo:
+        source: ChunkSource = (
+            ClaimedChunks(state, fence.owner, [p.name for p in plans])
+            if state is not None and fence is not None
+            else ListedChunks(todo)
+        )
         if workers == 1:
             summary.paused_seconds = _run_inline(
-                mapping, schema, dry_run, rate, todo, record, monitor, progress
+                mapping, schema, dry_run, rate, source, record, monitor, progress
             )
         else:
             summary.paused_seconds = _run_processes(
-                mapping, schema, dry_run, rate, todo, workers, record, monitor, progress
+                mapping, schema, dry_run, rate, source, workers, record, monitor, progress
             )
 
     for p in plans:
@@ -510,14 +535,14 @@ def _run_inline(
     schema: Schema,
     dry_run: bool,
     rate: float,
-    todo: list[Chunk],
+    source: ChunkSource,
     record: Any,
     monitor: LoadMonitor,
     progress: Progress,
 ) -> float:
     worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
     paused = 0.0
-    for chunk in todo:
+    while (chunk := source.next(wait=True)) is not None:
         paused += _wait_while_busy(monitor, progress)
         try:
             record(worker.run(chunk))
@@ -533,7 +558,7 @@ def _run_processes(
     schema: Schema,
     dry_run: bool,
     rate: float,
-    todo: list[Chunk],
+    source: ChunkSource,
     workers: int,
     record: Any,
     monitor: LoadMonitor,
@@ -543,10 +568,15 @@ def _run_processes(
     tasks = ctx.Queue()
     results = ctx.Queue()
     paused_flag = ctx.Event()
-    for c in todo:
-        tasks.put(c)
-    for _ in range(workers):
-        tasks.put(None)
+    outstanding = 0  # chunks handed to the workers and not finished
+
+    def feed() -> None:
+        nonlocal outstanding
+        while outstanding < workers and (chunk := source.next(wait=False)) is not None:
+            tasks.put(chunk)
+            outstanding += 1
+
+    feed()
     procs = [
         ctx.Process(
             target=_worker_main,
@@ -557,9 +587,14 @@ def _run_processes(
     ]
     for pr in procs:
         pr.start()
-    paused, remaining = 0.0, len(todo)
+    paused = 0.0
     try:
-        while remaining:
+        while outstanding or not source.finished():
+            if outstanding < workers:
+                feed()  # chunks other processes held may have come free
+            if not outstanding:
+                time.sleep(1.0)  # the rest is leased to other backfills: wait, reclaim
+                continue
             reason = monitor.reason_to_pause()
             if reason and not paused_flag.is_set():
                 progress.note(f"paused: {reason}")
@@ -580,14 +615,94 @@ def _run_processes(
                 where = f" during chunk {payload.describe()}" if payload else ""
                 raise MigratorError(f"backfill worker failed{where}: {err}")
             record(payload)
-            remaining -= 1
+            outstanding -= 1
+            feed()
+        for _ in procs:
+            tasks.put(None)
     finally:
         for pr in procs:
-            if pr.is_alive() and remaining:
+            if pr.is_alive() and (outstanding or not source.finished()):
                 pr.terminate()
         for pr in procs:
             pr.join(timeout=10)
     return paused
+
+
+class ChunkSource:
+    """Where workers get chunks from."""
+
+    def next(self, *, wait: bool) -> Chunk | None:
+        """The next chunk to copy; None when there is none (with `wait`: none left at all)."""
+        raise NotImplementedError
+
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+
+class ListedChunks(ChunkSource):
+    """A dry run: the plan in memory, nobody to share it with."""
+
+    def __init__(self, todo: list[Chunk]) -> None:
+        self.todo = list(todo)
+
+    def next(self, *, wait: bool) -> Chunk | None:
+        return self.todo.pop(0) if self.todo else None
+
+    def finished(self) -> bool:
+        return not self.todo
+
+
+class ClaimedChunks(ChunkSource):
+    """Chunks claimed one at a time from the state store, leased to this process (the fence
+    renews the leases), so backfills on several machines share the plan."""
+
+    def __init__(self, state: StateStore, owner: str, collections: list[str]) -> None:
+        self.state, self.owner, self.collections = state, owner, collections
+
+    def next(self, *, wait: bool) -> Chunk | None:
+        while True:
+            doc = with_retry(lambda: self.state.claim_chunk(self.collections, self.owner))
+            if doc is not None:
+                return Chunk(
+                    id=doc["_id"],
+                    collection=doc["collection"],
+                    seq=doc["seq"],
+                    lo=decode_key(doc["lo"]) if doc["lo"] is not None else None,
+                    hi=decode_key(doc["hi"]) if doc["hi"] is not None else None,
+                )
+            if not wait or self.finished():
+                return None
+            time.sleep(1.0)  # held by other backfills: reclaimed if their lease expires
+
+    def finished(self) -> bool:
+        return with_retry(lambda: self.state.chunks_left(self.collections)) == 0
+
+
+def _wait_for_plan(
+    state: StateStore, fence: CopyFence, plans: list[CollectionPlan], timeout: float = 600.0
+) -> None:
+    """A process that joined a copy copies the plan its creator makes; it never plans."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [
+            p.name for p in plans if not (state.collection_state(p.name) or {}).get("planned")
+        ]
+        if not missing:
+            return
+        copy = state.copy_in_progress()
+        if copy is None or str(copy.get("owner")) != fence.copy_id:
+            raise CheckFailed(
+                f"the backfill that started this copy ({fence.copy_id}) ended before planning "
+                + ", ".join(missing),
+                hint="run the backfill again: a new copy plans them",
+            )
+        if time.monotonic() >= deadline:
+            raise CheckFailed(
+                f"no plan for {', '.join(missing)} after {timeout:.0f} s: this backfill joined "
+                "a copy that does not include them",
+                hint="run it with the same --collection options as the other backfills",
+            )
+        time.sleep(0.5)
 
 
 def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:

@@ -150,7 +150,9 @@ class SourceSpec(_Model):
         try:
             parse_mysql_url(v)
         except ConfigError as exc:
-            raise ValueError(exc.message.removeprefix("source.url: ")) from None
+            raise ValueError(
+                exc.message.removeprefix("source.url: ").removeprefix("source.url ")
+            ) from None
         return v
 
 
@@ -322,7 +324,7 @@ def format_key(key: tuple[str | int, ...] | list[str | int]) -> str:
 def with_password_file(url: MySQLURL, env: str) -> MySQLURL:
     """`url` with the password from the file `$env` names, when the URL has none."""
     password = password_from_env_file(env)
-    if password is None:
+    if password is None or url.password == password:  # ${NAME} read $NAME_FILE already
         return url
     if url.password:
         raise ConfigError(
@@ -333,12 +335,13 @@ def with_password_file(url: MySQLURL, env: str) -> MySQLURL:
 
 
 _ENV = re.compile(r"\$\{(file:[^}]+|[A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_USERINFO_OPEN = re.compile(r"://[^/@?#]*$")
+_PASSWORD_OPEN = re.compile(r"://[^/@?#:]*:[^/@?#]*$")
 
 
-def _in_userinfo(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] sits in a URL's user:password part (it must be %-encoded)."""
-    return bool(_USERINFO_OPEN.search(text[:start])) and "@" in re.split(r"[/?#]", text[end:])[0]
+def _in_password(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] sits in a URL's password (user:HERE@host): it must be escaped.
+    A value that is the whole `user:password` part is left as written."""
+    return bool(_PASSWORD_OPEN.search(text[:start])) and "@" in re.split(r"[/?#]", text[end:])[0]
 
 
 def _interpolate(
@@ -370,8 +373,9 @@ def _interpolate(
 
         def sub(m: re.Match[str]) -> str:
             text = lookup(m)
-            # a password with '@' or '/' must not end a URL's user part early
-            return quote(text, safe="") if _in_userinfo(value, m.start(), m.end()) else text
+            # a password with '@', '/' or ':' must not end a URL's user part early; '%' is
+            # kept as written (values users %-encoded themselves go on working)
+            return quote(text, safe="%") if _in_password(value, m.start(), m.end()) else text
 
         return _ENV.sub(sub, value)
     return value

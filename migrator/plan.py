@@ -13,11 +13,12 @@ from typing import Any
 from bson import json_util
 
 from .backfill import BSON_MAX
-from .config import Mapping
+from .config import Mapping, with_password_file
 from .errors import MigratorError
 from .mapping import CollectionPlan, Transform, compile_transform
 from .privileges import PHASES, check_phases, read_grants
 from .reverse.inverse import lossy
+from .secretfiles import SOURCE_PASSWORD_FILE_ENV
 from .sink.mongo import connect as mongo_connect
 from .sink.mongo import host_of, uses_tls
 from .source.connection import _s, query, quote_ident, session_cipher, variables
@@ -420,6 +421,8 @@ def _replica_tls_checks(mapping: Mapping, src: MySQLURL, report: PlanReport) -> 
     for i, url in enumerate(mapping.throttle.replicas):
         setting = f"throttle.replicas[{i}]"
         replica = parse_mysql_url(url, setting).with_tls(src.tls)
+        if not replica.password:
+            replica = with_password_file(replica, SOURCE_PASSWORD_FILE_ENV)
         try:
             conn = mysql_connect(replica, database=False)
         except MigratorError as exc:

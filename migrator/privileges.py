@@ -47,9 +47,10 @@ _SATISFIED_BY = {
     "REPLICATION CLIENT": {"REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"},
     "REPLICATION SLAVE": {"REPLICATION SLAVE", "REPLICATION REPLICA"},
 }
+_NAME = r"(?:`(?:[^`]|``)*`|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\*|[^\s.`'\"]+)"
 _GRANT = re.compile(
-    r"^GRANT\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|PROCEDURE|FUNCTION)\s+)?"
-    r"(?P<level>\S+)\s+TO\s",
+    rf"^(?P<verb>GRANT|REVOKE)\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|PROCEDURE|FUNCTION)\s+)?"
+    rf"(?P<db>{_NAME})(?:\.(?P<table>{_NAME}))?\s+(?:TO|FROM)\s",
     re.I | re.S,
 )
 _ROLE = re.compile(r"^GRANT\s+(?P<roles>[`'\"].+?)\s+TO\s", re.I | re.S)
@@ -65,11 +66,18 @@ class Grant:
 @dataclass
 class Grants:
     grants: list[Grant] = field(default_factory=list)
+    # MySQL 8 partial revokes: a global privilege taken back on one database
+    revokes: list[Grant] = field(default_factory=list)
     roles: list[str] = field(default_factory=list)
     unread_roles: list[str] = field(default_factory=list)
 
     def has(self, privilege: str, database: str, table: str | None) -> bool:
         names = _SATISFIED_BY.get(privilege, {privilege})
+        if table is not None and any(
+            ("ALL" in r.privileges or names & r.privileges) and _like(database, r.database)
+            for r in self.revokes
+        ):
+            return False
         for g in self.grants:
             if not ("ALL" in g.privileges or names & g.privileges):
                 continue
@@ -135,11 +143,10 @@ def parse_grants(lines: Iterable[str]) -> Grants:
     for line in lines:
         m = _GRANT.match(line.strip())
         if m:
-            level = m["level"]
-            db, _, table = level.partition(".")
-            out.grants.append(
-                Grant(_split_privileges(m["privs"]), _unquote(db), _unquote(table or "*"))
+            grant = Grant(
+                _split_privileges(m["privs"]), _unquote(m["db"]), _unquote(m["table"] or "*")
             )
+            (out.revokes if m["verb"].upper() == "REVOKE" else out.grants).append(grant)
             continue
         r = _ROLE.match(line.strip())
         if r:

@@ -16,6 +16,7 @@ taking over its checkpoints and phase.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -118,52 +119,67 @@ class StateStore:
     # before every row the copy read: replaying from there converges.
     COPY_LEASE_SECONDS = 30.0
 
-    def begin_copy(self, owner: str) -> None:
-        t = now()
-        cur = self.meta.find_one({"_id": "copy"})
-        if (
-            cur is not None
-            and cur.get("owner") != owner
-            and cur.get("expires", t) >= t
-            and not dead_local(cur.get("owner", ""))
-        ):
-            since = cur.get("since")
-            raise CheckFailed(
-                f"another backfill is copying into this migration: {cur.get('owner')}"
-                + (f" since {since:%H:%M:%S} UTC" if isinstance(since, datetime) else ""),
-                hint="wait for it to finish (or for its lease to expire, "
-                f"{self.COPY_LEASE_SECONDS:.0f} s after it died)",
-            )
-        lease = {
-            "owner": owner,
-            "since": t,
-            "expires": t + timedelta(seconds=self.COPY_LEASE_SECONDS),
-        }
-        taken = False
-        if cur is None:
-            try:
-                self.meta.insert_one({"_id": "copy", **lease})
-                taken = True
-            except DuplicateKeyError:
-                taken = False
-        else:
+    # Several backfill processes (machines) may copy one plan together: the first creates the
+    # copy (its id is the owner CDC acknowledges), the others join it as members. The copy
+    # lives while any member renews it; the last member out removes it.
+    def begin_copy(self, owner: str) -> tuple[str, bool]:
+        """Take the copy lease, or join the live copy of other backfills: (copy id, created)."""
+        for _ in range(5):
+            t = now()
+            until = t + timedelta(seconds=self.COPY_LEASE_SECONDS)
+            cur = self.meta.find_one({"_id": "copy"})
+            if cur is not None and _live_members(cur, t):
+                res = self.meta.update_one(
+                    {"_id": "copy", "since": cur.get("since")},
+                    {
+                        "$push": {"members": {"owner": owner, "expires": until}},
+                        "$max": {"expires": until},
+                        "$inc": {"version": 1},
+                    },
+                )
+                if res.matched_count == 1:
+                    return str(cur["owner"]), False
+                continue
+            lease = {
+                "owner": owner,
+                "since": t,
+                "expires": until,
+                "members": [{"owner": owner, "expires": until}],
+                "version": 0,
+            }
+            if cur is None:
+                try:
+                    self.meta.insert_one({"_id": "copy", **lease})
+                    return owner, True
+                except DuplicateKeyError:
+                    continue
             res = self.meta.update_one(
-                {"_id": "copy", "owner": cur.get("owner"), "since": cur.get("since")},
+                {"_id": "copy", "since": cur.get("since"), "version": cur.get("version")},
                 {"$set": lease},
             )
-            taken = res.matched_count == 1
-        if not taken:
-            raise CheckFailed("another backfill took the copy lease at the same moment")
+            if res.matched_count == 1:
+                return owner, True
+        raise CheckFailed("the copy lease kept changing under this backfill; run it again")
 
     def renew_copy(self, owner: str) -> None:
-        t = now()
+        until = now() + timedelta(seconds=self.COPY_LEASE_SECONDS)
         self.meta.update_one(
-            {"_id": "copy", "owner": owner},
-            {"$set": {"expires": t + timedelta(seconds=self.COPY_LEASE_SECONDS)}},
+            {"_id": "copy", "members.owner": owner},
+            {"$set": {"members.$[m].expires": until}, "$max": {"expires": until}},
+            array_filters=[{"m.owner": owner}],
         )
 
     def end_copy(self, owner: str) -> None:
-        with_retry(lambda: self.meta.delete_one({"_id": "copy", "owner": owner}))
+        def leave() -> None:
+            self.meta.update_one(
+                {"_id": "copy"}, {"$pull": {"members": {"owner": owner}}, "$inc": {"version": 1}}
+            )
+            doc = self.meta.find_one({"_id": "copy"})
+            if doc is not None and not _live_members(doc, now()):
+                # no one else copies: CDC may resume (unless a member joined meanwhile)
+                self.meta.delete_one({"_id": "copy", "version": doc.get("version")})
+
+        with_retry(leave)
 
     def mongo_is_truth(self) -> str | None:
         """The phase, when the write switch has made MongoDB the source of truth (CDC must
@@ -175,19 +191,23 @@ class StateStore:
 
     def copy_in_progress(self) -> dict[str, Any] | None:
         doc = self.meta.find_one({"_id": "copy"})
-        if doc is None or doc.get("expires", now()) < now() or dead_local(doc.get("owner", "")):
+        if doc is None or not _live_members(doc, now()):
             return None
         return doc
 
-    def wait_for_cdc_ack(self, owner: str, timeout: float = 600.0) -> bool:
-        """After begin_copy: wait until a live CDC has acknowledged the fence (True), or no
-        CDC is alive (False). CDC writes its liveness every second."""
+    def wait_for_cdc_ack(
+        self, copy_id: str, owner: str | None = None, timeout: float = 600.0
+    ) -> bool:
+        """After begin_copy: wait until a live CDC has acknowledged the copy `copy_id` (True),
+        or no CDC is alive (False), renewing `owner`'s membership meanwhile. CDC writes its
+        liveness every second."""
+        owner = owner or copy_id
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.cdc_status() or {}
-            if st.get("acked_copy") == owner:
+            if st.get("acked_copy") == copy_id:
                 return True
             if not self.cdc_alive():
                 return False
@@ -218,14 +238,21 @@ class StateStore:
         doc = self.meta.find_one({"_id": "backfill_position"})
         return doc["position"] if doc else None
 
-    def record_backfill_position(self, position: dict[str, Any]) -> None:
-        with_retry(
-            lambda: self.meta.replace_one(
-                {"_id": "backfill_position"},
-                {"_id": "backfill_position", "position": position, "recorded_at": now()},
-                upsert=True,
-            )
-        )
+    def record_backfill_position(self, position: dict[str, Any]) -> dict[str, Any]:
+        """Record where CDC starts, unless another backfill of the copy already did: the
+        earliest position is the one every process's rows lie after. Returns the recorded one."""
+
+        def first() -> None:
+            # DuplicateKeyError: another process's upsert inserted it first; theirs stands
+            with contextlib.suppress(DuplicateKeyError):
+                self.meta.update_one(
+                    {"_id": "backfill_position"},
+                    {"$setOnInsert": {"position": position, "recorded_at": now()}},
+                    upsert=True,
+                )
+
+        with_retry(first)
+        return self.backfill_position() or position
 
     def collection_state(self, name: str) -> dict[str, Any] | None:
         return self.backfill.find_one({"_id": name})
@@ -260,6 +287,40 @@ class StateStore:
         total = self.chunks.count_documents({"collection": collection})
         done = self.chunks.count_documents({"collection": collection, "done": True})
         return total, done
+
+    # Chunks are claimed with a lease, so backfill processes on several machines share one
+    # plan: a chunk is copied by one of them, and a dead one's chunks are claimed again when
+    # their lease expires (at once when the owner is a dead process of this host).
+    CHUNK_LEASE_SECONDS = 30.0
+
+    def claim_chunk(self, collections: list[str], owner: str) -> dict[str, Any] | None:
+        """The next chunk nobody holds, now leased to `owner`; None when none is free."""
+        t = now()
+        free: dict[str, Any] = {"$or": [{"lease": {"$exists": False}}, {"lease": {"$lt": t}}]}
+        held = self.chunks.find(
+            {"collection": {"$in": collections}, "done": False, "lease": {"$gte": t}},
+            {"worker": 1},
+        )
+        dead = sorted({str(d.get("worker")) for d in held if dead_local(str(d.get("worker")))})
+        if dead:
+            free["$or"].append({"worker": {"$in": dead}})
+        return self.chunks.find_one_and_update(
+            {"collection": {"$in": collections}, "done": False, **free},
+            {
+                "$set": {"lease": t + timedelta(seconds=self.CHUNK_LEASE_SECONDS), "worker": owner},
+                "$inc": {"claims": 1},
+            },
+            sort=[("collection", ASCENDING), ("seq", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def renew_chunks(self, owner: str) -> None:
+        """Extend the leases of the chunks `owner` is copying."""
+        until = now() + timedelta(seconds=self.CHUNK_LEASE_SECONDS)
+        self.chunks.update_many({"worker": owner, "done": False}, {"$set": {"lease": until}})
+
+    def chunks_left(self, collections: list[str]) -> int:
+        return self.chunks.count_documents({"collection": {"$in": collections}, "done": False})
 
     def mark_chunk_done(self, chunk_id: str, rows: int, seconds: float) -> None:
         with_retry(
@@ -402,6 +463,18 @@ def decode_key(stored: Any) -> tuple[Any, ...]:
     from bson.decimal128 import Decimal128
 
     return tuple(int(v.to_decimal()) if isinstance(v, Decimal128) else v for v in stored)
+
+
+def _live_members(copy: dict[str, Any], t: datetime) -> list[str]:
+    """Members of a copy whose lease holds and that are not known-dead local processes."""
+    members = copy.get("members")
+    if members is None:  # a lease written before members existed
+        members = [{"owner": copy.get("owner", ""), "expires": copy.get("expires", t)}]
+    return [
+        str(m["owner"])
+        for m in members
+        if m.get("expires", t) >= t and not dead_local(str(m.get("owner", "")))
+    ]
 
 
 def process_owner() -> str:

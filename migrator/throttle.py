@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import ThrottleSpec
+from .config import ThrottleSpec, with_password_file
 from .errors import MigratorError
+from .secretfiles import SOURCE_PASSWORD_FILE_ENV
 from .source.connection import _s, connect, query
 from .source.tls import TLSOptions
 from .urls import parse_mysql_url
@@ -60,6 +61,8 @@ class LoadMonitor:
         self.conns = [("source", source_conn)]
         for i, url in enumerate(spec.replicas):
             u = parse_mysql_url(url, f"throttle.replicas[{i}]").with_tls(tls)
+            if not u.password:  # replicas share the source's credentials, file included
+                u = with_password_file(u, SOURCE_PASSWORD_FILE_ENV)
             self.conns.append((u.address, connect(u, database=False)))
         self._last = 0.0
         self._reason: str | None = None

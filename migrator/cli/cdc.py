@@ -87,6 +87,16 @@ cdc_options = [
         help="PEM file of the CA that signed the brokers' certificates.",
     ),
     click.option(
+        "--kafka-ssl-certfile",
+        type=click.Path(dir_okay=False),
+        help="PEM client certificate, for brokers that want mutual TLS (with --kafka-ssl-keyfile).",
+    ),
+    click.option(
+        "--kafka-ssl-keyfile",
+        type=click.Path(dir_okay=False),
+        help="PEM key of --kafka-ssl-certfile.",
+    ),
+    click.option(
         "--on-ddl",
         type=click.Choice(["stop", "ignore", "extend"]),
         default="stop",
@@ -137,6 +147,8 @@ def _run(
     kafka_sasl_username: str | None = None,
     kafka_sasl_password_file: str | None = None,
     kafka_ssl_cafile: str | None = None,
+    kafka_ssl_certfile: str | None = None,
+    kafka_ssl_keyfile: str | None = None,
     dry_run: bool = False,
     metrics_port: int | None = None,
     pending_timeout: float = 600.0,
@@ -167,6 +179,8 @@ def _run(
                 "sasl_username": kafka_sasl_username,
                 "sasl_password_file": kafka_sasl_password_file,
                 "ssl_cafile": kafka_ssl_cafile,
+                "ssl_certfile": kafka_ssl_certfile,
+                "ssl_keyfile": kafka_ssl_keyfile,
             },
         )
         run = functools.partial(

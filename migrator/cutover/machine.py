@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
+from ..faults import fault_point
 from ..reverse.runner import lag_seconds, operation_time, record_start, wait_for_reverse
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
@@ -99,13 +99,6 @@ class _Lease:
         self._stop.set()
         self._thread.join(timeout=5)
         self.control.release(self.holder)
-
-
-def fault_point(stage: str) -> None:
-    """Tests stop a switch at a stage to kill it there: MIGRATOR_FAULT_PAUSE=stage:seconds."""
-    name, _, secs = os.environ.get("MIGRATOR_FAULT_PAUSE", "").partition(":")
-    if name == stage:
-        time.sleep(float(secs or 30))
 
 
 class Machine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
@@ -56,8 +56,8 @@ def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> 
     if "serverselectiontimeoutms" not in url.lower():
         opts["serverSelectionTimeoutMS"] = timeout_ms
     password = password_from_env_file(TARGET_PASSWORD_FILE_ENV)
-    if password is not None:
-        parts = urlsplit(url)
+    parts = urlsplit(url)
+    if password is not None and unquote(parts.password or "") != password:
         if parts.password:
             raise ConnectError(
                 f"{setting} has a password and {TARGET_PASSWORD_FILE_ENV} names a file: "
@@ -170,9 +170,7 @@ class DocumentWriter:
             with_retry(partial(self.collection.insert_many, batch, ordered=False))
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or not all(
-                _duplicate_id(e) for e in errors
-            ):
+            if exc.details.get("writeConcernErrors") or not all(_duplicate_id(e) for e in errors):
                 raise
             return [e["index"] for e in errors]
         return []

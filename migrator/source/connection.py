@@ -66,7 +66,7 @@ def connect(
                 return MySQLdb.connect(**kwargs, ssl_mode="DISABLED")
         conn = MySQLdb.connect(**kwargs, **tls.mysqlclient_kwargs())
     except MySQLdb.OperationalError as exc:
-        raise _connect_error(exc, url, setting, kwargs) from None
+        raise _connect_error(exc, url, setting) from None
     if tls.required and not session_cipher(conn):
         # MariaDB's client library goes on without TLS when the server offers none
         conn.close()
@@ -84,9 +84,7 @@ def session_cipher(conn: Any) -> str:
     return _s(rows[0][1]) if rows and rows[0][1] else ""
 
 
-def _connect_error(
-    exc: Exception, url: MySQLURL, setting: str, kwargs: dict[str, Any]
-) -> ConnectError:
+def _connect_error(exc: Exception, url: MySQLURL, setting: str) -> ConnectError:
     code = exc.args[0] if exc.args else 0
     detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
     detail = detail.replace(url.password, "***") if url.password else detail
@@ -97,6 +95,14 @@ def _connect_error(
                 f"MySQL at {url.address} ({setting}) does not offer TLS, and "
                 f"ssl-mode={tls.effective_mode} requires it",
                 hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
+            )
+        if "Validation of SSL server certificate failed" in detail or "mismatch" in detail:
+            # MariaDB's library says this when the chain is fine but the name is not
+            return ConnectError(
+                f"the certificate of MySQL at {url.address} does not match the host name "
+                f"{url.host!r} ({setting} {tls.describe()}): connect by a name the certificate "
+                "holds, or use ssl-mode=VERIFY_CA with MySQL's client library (MariaDB's checks "
+                "the name too)"
             )
         if "certificate" in detail or "verify" in detail.lower():
             # one line: the setting, the file and what to do
@@ -109,13 +115,20 @@ def _connect_error(
         return ConnectError(
             f"TLS with MySQL at {url.address} failed ({setting} {tls.describe()}): {detail}"
         )
-    if code == _INSECURE_REFUSED or (
-        code in _ACCESS_DENIED and not tls.required and _accepts_tls_only(kwargs)
-    ):
+    if code == _INSECURE_REFUSED:
         return ConnectError(
             f"MySQL at {url.address} refuses connections without TLS ({setting}): "
             "add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/to/ca.pem to the URL (or set source.tls)",
             hint="ssl-mode=REQUIRED encrypts without checking the server's certificate",
+        )
+    if code in _ACCESS_DENIED and not tls.required:
+        # MariaDB with require_secure_transport answers a plain login this way too; the tool
+        # does not try the password over an unchecked TLS connection to find out
+        return ConnectError(
+            f"MySQL at {url.address} refused user {url.user!r} ({setting}): access denied, "
+            "on a connection without TLS: if the server requires TLS (require_secure_transport), "
+            "add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/to/ca.pem to the URL",
+            hint="else check the user and password (the password is not shown)",
         )
     if code in _UNREACHABLE:
         return ConnectError(
@@ -130,16 +143,6 @@ def _connect_error(
     if code == _UNKNOWN_DB:
         return ConnectError(f"MySQL at {url.address} has no database {url.database!r} ({setting})")
     return ConnectError(f"MySQL at {url.address} ({setting}): {detail}")
-
-
-def _accepts_tls_only(kwargs: dict[str, Any]) -> bool:
-    """Whether the same login succeeds over TLS: MariaDB with require_secure_transport answers
-    a plain login with 'access denied', which would send the user after the wrong problem."""
-    try:
-        MySQLdb.connect(**{**kwargs, "connect_timeout": 5}, ssl_mode="REQUIRED").close()
-    except MySQLdb.Error:
-        return False
-    return True
 
 
 def query(conn: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:

@@ -136,7 +136,7 @@ def tls_from_params(params: dict[str, str], setting: str) -> tuple[TLSOptions, d
     for name, value in params.items():
         field = _PARAMS.get(name.lower())
         if name.lower() in _SWITCHES:
-            found["mode"] = _switch(value, f"{setting} {name}")
+            found["mode"] = _switch(name, value, f"{setting} {name}")
             continue
         if field is None:
             if name.lower().startswith(("ssl", "tls")):
@@ -152,12 +152,15 @@ def tls_from_params(params: dict[str, str], setting: str) -> tuple[TLSOptions, d
     return TLSOptions(**found), rest
 
 
-# `?ssl=true` (mysql --ssl, JDBC useSSL, Go tls=true|skip-verify|preferred): a mode by another name
-_SWITCHES = ("ssl", "tls", "usessl")
+# `?ssl=true` (mysql --ssl), JDBC's useSSL/requireSSL, Go's tls=true|skip-verify|preferred:
+# a mode by another name. Go's tls=true checks the certificate and the host, so it does here.
+_SWITCHES = ("ssl", "tls", "usessl", "requiressl")
 
 
-def _switch(value: str, where: str) -> str:
+def _switch(name: str, value: str, where: str) -> str:
     v = value.strip().lower()
+    if name.lower() == "tls" and v in ("1", "true"):
+        return "VERIFY_IDENTITY"
     if v in ("1", "true", "yes", "on", "required", "skip-verify"):
         return "REQUIRED"
     if v in ("0", "false", "no", "off", "disabled"):

@@ -4,6 +4,7 @@ throttling, parallel workers."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -237,3 +238,60 @@ def test_a_conflict_on_another_unique_index_fails_the_chunk_loudly(env):
     assert p.returncode != 0
     assert "duplicate key" in (p.stdout + p.stderr).lower()
     assert env.target.orders.find_one({"_id": 5}) is None
+
+
+def _backfill_proc(path, *extra):
+    cmd = [sys.executable, "-m", "migrator.cli.main", "backfill", "-m", str(path), "--json"]
+    return subprocess.Popen(
+        [*cmd, *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_two_backfills_at_once_share_one_plan_and_copy_each_chunk_once(env):
+    """As N machines of a Kubernetes indexed Job: the first plans, the other joins; chunks are
+    claimed with leases, so each is copied by exactly one of them."""
+    path = make_shop(env, orders=2000, chunk_size=100)
+    procs = [_backfill_proc(path, "--workers", "1", "--max-rows-per-sec", "2500") for _ in "ab"]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    runs = [json.loads(out) for out, _ in outs]
+    orders = [next(c for c in r["collections"] if c["name"] == "orders") for r in runs]
+    total = env.state.chunks.count_documents({"collection": "orders"})
+    assert all(o["chunks_run"] > 0 for o in orders), orders  # both did a share
+    assert sum(o["chunks_run"] for o in orders) == total
+    claims = [c.get("claims") for c in env.state.chunks.find({})]
+    assert claims and all(n == 1 for n in claims), claims
+    assert env.state.meta.find_one({"_id": "copy"}) is None  # the last one out ended the copy
+    assert_orders_exact(env)
+
+
+def test_a_killed_backfill_s_chunks_are_claimed_by_the_other(env):
+    """A backfill killed while it holds a chunk: the other copies that chunk again (a dead
+    process of this host at once; another machine's when the lease expires) and the rest once."""
+    path = make_shop(env, orders=2000, chunk_size=100)
+    cmd = [sys.executable, "-m", "migrator.cli.main", "backfill", "-m", str(path), "--json"]
+    victim = subprocess.Popen(
+        [*cmd, "--workers", "1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MIGRATOR_FAULT_PAUSE": "chunk-copied:60"},  # holds its 1st chunk
+    )
+    deadline = time.monotonic() + 60
+    while env.state.chunks.count_documents({"worker": {"$exists": True}}) < 1:
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.05)
+    survivor = _backfill_proc(path, "--workers", "2")
+    while env.state.chunks.count_documents({"done": False}) > 1:  # all but the victim's
+        assert time.monotonic() < deadline + 60 and survivor.poll() is None
+        time.sleep(0.05)
+    assert survivor.poll() is None  # it waits for the chunk the victim holds
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _out, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err
+    assert env.state.chunks.count_documents({"done": False}) == 0
+    claims = sorted(c.get("claims", 0) for c in env.state.chunks.find({}))
+    assert claims[:-1] == [1] * (len(claims) - 1) and claims[-1] == 2
+    assert_orders_exact(env)

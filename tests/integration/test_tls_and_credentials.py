@@ -167,7 +167,8 @@ def test_a_plain_connection_is_refused_with_a_clear_message(tls_stack):
     env = _secret_files(s)
     mapping = _write_mapping(s, "plain.yaml", s.source_url("shop", ""), s.mongo_url())
     p = migrator_cmd("plan", "-m", str(mapping), env=env, check=2)
-    assert "refuses connections without TLS (source.url)" in p.stderr
+    assert "(source.url): access denied, on a connection without TLS" in p.stderr
+    assert "require_secure_transport" in p.stderr
     assert "ssl-mode=" in p.stderr  # says what to add
     assert MYSQL_PASSWORD not in p.stdout + p.stderr
 

@@ -24,6 +24,8 @@ from migrator.urls import parse_mysql_url, redact
         ("?ssl-ca=/ca.pem", "VERIFY_CA"),  # a CA alone means: check it (mysql client rule)
         ("?ssl=1", "REQUIRED"),
         ("?tls=skip-verify", "REQUIRED"),
+        ("?tls=true", "VERIFY_IDENTITY"),  # Go's driver: verify
+        ("?requireSSL=true", "REQUIRED"),  # JDBC
         ("?useSSL=false", "DISABLED"),
         ("?charset=utf8mb4", None),
     ],
@@ -86,10 +88,21 @@ def test_file_secrets_are_read_escaped_in_urls_and_never_shown(tmp_path, monkeyp
     monkeypatch.delenv("MIGRATOR_SOURCE_PASSWORD", raising=False)
     monkeypatch.setenv("MIGRATOR_SOURCE_PASSWORD_FILE", str(secret))
     m = parse_mapping(_mapping("mysql://app:${MIGRATOR_SOURCE_PASSWORD}@db/shop"), "m.yaml")
+    assert m.source_url.password == "p@ss/w:rd-Unit-7"  # what `init` writes works with _FILE
+    m = parse_mapping(_mapping("mysql://app:other-literal@db/shop"), "m.yaml")
     with pytest.raises(ConfigError, match="has a password and MIGRATOR_SOURCE_PASSWORD_FILE"):
-        _ = m.source_url  # the same password from two places is refused, not guessed
+        _ = m.source_url  # two different passwords are refused, not guessed
     m = parse_mapping(_mapping("mysql://app@db/shop"), "m.yaml")
     assert m.source_url.password == "p@ss/w:rd-Unit-7"
+
+
+def test_only_a_password_part_is_escaped_and_percent_signs_stay(monkeypatch):
+    monkeypatch.setenv("CREDS_X", "app:pw")  # a whole user:password in one variable
+    monkeypatch.setenv("PW_X", "pre%40encoded/and@raw")  # %-encoded by hand, partly
+    m = parse_mapping(_mapping("mysql://${CREDS_X}@db/shop"), "m.yaml")
+    assert (m.source_url.user, m.source_url.password) == ("app", "pw")
+    m = parse_mapping(_mapping("mysql://app:${PW_X}@db/shop"), "m.yaml")
+    assert m.source_url.password == "pre@encoded/and@raw"
 
 
 def test_a_missing_or_empty_secret_file_names_the_mapping_line(tmp_path):
