@@ -1,0 +1,75 @@
+"""deploy/kubernetes: every manifest is valid Kubernetes (strict, against the schemas of
+kubernetes-validate), the mapping in the ConfigMap is a valid mapping, and every container's
+arguments are accepted by the CLI they run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from migrator.cli.main import cli
+from migrator.config import parse_mapping
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid_kubernetes(path: Path):
+    for doc in _docs(path):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [p.name for p in MANIFESTS]
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc["spec"]
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return list(spec.get("template", {}).get("spec", {}).get("containers", []))
+
+
+def test_the_configmap_mapping_is_valid_with_its_secret_files(tmp_path: Path):
+    (cm,) = _docs(DEPLOY / "configmap.yaml")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("source-password", "target-password", "kafka-password"):
+        (secrets / name).write_text("from-the-secret\n")
+    text = cm["data"]["mapping.yaml"].replace("/etc/migrator/secrets", str(secrets))
+    mapping = parse_mapping(text, "configmap.yaml")
+    assert mapping.source_url.tls.effective_mode == "VERIFY_IDENTITY"
+    assert mapping.debezium.security.kafka_python()["security_protocol"] == "SASL_SSL"
+    # each password is a file of the Secret the pods mount
+    (secret,) = _docs(DEPLOY / "secret.yaml")
+    assert {"source-password", "target-password", "kafka-password", "ca.pem"} <= set(
+        secret["stringData"]
+    )
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_container_arguments_are_accepted_by_the_cli(path: Path, tmp_path: Path):
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("version: 1\n")
+    for doc in _docs(path):
+        if doc["kind"] not in ("Job", "Deployment", "CronJob"):
+            continue
+        for c in _containers(doc):
+            args = [
+                mapping.as_posix() if a == "/etc/migrator/mapping.yaml" else a for a in c["args"]
+            ]
+            command = cli.commands[args[0]]
+            ctx = command.make_context(args[0], list(args[1:]))  # raises on a bad option
+            assert ctx.params["mapping_path"] == mapping.as_posix()
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert {"/etc/migrator/mapping.yaml", "/etc/migrator/secrets"} <= mounts
