@@ -402,6 +402,12 @@ def _backfill(
     fence: CopyFence | None = None,
 ) -> BackfillSummary:
     src_url = mapping.source_url
+    joined = state is not None and fence is not None and not fence.created
+    if joined:
+        assert state is not None and fence is not None
+        # the copy's creator resets, records the position and plans; a joiner reads nothing
+        # before that is done (or it could copy rows a restart then throws away)
+        _wait_for_plan(state, fence, plans)
     if state is not None:
         client = state.client
         if restart:
@@ -422,8 +428,6 @@ def _backfill(
         summary.position = position
         _ensure_target_indexes(client[mapping.target_database], plans)
 
-    if state is not None and fence is not None and not fence.created:
-        _wait_for_plan(state, fence, plans)
     raw = mysql_connect(src_url, raw=True)
     todo: list[Chunk] = []
     per_coll: dict[str, CollectionSummary] = {}
@@ -473,6 +477,8 @@ def _backfill(
                 f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} chunks already done"
             )
     raw.close()
+    if state is not None and fence is not None and fence.created:
+        state.mark_copy_planned(fence.copy_id)
 
     monitor = LoadMonitor(meta_conn, mapping.throttle, mapping.source_url.tls)
     rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
@@ -684,24 +690,27 @@ def _wait_for_plan(
     """A process that joined a copy copies the plan its creator makes; it never plans."""
     deadline = time.monotonic() + timeout
     while True:
-        missing = [
-            p.name for p in plans if not (state.collection_state(p.name) or {}).get("planned")
-        ]
-        if not missing:
-            return
-        copy = state.copy_in_progress()
-        if copy is None or str(copy.get("owner")) != fence.copy_id:
+        copy = state.copy_in_progress() or {}
+        if copy.get("planned"):
+            missing = [
+                p.name for p in plans if not (state.collection_state(p.name) or {}).get("planned")
+            ]
+            if not missing:
+                return
             raise CheckFailed(
-                f"the backfill that started this copy ({fence.copy_id}) ended before planning "
+                f"this backfill joined a copy ({fence.copy_id}) that does not include "
                 + ", ".join(missing),
+                hint="run it with the same --collection options as the other backfills, "
+                "or after they finish",
+            )
+        if str(copy.get("owner")) != fence.copy_id or fence.copy_id not in state.copy_members(copy):
+            raise CheckFailed(
+                f"the backfill that started this copy ({fence.copy_id}) stopped before it "
+                "had planned the chunks",
                 hint="run the backfill again: a new copy plans them",
             )
         if time.monotonic() >= deadline:
-            raise CheckFailed(
-                f"no plan for {', '.join(missing)} after {timeout:.0f} s: this backfill joined "
-                "a copy that does not include them",
-                hint="run it with the same --collection options as the other backfills",
-            )
+            raise CheckFailed(f"the copy {fence.copy_id} was not planned within {timeout:.0f} s")
         time.sleep(0.5)
 
 

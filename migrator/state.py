@@ -169,6 +169,19 @@ class StateStore:
             array_filters=[{"m.owner": owner}],
         )
 
+    @staticmethod
+    def copy_members(copy: dict[str, Any]) -> list[str]:
+        """The live members of a copy document."""
+        return _live_members(copy, now())
+
+    def mark_copy_planned(self, copy_id: str) -> None:
+        """The copy's creator has reset, recorded the position and planned: others may copy."""
+        with_retry(
+            lambda: self.meta.update_one(
+                {"_id": "copy", "owner": copy_id}, {"$set": {"planned": True}}
+            )
+        )
+
     def end_copy(self, owner: str) -> None:
         def leave() -> None:
             self.meta.update_one(

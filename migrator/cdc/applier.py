@@ -34,7 +34,7 @@ from ..errors import ConnectError, ConversionError, MigratorError
 from ..keys import id_key
 from ..mapping import CollectionPlan, EmbedPlan, Transform
 from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
-from ..sink.mongo import with_retry
+from ..sink.mongo import find_by_ids, with_retry
 from ..state import StateStore, encode_key, now, storable
 from ..typerules import param_value
 from .cascade import Cascades, Effect, Place, Rule
@@ -348,10 +348,8 @@ class _Batch:
                 self.exists[coll] = set(ids)
                 continue
             self.exists[coll] = set()
-            values = list(ids.values())
-            for i in range(0, len(values), 1000):
-                found = self.a.db[coll].find({"_id": {"$in": values[i : i + 1000]}}, {"_id": 1})
-                self.exists[coll] |= {id_key(d["_id"]) for d in found}
+            found = find_by_ids(self.a.db[coll], list(ids.values()), {"_id": 1})
+            self.exists[coll] |= {id_key(d["_id"]) for d in found}
         if self.a.dry_run or not roots:
             return
         if self.a.state.pending.find_one({}, {"_id": 1}) is None:

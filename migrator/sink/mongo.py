@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from bson.decimal128 import Decimal128
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -111,6 +112,36 @@ def _unreachable(url: str, setting: str, detail: str) -> ConnectError:
         f"cannot reach MongoDB at {host} ({setting})",
         hint="check the host and port, and that the server is running",
     )
+
+
+def find_by_ids(
+    coll: Collection[Any], ids: Sequence[Any], projection: dict[str, Any] | None = None
+) -> list[Any]:
+    """The documents with these `_id`s. Dense integer ids are read as one `_id` range scan and
+    filtered here (as VDiff merges a sorted range): servers answer a range much faster than an
+    `$in` of a thousand ids (SecantusDB: 3 s for the `$in`). Other ids: `$in` in batches."""
+    if not ids:
+        return []
+    if all(type(i) is int for i in ids):
+        lo, hi = min(ids), max(ids)
+        if hi - lo + 1 <= 4 * len(ids) + 100:  # dense: the range holds little else
+            wanted = set(ids)
+            found = coll.find({"_id": {"$gte": lo, "$lte": hi}}, projection)
+            return [d for d in found if _number(d["_id"]) in wanted]
+    out: list[Any] = []
+    for i in range(0, len(ids), 1000):
+        out += list(coll.find({"_id": {"$in": list(ids[i : i + 1000])}}, projection))
+    return out
+
+
+def _number(v: Any) -> Any:
+    """A numeric `_id` as a hashable Python number equal to the int it matches (as `$in`
+    matches 5, 5.0 and Decimal128("5") alike); None for anything else (bools included)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, Decimal128):
+        return v.to_decimal()
+    return v if isinstance(v, int | float) else None
 
 
 def _duplicate_id(error: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from ..mapping import CollectionPlan, compile_transform
 from ..progress import NullProgress, Progress
 from ..rebuild import key_params, rebuild_ops
 from ..sink.mongo import connect as mongo_connect
-from ..sink.mongo import with_retry
+from ..sink.mongo import find_by_ids, with_retry
 from ..source.connection import connect as mysql_connect
 from ..source.reader import ChunkReader
 from ..source.schema import introspect
@@ -212,7 +212,7 @@ class Verifier:
         # order, same types), and comparing bytes costs nothing; only the others are decoded
         # and compared canonically (key order and int widths then do not matter).
         coll = self.db[plan.name].with_options(codec_options=_RAW)
-        actual = {id_key(d["_id"]): d for d in coll.find({"_id": {"$in": ids}})} if ids else {}
+        actual = {id_key(d["_id"]): d for d in find_by_ids(coll, ids)}
         diffs: dict[Any, Difference] = {}
         for i in ids:
             k = id_key(i)

@@ -184,3 +184,52 @@ def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
     finally:
         stop.set()
         t.join(timeout=30)
+
+
+def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_planned(env):
+    """The creator resets (--restart), records the position and plans first; a joiner waits
+    for that, and gives up with a clear error if the creator dies before it."""
+    from migrator.backfill import CopyFence, _wait_for_plan
+    from migrator.errors import CheckFailed
+    from migrator.progress import NullProgress
+
+    path = make_shop(env, orders=20)
+    mapping = load_mapping(path)
+    state = StateStore(env.mongo, env.state_db)
+    creator = CopyFence(state, NullProgress()).start()
+    joiner = CopyFence(state, NullProgress()).start()
+    assert creator.created and not joiner.created and joiner.copy_id == creator.owner
+    plans = [type("P", (), {"name": c.name})() for c in mapping.collections]
+    for p in plans:
+        state.update_collection(p.name, planned=True)  # a plan from before a --restart
+    waited: list[float] = []
+
+    def join() -> None:
+        t0 = time.monotonic()
+        _wait_for_plan(state, joiner, plans)  # type: ignore[arg-type]
+        waited.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=join)
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive()  # old planned flags are not the creator's word
+    state.mark_copy_planned(creator.copy_id)
+    t.join(timeout=10)
+    assert waited and waited[0] >= 1.0
+    # the creator's copy ends with the joiner still in it: the copy lives on (CDC stays paused)
+    creator.stop()
+    assert state.copy_in_progress() is not None
+    joiner.stop()
+    assert state.copy_in_progress() is None
+
+    # a creator that stops before planning: the joiner says so instead of waiting
+    creator = CopyFence(state, NullProgress()).start()
+    joiner = CopyFence(state, NullProgress()).start()
+    creator.stop()
+    try:
+        _wait_for_plan(state, joiner, plans, timeout=5)  # type: ignore[arg-type]
+        raise AssertionError("joined a copy nobody plans")
+    except CheckFailed as exc:
+        assert "stopped before it had planned" in exc.message
+    finally:
+        joiner.stop()
