@@ -24,7 +24,7 @@ test: setup
 	.venv/bin/ruff check migrator tests bench
 	.venv/bin/ruff format --check migrator tests bench
 	.venv/bin/mypy
-	.venv/bin/pytest -q -ra tests
+	.venv/bin/pytest -q -ra --durations=15 tests
 
 # The convergence harness, long: seeds from SEED on, binlog and Debezium, until MINUTES pass.
 SEED ?= 1

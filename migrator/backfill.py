@@ -10,6 +10,7 @@ would share one core (bench/backfill.py measures both).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -361,11 +362,28 @@ class CopyFence:
         self.owner = process_owner()
         self.copy_id = self.owner
         self.created = True  # False: this process joined another backfill's copy
+        self.lost = False
         self._ticker = Ticker(self._renew, 2.0, "copy-fence")
 
     def _renew(self) -> None:
-        self.state.renew_copy(self.owner)
+        if self.lost:
+            return
+        if not self.state.renew_copy(self.owner):
+            # our membership ran out (a stall longer than the lease): CDC may be applying
+            # again, so this process must not copy on; the run stops at the next chunk
+            self.lost = True
+            return
         self.state.renew_chunks(self.owner)
+
+    def check(self) -> None:
+        """Between chunks: stop if the fence was lost."""
+        if self.lost:
+            raise CheckFailed(
+                "this backfill lost its copy lease (it stalled longer than "
+                f"{self.state.COPY_LEASE_SECONDS:.0f} s) and stopped: CDC may have resumed "
+                "meanwhile",
+                hint="run the backfill again; `verify` finds any document the stall left stale",
+            )
 
     def start(self) -> CopyFence:
         self.copy_id, self.created = self.state.begin_copy(self.owner)
@@ -379,6 +397,8 @@ class CopyFence:
 
     def stop(self) -> None:
         self._ticker.stop()
+        with contextlib.suppress(Exception):  # MongoDB away: the leases expire instead
+            self.state.release_chunks(self.owner)
         self.state.end_copy(self.owner)
 
 
@@ -495,7 +515,7 @@ def _backfill(
 
     if todo:
         source: ChunkSource = (
-            ClaimedChunks(state, fence.owner, [p.name for p in plans])
+            ClaimedChunks(state, fence, [p.name for p in plans])
             if state is not None and fence is not None
             else ListedChunks(todo)
         )
@@ -616,6 +636,14 @@ def _run_processes(
                     raise CheckFailed(
                         "every backfill worker exited before the work was done"
                     ) from None
+                dead = [pr.exitcode for pr in procs if pr.exitcode is not None]
+                if dead:
+                    # its chunk would stay leased (renewed by this process) and every
+                    # backfill of the copy would wait for it: stop, and give the chunks back
+                    raise MigratorError(
+                        f"a backfill worker process died (exit code {dead[0]}): stopping; "
+                        "its chunk is claimed again by the next run or another machine"
+                    ) from None
                 continue
             if kind == "error":
                 where = f" during chunk {payload.describe()}" if payload else ""
@@ -662,11 +690,13 @@ class ClaimedChunks(ChunkSource):
     """Chunks claimed one at a time from the state store, leased to this process (the fence
     renews the leases), so backfills on several machines share the plan."""
 
-    def __init__(self, state: StateStore, owner: str, collections: list[str]) -> None:
-        self.state, self.owner, self.collections = state, owner, collections
+    def __init__(self, state: StateStore, fence: CopyFence, collections: list[str]) -> None:
+        self.state, self.fence, self.collections = state, fence, collections
+        self.owner = fence.owner
 
     def next(self, *, wait: bool) -> Chunk | None:
         while True:
+            self.fence.check()
             doc = with_retry(lambda: self.state.claim_chunk(self.collections, self.owner))
             if doc is not None:
                 return Chunk(

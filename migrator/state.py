@@ -130,7 +130,11 @@ class StateStore:
             cur = self.meta.find_one({"_id": "copy"})
             if cur is not None and _live_members(cur, t):
                 res = self.meta.update_one(
-                    {"_id": "copy", "since": cur.get("since")},
+                    {
+                        "_id": "copy",
+                        "since": cur.get("since"),
+                        "members": {"$elemMatch": {"expires": {"$gte": t}}},
+                    },
                     {
                         "$push": {"members": {"owner": owner, "expires": until}},
                         "$max": {"expires": until},
@@ -146,6 +150,7 @@ class StateStore:
                 "expires": until,
                 "members": [{"owner": owner, "expires": until}],
                 "version": 0,
+                "planned": False,  # a dead copy's plan is not this one's: its creator says
             }
             if cur is None:
                 try:
@@ -161,13 +166,20 @@ class StateStore:
                 return owner, True
         raise CheckFailed("the copy lease kept changing under this backfill; run it again")
 
-    def renew_copy(self, owner: str) -> None:
-        until = now() + timedelta(seconds=self.COPY_LEASE_SECONDS)
-        self.meta.update_one(
-            {"_id": "copy", "members.owner": owner},
+    def renew_copy(self, owner: str) -> bool:
+        """Extend `owner`'s membership; False when it had already expired (CDC may have
+        resumed since: the copy must stop, not carry on as if it still held the fence)."""
+        t = now()
+        until = t + timedelta(seconds=self.COPY_LEASE_SECONDS)
+        res = self.meta.update_one(
+            {
+                "_id": "copy",
+                "members": {"$elemMatch": {"owner": owner, "expires": {"$gte": t}}},
+            },
             {"$set": {"members.$[m].expires": until}, "$max": {"expires": until}},
             array_filters=[{"m.owner": owner}],
         )
+        return res.matched_count == 1
 
     @staticmethod
     def copy_members(copy: dict[str, Any]) -> list[str]:
@@ -220,7 +232,9 @@ class StateStore:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.cdc_status() or {}
-            if st.get("acked_copy") == copy_id:
+            # paused now, for this copy: an acknowledgement left from before CDC resumed
+            # (the same copy id, after a member's lease ran out) is not a pause
+            if st.get("acked_copy") == copy_id and st.get("waiting_for") == "backfill":
                 return True
             if not self.cdc_alive():
                 return False
@@ -331,6 +345,10 @@ class StateStore:
         """Extend the leases of the chunks `owner` is copying."""
         until = now() + timedelta(seconds=self.CHUNK_LEASE_SECONDS)
         self.chunks.update_many({"worker": owner, "done": False}, {"$set": {"lease": until}})
+
+    def release_chunks(self, owner: str) -> None:
+        """Give back the chunks `owner` holds and will not finish: others claim them at once."""
+        self.chunks.update_many({"worker": owner, "done": False}, {"$unset": {"lease": ""}})
 
     def chunks_left(self, collections: list[str]) -> int:
         return self.chunks.count_documents({"collection": {"$in": collections}, "done": False})

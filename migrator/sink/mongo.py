@@ -186,25 +186,33 @@ class DocumentWriter:
             if upserting:
                 written += self.upsert(batch)
                 continue
-            present = self._insert(batch)
+            present, refused = self._insert(batch)
             if present:
                 self.upsert([batch[j] for j in present])
                 upserting = len(present) * 2 > len(batch)
+            if refused:
+                # refused by another unique index: maybe by a value the replaces above just
+                # moved off an old document (the upsert order would have allowed it); a real
+                # conflict fails here as it would have with upserts
+                self.upsert([batch[j] for j in refused])
             written += len(batch)
         return written
 
-    def _insert(self, batch: Sequence[dict[str, Any]]) -> list[int]:
-        """Insert `batch`; the positions of the documents whose `_id` was already there."""
+    def _insert(self, batch: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+        """Insert `batch`; the positions of the documents whose `_id` was already there, and of
+        those another unique index refused (to be upserted after the first)."""
         try:
             # retried as a whole on a dropped connection: what the first try wrote comes
             # back as duplicates below
             with_retry(partial(self.collection.insert_many, batch, ordered=False))
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or not all(_duplicate_id(e) for e in errors):
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
                 raise
-            return [e["index"] for e in errors]
-        return []
+            present = sorted(e["index"] for e in errors if _duplicate_id(e))
+            refused = sorted(e["index"] for e in errors if not _duplicate_id(e))
+            return present, refused
+        return [], []
 
     def upsert(self, docs: Sequence[dict[str, Any]]) -> int:
         written = 0
