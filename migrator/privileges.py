@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .source.connection import _s, query
+from .source.schema import split_top_level
 
 # What each phase does on the source, and why it needs each privilege. "TABLE" privileges are
 # needed on every mapped table; the others are global (ON *.*).
@@ -115,20 +116,7 @@ def _like(name: str, pattern: str) -> bool:
 
 
 def _split_privileges(text: str) -> set[str]:
-    out: set[str] = set()
-    depth = 0
-    current = ""
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.add(current)
-            current = ""
-        else:
-            current += ch
-    out.add(current)
+    out = split_top_level(text)
     privs = set()
     for p in out:
         p = " ".join(p.split()).upper()

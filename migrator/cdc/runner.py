@@ -24,7 +24,7 @@ from ..sink.mongo import connect as mongo_connect
 from ..source.connection import _s, query
 from ..source.connection import connect as mysql_connect
 from ..source.position import is_mariadb
-from ..source.schema import introspect
+from ..source.schema import introspect, split_top_level
 from ..state import StateStore, now
 from ..ticker import Ticker
 from .applier import Applier, BatchResult
@@ -688,16 +688,7 @@ def adds_only_nullable_columns(statement: str) -> str | None:
     m = re.match(r"\s*ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+\S+\s+(.*)$", statement, re.I | re.S)
     if not m:
         return "it is not an ALTER TABLE … ADD COLUMN"
-    depth, clause, clauses = 0, "", []
-    for ch in m.group(1):
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            clauses.append(clause)
-            clause = ""
-        else:
-            clause += ch
-    clauses.append(clause)
+    clauses = split_top_level(m.group(1))
     for c in (x.strip() for x in clauses):
         if not re.match(
             r"ADD\s+(COLUMN\s+)?(IF\s+NOT\s+EXISTS\s+)?`?\w+`?\s+\w+", c, re.I

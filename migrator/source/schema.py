@@ -257,3 +257,19 @@ def _mariadb_json_columns(conn: Any, database: str) -> set[tuple[str, str]]:
         if m:
             found.add((_s(r["table_name"]), m.group(1)))
     return found
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """`text` split at `sep` outside parentheses: `a, DECIMAL(10,2), b` -> 3 parts (SQL column
+    lists, privilege lists with column names)."""
+    depth, part, parts = 0, "", []
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == sep and depth == 0:
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    return parts

@@ -3,40 +3,25 @@ CA but names another host (db.example, not 127.0.0.1)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 
 from migrator import sandbox
 from migrator.errors import ConnectError
 from migrator.source.connection import connect
 from migrator.urls import parse_mysql_url
 
-from .certs import _ca, _name, _write_key
+from .certs import _ca, _leaf, _write_key
 
 
 def _other_host_certs(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca("review CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name("db.example"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("db.example")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    leaf, key = _leaf("db.example", ca, ca_key, server=True, names=[x509.DNSName("db.example")])
     pem = serialization.Encoding.PEM
     out = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
     out["ca"].write_bytes(ca.public_bytes(pem))
