@@ -34,8 +34,14 @@ torture: setup
 	.venv/bin/python -m tests.torture.harness --seed $(SEED) --minutes $(MINUTES) \
 		--seconds $(SECONDS_PER_SEED) --source both
 
+# Every bench, one after the other (each starts its own servers and prints its figures and the
+# MongoDB server it used); about 15 minutes on 2 cores.
 bench: setup
 	.venv/bin/python bench/backfill.py
+	.venv/bin/python bench/cdc.py
+	.venv/bin/python bench/verify.py
+	.venv/bin/python bench/memory.py
+	.venv/bin/python bench/cutover.py --rounds 5
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
