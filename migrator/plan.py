@@ -224,7 +224,7 @@ def _tls_checks(conn: Any, src: MySQLURL, report: PlanReport) -> None:
     else:
         report.add(
             "tls source",
-            "info" if local else "warn",
+            "warn",
             "MySQL connections are NOT encrypted"
             + (" (loopback: traffic stays on this machine)" if local else "")
             + ": add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/ca.pem to source.url",
@@ -465,7 +465,7 @@ def _target_checks(mapping: Mapping, report: PlanReport) -> None:
         local = host_of(mapping.target.url).split(":")[0] in ("127.0.0.1", "localhost")
         report.add(
             "tls target",
-            "ok" if encrypted else "info" if local else "warn",
+            "ok" if encrypted else "warn",
             "MongoDB connections encrypted"
             if encrypted
             else "MongoDB connections are NOT encrypted"

@@ -326,3 +326,5 @@ def test_required_tls_against_a_server_without_tls_is_refused(env):
     path.write_text(text.replace(f"/{env.db}", f"/{env.db}?ssl-mode=PREFERRED", 1))
     plan = json.loads(migrator_cmd("plan", "-m", str(path), "--json", check=0).stdout)
     assert plan["connections"]["source"]["encrypted"] is False
+    levels = {c["name"]: c["level"] for c in plan["checks"]}
+    assert levels["tls source"] == levels["tls target"] == "warn"  # plan warns when plain
