@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .secretfiles import SOURCE_PASSWORD_FILE_ENV, password_from_env_file, read_secret_file
+from .secretfiles import SOURCE_PASSWORD_FILE_ENV, file_password_to_use, read_secret_file
 from .source.tls import TLSOptions, check_mode
 from .urls import (
     MySQLURL,
@@ -323,15 +323,8 @@ def format_key(key: tuple[str | int, ...] | list[str | int]) -> str:
 
 def with_password_file(url: MySQLURL, env: str) -> MySQLURL:
     """`url` with the password from the file `$env` names, when the URL has none."""
-    password = password_from_env_file(env)
-    if password is None or url.password == password:  # ${NAME} read $NAME_FILE already
-        return url
-    if url.password:
-        raise ConfigError(
-            f"{url.setting} has a password and {env} names a file: give the password once",
-            hint=f"drop the password from {url.setting}, or unset {env}",
-        )
-    return url.with_password(password)
+    password = file_password_to_use(env, url.password, url.setting)
+    return url if password is None else url.with_password(password)
 
 
 _ENV = re.compile(r"\$\{(file:[^}]+|[A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -47,3 +47,18 @@ def password_from_env_file(env: str) -> str | None:
     """The password in the file `$env` names, or None when the variable is not set."""
     path = os.environ.get(env)
     return read_secret_file(path, env) if path else None
+
+
+def file_password_to_use(env: str, url_password: str, setting: str) -> str | None:
+    """The password `$env`'s file gives a URL whose own password is `url_password`: None when
+    there is nothing to add (no file, or the URL already holds that very password, as when
+    `${NAME}` read `$NAME_FILE`); a URL with another password is refused, not guessed."""
+    password = password_from_env_file(env)
+    if password is None or url_password == password:
+        return None
+    if url_password:
+        raise ConfigError(
+            f"{setting} has a password and {env} names a file: give the password once",
+            hint=f"drop the password from {setting}, or unset {env}",
+        )
+    return password

@@ -22,7 +22,7 @@ from pymongo.errors import (
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..errors import ConnectError, remember_server
-from ..secretfiles import TARGET_PASSWORD_FILE_ENV, password_from_env_file
+from ..secretfiles import TARGET_PASSWORD_FILE_ENV, file_password_to_use
 from ..urls import redact, register_url_password
 
 T = TypeVar("T")
@@ -56,15 +56,11 @@ def connect(url: str, setting: str = "target.url", timeout_ms: int = 10_000) -> 
     opts: dict[str, Any] = {"tz_aware": False, "appname": "migrator"}
     if "serverselectiontimeoutms" not in url.lower():
         opts["serverSelectionTimeoutMS"] = timeout_ms
-    password = password_from_env_file(TARGET_PASSWORD_FILE_ENV)
     parts = urlsplit(url)
-    if password is not None and unquote(parts.password or "") != password:
-        if parts.password:
-            raise ConnectError(
-                f"{setting} has a password and {TARGET_PASSWORD_FILE_ENV} names a file: "
-                "give the password once",
-                hint=f"drop the password from {setting}, or unset {TARGET_PASSWORD_FILE_ENV}",
-            )
+    password = file_password_to_use(
+        TARGET_PASSWORD_FILE_ENV, unquote(parts.password or ""), setting
+    )
+    if password is not None:
         if not parts.username:
             raise ConnectError(
                 f"{TARGET_PASSWORD_FILE_ENV} is set but {setting} names no user",

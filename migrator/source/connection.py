@@ -70,12 +70,16 @@ def connect(
     if tls.required and not session_cipher(conn):
         # MariaDB's client library goes on without TLS when the server offers none
         conn.close()
-        raise ConnectError(
-            f"MySQL at {url.address} ({setting}) does not offer TLS, and ssl-mode={mode} "
-            "requires it",
-            hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
-        )
+        raise _no_tls(url, setting)
     return conn
+
+
+def _no_tls(url: MySQLURL, setting: str) -> ConnectError:
+    return ConnectError(
+        f"MySQL at {url.address} ({setting}) does not offer TLS, and "
+        f"ssl-mode={url.tls.effective_mode} requires it",
+        hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
+    )
 
 
 def session_cipher(conn: Any) -> str:
@@ -91,11 +95,7 @@ def _connect_error(exc: Exception, url: MySQLURL, setting: str) -> ConnectError:
     tls = url.tls
     if code == _TLS_ERROR or (code in _UNREACHABLE and "SSL" in detail):
         if "doesn't support" in detail or "not support" in detail:
-            return ConnectError(
-                f"MySQL at {url.address} ({setting}) does not offer TLS, and "
-                f"ssl-mode={tls.effective_mode} requires it",
-                hint="enable TLS on the server (ssl-cert, ssl-key), or lower ssl-mode",
-            )
+            return _no_tls(url, setting)
         if "Validation of SSL server certificate failed" in detail or "mismatch" in detail:
             # MariaDB's library says this when the chain is fine but the name is not
             return ConnectError(

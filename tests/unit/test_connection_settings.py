@@ -187,3 +187,50 @@ def test_all_privileges_wildcard_databases_and_old_names():
     db_only = parse_grants(["GRANT ALL ON `shop`.* TO u"])
     cdc = next(p for p in check_phases(db_only, "shop", ["t"]) if p.phase == "cdc")
     assert any("REPLICATION SLAVE" in m for m in cdc.missing)
+
+
+def test_missing_tls_files_and_half_a_client_certificate_are_named(tmp_path):
+    from migrator.errors import ConnectError
+
+    with pytest.raises(ConnectError, match=r"source.url ssl-ca: no such file /nope/ca.pem"):
+        TLSOptions(mode="VERIFY_CA", ca="/nope/ca.pem").check_files("source.url")
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConnectError, match="ssl-cert and ssl-key go together"):
+        TLSOptions(cert=str(cert)).check_files("source.url")
+
+
+def test_kafka_flags_with_missing_pieces_or_files_are_config_errors(tmp_path):
+    from migrator.cli.cdc import kafka_security_settings
+
+    m = parse_mapping(_mapping("mysql://app@db/shop"), "m.yaml")
+    with pytest.raises(ConfigError, match="needs sasl_mechanism, sasl_username, sasl_password"):
+        kafka_security_settings(m, {"protocol": "SASL_SSL"})
+    with pytest.raises(ConfigError, match="--kafka-sasl-password-file: cannot read the secret"):
+        kafka_security_settings(m, {"sasl_password_file": str(tmp_path / "none")})
+    pw = tmp_path / "kpw"
+    pw.write_text("kafka-flag-secret\n")
+    got = kafka_security_settings(
+        m,
+        {
+            "protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-256",
+            "sasl_username": "cdc",
+            "sasl_password_file": str(pw),
+            "ssl_cafile": None,  # a flag not given leaves the mapping's value
+        },
+    )
+    assert got["sasl_plain_password"] == "kafka-flag-secret"
+    assert "kafka-flag-secret" not in redact("x kafka-flag-secret y")
+
+
+def test_a_target_password_in_the_url_and_in_a_file_is_refused(tmp_path, monkeypatch):
+    from migrator.sink.mongo import connect
+
+    pw = tmp_path / "mongo-pw"
+    pw.write_text("from-the-file-9\n")
+    monkeypatch.setenv("MIGRATOR_TARGET_PASSWORD_FILE", str(pw))
+    with pytest.raises(ConfigError, match=r"target\.url has a password and MIGRATOR_TARGET_PASS"):
+        connect("mongodb://app:other-pass@127.0.0.1:1/", timeout_ms=100)
+    with pytest.raises(Exception, match="names no user"):
+        connect("mongodb://127.0.0.1:1/", timeout_ms=100)
