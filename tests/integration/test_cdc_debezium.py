@@ -19,6 +19,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from migrator.sandbox import start_kafka
 
+from .bridge_streaming import wait_until_streaming
 from .conftest import REPO, migrator_cmd
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium" / "samples"
@@ -231,7 +232,7 @@ def test_real_debezium_through_kafka_to_mongodb(tmp_path):
                 stderr=subprocess.STDOUT,
             )
         changes = (TABLE_SQL.parent / "changes.sql").read_text().replace("shop.orders", "orders")
-        time.sleep(3)  # let the snapshot start before the changes stream in
+        wait_until_streaming(log, bridge)  # the changes come after the snapshot
         env.sql(*[s for s in changes.split(";") if s.strip()])
         mapping = load_mapping(path)
         deadline = time.monotonic() + 240

@@ -31,6 +31,7 @@ from typing import Any
 from pymongo import MongoClient
 
 from migrator.sandbox import Stack, restart_mongo, restart_mysql, start_stack, url_with_database
+from tests.integration.bridge_streaming import wait_until_streaming
 
 from . import oracle
 from .model import Model, generate
@@ -478,7 +479,8 @@ def _start_bridge(stack: Stack, db: str, logdir: Path) -> subprocess.Popen[bytes
         proc = subprocess.Popen(
             [sys.executable, str(bridge), str(cfg)], cwd=logdir, stdout=fh, stderr=subprocess.STDOUT
         )
-    time.sleep(3)  # the snapshot starts before the load does
+    # the load starts once the snapshot is over (its binlog position is not atomic with it)
+    wait_until_streaming(logdir / "bridge.log", proc)
     return proc
 
 
