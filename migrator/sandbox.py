@@ -513,8 +513,14 @@ def start_secantus(
         raise SandboxError("no SecantusDB (secantusd-py) in this venv", hint="run `make setup`")
     port = free_port()
     (base / "db").mkdir(parents=True, exist_ok=True)
+    # the venv's own server runs through a launcher that fixes its slowdown after ~10k writes
+    launcher = (
+        [sys.executable, "-m", "migrator.sandbox_secantus"]
+        if Path(binary).parent == Path(sys.executable).parent
+        else [binary]
+    )
     argv = [
-        binary,
+        *launcher,
         "--host",
         "127.0.0.1",
         "--port",

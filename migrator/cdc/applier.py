@@ -131,6 +131,9 @@ class Applier:
         self.set_transform(transform)
         self.pending_count = 0 if dry_run else state.pending.count_documents({})
         self.expired = 0  # waiting children turned into dead letters by this applier
+        # whether a root this applier writes releases children stored as waiting for it
+        # (by a rebuild from the source); the SDK's applier does not (cutover/sdk.py)
+        self.release_stored_pending = True
 
     def set_transform(self, transform: Transform) -> None:
         self.transform = transform
@@ -350,7 +353,7 @@ class _Batch:
             self.exists[coll] = set()
             found = find_by_ids(self.a.db[coll], list(ids.values()), {"_id": 1})
             self.exists[coll] |= {id_key(d["_id"]) for d in found}
-        if self.a.dry_run or not roots:
+        if self.a.dry_run or not roots or not self.a.release_stored_pending:
             return
         if self.a.state.pending.find_one({}, {"_id": 1}) is None:
             return

@@ -86,6 +86,10 @@ class DualWriter:
         self.applier = Applier(
             self.transform, self.client[mapping.target_database], self.state, self.lookup
         )
+        # Children CDC stored as waiting for a root are never released by the SDK: before the
+        # switch CDC releases them from the root's own binlog event; after it, releasing means
+        # rebuilding the document from MySQL, which lags, and lost the SDK's write
+        self.applier.release_stored_pending = False
         self.control_ttl = control_ttl
         self.freeze_wait = freeze_wait
         self.shadow_reads = shadow_reads

@@ -165,3 +165,60 @@ def test_a_failed_secondary_write_is_recorded_for_repair_not_raised(env, sdk):
     assert "having a moment" in failure["error"] and w.secondary_failures == 1
     res = verify(load_mapping(path), collections=["orders"], repair=True)
     assert res.repaired == 1 and env.target.orders.find_one({"_id": 2})["note"] == "primary only"
+
+
+def _child_waiting_for(w, order_id):
+    """An order_items insert applied as CDC would before its order's document exists (as
+    Debezium's topic-per-table order can have it): stored as waiting for order `order_id`."""
+    from migrator.cdc.events import ChangeEvent, Position, Transaction
+    from migrator.state import now
+
+    row = dict(w._row("order_items", {"order_id": 5, "line_no": 1}))
+    row["order_id"] = b"%d" % order_id if isinstance(row["order_id"], bytes) else order_id
+    row["line_no"] = b"9" if isinstance(row["line_no"], bytes) else 9
+    ev = ChangeEvent("order_items", "insert", None, row)
+    res = w.applier.apply([Transaction([ev], Position(), now())])
+    assert res.pending == 1
+    return row
+
+
+def test_children_waiting_for_a_root_the_sdk_writes_never_cost_the_write(env, sdk):
+    """MySQL first (dual_write), CDC releases them from the root's binlog event. MongoDB first,
+    the SDK's write stands: releasing them would rebuild the document from MySQL, which lags
+    (it lost the SDK's insert: the document was never written)."""
+    w, path = sdk
+    m = Machine(load_mapping(path), default_playbook(), actor="test@ci")
+    walk = iter(("backfill", "sync", "dual_write", "read_mongo", "write_mongo"))
+    for target in walk:
+        m.step(target, force=True, reason="test")
+        if target == "dual_write":
+            break
+    _child_waiting_for(w, 700)
+    order = {
+        "order_no": "SO-7",
+        "customer_id": 1,
+        "status": "new",
+        "total": "1.00",
+        "created_at": "2024-06-01 00:00:00",
+    }
+    w.insert("orders", {"id": 700, **order})
+    env.sql(
+        "INSERT INTO order_items (order_id, line_no, product_id, qty, unit_price) "
+        "SELECT 700, 9, product_id, qty, unit_price FROM order_items "
+        "WHERE order_id = 5 AND line_no = 1"
+    )
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert [i["line_no"] for i in env.target.orders.find_one({"_id": 700})["items"]] == [9]
+    assert env.state.pending.count_documents({}) == 0
+    for target in walk:  # -> read_mongo, write_mongo
+        m.step(target, force=True, reason="test")
+    m.close()
+    _child_waiting_for(w, 701)
+    w.insert("orders", {"id": 701, **order, "order_no": "SO-8"})
+    doc = env.target.orders.find_one({"_id": 701})
+    assert doc is not None and doc["orderNo"] == "SO-8" and doc["items"] == []
+    assert env.state.pending.count_documents({}) == 1  # MySQL has no such row: it waits
+    run_cdc(load_mapping(path), mode="until-caught-up")  # reverse sync
+    assert env.sql("SELECT order_no FROM orders WHERE id = 701")[0][0] == "SO-8"
+    res = verify(load_mapping(path))
+    assert res.ok, [(d.id, d.fields) for d in res.differences]
