@@ -12,8 +12,9 @@ across int/long/double/decimal; NaN lowest) < strings (by UTF-8 bytes) < objects
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -63,9 +64,74 @@ def _get(doc: dict[str, Any], path: Sequence[str]) -> Any:
     return cur
 
 
+# Types whose Python order is $sort's order among themselves: integers by value, text by code
+# point (the order of its UTF-8 bytes). bool is not among them (an int subclass, ranked apart).
+_PLAIN = {int: 0, Int64: 0, str: 1}
+
+
+def _general(docs: list[dict[str, Any]], paths: Sequence[Sequence[str]]) -> None:
+    docs.sort(key=lambda d: tuple(sort_key(_get(d, p)) for p in paths))
+
+
+def _sorted_plain(vals: list[Any]) -> bool | None:
+    """Whether plain values (one kind, see _PLAIN) are already in order; None if they are not
+    all of one plain kind."""
+    kind = _PLAIN.get(type(vals[0]))
+    if kind is None:
+        return None
+    ordered = True
+    prev = vals[0]
+    for v in vals[1:]:
+        if _PLAIN.get(type(v)) != kind:
+            return None
+        if v < prev:
+            ordered = False
+        prev = v
+    return ordered
+
+
+def sorter(paths: Sequence[Sequence[str]]) -> Callable[[list[dict[str, Any]]], None]:
+    """`sort_documents` for fixed paths, made once per array (the backfill and verify sort
+    every document's arrays): arrays read in order of plain values are checked, not sorted."""
+    paths = [tuple(p) for p in paths]
+    if not paths:
+        return lambda docs: None
+    if len(paths) == 1 and len(paths[0]) == 1:
+        field = paths[0][0]
+
+        def one(docs: list[dict[str, Any]]) -> None:
+            if len(docs) < 2:
+                return
+            vals = [d.get(field, _MISSING) for d in docs]
+            ordered = _sorted_plain(vals)
+            if ordered is None:
+                _general(docs, paths)
+            elif not ordered:
+                order = sorted(range(len(docs)), key=vals.__getitem__)
+                docs[:] = [docs[i] for i in order]
+
+        return one
+
+    def many(docs: list[dict[str, Any]]) -> None:
+        if len(docs) < 2:
+            return
+        cols = []
+        for p in paths:
+            vals = [_get(d, p) for d in docs]
+            if _sorted_plain(vals) is None:
+                _general(docs, paths)
+                return
+            cols.append(vals)
+        keys = list(zip(*cols, strict=True))
+        if any(b < a for a, b in itertools.pairwise(keys)):
+            order = sorted(range(len(docs)), key=keys.__getitem__)
+            docs[:] = [docs[i] for i in order]
+
+    return many
+
+
 def sort_documents(docs: list[dict[str, Any]], paths: Sequence[Sequence[str]]) -> None:
     """Sort `docs` in place as `$push: {$each: [...], $sort: {path1: 1, ...}}` does: each
     path's whole value is compared (an array element by element, above null). A query's
     `find().sort()` differs there (an array sorts by its least element); CDC uses $push."""
-    if paths and len(docs) > 1:
-        docs.sort(key=lambda d: tuple(sort_key(_get(d, p)) for p in paths))
+    sorter(paths)(docs)

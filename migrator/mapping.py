@@ -7,12 +7,12 @@ returns (see typerules); compile-time checks name the mapping file, line and key
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .bsonorder import sort_documents
+from .bsonorder import sorter
 from .config import CollectionSpec, EmbedSpec, Mapping, _Projection
 from .errors import ConversionError, SchemaError
 from .source.schema import Schema, Table
@@ -166,8 +166,12 @@ class EmbedPlan:
     def elements(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
         """An array's elements, in MongoDB's $sort order of their converted fields."""
         docs = [self.view.build(r) for r in rows]
-        sort_documents(docs, self.sort_fields)
+        self._sort(docs)
         return docs
+
+    @cached_property
+    def _sort(self) -> Callable[[list[dict[str, Any]]], None]:
+        return sorter(self.sort_fields)
 
 
 @dataclass

@@ -118,6 +118,9 @@ class ChunkReader:
 
     def read_embed(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row]:
         root: TableView = self.plan.root
+        dense = self._dense_range(e, rows)
+        if dense is not None:
+            return dense
         keys = {root.params(r, e.root_columns) for r in rows}
         keys = {k for k in keys if all(v is not None for v in k)}
         if not keys:
@@ -141,6 +144,29 @@ class ChunkReader:
                 args.extend(k)
         # arrays are sorted after conversion (EmbedPlan.elements), as $sort orders them
         return self._fetch(f"{select} WHERE {cond}", args)
+
+    def _dense_range(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row] | None:
+        """Children joined by one integer column to dense integer keys (a chunk's ids): one
+        range read, filtered here, instead of an IN list of thousands of values."""
+        if len(e.child_columns) != 1:
+            return None
+        root, view = self.plan.root, e.view
+        rcol, ccol = e.root_columns[0], e.child_columns[0]
+        if not (root.table.column(rcol).is_integer and view.table.column(ccol).is_integer):
+            return None
+        i = root.index[rcol]
+        keys = {int(r[i]) for r in rows if r[i] is not None}
+        if not keys:
+            return []
+        lo, hi = min(keys), max(keys)
+        if hi - lo + 1 > 4 * len(keys) + 100:
+            return None
+        select = (
+            f"SELECT {', '.join(map(quote_ident, view.columns))} "
+            f"FROM {quote_ident(view.table.name)} WHERE {quote_ident(ccol)} BETWEEN %s AND %s"
+        )
+        j = view.index[ccol]
+        return [r for r in self._fetch(select, (lo, hi)) if int(r[j]) in keys]
 
     def read_by_keys(self, keys: Sequence[Key], apply_filter: bool = True) -> list[Row]:
         """Root rows whose primary key is one of `keys` (and that pass the filter)."""

@@ -64,3 +64,37 @@ def test_documents_sort_by_several_paths_missing_as_null_and_arrays_whole():
     ]
     sort_documents(docs, [("n", "x"), ("k",)])
     assert [d["k"] for d in docs] == [3, 1, 2, 5, 6, 4]
+
+
+def test_the_fast_path_sorts_as_the_general_key_does_generated() -> None:
+    """Plain integer/text values take a shortcut (and already-sorted arrays are left alone):
+    the result must equal the general $sort key's stable sort, whatever the mix of values."""
+    import random
+
+    from bson import Int64
+
+    from migrator.bsonorder import _get
+
+    pools = [
+        lambda r: r.randint(-3, 3),
+        lambda r: Int64(r.randint(-3, 3)),
+        lambda r: r.choice(["a", "B", "é", "\ud800", "10", "9", "", "z\U0001f600"]),
+        lambda r: r.choice([None, True, 1.5, float("nan"), Decimal128("2")]),
+        lambda r: r.choice([0, 1, 2, True, False]),  # bools rank above numbers
+    ]
+    for seed in range(3000):
+        r = random.Random(seed)
+        kinds = [r.choice(pools[:2]) if r.random() < 0.5 else r.choice(pools) for _ in range(2)]
+        paths = [("a",), ("b", "c")][: r.randint(1, 2)]
+        docs = []
+        for i in range(r.randint(0, 7)):
+            d: dict = {"i": i, "a": kinds[0](r), "b": {"c": kinds[1](r)}}
+            if r.random() < 0.05:
+                del d["a"]
+            docs.append(d)
+        if r.random() < 0.3:
+            docs.sort(key=lambda d, paths=paths: tuple(sort_key(_get(d, p)) for p in paths))
+        want = sorted(docs, key=lambda d, paths=paths: tuple(sort_key(_get(d, p)) for p in paths))
+        got = list(docs)
+        sort_documents(got, paths)
+        assert [d["i"] for d in got] == [d["i"] for d in want], seed
