@@ -24,7 +24,7 @@ from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.database import Database
@@ -32,7 +32,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, Wr
 
 from ..errors import ConnectError, ConversionError, MigratorError
 from ..keys import id_key
-from ..mapping import CollectionPlan, EmbedPlan, Transform
+from ..mapping import CollectionPlan, EmbedPlan, Row, Transform
 from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
 from ..sink.mongo import find_by_ids, with_retry
 from ..state import StateStore, encode_key, now, storable
@@ -131,9 +131,12 @@ class Applier:
         self.set_transform(transform)
         self.pending_count = 0 if dry_run else state.pending.count_documents({})
         self.expired = 0  # waiting children turned into dead letters by this applier
-        # whether a root this applier writes releases children stored as waiting for it
-        # (by a rebuild from the source); the SDK's applier does not (cutover/sdk.py)
-        self.release_stored_pending = True
+        # what a root this applier writes does with children stored as waiting for it:
+        # "rebuild" the document from the source (CDC); "adopt": keep the written document
+        # and set the waiting arrays from the source's child rows (the SDK after the switch,
+        # when MySQL lags MongoDB and a rebuild lost the write); "leave" them for CDC (the SDK
+        # before the switch: CDC releases them from the same root's binlog event)
+        self.stored_pending: Literal["rebuild", "adopt", "leave"] = "rebuild"
 
     def set_transform(self, transform: Transform) -> None:
         self.transform = transform
@@ -353,7 +356,7 @@ class _Batch:
             self.exists[coll] = set()
             found = find_by_ids(self.a.db[coll], list(ids.values()), {"_id": 1})
             self.exists[coll] |= {id_key(d["_id"]) for d in found}
-        if self.a.dry_run or not roots or not self.a.release_stored_pending:
+        if self.a.dry_run or not roots or self.a.stored_pending == "leave":
             return
         if self.a.state.pending.find_one({}, {"_id": 1}) is None:
             return
@@ -456,7 +459,7 @@ class _Batch:
             # UPDATE CASCADE without an event; a changed join column brings other children.
             self.rebuild_add(p, new_id)
             exists.add(id_key(new_id))
-            self._release_waiting(p, new_id, pos)
+            self._release_waiting(p, new_id, pos, None)
             return
         fields = p.root.build(row)
         unset: dict[str, Any] = {}
@@ -480,9 +483,11 @@ class _Batch:
             update["$unset"] = unset
         self._root_update(p.name, new_id, update, ev, pos)
         exists.add(id_key(new_id))
-        self._release_waiting(p, new_id, pos)
+        self._release_waiting(p, new_id, pos, row)
 
-    def _release_waiting(self, p: CollectionPlan, doc_id: Any, pos: Position) -> None:
+    def _release_waiting(
+        self, p: CollectionPlan, doc_id: Any, pos: Position, row: Row | None
+    ) -> None:
         """The parent document exists now: the children that waited for it (earlier in this
         batch, or in earlier batches, maybe another consumer's) land by reading the aggregate
         whole at the end of the batch. Replaying their images could bring back a state a
@@ -490,11 +495,24 @@ class _Batch:
         k = id_key(doc_id)
         mine = [x for x in self.new_pending if x.collection == p.name and id_key(x.parent_id) == k]
         stored = self.stored_pending.get(p.name, {}).pop(k, [])
-        if mine or stored:
-            self.new_pending = [x for x in self.new_pending if x not in mine]
+        if not (mine or stored):
+            return
+        if self.a.stored_pending == "adopt":
+            if row is None:  # no image to read the children by: they go on waiting
+                self.stored_pending.setdefault(p.name, {})[k] = stored
+                return
+            # the root row exists only in MongoDB (the truth): its children's rows, which
+            # no document holds, are read from MySQL and set as the arrays
+            for name in dict.fromkeys([x.embed for x in mine] + [d["embed"] for d in stored]):
+                e = next((e for e in p.embeds if e.name == name), None)
+                if e is not None:
+                    value = self.a.lookup.embedded(p, e, row)
+                    self.add(p.name, UpdateOne({"_id": doc_id}, {"$set": {name: value}}), None, pos)
+        else:
             self.rebuild_add(p, doc_id)
-            self.drop_pending += [d["_id"] for d in stored]
-            self.result.resolved_pending += len(mine) + len(stored)
+        self.new_pending = [x for x in self.new_pending if x not in mine]
+        self.drop_pending += [d["_id"] for d in stored]
+        self.result.resolved_pending += len(mine) + len(stored)
 
     def _end_wait(self, p: CollectionPlan, doc_id: Any) -> None:
         """The parent is gone: its waiting children have nothing to wait for."""

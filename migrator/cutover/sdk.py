@@ -86,10 +86,6 @@ class DualWriter:
         self.applier = Applier(
             self.transform, self.client[mapping.target_database], self.state, self.lookup
         )
-        # Children CDC stored as waiting for a root are never released by the SDK: before the
-        # switch CDC releases them from the root's own binlog event; after it, releasing means
-        # rebuilding the document from MySQL, which lags, and lost the SDK's write
-        self.applier.release_stored_pending = False
         self.control_ttl = control_ttl
         self.freeze_wait = freeze_wait
         self.shadow_reads = shadow_reads
@@ -258,7 +254,11 @@ class DualWriter:
             cur.execute(f"DELETE FROM {q(table)} WHERE {cond}", tuple(key.values()))
         self.sql.commit()
 
-    def _mongo(self, ev: ChangeEvent) -> None:
+    def _mongo(self, ev: ChangeEvent, *, mongo_first: bool = False) -> None:
+        # Children CDC stored as waiting for a root this write creates: before the switch CDC
+        # releases them from the root's own binlog event; after it the document written here
+        # stands (a rebuild from MySQL, which lags, lost it) and adopts their rows
+        self.applier.stored_pending = "adopt" if mongo_first else "leave"
         res = self.applier.apply([Transaction([ev], Position(), now())])
         if res.dead_letters:
             raise MigratorError(f"MongoDB refused the change of {ev.table} (see dead_letters)")
@@ -307,7 +307,10 @@ class DualWriter:
                     self._refuse_orphan(table, after)
                 self.lookup.mongo_first = True  # N:1 sub-documents from MongoDB too
                 try:
-                    self._mongo(ChangeEvent(table, op, before, after))  # type: ignore[arg-type]
+                    self._mongo(
+                        ChangeEvent(table, op, before, after),  # type: ignore[arg-type]
+                        mongo_first=True,
+                    )
                 finally:
                     self.lookup.mongo_first = False
 
