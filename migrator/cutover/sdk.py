@@ -292,6 +292,8 @@ class DualWriter:
                 self._sql(table, op, key, values)
                 if "mongo" in order:
                     after = None if op == "delete" else self._row(table, key)
+                    if before is None and after is None:
+                        return  # no such row: MySQL changed nothing, and neither does MongoDB
                     ev = ChangeEvent(table, op, before, after)  # type: ignore[arg-type]
                     self._secondary("mongo", lambda: self._mongo(ev), table, key)
             elif table not in self._mapped:
@@ -302,6 +304,8 @@ class DualWriter:
                 # order, so a write here can never be reordered against another writer's
                 self._refuse_source_reads(table, op, values)
                 before = None if op == "insert" else self._mongo_row(table, key)
+                if op != "insert" and before is None:
+                    return  # as MySQL's UPDATE/DELETE of no row: nothing to change
                 after = None if op == "delete" else self._predict(table, before, key, values)
                 if after is not None:
                     self._refuse_orphan(table, after)

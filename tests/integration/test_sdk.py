@@ -223,3 +223,30 @@ def test_children_waiting_for_a_root_the_sdk_writes_never_cost_the_write(env, sd
     assert env.sql("SELECT order_no FROM orders WHERE id = 701")[0][0] == "SO-8"
     res = verify(load_mapping(path))
     assert res.ok, [(d.id, d.fields) for d in res.differences]
+
+
+def test_an_update_of_a_row_that_does_not_exist_changes_nothing_in_any_phase(env, sdk):
+    """MySQL's UPDATE of no row changes nothing; the SDK must not invent a document (or an
+    array element) from the update's few values, before or after the switch (reverse sync
+    would then insert a row of NULLs into MySQL)."""
+    w, path = sdk
+    m = Machine(load_mapping(path), default_playbook(), actor="test@ci")
+    for target in ("backfill", "sync", "dual_write"):
+        m.step(target, force=True, reason="test")
+    w.update("orders", {"id": 90001}, {"status": "paid"})
+    w.update("order_items", {"order_id": 5, "line_no": 99}, {"qty": 3})
+    assert env.target.orders.find_one({"_id": 90001}) is None
+    assert w.secondary_failures == 0
+    for target in ("read_mongo", "write_mongo"):
+        m.step(target, force=True, reason="test")
+    m.close()
+    items = env.target.orders.find_one({"_id": 5})["items"]
+    w.update("orders", {"id": 90002}, {"status": "paid"})
+    w.update("order_items", {"order_id": 5, "line_no": 99}, {"qty": 3})
+    assert env.target.orders.find_one({"_id": 90002}) is None
+    assert env.target.orders.find_one({"_id": 5})["items"] == items
+    run_cdc(load_mapping(path), mode="until-caught-up")  # reverse sync
+    assert env.sql("SELECT COUNT(*) FROM orders WHERE id IN (90001, 90002)")[0][0] == 0
+    assert env.sql("SELECT COUNT(*) FROM order_items WHERE line_no = 99")[0][0] == 0
+    res = verify(load_mapping(path))
+    assert res.ok, [(d.id, d.fields) for d in res.differences]
