@@ -32,7 +32,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, Wr
 
 from ..errors import ConnectError, ConversionError, MigratorError
 from ..keys import id_key
-from ..mapping import CollectionPlan, EmbedPlan, Row, Transform
+from ..mapping import CollectionPlan, EmbedPlan, Transform
 from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
 from ..sink.mongo import find_by_ids, with_retry
 from ..state import StateStore, encode_key, now, storable
@@ -133,9 +133,9 @@ class Applier:
         self.expired = 0  # waiting children turned into dead letters by this applier
         # what a root this applier writes does with children stored as waiting for it:
         # "rebuild" the document from the source (CDC); "adopt": keep the written document
-        # and set the waiting arrays from the source's child rows (the SDK after the switch,
-        # when MySQL lags MongoDB and a rebuild lost the write); "leave" them for CDC (the SDK
-        # before the switch: CDC releases them from the same root's binlog event)
+        # and set its arrays from the child rows that name it in the source (the SDK after
+        # the switch, when MySQL lags MongoDB and a rebuild lost the write); "leave" them for
+        # CDC (the SDK before the switch: CDC releases them from the root's binlog event)
         self.stored_pending: Literal["rebuild", "adopt", "leave"] = "rebuild"
 
     def set_transform(self, transform: Transform) -> None:
@@ -459,7 +459,7 @@ class _Batch:
             # UPDATE CASCADE without an event; a changed join column brings other children.
             self.rebuild_add(p, new_id)
             exists.add(id_key(new_id))
-            self._release_waiting(p, new_id, pos, None)
+            self._release_waiting(p, new_id, pos)
             return
         fields = p.root.build(row)
         unset: dict[str, Any] = {}
@@ -482,37 +482,35 @@ class _Batch:
         if unset:
             update["$unset"] = unset
         self._root_update(p.name, new_id, update, ev, pos)
+        if ev.before is None and self.a.stored_pending == "adopt":
+            # a new document where MongoDB is the truth: child rows that already name it in
+            # MySQL (rows no document holds: written before their parent, waiting or not,
+            # whatever the join) are its elements, or reverse sync would delete them
+            for e in p.embeds:
+                if e.many:
+                    value = self.a.lookup.embedded(p, e, row)
+                    if value:
+                        self.add(
+                            p.name, UpdateOne({"_id": new_id}, {"$set": {e.name: value}}), ev, pos
+                        )
         exists.add(id_key(new_id))
-        self._release_waiting(p, new_id, pos, row)
+        self._release_waiting(p, new_id, pos)
 
-    def _release_waiting(
-        self, p: CollectionPlan, doc_id: Any, pos: Position, row: Row | None
-    ) -> None:
+    def _release_waiting(self, p: CollectionPlan, doc_id: Any, pos: Position) -> None:
         """The parent document exists now: the children that waited for it (earlier in this
         batch, or in earlier batches, maybe another consumer's) land by reading the aggregate
         whole at the end of the batch. Replaying their images could bring back a state a
-        later change (a cascade, a newer event elsewhere) already replaced."""
+        later change (a cascade, a newer event elsewhere) already replaced. ("adopt": the
+        new document read them from the source already, see root.)"""
         k = id_key(doc_id)
         mine = [x for x in self.new_pending if x.collection == p.name and id_key(x.parent_id) == k]
         stored = self.stored_pending.get(p.name, {}).pop(k, [])
-        if not (mine or stored):
-            return
-        if self.a.stored_pending == "adopt":
-            if row is None:  # no image to read the children by: they go on waiting
-                self.stored_pending.setdefault(p.name, {})[k] = stored
-                return
-            # the root row exists only in MongoDB (the truth): its children's rows, which
-            # no document holds, are read from MySQL and set as the arrays
-            for name in dict.fromkeys([x.embed for x in mine] + [d["embed"] for d in stored]):
-                e = next((e for e in p.embeds if e.name == name), None)
-                if e is not None:
-                    value = self.a.lookup.embedded(p, e, row)
-                    self.add(p.name, UpdateOne({"_id": doc_id}, {"$set": {name: value}}), None, pos)
-        else:
-            self.rebuild_add(p, doc_id)
-        self.new_pending = [x for x in self.new_pending if x not in mine]
-        self.drop_pending += [d["_id"] for d in stored]
-        self.result.resolved_pending += len(mine) + len(stored)
+        if mine or stored:
+            self.new_pending = [x for x in self.new_pending if x not in mine]
+            if self.a.stored_pending != "adopt":
+                self.rebuild_add(p, doc_id)
+            self.drop_pending += [d["_id"] for d in stored]
+            self.result.resolved_pending += len(mine) + len(stored)
 
     def _end_wait(self, p: CollectionPlan, doc_id: Any) -> None:
         """The parent is gone: its waiting children have nothing to wait for."""

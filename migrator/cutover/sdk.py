@@ -303,12 +303,19 @@ class DualWriter:
                 # MySQL follows through reverse sync (`cdc --follow`), in MongoDB's commit
                 # order, so a write here can never be reordered against another writer's
                 self._refuse_source_reads(table, op, values)
-                before = None if op == "insert" else self._mongo_row(table, key)
+                before = self._mongo_row(table, key)
+                if op == "insert" and before is not None:
+                    raise MigratorError(
+                        f"{table} {key!r} exists already (its document is in MongoDB)",
+                        hint="update it instead (as MySQL's duplicate key would say)",
+                    )
                 if op != "insert" and before is None:
+                    self._refuse_mysql_only(table, op, key)
                     return  # as MySQL's UPDATE/DELETE of no row: nothing to change
                 after = None if op == "delete" else self._predict(table, before, key, values)
-                if after is not None:
-                    self._refuse_orphan(table, after)
+                for image in (before, after):
+                    if image is not None:
+                        self._refuse_orphan(table, image)
                 self.lookup.mongo_first = True  # N:1 sub-documents from MongoDB too
                 try:
                     self._mongo(
@@ -433,6 +440,19 @@ class DualWriter:
                 f"this change of {table} is not supported through the SDK after the write "
                 f"switch: {why}, and MongoDB is the source of truth now",
                 hint="write the documents in MongoDB directly (reverse sync brings MySQL along)",
+            )
+
+    def _refuse_mysql_only(self, table: str, op: str, key: dict[str, Any]) -> None:
+        """A row MySQL holds and no MongoDB document does (a child of a parent outside a
+        filter, a row waiting for its parent): this writer cannot change it through MongoDB,
+        and must not be told it did."""
+        if self._row(table, key) is not None:
+            raise MigratorError(
+                f"this {op} of {table} {key!r} is not supported through the SDK after the "
+                "write switch: the row is in MySQL but in no MongoDB document (outside a "
+                "collection's filter, or waiting for its parent)",
+                hint="write it in MySQL directly: no document holds it, so reverse sync "
+                "leaves it alone",
             )
 
     def _refuse_orphan(self, table: str, after: dict[str, Any]) -> None:
