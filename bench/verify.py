@@ -6,7 +6,8 @@ for the embed case) it prints, from one run:
   2. a server-side BIT_XOR(CRC32(...)) chunk scan of the same table (pt-table-checksum's method,
      which can only compare MySQL with MySQL);
   3. the verification pipeline's source side: keyset read + Transform + BSON encoding (what is
-     compared with the target's raw BSON), without and with an embed (rows/s, ratio to raw);
+     compared with the target's raw BSON), without and with an embed (rows/s, ratio to raw),
+     and with the embed in 2 worker processes (`verify --workers 2`);
   4. a full `verify` against the MongoDB server the stack gives (named), on --verify-rows rows,
      with target documents looked up by `_id` range scans and, side by side, by `$in` lists.
 
@@ -101,20 +102,37 @@ def crc_scan(url: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def source_side(url: str, mongo: str, embed: bool) -> float:
-    """Keyset read + Transform + BSON encoding of every expected document."""
+def source_side(url: str, mongo: str, embed: bool, part: int = 0, parts: int = 1) -> float:
+    """Keyset read + Transform + BSON encoding of every expected document (of every
+    `parts`-th chunk from `part`: one worker's share)."""
     m = parse_mapping(mapping_text(url, mongo, embed), "bench.yaml")
     meta = connect(parse_mysql_url(url))
     plan = compile_transform(m, introspect(meta, m.source_database)).collection("orders")
     raw = connect(parse_mysql_url(url), raw=True)
     reader = ChunkReader(raw, plan)
     t0, rows = time.perf_counter(), 0
-    for lo, hi in _chunk_bounds(list(reader.boundaries(5000))):
+    for lo, hi in _chunk_bounds(list(reader.boundaries(5000)))[part::parts]:
         batch = reader.read_rows(lo, hi)
         for d in plan.documents(batch, reader.read_embeds(batch)):
             bson.encode(d)  # what verify compares with the target's raw BSON
         rows += len(batch)
     return rows / (time.perf_counter() - t0)
+
+
+def _share(args: tuple[str, str, bool, int, int]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    rate = source_side(*args)
+    return rate, round(rate * (time.perf_counter() - t0))
+
+
+def source_side_processes(url: str, mongo: str, embed: bool, workers: int) -> float:
+    """The same in `workers` processes, as `verify --workers N` runs its chunks."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        t0 = time.perf_counter()
+        shares = pool.map(_share, [(url, mongo, embed, i, workers) for i in range(workers)])
+        return sum(n for _r, n in shares) / (time.perf_counter() - t0)
 
 
 def _find_by_in(coll: Any, ids: Any, projection: Any = None) -> list[Any]:
@@ -150,6 +168,11 @@ def main() -> None:
                 f"verify source side ({label}): {rate:,.0f} rows/s "
                 f"(ratio to raw read {rate / raw:.2f})"
             )
+        rate = source_side_processes(url, stack.mongo_url, True, 2)
+        print(
+            f"verify source side (with 1:N embed, 2 worker processes as --workers 2): "
+            f"{rate:,.0f} rows/s (ratio to raw read {rate / raw:.2f})"
+        )
         n = min(args.verify_rows, args.rows)
         m = parse_mapping(mapping_text(url, stack.mongo_url, True, f"id <= {n}"), "bench.yaml")
         backfill(m, workers=2, chunk_size=500, restart=True)

@@ -47,7 +47,7 @@ from .common import err, handle_errors, json_option, load, mapping_option, out, 
     type=click.IntRange(1, 32),
     default=1,
     show_default=True,
-    help="Chunks verified in parallel.",
+    help="Chunks verified in parallel, one process each (the Transform is CPU-bound).",
 )
 @click.option(
     "--restart",

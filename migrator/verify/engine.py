@@ -12,11 +12,12 @@ catching up) are not reported as false differences.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -282,21 +283,15 @@ class Verifier:
         found = list(found or [])
         chosen = [b for b in bounds if sample_pct >= 100 or rnd.random() * 100 < sample_pct]
 
-        def one(lo: Any, hi: Any) -> tuple[int, list[Difference], int]:
-            rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
-            expected = self._expected(plan, rows)
-            ids = [d["_id"] for d in expected.docs.values()]
-            ids += [doc_id for doc_id, _reason in expected.bad.values()]
-            first = self._compare(plan, expected, ids)
-            sub = CollectionResult(plan.name)
-            diffs = self.check_keys(plan, ids, sub, first=first) if first else []
-            self.limiter.account(len(rows))
-            return len(rows), diffs, sub.rechecked
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with self._pool(workers) as pool:
             for i in range(0, len(chosen), max(1, workers)):
                 group = chosen[i : i + max(1, workers)]
-                for n, diffs, rechecked in pool.map(lambda b: one(*b), group):
+                if isinstance(pool, ProcessPoolExecutor):
+                    los, his = [b[0] for b in group], [b[1] for b in group]
+                    done = pool.map(_check_chunk, [plan.name] * len(group), los, his)
+                else:
+                    done = pool.map(lambda b: self.check_chunk(plan, *b), group)
+                for n, diffs, rechecked in done:
                     res.checked += n
                     res.chunks += 1
                     res.rechecked += rechecked
@@ -307,6 +302,33 @@ class Verifier:
         found += self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
         self.progress.finish(plan.name, res.checked)
         return found
+
+    def check_chunk(
+        self, plan: CollectionPlan, lo: Any, hi: Any
+    ) -> tuple[int, list[Difference], int]:
+        """One chunk: (rows read, differences that stayed after rechecks, rechecked)."""
+        rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
+        expected = self._expected(plan, rows)
+        ids = [d["_id"] for d in expected.docs.values()]
+        ids += [doc_id for doc_id, _reason in expected.bad.values()]
+        first = self._compare(plan, expected, ids)
+        sub = CollectionResult(plan.name)
+        diffs = self.check_keys(plan, ids, sub, first=first) if first else []
+        self.limiter.account(len(rows))
+        return len(rows), diffs, sub.rechecked
+
+    def _pool(self, workers: int) -> Any:
+        """Several workers are processes (the Transform and BSON encoding are CPU-bound: threads
+        share one core), each with its own connections and a share of the rate limit."""
+        if workers <= 1:
+            return ThreadPoolExecutor(max_workers=1)
+        rate = self.limiter.rate / workers if self.limiter.rate else 0.0
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.mapping, self.recheck, self.recheck_delay, rate, self.limit),
+        )
 
     def extras(
         self, plan: CollectionPlan, res: CollectionResult, *, sample_pct: float, rnd: random.Random
@@ -432,6 +454,27 @@ class Verifier:
 class _Expected:
     docs: dict[Any, dict[str, Any]]  # id key -> the document the row becomes
     bad: dict[Any, tuple[Any, str]]  # id key -> (_id, why the row does not convert)
+
+
+_WORKER: Verifier | None = None  # a worker process's own (see Verifier._pool)
+
+
+def _start_worker(
+    mapping: Mapping, recheck: int, recheck_delay: float, rate: float, limit: int
+) -> None:
+    global _WORKER
+    _WORKER = Verifier(
+        mapping,
+        recheck=recheck,
+        recheck_delay=recheck_delay,
+        max_rows_per_sec=rate,
+        limit_differences=limit,
+    )
+
+
+def _check_chunk(name: str, lo: Any, hi: Any) -> tuple[int, list[Difference], int]:
+    assert _WORKER is not None
+    return _WORKER.check_chunk(_WORKER.transform.collection(name), lo, hi)
 
 
 def parse_duration(text: str) -> timedelta:
