@@ -42,6 +42,7 @@ bench: setup
 	.venv/bin/python bench/verify.py
 	.venv/bin/python bench/memory.py
 	.venv/bin/python bench/cutover.py --rounds 5
+	.venv/bin/python bench/sandbox_server.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

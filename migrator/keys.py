@@ -62,3 +62,9 @@ class KeyedIds:
 
     def values(self) -> list[Any]:
         return list(self._by_key.values())
+
+
+def dense(lo: int, hi: int, count: int) -> bool:
+    """Whether `count` distinct integer keys between `lo` and `hi` are dense enough to read as
+    one range and filter (the range holds little else), rather than list them one by one."""
+    return hi - lo + 1 <= 4 * count + 100

@@ -22,6 +22,7 @@ from pymongo.errors import (
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..errors import ConnectError, remember_server
+from ..keys import dense
 from ..secretfiles import TARGET_PASSWORD_FILE_ENV, file_password_to_use
 from ..urls import redact, register_url_password
 
@@ -120,7 +121,7 @@ def find_by_ids(
         return []
     if all(type(i) is int for i in ids):
         lo, hi = min(ids), max(ids)
-        if hi - lo + 1 <= 4 * len(ids) + 100:  # dense: the range holds little else
+        if dense(lo, hi, len(ids)):
             wanted = set(ids)
             found = coll.find({"_id": {"$gte": lo, "$lte": hi}}, projection)
             return [d for d in found if _number(d["_id"]) in wanted]

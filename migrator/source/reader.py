@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..keys import dense
 from ..mapping import CollectionPlan, EmbedPlan, Row, TableView
 from .connection import quote_ident
 
@@ -159,7 +160,7 @@ class ChunkReader:
         if not keys:
             return []
         lo, hi = min(keys), max(keys)
-        if hi - lo + 1 > 4 * len(keys) + 100:
+        if not dense(lo, hi, len(keys)):
             return None
         select = (
             f"SELECT {', '.join(map(quote_ident, view.columns))} "
