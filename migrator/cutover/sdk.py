@@ -455,16 +455,17 @@ class DualWriter:
                 "leaves it alone",
             )
 
-    def _refuse_orphan(self, table: str, after: dict[str, Any]) -> None:
-        """An array element whose parent document does not exist yet would wait for it, and
-        land by a rebuild of the parent from MySQL, which lags: refused, as MySQL's foreign
-        key would refuse it (write the parent first)."""
+    def _refuse_orphan(self, table: str, image: dict[str, Any]) -> None:
+        """An array element whose parent document does not exist (a row's image before or
+        after the change) waits for it: writing it would land by a rebuild of the parent from
+        MySQL, which lags, and changing a waiting row would be undone when the parent adopts
+        it. Refused, as MySQL's foreign key would refuse it (write the parent first)."""
         db = self.client[self.mapping.target_database]
         roles = self.applier.roles.get(table)
         for cr in roles.children if roles else ():
             if not cr.parent_is_pk:
                 continue  # refused before (_refuse_source_reads)
-            doc_id = parent_id(cr, after)
+            doc_id = parent_id(cr, image)
             if (
                 doc_id is not None
                 and db[cr.plan.name].count_documents({"_id": doc_id}, limit=1) == 0

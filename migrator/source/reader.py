@@ -119,9 +119,9 @@ class ChunkReader:
 
     def read_embed(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row]:
         root: TableView = self.plan.root
-        dense = self._dense_range(e, rows)
-        if dense is not None:
-            return dense
+        ranged = self._dense_range(e, rows)
+        if ranged is not None:
+            return ranged
         keys = {root.params(r, e.root_columns) for r in rows}
         keys = {k for k in keys if all(v is not None for v in k)}
         if not keys:
