@@ -39,6 +39,7 @@ torture: setup
 bench: setup
 	.venv/bin/python bench/backfill.py
 	.venv/bin/python bench/cdc.py
+	.venv/bin/python bench/cdc_debezium.py
 	.venv/bin/python bench/verify.py
 	.venv/bin/python bench/memory.py
 	.venv/bin/python bench/cutover.py --rounds 5

@@ -25,6 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -50,6 +51,7 @@ class StateStore:
         self.pending = self.db["pending"]
         self.touched = self.db["touched"]
         self.verify_runs = self.db["verify_runs"]
+        self.verify_chunks = self.db["verify_chunks"]  # verify --shared's plan
 
     @classmethod
     def open(cls, client: MongoClient[Any], mapping: Mapping) -> StateStore:
@@ -322,33 +324,54 @@ class StateStore:
 
     def claim_chunk(self, collections: list[str], owner: str) -> dict[str, Any] | None:
         """The next chunk nobody holds, now leased to `owner`; None when none is free."""
-        t = now()
-        free: dict[str, Any] = {"$or": [{"lease": {"$exists": False}}, {"lease": {"$lt": t}}]}
-        held = self.chunks.find(
-            {"collection": {"$in": collections}, "done": False, "lease": {"$gte": t}},
-            {"worker": 1},
-        )
-        dead = sorted({str(d.get("worker")) for d in held if dead_local(str(d.get("worker")))})
-        if dead:
-            free["$or"].append({"worker": {"$in": dead}})
-        return self.chunks.find_one_and_update(
-            {"collection": {"$in": collections}, "done": False, **free},
-            {
-                "$set": {"lease": t + timedelta(seconds=self.CHUNK_LEASE_SECONDS), "worker": owner},
-                "$inc": {"claims": 1},
-            },
+        return self.claim_leased(
+            self.chunks,
+            {"collection": {"$in": collections}},
+            owner,
             sort=[("collection", ASCENDING), ("seq", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
         )
 
     def renew_chunks(self, owner: str) -> None:
         """Extend the leases of the chunks `owner` is copying."""
-        until = now() + timedelta(seconds=self.CHUNK_LEASE_SECONDS)
-        self.chunks.update_many({"worker": owner, "done": False}, {"$set": {"lease": until}})
+        self.renew_leased(self.chunks, owner)
 
     def release_chunks(self, owner: str) -> None:
         """Give back the chunks `owner` holds and will not finish: others claim them at once."""
-        self.chunks.update_many({"worker": owner, "done": False}, {"$unset": {"lease": ""}})
+        self.release_leased(self.chunks, owner)
+
+    # The lease machinery itself, shared by the backfill's chunks and `verify --shared`'s.
+    def claim_leased(
+        self,
+        coll: Collection[Any],
+        query: dict[str, Any],
+        owner: str,
+        *,
+        sort: list[tuple[str, int]],
+    ) -> dict[str, Any] | None:
+        """The first not-done task of `query` that nobody holds (no lease, an expired lease,
+        or a dead local process's), now leased to `owner`."""
+        t = now()
+        free: dict[str, Any] = {"$or": [{"lease": {"$exists": False}}, {"lease": {"$lt": t}}]}
+        held = coll.find({**query, "done": False, "lease": {"$gte": t}}, {"worker": 1})
+        dead = sorted({str(d.get("worker")) for d in held if dead_local(str(d.get("worker")))})
+        if dead:
+            free["$or"].append({"worker": {"$in": dead}})
+        return coll.find_one_and_update(
+            {**query, "done": False, **free},
+            {
+                "$set": {"lease": t + timedelta(seconds=self.CHUNK_LEASE_SECONDS), "worker": owner},
+                "$inc": {"claims": 1},
+            },
+            sort=sort,
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def renew_leased(self, coll: Collection[Any], owner: str) -> None:
+        until = now() + timedelta(seconds=self.CHUNK_LEASE_SECONDS)
+        coll.update_many({"worker": owner, "done": False}, {"$set": {"lease": until}})
+
+    def release_leased(self, coll: Collection[Any], owner: str) -> None:
+        coll.update_many({"worker": owner, "done": False}, {"$unset": {"lease": ""}})
 
     def chunks_left(self, collections: list[str]) -> int:
         return self.chunks.count_documents({"collection": {"$in": collections}, "done": False})
@@ -425,15 +448,31 @@ class StateStore:
                 seen.add(k)
                 yield d["k"]
 
-    def prune_touched(self, before: datetime) -> None:
-        """A clean full verification checked everything touched before it started."""
-        with_retry(lambda: self.touched.delete_many({"at": {"$lt": before}}))
+    def prune_touched(self, before: datetime, collections: list[str]) -> None:
+        """A clean full verification of these collections checked everything of theirs
+        touched before it started (other collections' marks stay for `verify --changed`)."""
+        q = {"at": {"$lt": before}, "c": {"$in": collections}}
+        with_retry(lambda: self.touched.delete_many(q))
 
     def record_verify_run(self, summary: dict[str, Any]) -> None:
         with_retry(lambda: self.verify_runs.insert_one({**summary, "finished": now()}))
 
     def last_verify_run(self) -> dict[str, Any] | None:
         return self.verify_runs.find_one({}, sort=[("finished", -1)])
+
+    def last_covering_run(self, collection: str) -> dict[str, Any] | None:
+        """The last run that checked every document of `collection` touched up to its start:
+        a full run or a `--changed` run over it (not a sample, not a `--since` window)."""
+        return self.verify_runs.find_one(
+            {
+                f"collections.{collection}": {"$exists": True},
+                "$or": [
+                    {"covers": True},
+                    {"covers": {"$exists": False}, "mode": {"$in": ["full", "changed"]}},
+                ],
+            },
+            sort=[("finished", -1)],
+        )
 
     # -- dead letters ------------------------------------------------------------------------
     def dead_letter(

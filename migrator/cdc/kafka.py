@@ -85,8 +85,11 @@ def run_debezium(
     poll_ms: int = 500,
     pending_timeout: float = 600.0,
     security: dict[str, Any] | None = None,
+    dry_run: bool = False,
 ) -> CdcSummary:
-    """`security`: KafkaConsumer's security_protocol/sasl_*/ssl_* arguments."""
+    """`security`: KafkaConsumer's security_protocol/sasl_*/ssl_* arguments. `dry_run`
+    decodes, transforms and builds every operation but writes nothing: no document, no
+    offset committed, no checkpoint (the pipeline's own rate, as the binlog source's)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -99,7 +102,9 @@ def run_debezium(
         conn.close()
     transform = compile_transform(mapping, schema)
     client = mongo_connect(mapping.target.url)
-    state = StateStore.open(client, mapping)
+    state = (
+        StateStore(client, mapping.state.database) if dry_run else StateStore.open(client, mapping)
+    )
     lookup = SourceLookup(src)
     applier = Applier(
         transform,
@@ -108,6 +113,7 @@ def run_debezium(
         lookup,
         pending_bound_seconds=pending_timeout,
         unordered=True,  # a topic per table: no order across tables
+        dry_run=dry_run,
     )
     decoder = DebeziumDecoder(schema, settings or DebeziumSettings())
     tables = sorted(table_roles(transform))
@@ -138,8 +144,10 @@ def run_debezium(
         c.subscribe(topics=topics)
         return c
 
-    live = Liveness(state, mode=mode, source="debezium", group=group).start()
-    wait_while_copying(state, live, stop, mode)
+    live = Liveness(state, mode=mode, source="debezium", group=group)
+    if not dry_run:
+        live.start()
+        wait_while_copying(state, live, stop, mode)
     consumer = open_consumer()
     last_sweep = time.monotonic()
     summary = CdcSummary(mode=mode, start={"group": group, "topics": topics})
@@ -172,6 +180,9 @@ def run_debezium(
                     try:
                         ev = decoder.decode(rec)
                     except ConversionError as exc:
+                        summary.dead_letters += 1
+                        if dry_run:
+                            continue
                         state.dead_letter(
                             source="debezium",
                             collection="",
@@ -180,7 +191,6 @@ def run_debezium(
                             payload=r.value,
                             position=pos.to_dict(),
                         )
-                        summary.dead_letters += 1
                         continue
                     if ev is not None:
                         txns.append(Transaction([ev], pos, ev.commit_time))
@@ -190,7 +200,7 @@ def run_debezium(
                     hw = consumer.highwater(tp)  # known after a fetch (end_offsets lies, STACK.md)
                     if hw is not None:
                         targets[tp] = hw
-            truth = state.mongo_is_truth()
+            truth = None if dry_run else state.mongo_is_truth()
             if truth is not None:
                 # the write switch: apply and commit nothing of this poll (checked after it,
                 # so every record in it is from before a later flip)
@@ -218,7 +228,7 @@ def run_debezium(
                 _pause(consumer, stop, reverse_a_while)
                 targets.clear()
                 continue
-            if state.copy_in_progress() is not None:
+            if not dry_run and state.copy_in_progress() is not None:
                 # the copy fence: apply nothing of this poll, commit nothing; the consumer
                 # stays in its group (paused, polling to keep its membership) and goes back
                 # to the committed offsets after the copy
@@ -237,15 +247,16 @@ def run_debezium(
                 last = txns[-1].commit_time
                 stats.lag_seconds = (now() - last).total_seconds() if last else 0.0
             if polled:
-                consumer.commit()  # only now: MongoDB acknowledged everything above
                 summary.batches += 1
-                state.save_cdc_checkpoint({"kafka": offsets, "group": group}, source="debezium")
-                stats.checkpoint_at = now()
                 idle_polls = 0
+                if not dry_run:
+                    consumer.commit()  # only now: MongoDB acknowledged everything above
+                    state.save_cdc_checkpoint({"kafka": offsets, "group": group}, source="debezium")
+                    stats.checkpoint_at = now()
             else:
                 idle_polls += 1
                 stats.lag_seconds = 0.0
-            if time.monotonic() - last_sweep > 5.0:
+            if not dry_run and time.monotonic() - last_sweep > 5.0:
                 last_sweep = time.monotonic()
                 before = applier.expired
                 applier.sweep_pending()
@@ -257,14 +268,15 @@ def run_debezium(
             stats.pending = applier.pending_count
             elapsed = time.monotonic() - t0
             stats.events_per_sec = summary.events / elapsed if elapsed else 0.0
-            state.save_cdc_status(
-                lag_seconds=stats.lag_seconds,
-                events=summary.events,
-                dead_letters=stats.dead_letters,
-                pending=stats.pending,
-                mode=mode,
-                source="debezium",
-            )
+            if not dry_run:
+                state.save_cdc_status(
+                    lag_seconds=stats.lag_seconds,
+                    events=summary.events,
+                    dead_letters=stats.dead_letters,
+                    pending=stats.pending,
+                    mode=mode,
+                    source="debezium",
+                )
             if on_batch:
                 on_batch(stats)
             if (
@@ -288,14 +300,15 @@ def run_debezium(
                 f"{tp.topic}[{tp.partition}]": consumer.position(tp) for tp in consumer.assignment()
             }
         }
-        if state.mongo_is_truth() is None:  # sweeps read MySQL as the truth
+        if not dry_run and state.mongo_is_truth() is None:  # sweeps read MySQL as the truth
             before = applier.expired
             applier.sweep_pending()
             applier.sweep_dangling()
             summary.dead_letters += applier.expired - before
         summary.pending = applier.pending_count
     finally:
-        live.stop()
+        if not dry_run:
+            live.stop()
         consumer.close(autocommit=False)
         lookup.close()
         client.close()

@@ -158,8 +158,6 @@ def _run(
     mode: Literal["follow", "until-caught-up"] = "follow" if follow else "until-caught-up"
     run: Callable[..., CdcSummary]
     if source_kind == "debezium":
-        if dry_run:
-            raise ConfigError("--dry-run works with --source binlog only")
         dbz = mapping.debezium
         bootstrap = kafka_bootstrap or dbz.bootstrap
         prefix = topic_prefix or dbz.topic_prefix
@@ -194,6 +192,7 @@ def _run(
             settings=settings,
             pending_timeout=pending_timeout,
             security=security,
+            dry_run=dry_run,
         )
     else:
         run = functools.partial(

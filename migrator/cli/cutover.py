@@ -75,6 +75,13 @@ def status_cmd(mapping_path: str, playbook_path: str | None, as_json: bool) -> N
     lag = "not running yet" if cdc["lag_seconds"] is None else f"{cdc['lag_seconds']:.1f} s"
     age = cdc["checkpoint_age_seconds"]
     out.print(f"CDC lag {lag}; checkpoint age {'-' if age is None else f'{age:.0f} s'}")
+    rs = st["reverse_sync"]
+    if rs["running"]:  # from the write switch on: MongoDB's changes back to MySQL
+        rlag = "unknown" if rs["lag_seconds"] is None else f"{rs['lag_seconds']:.1f} s"
+        out.print(
+            f"reverse sync lag {rlag} (a rollback waits for 0); applied through "
+            f"{rs['applied_through'] or '-'}"
+        )
     for name, b in st["backfill"].items():
         out.print(f"backfill {name}: {b['status']} ({b['chunks_done']}/{b['chunks_total']} chunks)")
     v = st["verification"]

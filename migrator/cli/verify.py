@@ -55,6 +55,13 @@ from .common import err, handle_errors, json_option, load, mapping_option, out, 
     help="Start over instead of resuming an interrupted full verification.",
 )
 @click.option(
+    "--shared",
+    is_flag=True,
+    help="Share one full verification with every other `verify --shared` of this migration "
+    "(on any machine): chunks are claimed from the state store with a lease, a dead "
+    "process's chunks are taken over, each process prints the whole run's result.",
+)
+@click.option(
     "--follow",
     is_flag=True,
     help="Keep re-verifying documents CDC touches, each "
@@ -88,6 +95,7 @@ def verify_cmd(
     max_rows_per_sec: float,
     workers: int,
     restart: bool,
+    shared: bool,
     follow: bool,
     settle: float,
     junit_file: str | None,
@@ -107,9 +115,12 @@ def verify_cmd(
       migrator verify -m shop.yaml --changed --junit verify.xml
       migrator verify -m shop.yaml --repair --workers 4
       migrator verify -m shop.yaml --follow --settle 10
+      migrator verify -m shop.yaml --shared --workers 2   # on each of N machines
     """
     if since and changed:
         raise ConfigError("--since and --changed are alternatives: pass one")
+    if follow and shared:
+        raise ConfigError("--follow and --shared are alternatives: pass one")
     mapping = load(mapping_path)
     kwargs = dict(
         collections=[c.strip() for c in collections.split(",")] if collections else None,
@@ -120,6 +131,7 @@ def verify_cmd(
         max_rows_per_sec=max_rows_per_sec,
         workers=workers,
         restart=restart,
+        shared=shared,
     )
     if follow:
         _follow(mapping, settle, as_json)

@@ -381,7 +381,7 @@ class Machine:
                 self._stage("reverify")
                 self._reverify(verifier)
                 # nothing is written now: reverse sync starts from this moment
-                record_start(self.client, self.state)
+                record_start(self.client, self.state, self.mapping)
             elif _primary(phase) == "mongo" and not skip_reverse:
                 self._stage("reverse_catch_up")
                 self._reverse_catch_up(deadline, timeout, phase)
@@ -552,12 +552,16 @@ class Machine:
         cp = checkpoint(self.state)
         failures = self.state.db["sdk_failures"]
         q = {"store": "mysql", "repaired": False}
-        try:
-            lag = lag_seconds(self.client, self.state, self.mapping)
-        except MigratorError:
-            lag = None
+        running = self.state.mongo_is_truth() is not None
+        lag = None  # before the switch and after a rollback nothing is reverse-synced
+        if running:
+            try:
+                lag = lag_seconds(self.client, self.state, self.mapping)
+            except MigratorError:
+                lag = None
         return {
             "mode": "change stream -> MySQL (run by `migrator cdc --follow`)",
+            "running": running,
             "started_at": cp and cp.get("start_at") and cp["start_at"].as_datetime(),
             "applied_through": cp
             and cp.get("applied_through")

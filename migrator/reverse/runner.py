@@ -56,15 +56,42 @@ def operation_time(client: MongoClient[Any]) -> Timestamp:
     return t
 
 
-def record_start(client: MongoClient[Any], state: StateStore) -> Timestamp:
-    """Called by the write switch inside the freeze: reverse sync starts here."""
+def record_start(
+    client: MongoClient[Any], state: StateStore, mapping: Mapping | None = None
+) -> Timestamp:
+    """Called by the write switch inside the freeze: reverse sync starts here.
+
+    With the mapping the start is saved as a resume token too, taken from a stream opened at
+    the stream's end just before the start time (replaying the moment in between converges):
+    resuming from a token is a seek, while a stream opened at an operation time makes the
+    server look that time up in its oplog (SecantusDB decodes its whole oplog, up to 100,000
+    entries, under its global lock: seconds of stalled writes inside the freeze)."""
+    token = _token_now(client, mapping) if mapping is not None else None
     t = operation_time(client)
     state.meta.replace_one(
         {"_id": CHECKPOINT},
-        {"_id": CHECKPOINT, "start_at": t, "token": None, "applied_through": t, "saved_at": now()},
+        {"_id": CHECKPOINT, "start_at": t, "token": token, "applied_through": t, "saved_at": now()},
         upsert=True,
     )
     return t
+
+
+def _token_now(client: MongoClient[Any], mapping: Mapping) -> Any:
+    """A resume token for the end of the stream (None: keep the time alone)."""
+    try:
+        with client[mapping.target_database].watch(
+            pipeline=_match(mapping), max_await_time_ms=10
+        ) as stream:
+            if stream.try_next() is not None:
+                return None  # a token after a change would skip it
+            return stream.resume_token
+    except PyMongoError as exc:
+        log.info("reverse sync start kept as a time: %s", str(exc)[:200])
+        return None
+
+
+def _match(mapping: Mapping) -> list[dict[str, Any]]:
+    return [{"$match": {"ns.coll": {"$in": [c.name for c in mapping.collections]}}}]
 
 
 def restart_after_repair(state: StateStore, since: Timestamp) -> bool:
@@ -245,7 +272,7 @@ def unapplied(client: MongoClient[Any], state: StateStore, mapping: Mapping) -> 
     if cp is None:
         return False
     kw: dict[str, Any] = {
-        "pipeline": [{"$match": {"ns.coll": {"$in": [c.name for c in mapping.collections]}}}],
+        "pipeline": _match(mapping),
         "max_await_time_ms": 100,
     }
     if cp.get("token"):

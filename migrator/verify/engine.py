@@ -286,11 +286,8 @@ class Verifier:
         with self._pool(workers) as pool:
             for i in range(0, len(chosen), max(1, workers)):
                 group = chosen[i : i + max(1, workers)]
-                if isinstance(pool, ProcessPoolExecutor):
-                    los, his = [b[0] for b in group], [b[1] for b in group]
-                    done = pool.map(_check_chunk, [plan.name] * len(group), los, his)
-                else:
-                    done = pool.map(lambda b: self.check_chunk(plan, *b), group)
+                los, his = [b[0] for b in group], [b[1] for b in group]
+                done = self.map_chunks(pool, [plan.name] * len(group), los, his)
                 for n, diffs, rechecked in done:
                     res.checked += n
                     res.chunks += 1
@@ -316,6 +313,19 @@ class Verifier:
         diffs = self.check_keys(plan, ids, sub, first=first) if first else []
         self.limiter.account(len(rows))
         return len(rows), diffs, sub.rechecked
+
+    def map_chunks(
+        self, pool: Any, names: list[str], los: list[Any], his: list[Any]
+    ) -> Iterable[tuple[int, list[Difference], int]]:
+        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order."""
+        if isinstance(pool, ProcessPoolExecutor):
+            return pool.map(_check_chunk, names, los, his)
+        return pool.map(
+            lambda n, lo, hi: self.check_chunk(self.transform.collection(n), lo, hi),
+            names,
+            los,
+            his,
+        )
 
     def _pool(self, workers: int) -> Any:
         """Several workers are processes (the Transform and BSON encoding are CPU-bound: threads
@@ -513,13 +523,20 @@ def verify(
     seed: int | None = None,
     workers: int = 1,
     restart: bool = False,
+    shared: bool = False,
     progress: Progress | None = None,
     verifier: Verifier | None = None,
 ) -> VerifyResult:
     """Verify; a full run checkpoints after every group of chunks in the state store and an
     interrupted run is resumed by the next one with the same options (`restart` starts over).
     `verifier`: one made beforehand (the write switch prepares it before its freeze); the
-    caller closes it."""
+    caller closes it. `shared`: a full run whose chunks processes on several machines claim
+    from the state store (verify/shared.py)."""
+    if shared and (changed or since or sample_pct < 100):
+        raise MigratorError(
+            "--shared verifies every chunk: it cannot be combined with --sample, --since or "
+            "--changed"
+        )
     v = verifier or Verifier(
         mapping,
         recheck=recheck,
@@ -536,9 +553,6 @@ def verify(
     cutoff: datetime | None = None
     if since is not None:
         cutoff = now() - since
-    elif changed:
-        last = v.state.last_verify_run()
-        cutoff = last["started"] if last else None
     try:
         # repair goes toward the source of truth of the phase: MySQL -> MongoDB until the
         # write switch, MongoDB -> MySQL (through the reverse mapping) after it
@@ -553,6 +567,9 @@ def verify(
             raise MigratorError(
                 f"--collections: no collection named {', '.join(sorted(unknown))} in {mapping.path}"
             )
+        if shared:
+            result = _shared(v, plans, result.complete, chunk_size, workers, repair, restart)
+            return result
         params = {"mode": mode, "collections": [p.name for p in plans], "sample": sample_pct}
         saved = v.state.meta.find_one({"_id": "verify_progress"}) if mode == "full" else None
         resume = (
@@ -599,6 +616,9 @@ def verify(
         for p in plans:
             res = CollectionResult(name=p.name)
             if mode == "changed":
+                if since is None:  # --changed: since the last run that covered this collection
+                    last = v.state.last_covering_run(p.name)
+                    cutoff = last["started"] if last else None
                 diffs = v.changed(p, res, cutoff)
             else:
                 prior = progress_doc["collections"].get(p.name) if resume else None
@@ -639,19 +659,49 @@ def verify(
         if mode == "full":
             with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
             if result.ok:
-                v.state.prune_touched(result.started)
+                v.state.prune_touched(result.started, [p.name for p in plans])
             if result.ok and result.complete and v.toward_mysql and not resume:
                 from ..reverse.runner import restart_after_repair
 
                 if restart_after_repair(v.state, op_start):
                     log.warning("verify --repair: reverse sync restarts from this run's start")
         data = result.to_dict()
+        covers = mode == "full" or (mode == "changed" and since is None)
         v.state.record_verify_run(
-            {**data, "started": result.started, "differences": data["differences"][:100]}
+            {
+                **data,
+                "started": result.started,
+                "differences": data["differences"][:100],
+                "covers": covers,  # where the next --changed may start (last_covering_run)
+            }
         )
     finally:
         if verifier is None:
             v.close()
+    return result
+
+
+def _shared(
+    v: Verifier,
+    plans: list[CollectionPlan],
+    complete: bool,
+    chunk_size: int | None,
+    workers: int,
+    repair: bool,
+    restart: bool,
+) -> VerifyResult:
+    """This process's part of a shared full verification, and then the whole run's result."""
+    from .shared import SharedRun
+
+    run = SharedRun(v, {"collections": [p.name for p in plans]})
+    if not run.join(plans, chunk_size=chunk_size or v.mapping.backfill.chunk_size, restart=restart):
+        v.progress.note(f"joining the shared verification {run.run}")
+    for p in plans:
+        v.progress.start(p.name, p.table.rows_estimate)
+    run.work(workers=workers, repair=repair)
+    result = run.finish([p.name for p in plans], complete)
+    for res in result.collections:
+        v.progress.finish(res.name, res.checked)
     return result
 
 

@@ -116,6 +116,25 @@ def test_debezium_records_apply_then_restart_resumes_from_committed_offsets(env,
     assert env.target.orders.find_one({"_id": 101})["customer"] == "later"
 
 
+def test_a_dry_run_builds_everything_and_writes_nothing_not_even_offsets(env, kafka):
+    path = setup_orders(env)
+    prefix = f"d{env.db[-6:]}"
+    recs = [sample("schema_defaults_op_c", env.db, id=i, customer=f"c{i}") for i in range(1, 31)]
+    recs.append(sample("schema_defaults_op_d", env.db))
+    produce(kafka, [(t.replace("mig.", f"{prefix}.", 1), k, v) for t, k, v in recs])
+    args = ["cdc", "-m", str(path), "--source", "debezium", "--kafka-bootstrap", kafka,
+            "--topic-prefix", prefix, "--group", f"g-{env.db}", "--until-caught-up",
+            "--json"]  # fmt: skip
+    s = json.loads(migrator_cmd(*args, "--dry-run", check=0).stdout)
+    assert s["stopped"] == "caught up" and s["events"] == 31
+    assert s["applied"] == {"orders insert": 30, "orders delete": 1}
+    assert env.target.orders.count_documents({}) == 0
+    assert env.state.meta.find_one({"_id": "cdc_checkpoint"}) is None
+    # no offset was committed: the real run consumes every record
+    s = json.loads(migrator_cmd(*args, check=0).stdout)
+    assert s["events"] == 31 and env.target.orders.count_documents({}) == 29  # 2 deleted
+
+
 def test_schemaless_precise_decimals_stop_with_a_clear_error(env, kafka):
     path = setup_orders(env)
     prefix = f"q{env.db[-6:]}"

@@ -17,8 +17,10 @@ from migrator.cdc.runner import run_cdc
 from migrator.config import load_mapping
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
+from migrator.reverse.runner import record_start
 from migrator.sandbox import restart_mysql
 from migrator.source.connection import connect
+from migrator.state import StateStore
 from migrator.urls import parse_mysql_url
 from migrator.verify.engine import verify
 
@@ -47,6 +49,8 @@ def test_changes_by_a_writer_that_is_not_the_sdk_reach_mysql(env):
     path = make_shop(env, orders=12)
     backfill(load_mapping(path), workers=1)
     switch(path)
+    # the switch saved its start as a resume token (a seek, not an oplog search per open)
+    assert env.state.meta.find_one({"_id": "reverse_checkpoint"})["token"] is not None
     db = env.target
     # plain pymongo, as another service or an admin script would write
     db.orders.update_one(
@@ -86,6 +90,22 @@ def test_changes_by_a_writer_that_is_not_the_sdk_reach_mysql(env):
     assert res.ok, [(d.collection, d.id, d.kind, d.fields) for d in res.differences[:5]]
 
 
+def test_the_recorded_start_token_resumes_exactly_after_the_start(env):
+    """The switch's start is a resume token: a stream resumed from it sees every mapped
+    change made after the start and none made before it."""
+    path = make_shop(env, orders=3)
+    backfill(load_mapping(path), workers=1)
+    env.target.orders.update_one({"_id": 1}, {"$set": {"note": "before the start"}})
+    record_start(env.mongo, StateStore(env.mongo, env.state_db), load_mapping(path))
+    cp = env.state.meta.find_one({"_id": "reverse_checkpoint"})
+    assert cp["token"] is not None and cp["start_at"] is not None
+    env.target.orders.update_one({"_id": 2}, {"$set": {"note": "after the start"}})
+    env.target.orders.update_one({"_id": 3}, {"$set": {"note": "after the start"}})
+    with env.target.watch(resume_after=cp["token"], max_await_time_ms=200) as stream:
+        seen = [ev["documentKey"]["_id"] for ev in iter(stream.try_next, None)]
+    assert seen == [2, 3]
+
+
 def test_reverse_sync_survives_kill_9_and_a_mysql_outage_and_gates_the_rollback(own_env):
     env = own_env
     path = make_shop(env, orders=20)
@@ -121,6 +141,8 @@ def test_reverse_sync_survives_kill_9_and_a_mysql_outage_and_gates_the_rollback(
         assert "reverse sync has not written MongoDB's changes to MySQL" in p.stderr
         st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
         assert st["phase"] == "write_mongo" and st["reverse_sync"]["lag_seconds"] > 0
+        human = migrator_cmd("status", "-m", str(path), check=0).stdout
+        assert "reverse sync lag" in human and "a rollback waits for 0" in human
         restart_mysql(env.stack)
         env.admin = connect(parse_mysql_url(env.stack.mysql_url), database=False)
         wait_until(
@@ -130,6 +152,8 @@ def test_reverse_sync_survives_kill_9_and_a_mysql_outage_and_gates_the_rollback(
         p = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "drained", check=0)
         st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
         assert st["phase"] == "read_mongo"
+        # MySQL is the source of truth again: no reverse lag to show (CDC writes MongoDB)
+        assert st["reverse_sync"]["running"] is False and st["reverse_sync"]["lag_seconds"] is None
     finally:
         cdc.terminate()
         cdc.wait(timeout=60)

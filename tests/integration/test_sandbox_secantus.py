@@ -21,5 +21,11 @@ def test_the_sandbox_server_runs_through_the_launcher(tmp_path: Any) -> None:
         with MongoClient[dict[str, Any]](url) as c:
             c.db.t.insert_one({"_id": 1})
             assert c.db.t.find_one({"_id": 1}) == {"_id": 1}
+            # the profiler settings it remembers follow the `profile` command
+            assert c.db.command("profile", -1)["was"] == 0
+            c.db.command("profile", 2)
+            assert c.db.command("profile", -1)["was"] == 2
+            c.db.command("profile", 0)
+            assert c.db.command("profile", -1)["was"] == 0
     finally:
         proc.stop()

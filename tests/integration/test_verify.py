@@ -98,6 +98,26 @@ def test_changed_checks_only_keys_cdc_touched(env):
     assert not res.ok and [d.id for d in res.differences] == [3]
 
 
+def test_changed_starts_after_the_last_run_that_covered_each_collection(env):
+    """A clean full run of some collections forgets only their touched marks, and `--changed`
+    starts each collection after the last run that checked all of it (not after a run of
+    other collections, or a sample): a document touched before those runs is still checked."""
+    path = make_shop(env, orders=20)
+    backfill(load_mapping(path), workers=1)
+    verify(load_mapping(path))  # clean and full: --changed starts after it
+    env.sql("UPDATE customers SET name = 'touched' WHERE id = 5")
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.state.touched.count_documents({"c": "customers"}) >= 1
+    assert verify(load_mapping(path), collections=["orders"]).ok  # full, clean, orders only
+    assert verify(load_mapping(path), sample_pct=1, seed=3).ok  # a sample covers nothing
+    assert env.state.touched.count_documents({"c": "customers"}) >= 1
+    env.target.customers.update_one({"_id": 5}, {"$set": {"name": "tampered"}})
+    res = verify(load_mapping(path), changed=True, recheck=0)
+    assert [(d.collection, d.id) for d in res.differences] == [("customers", 5)]
+    by = {c.name: c.checked for c in res.collections}
+    assert by["customers"] == 1 and by["orders"] == 0
+
+
 def test_live_writes_while_verifying_give_no_false_differences(env, stack):
     path = make_shop(env, orders=60)
     backfill(load_mapping(path), workers=1)

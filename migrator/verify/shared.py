@@ -1,0 +1,290 @@
+"""`verify --shared`: one full verification shared by processes on several machines.
+
+The first process plans the run in the state store (`verify_chunks`: every collection's
+chunks, then one task per collection that looks for extra documents); every process, the
+first included, claims tasks with a lease (the backfill's machinery, `StateStore.claim_leased`),
+checks them and stores each task's result in its document. A process that dies leaves its
+tasks leased: they are claimed again when the lease expires (at once when it was a process of
+the same host). A process with nothing left to claim waits for the tasks others hold, so each
+process ends with the whole run's result; the run is recorded once, by whichever process
+closes it. A run whose processes all died is taken up by the next `verify --shared` with the
+same options (`--restart` plans a new one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import uuid
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from ..backfill import _chunk_bounds
+from ..errors import MigratorError
+from ..mapping import CollectionPlan
+from ..sink.mongo import with_retry
+from ..source.reader import ChunkReader
+from ..state import decode_key, encode_key, now, process_owner
+from ..ticker import Ticker
+from .engine import CollectionResult, Difference, Verifier, VerifyResult, _diff_doc
+
+PLAN = "verify_shared"  # its document in <state>.meta
+EXTRAS = -1  # a task's `seq` for "look for extra documents"
+PLAN_LEASE_SECONDS = 30.0
+KINDS = ("missing", "extra", "different", "unconvertible")
+
+
+class SharedRun:
+    """This process's part in a shared verification."""
+
+    def __init__(self, v: Verifier, params: dict[str, Any], *, poll: float = 1.0) -> None:
+        self.v, self.params, self.poll = v, params, poll
+        self.state = v.state
+        self.owner = process_owner()
+        self.run = ""
+        self.started = now()
+        self._ticker = Ticker(self._renew, self.state.CHUNK_LEASE_SECONDS / 3, "verify-leases")
+
+    # -- the plan ----------------------------------------------------------------------------
+    def join(self, plans: list[CollectionPlan], *, chunk_size: int, restart: bool) -> bool:
+        """Join the running plan with these options, or make one; True if this one made it."""
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            cur = self.state.meta.find_one({"_id": PLAN})
+            t = now()
+            if cur is not None and cur.get("status") == "running" and not restart:
+                if cur.get("params") != self.params:
+                    raise MigratorError(
+                        "another shared verification with other options is running "
+                        f"({_describe(cur.get('params'))}; this one: {_describe(self.params)})",
+                        hint="start this one with the same options to help it, or pass "
+                        "--restart to replace it",
+                    )
+                self.run, self.started = cur["run"], cur["started"]
+                if cur.get("planned") and self._left() == 0:
+                    # finished, but its last process died before closing it: close it (its
+                    # result is recorded) and verify afresh
+                    self.finish(list(self.params.get("collections", [])), complete=False)
+                    continue
+                if cur.get("planned"):
+                    return False
+                if cur.get("planner_expires", t) >= t:
+                    time.sleep(self.poll)  # its planner is at work
+                    continue
+                # the planner died while planning: plan it again, under the same run id
+                if self._take(cur, {"run": cur["run"], "planned": False}):
+                    self._plan(plans, chunk_size)
+                    return True
+                continue
+            restart = False  # a run replaced once; later turns join whatever is there
+            fresh = {
+                "_id": PLAN,
+                "run": uuid.uuid4().hex[:12],
+                "status": "running",
+                "params": self.params,
+                "started": t,
+                "planned": False,
+                "planner": self.owner,
+                "planner_expires": t + _lease(),
+            }
+            try:
+                if cur is None:
+                    self.state.meta.insert_one(fresh)
+                else:
+                    res = self.state.meta.replace_one(
+                        {"_id": PLAN, "run": cur.get("run"), "status": cur.get("status")}, fresh
+                    )
+                    if res.matched_count != 1:
+                        continue
+            except DuplicateKeyError:
+                continue
+            self.run, self.started = fresh["run"], t
+            self._plan(plans, chunk_size)
+            return True
+        raise MigratorError("the shared verification's plan was not made within an hour")
+
+    def _take(self, cur: dict[str, Any], match: dict[str, Any]) -> bool:
+        res = self.state.meta.update_one(
+            {"_id": PLAN, "planner_expires": cur.get("planner_expires"), **match},
+            {"$set": {"planner": self.owner, "planner_expires": now() + _lease()}},
+        )
+        return res.matched_count == 1
+
+    def _plan(self, plans: list[CollectionPlan], chunk_size: int) -> None:
+        tasks = self.state.verify_chunks
+        with_retry(lambda: tasks.delete_many({}))  # earlier runs' tasks (or a half plan)
+        with_retry(lambda: tasks.create_index([("run", ASCENDING), ("seq", ASCENDING)]))
+        seq = 0
+        for plan in plans:
+            reader = ChunkReader(self.v.conn, plan)
+            batch: list[dict[str, Any]] = []
+            for lo, hi in _chunk_bounds(list(reader.boundaries(chunk_size))):
+                batch.append(self._task(plan.name, seq, lo, hi))
+                seq += 1
+                if len(batch) >= 500:
+                    self._insert(batch)
+            batch.append(self._task(plan.name, seq, None, None, kind=EXTRAS))
+            seq += 1
+            self._insert(batch)
+        with_retry(
+            lambda: self.state.meta.update_one(
+                {"_id": PLAN, "run": self.run}, {"$set": {"planned": True, "tasks": seq}}
+            )
+        )
+
+    def _task(
+        self, name: str, seq: int, lo: Any, hi: Any, kind: int | None = None
+    ) -> dict[str, Any]:
+        return {
+            "_id": f"{self.run}/{seq:09d}",
+            "run": self.run,
+            "seq": seq,
+            "collection": name,
+            "extras": kind == EXTRAS,
+            "lo": encode_key(lo) if lo is not None else None,
+            "hi": encode_key(hi) if hi is not None else None,
+            "done": False,
+        }
+
+    def _insert(self, batch: list[dict[str, Any]]) -> None:
+        docs = list(batch)
+        batch.clear()
+        with_retry(lambda: self.state.verify_chunks.insert_many(docs, ordered=False))
+        # the planner is alive while it plans (a big table's boundaries take a while)
+        self.state.meta.update_one(
+            {"_id": PLAN, "run": self.run, "planner": self.owner},
+            {"$set": {"planner_expires": now() + _lease()}},
+        )
+
+    # -- the work ----------------------------------------------------------------------------
+    def work(self, *, workers: int, repair: bool) -> None:
+        """Claim and check tasks until none is left (waiting for those others hold)."""
+        self._ticker.start()
+        try:
+            with self.v._pool(workers) as pool:
+                while True:
+                    held = [t for t in (self._claim() for _ in range(workers)) if t]
+                    if not held:
+                        if self._left() == 0:
+                            return
+                        time.sleep(self.poll)  # others hold them: reclaimed if they die
+                        continue
+                    self._check(held, pool, repair)
+        finally:
+            self._ticker.stop()
+            with contextlib.suppress(Exception):  # MongoDB away: the leases expire instead
+                self.state.release_leased(self.state.verify_chunks, self.owner)
+
+    def _claim(self) -> dict[str, Any] | None:
+        if self.state.meta.find_one({"_id": PLAN, "run": self.run}, {"_id": 1}) is None:
+            raise MigratorError(
+                "the shared verification this process was part of was replaced (--restart) "
+                "or removed: its result would be partial"
+            )
+        return with_retry(
+            lambda: self.state.claim_leased(
+                self.state.verify_chunks, {"run": self.run}, self.owner, sort=[("seq", 1)]
+            )
+        )
+
+    def _left(self) -> int:
+        return with_retry(
+            lambda: self.state.verify_chunks.count_documents({"run": self.run, "done": False})
+        )
+
+    def _check(self, held: list[dict[str, Any]], pool: Any, repair: bool) -> None:
+        chunks = [t for t in held if not t["extras"]]
+        lo = [decode_key(t["lo"]) if t["lo"] is not None else None for t in chunks]
+        hi = [decode_key(t["hi"]) if t["hi"] is not None else None for t in chunks]
+        names = [t["collection"] for t in chunks]
+        outcomes = list(self.v.map_chunks(pool, names, lo, hi))
+        for t in held:
+            plan = self.v.transform.collection(t["collection"])
+            res = CollectionResult(plan.name)
+            if t["extras"]:
+                diffs = self.v.extras(plan, res, sample_pct=100, rnd=random.Random())
+            else:
+                n, diffs, rechecked = outcomes.pop(0)
+                res.checked, res.chunks, res.rechecked = n, 1, rechecked
+                self.v.progress.advance(plan.name, n)
+            if repair and diffs:
+                diffs = self.v.repair(plan, diffs, res)
+            self._done(t, res, diffs)
+
+    def _done(self, task: dict[str, Any], res: CollectionResult, diffs: list[Difference]) -> None:
+        fields = {
+            "done": True,
+            "checked": res.checked,
+            "chunks": res.chunks,
+            "rechecked": res.rechecked,
+            "repaired": res.repaired,
+            "diffs": [_diff_doc(d) for d in diffs[: self.v.limit]],
+            **{kind: sum(d.kind == kind for d in diffs) for kind in KINDS},
+            "by": self.owner,
+            "done_at": now(),
+        }
+        # only the holder records it: a process that lost its lease (a stall) and finished
+        # anyway leaves the result to the one that took the task over
+        with_retry(
+            lambda: self.state.verify_chunks.update_one(
+                {"_id": task["_id"], "worker": self.owner, "done": False}, {"$set": fields}
+            )
+        )
+
+    def _renew(self) -> None:
+        self.state.renew_leased(self.state.verify_chunks, self.owner)
+
+    # -- the result --------------------------------------------------------------------------
+    def finish(self, names: list[str], complete: bool) -> VerifyResult:
+        """The whole run's result from every task's; the process that closes the run records
+        it (and, clean, forgets the documents touched before it started)."""
+        out = VerifyResult(mode="full", started=self.started, complete=complete)
+        by_name = {n: CollectionResult(n) for n in names}
+        for t in self.state.verify_chunks.find({"run": self.run}).sort("seq", 1):
+            res = by_name[t["collection"]]
+            res.checked += t.get("checked", 0)
+            res.chunks += t.get("chunks", 0)
+            res.rechecked += t.get("rechecked", 0)
+            res.repaired += t.get("repaired", 0)
+            out.repaired += t.get("repaired", 0)
+            for kind in KINDS:  # counted in full: only the listed differences are capped
+                setattr(res, kind, getattr(res, kind) + t.get(kind, 0))
+            for d in t.get("diffs", []):
+                if len(out.differences) < self.v.limit:
+                    out.differences.append(
+                        Difference(d["collection"], d["id"], d["kind"], d["fields"], d["reason"])
+                    )
+        out.collections = list(by_name.values())
+        out.seconds = (now() - self.started).total_seconds()
+        closed = self.state.meta.update_one(
+            {"_id": PLAN, "run": self.run, "status": "running"},
+            {"$set": {"status": "done", "finished": now(), "ok": out.ok}},
+        )
+        if closed.modified_count == 1:
+            if out.ok:
+                self.state.prune_touched(out.started, names)
+            data = out.to_dict()
+            self.state.record_verify_run(
+                {
+                    **data,
+                    "started": out.started,
+                    "differences": data["differences"][:100],
+                    "covers": True,
+                }
+            )
+        return out
+
+
+def _lease() -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=PLAN_LEASE_SECONDS)
+
+
+def _describe(params: Any) -> str:
+    if not isinstance(params, dict):
+        return "unknown options"
+    return ", ".join(f"{k}={v}" for k, v in params.items())
