@@ -55,12 +55,14 @@ def samples() -> dict[str, dict[str, Any]]:
     }
 
 
-def record(tpl: dict[str, dict[str, Any]], op: str, key: int, db: str = DB) -> tuple[Any, Any]:
+def record(
+    tpl: dict[str, dict[str, Any]], op: str, key: int, db: str = DB, ts_ms: int | None = None
+) -> tuple[Any, Any]:
     d = tpl[op]
     value = copy.deepcopy(d["value"])
     payload = value["payload"]
     payload["source"]["db"] = db
-    payload["source"]["ts_ms"] = payload["ts_ms"] = int(time.time() * 1000)
+    payload["source"]["ts_ms"] = payload["ts_ms"] = ts_ms or int(time.time() * 1000)
     for image in ("before", "after"):
         if payload.get(image):
             payload[image]["id"] = key
@@ -168,8 +170,37 @@ def two_consumers(mapping_text: str, bootstrap: str) -> float:
     return events / (last - first) if last > first else 0.0
 
 
-def steady_lag(mapping_text: str, bootstrap: str, rate: int, seconds: float) -> str:
+def paced_producer(bootstrap: str, topic: str, rate: int, seconds: float, out: Any) -> None:
+    """Its own process: the records are serialized before the clock starts, then sent at
+    `rate` per second (each stamped with its send time as Debezium's source.ts_ms)."""
     tpl = samples()
+    ops = workload(int(rate * seconds))
+    stamp = "1111111111111"  # replaced by the send time
+    built = [record(tpl, op, key, ts_ms=int(stamp)) for op, key in ops]
+    key_bytes = [json.dumps(k).encode() for k, _v in built]
+    bodies = [json.dumps(v) for _k, v in built]
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_in_flight_requests_per_connection=1
+    )
+    sent, t0 = 0, time.monotonic()
+    while sent < len(ops) and time.monotonic() - t0 < seconds * 3:
+        due = min(int((time.monotonic() - t0) * rate), len(ops))
+        ms = str(int(time.time() * 1000))
+        while sent < due:
+            p.send(topic, key=key_bytes[sent], value=bodies[sent].replace(stamp, ms).encode())
+            sent += 1
+        time.sleep(0.002)
+    p.flush()
+    out.put(sent / (time.monotonic() - t0))
+    p.close()
+
+
+def steady_lag(mapping_text: str, bootstrap: str, rate: int, seconds: float) -> str:
+    prefix = f"lag{rate}"
+    topic = f"{prefix}.{DB}.orders"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.close()
     stop = threading.Event()
     lags: list[float] = []
     done = {"events": 0}
@@ -183,8 +214,8 @@ def steady_lag(mapping_text: str, bootstrap: str, rate: int, seconds: float) -> 
         run_debezium(
             parse_mapping(mapping_text, "bench.yaml"),
             bootstrap=bootstrap,
-            prefix=PREFIX,
-            group=f"lag-{rate}-{time.time_ns()}",
+            prefix=prefix,
+            group=f"lag-{rate}",
             mode="follow",
             stop=stop,
             on_batch=on_batch,
@@ -194,23 +225,14 @@ def steady_lag(mapping_text: str, bootstrap: str, rate: int, seconds: float) -> 
 
     t = threading.Thread(target=follow, daemon=True)
     t.start()
-    time.sleep(8)  # the consumer joins its group and reads the backlog first
-    lags.clear()
-    p = producer(bootstrap)
-    sent, t0 = 0, time.monotonic()
-    ops = workload(int(rate * seconds))
-    while sent < len(ops) and time.monotonic() - t0 < seconds * 3:
-        due = int((time.monotonic() - t0) * rate)
-        while sent < min(due, len(ops)):
-            op, key = ops[sent]
-            k, v = record(tpl, op, 10_000_000 + key)
-            p.send(TOPIC, key=k, value=v)
-            sent += 1
-        p.flush()
-        time.sleep(0.005)
-    achieved = sent / (time.monotonic() - t0)
-    p.close()
-    time.sleep(2)
+    time.sleep(6)  # the consumer joins its group (the topic is empty until now)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    prod = ctx.Process(target=paced_producer, args=(bootstrap, topic, rate, seconds, q))
+    prod.start()
+    achieved = q.get(timeout=600)
+    prod.join(timeout=60)
+    time.sleep(3)
     stop.set()
     t.join(timeout=30)
     if not lags:
@@ -218,7 +240,7 @@ def steady_lag(mapping_text: str, bootstrap: str, rate: int, seconds: float) -> 
     return (
         f"{rate:,}/s asked, {achieved:,.0f}/s produced: lag p50 "
         f"{statistics.median(lags) * 1000:.0f} ms, p99 {pct(lags, 99) * 1000:.0f} ms "
-        f"({len(lags)} batches)"
+        f"({len(lags)} batches; a batch's lag is its newest record's)"
     )
 
 

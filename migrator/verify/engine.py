@@ -568,8 +568,8 @@ def verify(
                 f"--collections: no collection named {', '.join(sorted(unknown))} in {mapping.path}"
             )
         if shared:
-            result = _shared(v, plans, result.complete, chunk_size, workers, repair, restart)
-            return result
+            start = op_start if v.toward_mysql else None
+            return _shared(v, plans, result.complete, chunk_size, workers, repair, restart, start)
         params = {"mode": mode, "collections": [p.name for p in plans], "sample": sample_pct}
         saved = v.state.meta.find_one({"_id": "verify_progress"}) if mode == "full" else None
         resume = (
@@ -689,11 +689,12 @@ def _shared(
     workers: int,
     repair: bool,
     restart: bool,
+    op_start: Any,
 ) -> VerifyResult:
     """This process's part of a shared full verification, and then the whole run's result."""
-    from .shared import SharedRun
+    from .shared import SharedRun, run_params
 
-    run = SharedRun(v, {"collections": [p.name for p in plans]})
+    run = SharedRun(v, run_params(plans, repair=repair), op_start=op_start)
     if not run.join(plans, chunk_size=chunk_size or v.mapping.backfill.chunk_size, restart=restart):
         v.progress.note(f"joining the shared verification {run.run}")
     for p in plans:

@@ -14,38 +14,55 @@ same options (`--restart` plans a new one).
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import random
 import time
 import uuid
 from typing import Any
 
 from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..backfill import _chunk_bounds
 from ..errors import MigratorError
 from ..mapping import CollectionPlan
 from ..sink.mongo import with_retry
 from ..source.reader import ChunkReader
-from ..state import decode_key, encode_key, now, process_owner
+from ..state import decode_key, encode_key, now, process_owner, storable
 from ..ticker import Ticker
 from .engine import CollectionResult, Difference, Verifier, VerifyResult, _diff_doc
 
+log = logging.getLogger(__name__)
 PLAN = "verify_shared"  # its document in <state>.meta
 EXTRAS = -1  # a task's `seq` for "look for extra documents"
 PLAN_LEASE_SECONDS = 30.0
 KINDS = ("missing", "extra", "different", "unconvertible")
 
 
+def run_params(plans: list[CollectionPlan], *, repair: bool) -> dict[str, Any]:
+    """The options every process of one shared run must share (a repair writes: a run started
+    read-only is never joined by one that repairs, nor the other way round)."""
+    return {"collections": [p.name for p in plans], "repair": repair}
+
+
+class _PlanLost(Exception):
+    """Another process took this planner's plan over (it stalled past its lease)."""
+
+
 class SharedRun:
     """This process's part in a shared verification."""
 
-    def __init__(self, v: Verifier, params: dict[str, Any], *, poll: float = 1.0) -> None:
+    def __init__(
+        self, v: Verifier, params: dict[str, Any], *, poll: float = 1.0, op_start: Any = None
+    ) -> None:
         self.v, self.params, self.poll = v, params, poll
         self.state = v.state
         self.owner = process_owner()
         self.run = ""
         self.started = now()
+        self.tasks = 0  # the plan's task count: a result read from fewer is refused
+        self.op_start = op_start  # repair after the switch: MongoDB's time at the plan
         self._ticker = Ticker(self._renew, self.state.CHUNK_LEASE_SECONDS / 3, "verify-leases")
 
     # -- the plan ----------------------------------------------------------------------------
@@ -64,6 +81,7 @@ class SharedRun:
                         "--restart to replace it",
                     )
                 self.run, self.started = cur["run"], cur["started"]
+                self.tasks, self.op_start = cur.get("tasks", 0), cur.get("op_start")
                 if cur.get("planned") and self._left() == 0:
                     # finished, but its last process died before closing it: close it (its
                     # result is recorded) and verify afresh
@@ -76,7 +94,10 @@ class SharedRun:
                     continue
                 # the planner died while planning: plan it again, under the same run id
                 if self._take(cur, {"run": cur["run"], "planned": False}):
-                    self._plan(plans, chunk_size)
+                    try:
+                        self._plan(plans, chunk_size, keep=None)
+                    except _PlanLost:
+                        continue  # taken over in turn: join whatever is there
                     return True
                 continue
             restart = False  # a run replaced once; later turns join whatever is there
@@ -89,6 +110,7 @@ class SharedRun:
                 "planned": False,
                 "planner": self.owner,
                 "planner_expires": t + _lease(),
+                "op_start": self.op_start,
             }
             try:
                 if cur is None:
@@ -102,7 +124,12 @@ class SharedRun:
             except DuplicateKeyError:
                 continue
             self.run, self.started = fresh["run"], t
-            self._plan(plans, chunk_size)
+            try:
+                # the replaced run's tasks stay until the next plan: its processes may still
+                # be reading their result
+                self._plan(plans, chunk_size, keep=(cur or {}).get("run"))
+            except _PlanLost:
+                continue
             return True
         raise MigratorError("the shared verification's plan was not made within an hour")
 
@@ -113,27 +140,38 @@ class SharedRun:
         )
         return res.matched_count == 1
 
-    def _plan(self, plans: list[CollectionPlan], chunk_size: int) -> None:
+    def _plan(self, plans: list[CollectionPlan], chunk_size: int, keep: str | None) -> None:
         tasks = self.state.verify_chunks
-        with_retry(lambda: tasks.delete_many({}))  # earlier runs' tasks (or a half plan)
+        gone = {"run": {"$nin": [self.run, keep]}}  # older runs' tasks
+        with_retry(lambda: tasks.delete_many(gone))
+        with_retry(lambda: tasks.delete_many({"run": self.run}))  # a half plan taken over
         with_retry(lambda: tasks.create_index([("run", ASCENDING), ("seq", ASCENDING)]))
-        seq = 0
-        for plan in plans:
-            reader = ChunkReader(self.v.conn, plan)
-            batch: list[dict[str, Any]] = []
-            for lo, hi in _chunk_bounds(list(reader.boundaries(chunk_size))):
-                batch.append(self._task(plan.name, seq, lo, hi))
+        # the planner is alive while it plans: a big table's boundaries take a while
+        ticker = Ticker(self._keep_plan, PLAN_LEASE_SECONDS / 3, "verify-plan").start()
+        try:
+            seq = 0
+            for plan in plans:
+                reader = ChunkReader(self.v.conn, plan)
+                batch: list[dict[str, Any]] = []
+                for lo, hi in _chunk_bounds(list(reader.boundaries(chunk_size))):
+                    batch.append(self._task(plan.name, seq, lo, hi))
+                    seq += 1
+                    if len(batch) >= 500:
+                        self._insert(batch)
+                batch.append(self._task(plan.name, seq, None, None, kind=EXTRAS))
                 seq += 1
-                if len(batch) >= 500:
-                    self._insert(batch)
-            batch.append(self._task(plan.name, seq, None, None, kind=EXTRAS))
-            seq += 1
-            self._insert(batch)
-        with_retry(
+                self._insert(batch)
+        finally:
+            ticker.stop()
+        done = with_retry(
             lambda: self.state.meta.update_one(
-                {"_id": PLAN, "run": self.run}, {"$set": {"planned": True, "tasks": seq}}
+                {"_id": PLAN, "run": self.run, "planner": self.owner},
+                {"$set": {"planned": True, "tasks": seq}},
             )
         )
+        if done.matched_count != 1:
+            raise _PlanLost
+        self.tasks = seq
 
     def _task(
         self, name: str, seq: int, lo: Any, hi: Any, kind: int | None = None
@@ -152,12 +190,22 @@ class SharedRun:
     def _insert(self, batch: list[dict[str, Any]]) -> None:
         docs = list(batch)
         batch.clear()
-        with_retry(lambda: self.state.verify_chunks.insert_many(docs, ordered=False))
-        # the planner is alive while it plans (a big table's boundaries take a while)
-        self.state.meta.update_one(
+        if not self._renew_plan():
+            raise _PlanLost
+        try:
+            with_retry(lambda: self.state.verify_chunks.insert_many(docs, ordered=False))
+        except BulkWriteError as exc:  # the process that took the plan over inserted them
+            raise _PlanLost from exc
+
+    def _keep_plan(self) -> None:
+        self._renew_plan()
+
+    def _renew_plan(self) -> bool:
+        res = self.state.meta.update_one(
             {"_id": PLAN, "run": self.run, "planner": self.owner},
             {"$set": {"planner_expires": now() + _lease()}},
         )
+        return res.matched_count == 1
 
     # -- the work ----------------------------------------------------------------------------
     def work(self, *, workers: int, repair: bool) -> None:
@@ -211,8 +259,23 @@ class SharedRun:
                 res.checked, res.chunks, res.rechecked = n, 1, rechecked
                 self.v.progress.advance(plan.name, n)
             if repair and diffs:
+                if not self._may_repair(t, diffs):
+                    continue  # taken over while this one stalled: its new holder repairs it
                 diffs = self.v.repair(plan, diffs, res)
             self._done(t, res, diffs)
+
+    def _may_repair(self, task: dict[str, Any], diffs: list[Difference]) -> bool:
+        """Whether this process still holds the task (its lease then renewed), the ids it is
+        about to repair noted on the task first: if it stalls mid-repair and the task is
+        taken over, the new holder finds them equal, and the run still counts them."""
+        res = self.state.verify_chunks.update_one(
+            {"_id": task["_id"], "worker": self.owner, "done": False},
+            {
+                "$set": {"lease": now() + _lease()},
+                "$push": {"repairs": {"by": self.owner, "ids": [storable(d.id) for d in diffs]}},
+            },
+        )
+        return res.matched_count == 1
 
     def _done(self, task: dict[str, Any], res: CollectionResult, diffs: list[Difference]) -> None:
         fields = {
@@ -243,8 +306,18 @@ class SharedRun:
         it (and, clean, forgets the documents touched before it started)."""
         out = VerifyResult(mode="full", started=self.started, complete=complete)
         by_name = {n: CollectionResult(n) for n in names}
-        for t in self.state.verify_chunks.find({"run": self.run}).sort("seq", 1):
+        tasks = list(self.state.verify_chunks.find({"run": self.run}).sort("seq", 1))
+        if len(tasks) < self.tasks or not all(t.get("done") for t in tasks):
+            raise MigratorError(
+                f"the shared verification {self.run} was replaced before this process read its "
+                "result (its tasks are gone): the result is not known",
+                hint="run `verify --shared` again",
+            )
+        for t in tasks:
             res = by_name[t["collection"]]
+            stalled = _repaired_by_others(t)  # repaired by a process that then lost the task
+            res.repaired += stalled
+            out.repaired += stalled
             res.checked += t.get("checked", 0)
             res.chunks += t.get("chunks", 0)
             res.rechecked += t.get("rechecked", 0)
@@ -266,6 +339,11 @@ class SharedRun:
         if closed.modified_count == 1:
             if out.ok:
                 self.state.prune_touched(out.started, names)
+            if out.ok and complete and self.params.get("repair") and self.op_start is not None:
+                from ..reverse.runner import restart_after_repair
+
+                if restart_after_repair(self.state, self.op_start):
+                    log.warning("verify --repair: reverse sync restarts from this run's start")
             data = out.to_dict()
             self.state.record_verify_run(
                 {
@@ -276,6 +354,20 @@ class SharedRun:
                 }
             )
         return out
+
+
+def _repaired_by_others(task: dict[str, Any]) -> int:
+    """Documents a process repaired before it lost the task, that its final holder then found
+    equal (so neither reported nor counted by it)."""
+
+    def key(v: Any) -> str:
+        return json.dumps(v, default=str, sort_keys=True)
+
+    holder = task.get("by")
+    still = {key(d["id"]) for d in task.get("diffs", [])}
+    own = {key(i) for r in task.get("repairs", []) if r["by"] == holder for i in r["ids"]}
+    others = {key(i) for r in task.get("repairs", []) if r["by"] != holder for i in r["ids"]}
+    return len(others - own - still)
 
 
 def _lease() -> Any:

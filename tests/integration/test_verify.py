@@ -238,15 +238,13 @@ def test_follow_reports_rows_that_stay_different(env):
     )
 
 
-def test_worker_processes_find_exactly_what_one_worker_finds(env):
-    """--workers N verifies chunks in N processes: the same differences (random tampering of
-    random documents, seeded), the same counts, whatever process checked which chunk."""
+def tamper(env, seed: int, orders: int, *, count: int = 15, customer: bool = True) -> None:
+    """Seeded random tampering of random orders (deleted, a field changed, an item dropped),
+    an extra document, and optionally a deleted customer."""
     import random
 
-    path = make_shop(env, orders=60)
-    backfill(load_mapping(path), workers=1)
-    t, rnd = env.target, random.Random(7)
-    for i in rnd.sample(range(1, 61), 12):
+    t, rnd = env.target, random.Random(seed)
+    for i in rnd.sample(range(1, orders + 1), count):
         r = rnd.random()
         if r < 0.3:
             t.orders.delete_one({"_id": i})
@@ -255,6 +253,17 @@ def test_worker_processes_find_exactly_what_one_worker_finds(env):
         else:
             t.orders.update_one({"_id": i}, {"$pop": {"items": 1}})
     t.orders.insert_one({"_id": 7777, "orderNo": "ghost"})
+    if customer:
+        t.customers.delete_one({"_id": rnd.randint(1, 30)})
+
+
+def test_worker_processes_find_exactly_what_one_worker_finds(env):
+    """--workers N verifies chunks in N processes: the same differences (random tampering of
+    random documents, seeded), the same counts, whatever process checked which chunk."""
+
+    path = make_shop(env, orders=60)
+    backfill(load_mapping(path), workers=1)
+    tamper(env, 7, 60, count=12, customer=False)
 
     def run(workers):
         res = verify(load_mapping(path), chunk_size=7, workers=workers, recheck=0, restart=True)

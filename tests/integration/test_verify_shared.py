@@ -6,7 +6,8 @@ process ends with the whole run's result, equal to one process's, and the run is
 from __future__ import annotations
 
 import json
-import random
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,20 +18,7 @@ from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd
 from .test_backfill import make_shop
-
-
-def tamper(env, seed: int, orders: int) -> None:
-    t, rnd = env.target, random.Random(seed)
-    for i in rnd.sample(range(1, orders + 1), 15):
-        r = rnd.random()
-        if r < 0.3:
-            t.orders.delete_one({"_id": i})
-        elif r < 0.6:
-            t.orders.update_one({"_id": i}, {"$set": {"status": f"t{i}"}})
-        else:
-            t.orders.update_one({"_id": i}, {"$pop": {"items": 1}})
-    t.orders.insert_one({"_id": 7777, "orderNo": "ghost"})
-    t.customers.delete_one({"_id": rnd.randint(1, 30)})
+from .test_verify import tamper
 
 
 def oracle(path) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
@@ -75,13 +63,17 @@ def test_a_killed_process_s_task_is_taken_over_and_nothing_is_checked_twice_othe
     want = oracle(path)
     a, b = start(path), start(path)
     tasks = env.state.verify_chunks
-    held = None
+    mine = f":{a.pid}:"
+    orphans: list[dict] = []
     deadline = time.monotonic() + 120
-    while held is None:  # A has finished a task and holds the next one
+    while not orphans:  # A has finished a task and holds the next one: frozen, then killed
         assert time.monotonic() < deadline and a.poll() is None, "A never held a task"
-        mine = f":{a.pid}:"
         if tasks.count_documents({"by": {"$regex": mine}}) >= 1:
-            held = tasks.find_one({"worker": {"$regex": mine}, "done": False})
+            os.kill(a.pid, signal.SIGSTOP)  # what it holds now is what it dies holding
+            time.sleep(0.5)  # (a write it had sent lands meanwhile)
+            orphans = list(tasks.find({"worker": {"$regex": mine}, "done": False}))
+            if not orphans:
+                os.kill(a.pid, signal.SIGCONT)
         time.sleep(0.02)
     a.kill()
     a.wait()
@@ -90,8 +82,10 @@ def test_a_killed_process_s_task_is_taken_over_and_nothing_is_checked_twice_othe
     assert _shape(json.loads(out)) == want
     docs = {t["_id"]: t for t in tasks.find({})}
     assert all(t["done"] for t in docs.values())
-    assert docs[held["_id"]]["claims"] == 2 and docs[held["_id"]]["by"] != held["worker"]
-    assert all(t["claims"] == 1 for k, t in docs.items() if k != held["_id"])
+    for o in orphans:  # taken over by the survivor
+        assert docs[o["_id"]]["claims"] == 2 and docs[o["_id"]]["by"] != o["worker"]
+    taken = {o["_id"] for o in orphans}
+    assert all(t["claims"] == 1 for k, t in docs.items() if k not in taken)
 
 
 def test_a_running_plan_with_other_options_is_refused_and_restart_replaces_it(env):
