@@ -213,9 +213,13 @@ def test_a_planner_slower_than_its_lease_crashes_when_another_process_re_planned
     being slow; the design has the slow planner's work taken over, not the planner killed.
     Cause: shared.py `SharedRun._plan` never checks that it still holds the plan (`planner`)
     before inserting, and `_insert` ignores that its lease renewal matched nothing; its
-    inserts are not idempotent against a plan made by the process that took it over."""
+    inserts are not idempotent against a plan made by the process that took it over.
+
+    Fixed: the planner renews its lease from a thread while it reads, so an alive planner is
+    not taken over; after a real stall (here: another process holding the plan for a second
+    while the first reads) the first notices before inserting, waits, and plans again or
+    joins, without crashing."""
     import threading
-    import time
 
     from migrator.source import reader as reader_mod
     from migrator.verify import shared as shared_mod
@@ -224,37 +228,42 @@ def test_a_planner_slower_than_its_lease_crashes_when_another_process_re_planned
     backfill(load_mapping(path), workers=1)
     monkeypatch.setattr(shared_mod, "PLAN_LEASE_SECONDS", 1.0)
     orig = reader_mod.ChunkReader.boundaries
-    held_up, go = threading.Event(), threading.Event()
+    stalled = threading.Event()
 
     def boundaries(self, *a, **k):
         out = list(orig(self, *a, **k))
-        if threading.current_thread().name == "slow-planner" and not go.is_set():
-            held_up.set()
-            go.wait(30)  # a big table's boundaries: longer than the lease
+        if threading.current_thread().name == "slow-planner" and not stalled.is_set():
+            # (fixed) the planner's lease is renewed while it reads: it is taken over only
+            # after a real stall, which is what this stands for: another process holds the
+            # plan now, for the next second
+            stalled.set()
+            env.state.meta.update_one(
+                {"_id": "verify_shared"},
+                {"$set": {"planner": "elsewhere:1:x",
+                          "planner_expires": datetime.utcnow() + timedelta(seconds=1)}},
+            )  # fmt: skip
         return iter(out)
 
     monkeypatch.setattr(reader_mod.ChunkReader, "boundaries", boundaries)
     errors: list[BaseException] = []
+    results = []
     va, plans, a = _process(path)
 
     def first() -> None:
         try:
             a.join(plans, chunk_size=10, restart=False)
             a.work(workers=1, repair=False)
-            a.finish([p.name for p in plans], complete=True)
+            results.append(a.finish([p.name for p in plans], complete=True))
         except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=first, name="slow-planner")
     try:
         t.start()
-        assert held_up.wait(30)
-        time.sleep(1.5)  # the planner's lease has expired; it is still reading boundaries
-        second = verify(load_mapping(path), recheck=0, shared=True)  # joins, takes the plan
-        assert second.ok
-        go.set()
-        t.join(60)
+        t.join(120)
     finally:
-        go.set()
         va.close()
+    assert stalled.is_set()
     assert not errors, f"the first (slow) planner crashed: {repr(errors[0])[:300]}"
+    # it lost the plan, waited for the other's lease to lapse, planned again and verified
+    assert results and results[0].ok and sum(c.checked for c in results[0].collections) == 80
