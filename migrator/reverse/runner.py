@@ -202,10 +202,9 @@ def _session(
     cp = checkpoint(state)
     if cp is None:
         raise MigratorError("no reverse sync start in the state store (the write switch sets it)")
-    names = [p.name for p in transform.collections]
     kw: dict[str, Any] = {
         "full_document": "updateLookup",
-        "pipeline": [{"$match": {"ns.coll": {"$in": names}}}],
+        "pipeline": _match(mapping),
         "max_await_time_ms": 200,
     }
     if cp.get("token"):

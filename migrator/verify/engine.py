@@ -658,27 +658,42 @@ def verify(
         result.seconds = time.monotonic() - t0
         if mode == "full":
             with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
-            if result.ok:
-                v.state.prune_touched(result.started, [p.name for p in plans])
-            if result.ok and result.complete and v.toward_mysql and not resume:
-                from ..reverse.runner import restart_after_repair
-
-                if restart_after_repair(v.state, op_start):
-                    log.warning("verify --repair: reverse sync restarts from this run's start")
-        data = result.to_dict()
-        covers = mode == "full" or (mode == "changed" and since is None)
-        v.state.record_verify_run(
-            {
-                **data,
-                "started": result.started,
-                "differences": data["differences"][:100],
-                "covers": covers,  # where the next --changed may start (last_covering_run)
-            }
-        )
+            repaired_from = op_start if v.toward_mysql and not resume else None
+            settle_full_run(v.state, result, [p.name for p in plans], repaired_from)
+        record_run(v.state, result, covers=mode == "full" or (mode == "changed" and since is None))
     finally:
         if verifier is None:
             v.close()
     return result
+
+
+def settle_full_run(
+    state: StateStore, result: VerifyResult, names: list[str], repaired_from: Any
+) -> None:
+    """After a clean full run of these collections: forget their touched marks; a complete
+    repair toward MySQL (`repaired_from`: MongoDB's time at its start) restarts a reverse
+    sync that lost its place."""
+    if not result.ok:
+        return
+    state.prune_touched(result.started, names)
+    if result.complete and repaired_from is not None:
+        from ..reverse.runner import restart_after_repair
+
+        if restart_after_repair(state, repaired_from):
+            log.warning("verify --repair: reverse sync restarts from this run's start")
+
+
+def record_run(state: StateStore, result: VerifyResult, *, covers: bool) -> None:
+    """A run's summary in verify_runs (`covers`: the next --changed may start after it)."""
+    data = result.to_dict()
+    state.record_verify_run(
+        {
+            **data,
+            "started": result.started,
+            "differences": data["differences"][:100],
+            "covers": covers,
+        }
+    )
 
 
 def _shared(

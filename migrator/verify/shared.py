@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import random
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from pymongo import ASCENDING
@@ -31,11 +31,17 @@ from ..sink.mongo import with_retry
 from ..source.reader import ChunkReader
 from ..state import decode_key, encode_key, now, process_owner, storable
 from ..ticker import Ticker
-from .engine import CollectionResult, Difference, Verifier, VerifyResult, _diff_doc
+from .engine import (
+    CollectionResult,
+    Difference,
+    Verifier,
+    VerifyResult,
+    _diff_doc,
+    record_run,
+    settle_full_run,
+)
 
-log = logging.getLogger(__name__)
 PLAN = "verify_shared"  # its document in <state>.meta
-EXTRAS = -1  # a task's `seq` for "look for extra documents"
 PLAN_LEASE_SECONDS = 30.0
 KINDS = ("missing", "extra", "different", "unconvertible")
 
@@ -158,7 +164,7 @@ class SharedRun:
                     seq += 1
                     if len(batch) >= 500:
                         self._insert(batch)
-                batch.append(self._task(plan.name, seq, None, None, kind=EXTRAS))
+                batch.append(self._task(plan.name, seq, None, None, extras=True))
                 seq += 1
                 self._insert(batch)
         finally:
@@ -174,14 +180,14 @@ class SharedRun:
         self.tasks = seq
 
     def _task(
-        self, name: str, seq: int, lo: Any, hi: Any, kind: int | None = None
+        self, name: str, seq: int, lo: Any, hi: Any, *, extras: bool = False
     ) -> dict[str, Any]:
         return {
             "_id": f"{self.run}/{seq:09d}",
             "run": self.run,
             "seq": seq,
             "collection": name,
-            "extras": kind == EXTRAS,
+            "extras": extras,  # the task that looks for extra documents
             "lo": encode_key(lo) if lo is not None else None,
             "hi": encode_key(hi) if hi is not None else None,
             "done": False,
@@ -336,23 +342,10 @@ class SharedRun:
             {"_id": PLAN, "run": self.run, "status": "running"},
             {"$set": {"status": "done", "finished": now(), "ok": out.ok}},
         )
-        if closed.modified_count == 1:
-            if out.ok:
-                self.state.prune_touched(out.started, names)
-            if out.ok and complete and self.params.get("repair") and self.op_start is not None:
-                from ..reverse.runner import restart_after_repair
-
-                if restart_after_repair(self.state, self.op_start):
-                    log.warning("verify --repair: reverse sync restarts from this run's start")
-            data = out.to_dict()
-            self.state.record_verify_run(
-                {
-                    **data,
-                    "started": out.started,
-                    "differences": data["differences"][:100],
-                    "covers": True,
-                }
-            )
+        if closed.modified_count == 1:  # recorded once, by the process that closes the run
+            repaired_from = self.op_start if self.params.get("repair") else None
+            settle_full_run(self.state, out, names, repaired_from)
+            record_run(self.state, out, covers=True)
         return out
 
 
@@ -370,9 +363,7 @@ def _repaired_by_others(task: dict[str, Any]) -> int:
     return len(others - own - still)
 
 
-def _lease() -> Any:
-    from datetime import timedelta
-
+def _lease() -> timedelta:
     return timedelta(seconds=PLAN_LEASE_SECONDS)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import datetime
 
+import pytest
 from bson.decimal128 import Decimal128
 
 from migrator.backfill import backfill
@@ -191,10 +192,12 @@ def test_generated_and_unmapped_not_null_columns_are_said_before_and_handled_aft
     assert "secret" in dead["reason"], dead["reason"]
 
 
-def test_a_full_verify_repair_rewrites_mysql_and_restarts_a_lost_reverse_checkpoint(env):
+@pytest.mark.parametrize("how", [[], ["--shared"]], ids=["one process", "shared"])
+def test_a_full_verify_repair_rewrites_mysql_and_restarts_a_lost_reverse_checkpoint(env, how):
     """Reverse sync down longer than the oplog window loses its place in the change stream
     (it then stops, naming the way out). A full `verify --repair` after the switch rewrites
-    MySQL's rows from MongoDB and restarts reverse sync from its own start."""
+    MySQL's rows from MongoDB and restarts reverse sync from its own start; so does a shared
+    one (`--shared`, from its plan's start; it did not until a review found it)."""
     path = make_shop(env, orders=12)
     backfill(load_mapping(path), workers=1)
     switch(path)
@@ -204,7 +207,7 @@ def test_a_full_verify_repair_rewrites_mysql_and_restarts_a_lost_reverse_checkpo
     )
     env.target.orders.update_one({"_id": 2}, {"$set": {"note": "missed by reverse sync"}})
     env.target.orders.delete_one({"_id": 3})
-    p = migrator_cmd("verify", "-m", str(path), "--repair", "--json", check=0)
+    p = migrator_cmd("verify", "-m", str(path), "--repair", *how, "--json", check=0)
     assert json.loads(p.stdout)["totals"]["repaired"] == 2
     assert env.sql("SELECT note FROM orders WHERE id = 2")[0][0] == "missed by reverse sync"
     assert env.sql("SELECT COUNT(*) FROM orders WHERE id = 3")[0][0] == 0

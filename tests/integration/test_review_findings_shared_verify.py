@@ -5,6 +5,9 @@ the scenario and the rule it breaks.
 Several tests drive `SharedRun` (migrator/verify/shared.py) in-process, step by step, so that a
 "process" pauses at an exact moment (as a GC pause, a descheduled pod or a VM stall would make a
 real one pause): every step they call is the one `_shared` / `SharedRun.work` calls.
+
+The third finding (a clean shared `--repair` after the switch did not restart a lost reverse
+sync) is checked by test_reverse_sync.py's repair test, run both ways.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from migrator.verify.shared import SharedRun, run_params
 
 from .conftest import migrator_cmd
 from .test_backfill import make_shop
-from .test_reverse_sync import switch
 from .test_verify import tamper
 
 
@@ -126,45 +128,6 @@ def test_a_stalled_process_s_repair_is_not_counted_and_the_difference_it_repaire
     assert res.repaired == 1 and orders_res.repaired == 1, (
         f"shared run: ok={res.ok}, repaired={res.repaired}, orders missing={orders_res.missing}"
     )
-
-
-def test_a_clean_shared_verify_repair_after_the_switch_does_not_restart_a_lost_reverse_sync(env):
-    """Scenario: after the write switch reverse sync lost its place in the change stream
-    (`lost_at` set, as the runner records it; its error's hint says: run a full
-    `verify --repair`). The operator runs that repair as `verify --shared --repair` (the
-    README presents --shared as the way to run a full verification on several machines, and
-    says "--repair repairs each task's differences"). The run is full, clean and repairs
-    MySQL, exactly as `verify --repair` does in
-    test_reverse_sync.py::test_a_full_verify_repair_rewrites_mysql_and_restarts_a_lost_reverse_checkpoint
-    - but the reverse checkpoint stays lost (`lost_at` set, `start_at`/`token` still at the
-    position the change stream no longer holds): on a real server every reverse sync start
-    fails again with "history lost", so MongoDB changes made after the repair never reach
-    MySQL. (The sandbox server keeps its whole oplog, so the failing assertion is on the
-    checkpoint itself, the state the runner and its hint rely on.)
-
-    Rule broken: reverse sync after the write switch must carry every MongoDB change made
-    after the switch to MySQL (README: "A full, clean `verify --repair` also restarts a reverse
-    sync that lost its place in the change stream"). Cause: engine.py `verify` returns from
-    the `shared` branch (`_shared`) before the `restart_after_repair(v.state, op_start)` step
-    of a full run; shared.py `SharedRun.finish` never calls it either."""
-    from migrator.cdc.runner import run_cdc
-
-    path = make_shop(env, orders=12)
-    backfill(load_mapping(path), workers=1)
-    switch(path)
-    env.state.meta.update_one(
-        {"_id": "reverse_checkpoint"}, {"$set": {"lost_at": datetime.utcnow()}}
-    )
-    env.target.orders.update_one({"_id": 2}, {"$set": {"note": "missed by reverse sync"}})
-    env.target.orders.delete_one({"_id": 3})
-    p = migrator_cmd("verify", "-m", str(path), "--shared", "--repair", "--json", check=0)
-    assert json.loads(p.stdout)["totals"]["repaired"] == 2
-    assert env.sql("SELECT note FROM orders WHERE id = 2")[0][0] == "missed by reverse sync"
-    cp = env.state.meta.find_one({"_id": "reverse_checkpoint"})
-    assert cp["lost_at"] is None, "reverse sync is still marked lost after a clean full repair"
-    env.target.orders.update_one({"_id": 4}, {"$set": {"note": "after the repair"}})
-    run_cdc(load_mapping(path), mode="until-caught-up")
-    assert env.sql("SELECT note FROM orders WHERE id = 4")[0][0] == "after the repair"
 
 
 def test_a_repair_process_joins_a_running_shared_run_started_without_repair(env):
