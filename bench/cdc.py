@@ -3,7 +3,8 @@
 On a throwaway MariaDB (orders + order_items, items embedded in orders) it prints, from one run:
   1. the raw binlog decode rate of python-mysql-replication over a burst of row changes;
   2. `cdc --dry-run --until-caught-up` over the same burst: applied rows/s (decode, normalise,
-     Transform, operations built; no sink) and its ratio to the raw decode rate;
+     Transform, operations built; no sink) and its ratio to the raw decode rate, with rows
+     decoded in the CDC process (--decoders 0) and by the default decoder processes;
   3. under a steady write load of 1k, 2k and 5k rows/s while CDC follows (dry run, so the sink
      is not the bottleneck): the achieved write rate, applied rows/s, and p50/p99 lag
      (commit -> applied, from a timestamp each transaction writes);
@@ -26,6 +27,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 import migrator.cdc.runner as runner
 from migrator.backfill import backfill
 from migrator.cdc.applier import Applier
+from migrator.cdc.binlog_parallel import default_decoders
 from migrator.config import parse_mapping
 from migrator.sandbox import start_stack, url_with_database
 from migrator.shop import create_shop, shop_mapping
@@ -168,13 +170,20 @@ def main() -> None:
             w.txn()
         raw = raw_decode(url, pos, w.rows)
         print(f"raw python-mysql-replication decode: {raw:,.0f} rows/s ({w.rows:,} row changes)")
-        state.reset_backfill()
-        state.record_backfill_position(pos)
-        s = runner.run_cdc(mapping, mode="until-caught-up", dry_run=True)
-        print(
-            f"cdc --dry-run catch-up: {s.events:,} events in {s.seconds:.1f} s = "
-            f"{s.events_per_sec:,.0f} rows/s (ratio to raw decode {s.events_per_sec / raw:.2f})"
-        )
+        for decoders in (0, default_decoders()):
+            state.reset_backfill()
+            state.record_backfill_position(pos)
+            s = runner.run_cdc(mapping, mode="until-caught-up", dry_run=True, decoders=decoders)
+            how = (
+                "rows decoded in the CDC process"
+                if not decoders
+                else f"{decoders} decoder process(es) beside it"
+            )
+            print(
+                f"cdc --dry-run catch-up, {how}: {s.events:,} events in {s.seconds:.1f} s = "
+                f"{s.events_per_sec:,.0f} rows/s (ratio to raw decode "
+                f"{s.events_per_sec / raw:.2f})"
+            )
 
         # 3: steady load while following, lag measured per transaction
         for rate in [int(r) for r in args.rates.split(",")]:

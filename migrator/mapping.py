@@ -44,6 +44,9 @@ class TableView:
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.columns)}
         self._fast = _compile_builder(self.fields, self.omit_nulls)
+        self._by_column: dict[str, FieldPlan] = {}
+        for f in self.fields:  # the first field a column feeds (CDC asks once per event)
+            self._by_column.setdefault(f.column, f)
 
     def build(self, row: Row) -> dict[str, Any]:
         try:
@@ -86,7 +89,7 @@ class TableView:
         return tuple(param_value(self.table.column(c), row[self.index[c]]) for c in columns)
 
     def field_for(self, column: str) -> FieldPlan | None:
-        return next((f for f in self.fields if f.column == column), None)
+        return self._by_column.get(column)
 
 
 def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

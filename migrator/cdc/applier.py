@@ -98,7 +98,7 @@ class BatchResult:
 
 
 def _row(view_columns: Sequence[str], values: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(values.get(c) for c in view_columns)
+    return tuple(map(values.get, view_columns))
 
 
 def _get(doc: Any, path: str | tuple[str, ...]) -> Any:

@@ -61,3 +61,4 @@ class DDL:
     schema: str | None
     position: Position  # the position *before* the statement
     tables: list[str] = field(default_factory=list)
+    after: Position | None = None  # the position after it (binlog source)

@@ -29,6 +29,7 @@ from ..state import StateStore, now
 from ..ticker import Ticker
 from .applier import Applier, BatchResult
 from .binlog import DDL, BinlogSource, Heartbeat
+from .binlog_parallel import ParallelBinlogSource, default_decoders
 from .events import Position, Transaction
 from .lookup import SourceLookup
 from .roles import table_roles
@@ -217,9 +218,11 @@ def run_cdc(
     dry_run: bool = False,
     max_events_in_memory: int = 10_000,
     pending_timeout: float = 600.0,
+    decoders: int | None = None,
 ) -> CdcSummary:
     """Tail the source and apply; `dry_run` decodes, transforms and builds every operation
-    but writes nothing and saves no checkpoint (it measures the pipeline).
+    but writes nothing and saves no checkpoint (it measures the pipeline). Rows are decoded by
+    `decoders` worker processes (None: one per core beyond this one, up to 4; 0: here).
 
     Memory is bounded by `max_events_in_memory` whatever a transaction's size: a bigger one
     is applied in pieces, and the checkpoint still moves only at commits."""
@@ -249,6 +252,7 @@ def run_cdc(
     stats = LiveStats(pending=applier.pending_count, dead_letters=state.dead_letter_count())
     t0 = time.monotonic()
     batch_events = max(1, min(batch_events, max_events_in_memory))
+    n_decoders = default_decoders() if decoders is None else decoders
     try:
         while True:
             if not dry_run:
@@ -284,14 +288,26 @@ def run_cdc(
                 summary.start = start.to_dict()
             # through the lookup's connection: it reconnects if the source restarted meanwhile
             lookup.run(partial(check_start, start=start, maria=maria))
-            source = BinlogSource(
-                src,
-                applier.transform.schema,
-                tables,
-                start,
-                flavor="mariadb" if maria else "mysql",
-                max_events=max_events_in_memory,
-            )
+            source: BinlogSource | ParallelBinlogSource
+            if n_decoders:
+                source = ParallelBinlogSource(
+                    src,
+                    applier.transform.schema,
+                    tables,
+                    start,
+                    decoders=n_decoders,
+                    flavor="mariadb" if maria else "mysql",
+                    max_events=max_events_in_memory,
+                )
+            else:
+                source = BinlogSource(
+                    src,
+                    applier.transform.schema,
+                    tables,
+                    start,
+                    flavor="mariadb" if maria else "mysql",
+                    max_events=max_events_in_memory,
+                )
             log.info(
                 "cdc starting",
                 extra={
@@ -375,7 +391,7 @@ class _Session:
         mapping: Mapping,
         applier: Applier,
         state: StateStore,
-        source: BinlogSource,
+        source: BinlogSource | ParallelBinlogSource,
         lookup: SourceLookup,
         summary: CdcSummary,
         stats: LiveStats,
@@ -580,7 +596,7 @@ def _ddl(
     on_ddl: OnDDL,
     mapping: Mapping,
     tables: set[str],
-    source: BinlogSource,
+    source: BinlogSource | ParallelBinlogSource,
     applier: Applier,
     state: StateStore,
     summary: CdcSummary,

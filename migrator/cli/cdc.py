@@ -120,6 +120,12 @@ cdc_options = [
         help="Row events held at once (binlog source): a bigger transaction is applied in "
         "pieces, its checkpoint still at the commit.",
     ),
+    click.option(
+        "--decoders",
+        type=click.IntRange(0, 32),
+        help="Processes decoding binlog rows in parallel, in binlog order (binlog source; "
+        "default: one per core beyond the applying one, up to 4; 0 decodes in the CDC process).",
+    ),
 ]
 
 
@@ -153,6 +159,7 @@ def _run(
     metrics_port: int | None = None,
     pending_timeout: float = 600.0,
     max_events_in_memory: int = 10_000,
+    decoders: int | None = None,
 ) -> CdcSummary:
     stop = _stop_on_signals()
     mode: Literal["follow", "until-caught-up"] = "follow" if follow else "until-caught-up"
@@ -204,6 +211,7 @@ def _run(
             dry_run=dry_run,
             pending_timeout=pending_timeout,
             max_events_in_memory=max_events_in_memory,
+            decoders=decoders,
         )
     metrics = CdcMetrics()
     if metrics_port:
