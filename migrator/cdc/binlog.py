@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from ..source.schema import Schema
 from ..urls import MySQLURL
 from .binlog_decode import Decoder
-from .binlog_read import BinlogReader, Heartbeat, RawStream, _tables_in, merge_gtid
+from .binlog_read import BinlogReader, Heartbeat, RawStream, Tick, _tables_in, merge_gtid
 from .events import DDL, Position, Transaction
 
 __all__ = ["DDL", "BinlogSource", "Heartbeat", "_tables_in", "merge_gtid"]
@@ -59,7 +59,9 @@ class BinlogSource:
     def close(self) -> None:
         self.reader.close()
 
-    def items(self) -> Iterator[Transaction | DDL | Heartbeat]:
-        """Everything after the start, forever (the caller stops iterating)."""
+    def items(self) -> Iterator[Transaction | DDL | Heartbeat | Tick]:
+        """Everything after the start, forever (the caller stops iterating); a Tick now and
+        then while only unmapped events arrive (a batch waiting to be applied must not wait
+        for them)."""
         for unit in self.reader.units():
             yield from self.decoder.decode(unit)

@@ -16,7 +16,7 @@ from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import TableMapEvent, WriteRowsEvent
 
 from ..source.schema import Schema
-from .binlog_read import ROW_EVENTS, Heartbeat, RawTransaction, StreamFormat, Unit
+from .binlog_read import ROW_EVENTS, Heartbeat, RawTransaction, StreamFormat, Tick, Unit
 from .events import DDL, ChangeEvent, Transaction
 from .normalize import RowNormaliser
 
@@ -51,7 +51,7 @@ class Decoder:
         self.schema = schema
         self.normalisers = {t: RowNormaliser(schema.tables[t]) for t in self.tables}
 
-    def decode(self, unit: Unit) -> Iterator[Transaction | DDL | Heartbeat]:
+    def decode(self, unit: Unit | Tick) -> Iterator[Transaction | DDL | Heartbeat | Tick]:
         if not isinstance(unit, RawTransaction):
             yield unit
             return

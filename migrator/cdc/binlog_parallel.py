@@ -33,7 +33,15 @@ from ..errors import CheckFailed, ConnectError, MigratorError
 from ..source.schema import Schema
 from ..urls import MySQLURL
 from .binlog_decode import Decoder
-from .binlog_read import BinlogReader, Heartbeat, RawStream, RawTransaction, Unit
+from .binlog_read import (
+    BinlogReader,
+    Heartbeat,
+    RawStream,
+    RawTransaction,
+    ReaderStopped,
+    Tick,
+    Unit,
+)
 from .events import DDL, Position, Transaction
 
 log = logging.getLogger("migrator.cdc.binlog")
@@ -151,7 +159,7 @@ def _more_waiting(stream: RawStream) -> bool:
     return bool(ready)
 
 
-def _size(unit: Unit) -> int:
+def _size(unit: Unit | Tick) -> int:
     return sum(len(p) for p in unit.packets) if isinstance(unit, RawTransaction) else 64
 
 
@@ -172,15 +180,17 @@ def reader_main(
         server_id=args.server_id,
         flavor=args.flavor,
         heartbeat=args.heartbeat,
+        stopped=lifeline.poll,  # the CDC process is gone (its end of the pipe closed)
     )
     n = len(inboxes)
     seq = 0
     version, known = 0, [0] * n  # the schema's version, and the one each decoder has
-    batch: list[Unit] = []
-    size, started = 0, 0.0
+    batch: list[Unit | Tick] = []
+    size, started, sent = 0, 0.0, 0.0
 
     def send(kind: str, payload: Any) -> None:
-        nonlocal seq
+        nonlocal seq, sent
+        sent = time.monotonic()
         k = seq % n
         fresh = schema if known[k] < version else None
         known[k] = version
@@ -195,6 +205,19 @@ def reader_main(
 
     try:
         for unit in reader.units():
+            if isinstance(unit, Tick):
+                # only unmapped events for a while: what is held must not wait for them
+                if batch and (
+                    time.monotonic() - started >= BATCH_SECONDS
+                    or reader._stream is None
+                    or not _more_waiting(reader._stream)
+                ):
+                    flush()
+                elif not batch and time.monotonic() - sent >= 0.1:
+                    send("units", [unit])  # the runner's own batch must not wait either
+                if lifeline.poll():
+                    raise _Orphaned()
+                continue
             if not batch:
                 started = time.monotonic()
             batch.append(unit)
@@ -220,7 +243,7 @@ def reader_main(
                     schema, version = changed, version + 1
         flush()
         send("end", None)
-    except _Orphaned:
+    except (_Orphaned, ReaderStopped):
         for q in inboxes:
             q.cancel_join_thread()
     except BaseException as exc:  # the runner raises it, in stream order
@@ -344,7 +367,7 @@ class ParallelBinlogSource:
                             hint="run CDC again: it resumes from its checkpoint",
                         ) from None
 
-    def items(self) -> Iterator[Transaction | DDL | Heartbeat]:
+    def items(self) -> Iterator[Transaction | DDL | Heartbeat | Tick]:
         """Everything after the start, forever (the caller stops iterating)."""
         if not self._procs:
             self._start()

@@ -18,7 +18,7 @@ import logging
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +109,19 @@ class RawTransaction:
     complete: bool = True
 
 
+class Tick:
+    """Nothing to hand on, but time passed (events of unmapped tables keep the stream busy
+    without a unit): lets a batching reader hand on what it holds."""
+
+
+TICK = Tick()
+TICK_SECONDS = 0.01
+
+
+class ReaderStopped(Exception):
+    """The reader was told to stop while it waited to reconnect."""
+
+
 Unit = RawTransaction | DDL | Heartbeat
 
 
@@ -197,20 +210,26 @@ class _Open:
 
     gtid: str | None = None
     packets: list[bytes] = field(default_factory=list)
-    maps: list[bytes] = field(default_factory=list)
+    maps: dict[int, bytes] = field(default_factory=dict)  # table id -> its map, once each
     size: int = 0
+    rows: int = 0  # row packets in `packets`
 
-    def add(self, data: bytes, is_map: bool) -> None:
+    def add(self, data: bytes, table_id: int, is_map: bool) -> None:
+        if is_map:
+            if table_id in self.maps:
+                return  # every statement repeats its table maps: the decoder has it already
+            self.maps[table_id] = data
+        else:
+            self.rows += 1
         self.packets.append(data)
         self.size += len(data)
-        if is_map:
-            self.maps.append(data)
 
     def cut(self) -> list[bytes]:
         """The packets so far; the transaction goes on with its table maps only."""
         out = self.packets
-        self.packets = list(self.maps)
+        self.packets = list(self.maps.values())
         self.size = sum(len(p) for p in self.packets)
+        self.rows = 0
         return out
 
 
@@ -229,7 +248,9 @@ class BinlogReader:
         flavor: str = "mariadb",
         heartbeat: float = 0.1,  # an idle stream still flushes its last batch within ~0.1 s
         piece_bytes: int = 1 << 20,  # a bigger transaction is handed on in pieces
+        stopped: Callable[[], bool] | None = None,  # asked while waiting to reconnect
     ) -> None:
+        self.stopped = stopped
         self.url = url
         self.database = database
         self.tables = tables
@@ -272,8 +293,16 @@ class BinlogReader:
             self._stream = None
 
     # -- reading -----------------------------------------------------------------------------
-    def units(self) -> Iterator[Unit]:
-        """Everything after `self.position`, forever (the caller stops iterating)."""
+    def _pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self.stopped is not None and self.stopped():
+                raise ReaderStopped()
+            time.sleep(min(0.2, max(0.0, until - time.monotonic())))
+
+    def units(self) -> Iterator[Unit | Tick]:
+        """Everything after `self.position`, forever (the caller stops iterating); TICK now
+        and then while only unmapped events arrive."""
         delay = 0.5
         while True:
             try:
@@ -300,24 +329,30 @@ class BinlogReader:
                     extra={"error": str(exc), "position": self.position.to_dict()},
                 )
                 self.reconnects += 1
-                time.sleep(delay)
+                self._pause(delay)
                 delay = min(delay * 2, 10)
             except (ConnectionError, OSError, pymysql.err.InterfaceError):
                 self.close()
                 self.reconnects += 1
-                time.sleep(delay)
+                self._pause(delay)
                 delay = min(delay * 2, 10)
 
-    def _read(self) -> Iterator[Unit]:
+    def _read(self) -> Iterator[Unit | Tick]:
+        if self.stopped is not None and self.stopped():
+            raise ReaderStopped()
         self._stream = stream = self.open()
         self.generation += 1  # a new connection: table ids are read afresh
         file, pos = stream.log_file, stream.log_pos
         txn = _Open()
         wanted: dict[int, bool] = {}  # table id -> one of the mapped tables
         fmt: StreamFormat | None = None
+        ticked = time.monotonic()
         for data in iter(stream.packet, None):
             if not data:
                 continue
+            if time.monotonic() - ticked >= TICK_SECONDS:
+                ticked = time.monotonic()
+                yield TICK
             ts, etype, _server, _size, next_pos, _flags = _HEADER.unpack_from(data)
             if etype == BINLOG.ROTATE_EVENT:
                 ev = stream.control_event(data)
@@ -335,8 +370,8 @@ class BinlogReader:
                 if etype == BINLOG.TABLE_MAP_EVENT:
                     wanted[table_id] = self._mapped(data)
                 if wanted.get(table_id):
-                    txn.add(data, etype == BINLOG.TABLE_MAP_EVENT)
-                    if txn.size >= self.piece_bytes and len(txn.packets) > len(txn.maps):
+                    txn.add(data, table_id, etype == BINLOG.TABLE_MAP_EVENT)
+                    if txn.size >= self.piece_bytes and txn.rows:
                         # memory stays bounded: hand this much on now; the checkpoint stays at
                         # the last commit, so a crash replays the whole transaction
                         fmt = fmt or stream.fmt(self.generation)
@@ -344,6 +379,16 @@ class BinlogReader:
                             txn.cut(), self.position, self.position, fmt, complete=False
                         )
                 continue
+            if etype == BINLOG.XA_PREPARE_EVENT and txn.rows:
+                # its rows are applied at an `XA COMMIT` in another event group, or dropped at
+                # an `XA ROLLBACK`: following that is not built, and skipping would lose them
+                raise CheckFailed(
+                    f"an XA transaction changed mapped tables after {self.position} "
+                    f"(XA PREPARE at {file}:{pos}): the binlog source does not follow XA "
+                    "transactions",
+                    hint="write the mapped tables without XA; CDC stays before this "
+                    "transaction, so nothing is lost",
+                )
             if etype not in _CONTROL_TYPES:
                 continue
             if etype == BINLOG.XID_EVENT:

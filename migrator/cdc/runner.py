@@ -30,6 +30,7 @@ from ..ticker import Ticker
 from .applier import Applier, BatchResult
 from .binlog import DDL, BinlogSource, Heartbeat
 from .binlog_parallel import ParallelBinlogSource, default_decoders
+from .binlog_read import Tick
 from .events import Position, Transaction
 from .lookup import SourceLookup
 from .roles import table_roles
@@ -424,6 +425,7 @@ class _Session:
         self.batch_started = 0.0
         self.last_master_check = 0.0
         self.last_idle_publish = 0.0
+        self.last_status = 0.0
         self.last_sweep = time.monotonic()
         self.last_dangling_sweep = 0.0
 
@@ -456,6 +458,10 @@ class _Session:
                     self.flush()
                     summary.stopped = "caught up"
                     break
+            elif isinstance(item, Tick):
+                # only unmapped events for a while: the batch held must not wait for them
+                if self.batch and time.monotonic() - self.batch_started >= self.batch_seconds:
+                    self.flush()
             elif isinstance(item, Heartbeat):
                 self.flush()
                 if self.position != item.position and item.position.file:
@@ -489,6 +495,8 @@ class _Session:
                 summary.stopped = "stopped by signal"
                 break
         summary.end = self.position.to_dict()
+        if self.summary.batches:
+            self.publish(force=True)  # the status ends where the session did
 
     def idle(self) -> None:
         """Nothing to apply: keep the checkpoint at the source's position (so that lag is
@@ -569,7 +577,7 @@ class _Session:
         self.sweep()
         self.publish()
 
-    def publish(self, idle: bool = False) -> None:
+    def publish(self, idle: bool = False, force: bool = False) -> None:
         st, s = self.stats, self.summary
         elapsed = time.monotonic() - self.t0
         st.events_per_sec = s.events / elapsed if elapsed else 0.0
@@ -578,7 +586,11 @@ class _Session:
             if idle or reached(self.position, self.lookup.run(master_position)):
                 st.lag_seconds = 0.0
         s.lag_seconds = st.lag_seconds
-        if not self.dry_run:
+        # the status is for people and `status`: once a second is enough while batches flow
+        # (the switch's lag gate reads the checkpoint), and a write less per batch on the server
+        due = idle or force or time.monotonic() - self.last_status >= 1.0
+        if not self.dry_run and due:
+            self.last_status = time.monotonic()
             self.state.save_cdc_status(
                 lag_seconds=st.lag_seconds,
                 position=self.position.to_dict(),

@@ -20,7 +20,7 @@ import pytest
 from migrator.backfill import backfill
 from migrator.cdc.binlog import BinlogSource
 from migrator.cdc.binlog_parallel import ParallelBinlogSource
-from migrator.cdc.binlog_read import Heartbeat
+from migrator.cdc.binlog_read import Heartbeat, Tick
 from migrator.cdc.events import DDL, Position, Transaction
 from migrator.cdc.runner import master_position, reached, run_cdc
 from migrator.config import load_mapping
@@ -179,7 +179,7 @@ def _read_all(source: Any, end: Position, conn: Any, db: str) -> list[Any]:
         for item in source.items():
             if isinstance(item, DDL):
                 source.set_schema(introspect(conn, db))
-            if not isinstance(item, Heartbeat):
+            if not isinstance(item, Heartbeat | Tick):
                 out.append(_shape(item))
             done = isinstance(item, Heartbeat) or (isinstance(item, Transaction) and item.complete)
             if done and reached(item.position, end):
