@@ -10,7 +10,7 @@ On a throwaway MariaDB (orders + order_items, items embedded in orders) it print
      (commit -> applied, from a timestamp each transaction writes);
   4. a real apply into the MongoDB server the stack gives (named), on a small burst.
 
-Usage: .venv/bin/python bench/cdc.py [--burst 20000] [--seconds 10] [--rates 1000,2000,5000]
+Usage: .venv/bin/python bench/cdc.py [--burst 40000] [--seconds 10] [--rates 1000,2000,5000]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def steady(rate: int, seconds: float, url: str, admin: Any, mapping: Any, state:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--burst", type=int, default=20_000, help="row changes in the burst")
+    ap.add_argument("--burst", type=int, default=40_000, help="row changes in the burst")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each steady load")
     ap.add_argument("--rates", default="1000,2000,5000")
     ap.add_argument("--real-txns", type=int, default=1000, help="transactions for the real apply")
