@@ -407,6 +407,21 @@ class StateStore:
         doc = {"_id": "cdc_checkpoint", "position": position, "saved_at": now(), **info}
         with_retry(lambda: self.meta.replace_one({"_id": "cdc_checkpoint"}, doc, upsert=True))
 
+    def save_cdc_rollback_point(self, position: dict[str, Any], **info: Any) -> None:
+        """Where a rollback to MySQL-first left the source: CDC restarts there (see
+        `cdc_rollback_point`)."""
+        doc = {"_id": "cdc_rollback_point", "position": position, "saved_at": now(), **info}
+        with_retry(lambda: self.meta.replace_one({"_id": "cdc_rollback_point"}, doc, upsert=True))
+
+    def cdc_rollback_point(self) -> dict[str, Any] | None:
+        """The source's position read by the last rollback to MySQL-first, inside its freeze
+        and after reverse sync had caught up: every MySQL change before it is reverse sync
+        writing MongoDB's own changes back (or was applied before the switch), so CDC resumes
+        there instead of replaying the whole time MongoDB was the truth (as Vitess's
+        ReverseTraffic restarts the forward stream at the current position)."""
+        doc = self.meta.find_one({"_id": "cdc_rollback_point"})
+        return doc["position"] if doc else None
+
     def save_cdc_status(self, **status: Any) -> None:
         doc = {"updated_at": now(), **status}  # liveness is the Liveness thread's
         with_retry(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, ConversionError
 from ..source.schema import Column, Schema
-from .events import ChangeEvent, Op
+from .events import ChangeEvent, Op, Position
 from .normalize import float32_text
 
 TimeMode = Literal["adaptive_time_microseconds", "adaptive", "connect", "isostring"]
@@ -90,6 +90,7 @@ class DebeziumDecoder:
             before=before,
             after=after,
             commit_time=when,
+            origin=Position(src["file"], int(src["pos"])) if src.get("file") else None,
         )
 
     def _row(

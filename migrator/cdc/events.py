@@ -17,6 +17,8 @@ class ChangeEvent:
     before: Row | None
     after: Row | None
     commit_time: datetime | None = None
+    # where the source logged it, when the event says so (Debezium's source file/pos)
+    origin: Position | None = None
 
 
 @dataclass

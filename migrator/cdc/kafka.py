@@ -25,13 +25,14 @@ from ..source.schema import introspect
 from ..state import StateStore, now
 from .applier import Applier
 from .debezium import DebeziumDecoder, DebeziumSettings, Record
-from .events import Position, Transaction
+from .events import ChangeEvent, Position, Transaction
 from .lookup import SourceLookup
 from .roles import table_roles
 from .runner import (
     CdcSummary,
     Liveness,
     LiveStats,
+    reached,
     truth_stop_reason,
     wait_while_copying,
 )
@@ -70,6 +71,18 @@ def _pause(consumer: Any, stop: threading.Event, wait: Any) -> None:
         else:
             consumer.seek(tp, committed)
     consumer.resume(*consumer.assignment())
+
+
+def _rollback_point(state: StateStore) -> Position | None:
+    point = state.cdc_rollback_point()
+    return Position.from_dict(point) if point else None
+
+
+def _before(ev: ChangeEvent, point: Position | None) -> bool:
+    """Logged before the last rollback to MySQL-first: a change of the time MongoDB was the
+    truth (reverse sync's copy of it) or one applied before the switch; skipped, as the
+    binlog source starts at that rollback's position (runner.after_rollback)."""
+    return point is not None and ev.origin is not None and not reached(ev.origin, point)
 
 
 def run_debezium(
@@ -155,6 +168,7 @@ def run_debezium(
     targets: dict[Any, int] = {}
     t0 = time.monotonic()
     idle_polls = 0
+    since_rollback = _rollback_point(state)
     log.info(
         "debezium consumer starting",
         extra={"bootstrap": bootstrap, "group": group, "topics": topics},
@@ -192,7 +206,9 @@ def run_debezium(
                             position=pos.to_dict(),
                         )
                         continue
-                    if ev is not None:
+                    if ev is not None and _before(ev, since_rollback):
+                        summary.skipped += 1
+                    elif ev is not None:
                         txns.append(Transaction([ev], pos, ev.commit_time))
                     offsets[f"{tp.topic}[{tp.partition}]"] = r.offset + 1
             for tp in consumer.assignment():
@@ -226,6 +242,7 @@ def run_debezium(
                     summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
                     break
                 _pause(consumer, stop, reverse_a_while)
+                since_rollback = _rollback_point(state)
                 targets.clear()
                 continue
             if not dry_run and state.copy_in_progress() is not None:

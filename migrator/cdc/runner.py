@@ -24,7 +24,7 @@ from ..sink.mongo import connect as mongo_connect
 from ..source.connection import _s, query
 from ..source.connection import connect as mysql_connect
 from ..source.position import is_mariadb
-from ..source.schema import introspect, split_top_level
+from ..source.schema import Schema, introspect, split_top_level
 from ..state import StateStore, now
 from ..ticker import Ticker
 from .applier import Applier, BatchResult
@@ -57,6 +57,7 @@ class CdcSummary:
     stopped: str = ""
     ddl: list[dict[str, Any]] = field(default_factory=list)
     reverse_changes: int = 0  # documents written back to MySQL after the write switch
+    skipped: int = 0  # Debezium events from before the last rollback to MySQL-first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +92,55 @@ def reached(pos: Position, target: Position) -> bool:
         return False
     a, b = _binlog_index(pos.file), _binlog_index(target.file)
     return (a, pos.pos or 0) >= (b, target.pos or 0)
+
+
+def after_rollback(
+    state: StateStore,
+    start: Position,
+    *,
+    same_schema: Callable[[], bool],
+    dry_run: bool = False,
+) -> Position:
+    """`start`, or the position of a rollback to MySQL-first made since it was saved: what
+    MySQL logged in between is reverse sync's copy of MongoDB's changes (state.py), and
+    replaying it would only make the documents travel back in time until CDC caught up.
+    Unless a mapped table's columns changed meanwhile: the DDL is in that stretch, and is
+    met (and handled per --on-ddl) only by replaying it."""
+    point = state.cdc_rollback_point()
+    if point is None:
+        return start
+    p = Position.from_dict(point)
+    if not reached(p, start) or reached(start, p):
+        return start
+    if not same_schema():
+        log.warning(
+            "a mapped table changed while MongoDB was the source of truth: CDC replays the "
+            "binlog from its checkpoint to meet the DDL, not from the rollback's position",
+            extra={"position": start.to_dict(), "rollback_position": p.to_dict()},
+        )
+        return start
+    log.info(
+        "cdc starts where the rollback left MySQL, not at its checkpoint from before the "
+        "write switch",
+        extra={"position": p.to_dict(), "checkpoint": start.to_dict()},
+    )
+    if not dry_run:
+        state.save_cdc_checkpoint(p.to_dict(), commit_time=None, after_rollback=True)
+    return p
+
+
+def _same_schema(src: Any, held: Schema, tables: set[str]) -> bool:
+    """Do the tables CDC decodes still have the columns and keys it holds?"""
+    conn = mysql_connect(src)
+    try:
+        current = introspect(conn, held.database)
+    finally:
+        conn.close()
+    for t in tables:
+        a, b = held.tables.get(t), current.tables.get(t)
+        if a is None or b is None or (a.columns, a.primary_key) != (b.columns, b.primary_key):
+            return False
+    return True
 
 
 def master_position(conn: Any) -> Position:
@@ -272,7 +322,7 @@ def run_cdc(
                     if stop.is_set():
                         summary.stopped = "stopped by signal"
                         break
-                    continue  # rolled back: CDC resumes from its checkpoint
+                    continue  # rolled back: CDC resumes where the rollback left MySQL
                 wait_while_copying(state, live, stop, mode)
             if stop.is_set():
                 summary.stopped = summary.stopped or "stopped by signal"
@@ -284,7 +334,12 @@ def run_cdc(
                     "backfill position in the state store",
                     hint="run `migrator backfill` (or `migrator sync`) first",
                 )
-            start = Position.from_dict(saved)
+            start = after_rollback(
+                state,
+                Position.from_dict(saved),
+                same_schema=partial(_same_schema, src, applier.transform.schema, tables),
+                dry_run=dry_run,
+            )
             if not summary.start:
                 summary.start = start.to_dict()
             # through the lookup's connection: it reconnects if the source restarted meanwhile

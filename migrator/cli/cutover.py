@@ -223,7 +223,9 @@ def rollback_cmd(
     command. A rollback that moves writes back to MySQL first (from write_mongo or done) is
     fenced like the write switch (freeze, every live writer acknowledges), waits until reverse
     sync has written every MongoDB change up to the freeze into MySQL (reverse lag 0; --force
-    --reason skips that, audited), then flips and unfreezes at once.
+    --reason skips that, audited), then flips and unfreezes at once; CDC then restarts at
+    MySQL's position of that moment (what MySQL logged while MongoDB was the truth is reverse
+    sync's copy of MongoDB's changes, not replayed).
 
     \b
     Example:
@@ -250,3 +252,10 @@ def rollback_cmd(
         out.print(
             f"[green]rolled back {res.from_phase} -> {res.to_phase}[/] in {res.seconds:.2f} s"
         )
+        if res.cdc_restart:
+            p = res.cdc_restart
+            out.print(
+                f"CDC restarts at {p['file']}:{p['pos']}, where the rollback left MySQL "
+                "(MySQL changes made directly while MongoDB was the truth are not carried: "
+                "a full `migrator verify` finds them)"
+            )

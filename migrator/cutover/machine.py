@@ -62,6 +62,7 @@ class StepResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     fence: dict[str, Any] | None = None  # writers acknowledged / presumed gone, seconds
     pause_stages: dict[str, float] | None = None  # ms of the write pause spent in each stage
+    cdc_restart: dict[str, Any] | None = None  # a rollback to MySQL-first: where CDC restarts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class StepResult:
             "write_pause_ms": self.write_pause_ms,
             "fence": self.fence,
             "pause_stages": self.pause_stages,
+            "cdc_restart": self.cdc_restart,
             "gates": [g.to_dict() for g in self.gates],
             "hooks": self.hooks,
         }
@@ -108,6 +110,7 @@ class Machine:
         self.actor = actor or default_actor()
         self.holder = lease_holder(self.actor)
         self.fence: dict[str, Any] | None = None  # what the last fenced flip waited for
+        self.cdc_restart: dict[str, Any] | None = None  # where the last rollback left MySQL
         self.client = mongo_connect(mapping.target.url)
         self.state = StateStore.open(self.client, mapping)
         self.control = Control(self.state.db["control"])
@@ -349,6 +352,7 @@ class Machine:
         # everything that costs time but not a frozen write is done before the freeze
         verifier = self._verifier() if target == "write_mongo" else None
         t0 = time.monotonic()
+        self.cdc_restart = None
         self._marks: list[tuple[str, float]] = [("freeze", t0)]
         deadline = t0 + timeout - FLIP_MARGIN  # writers give up the freeze after `timeout`
         switch = {
@@ -382,9 +386,11 @@ class Machine:
                 self._reverify(verifier)
                 # nothing is written now: reverse sync starts from this moment
                 record_start(self.client, self.state, self.mapping)
-            elif _primary(phase) == "mongo" and not skip_reverse:
-                self._stage("reverse_catch_up")
-                self._reverse_catch_up(deadline, timeout, phase)
+            elif _primary(phase) == "mongo":
+                if not skip_reverse:
+                    self._stage("reverse_catch_up")
+                    self._reverse_catch_up(deadline, timeout, phase)
+                self.cdc_restart = self._cdc_restart_point()
             if time.monotonic() > deadline:
                 raise CheckFailed(
                     f"the switch took longer than its freeze allows ({timeout:g} s, less a "
@@ -424,6 +430,13 @@ class Machine:
                 hint="is `migrator cdc --follow` running (it carries them after the switch)? "
                 "Or --force --reason '...' to roll back without them (audited)",
             )
+
+    def _cdc_restart_point(self) -> dict[str, Any]:
+        """Writes are frozen and reverse sync has written MongoDB's changes to MySQL: MySQL
+        holds nothing MongoDB lacks, so CDC restarts at the source's position now (state.py)."""
+        pos = source_position(self.mapping).to_dict()
+        self.state.save_cdc_rollback_point(pos, rollback=self.holder)
+        return pos
 
     def _catch_up(self, deadline: float, timeout: float) -> None:
         """Every writer has acknowledged the freeze: CDC must apply the binlog up to where it
@@ -522,6 +535,7 @@ class Machine:
                     self._audit_step("rollback", "refused", res, reason=reason, detail=exc.message)
                     raise
                 res.fence, res.pause_stages = self.fence, self.pause_stages
+                res.cdc_restart = self.cdc_restart
             else:
                 self._set_phase(doc, target, reason)
             res.changed = True
@@ -538,6 +552,7 @@ class Machine:
                 write_pause_ms=res.write_pause_ms,
                 fence=res.fence,
                 pause_stages=res.pause_stages,
+                cdc_restart=res.cdc_restart,
             )
             return res
         finally:

@@ -260,7 +260,7 @@ def test_one_sdk_instance_shared_by_threads_keeps_documents_right(env, tmp_path)
 def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, tmp_path):
     """MongoDB is the source of truth from write_mongo on: a MySQL change (an admin) must not
     overwrite the newer document; the same `cdc --follow` carries MongoDB's changes to MySQL
-    instead (reverse sync), and after a rollback resumes from where it had caught up."""
+    instead (reverse sync), and after a rollback restarts where the rollback left MySQL."""
     path, pb = to_read_mongo(env, tmp_path)
     cdc = subprocess.Popen(
         [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
@@ -292,19 +292,84 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "newer, in MongoDB"
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
         assert verify(load_mapping(path)).ok
-        env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 4")
-        # back to MySQL as the truth: CDC resumes from the position it had caught up to, so
-        # MySQL's changes made meanwhile reach MongoDB
-        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        # MongoDB changes reverse sync writes to MySQL (their echo is in the binlog), then a
+        # MySQL change made directly while MongoDB is the truth
+        for i in range(5, 15):
+            env.target.orders.update_one({"_id": i}, {"$set": {"note": f"in MongoDB {i}"}})
         wait_until(
-            lambda: env.target.orders.find_one({"_id": 4})["note"] == "older, in MySQL",
+            lambda: env.sql("SELECT note FROM orders WHERE id = 14")[0][0] == "in MongoDB 14",
+            "reverse sync",
+        )
+        env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 4")
+        events = (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("events", 0)
+        p = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", "--json",
+                         check=0)  # fmt: skip
+        restart = json.loads(p.stdout)["cdc_restart"]
+        assert restart["file"] and restart["pos"]
+        env.sql("UPDATE orders SET note = 'after the rollback' WHERE id = 5")
+        wait_until(
+            lambda: env.target.orders.find_one({"_id": 5})["note"] == "after the rollback",
             "CDC to resume",
         )
+        # CDC restarted at the rollback's position: the echoes were not replayed (documents
+        # would have gone back in time until CDC caught up), only the change made after it
+        cp = env.state.meta.find_one({"_id": "cdc_checkpoint"})["position"]
+        assert (cp["file"], cp["pos"]) >= (restart["file"], restart["pos"])
+        time.sleep(1.5)  # the status is published at most once a second
+        applied = env.state.meta.find_one({"_id": "cdc_status"})["events"] - events
+        assert applied == 1, applied
+        assert env.target.orders.find_one({"_id": 14})["note"] == "in MongoDB 14"
+        # the direct MySQL write of the time MongoDB was the truth is not carried (README):
+        # a full verify finds it, and repair now goes toward MySQL
+        res = verify(load_mapping(path))
+        assert [d.id for d in res.differences] == [4], res.differences
+        p = migrator_cmd("verify", "-m", str(path), "--repair", "--json", check=0)
+        assert json.loads(p.stdout)["totals"]["repaired"] == 1
+        assert env.target.orders.find_one({"_id": 4})["note"] == "older, in MySQL"
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
     finally:
         cdc.terminate()
         cdc.wait(timeout=60)
     assert cdc.returncode == 0
+
+
+def test_a_mapped_table_altered_while_mongodb_was_the_truth_is_met_after_the_rollback(
+    env, tmp_path
+):
+    """CDC restarts where the rollback left MySQL, except when a mapped table's columns
+    changed in between: the DDL is in the skipped stretch, and the running CDC's decoder still
+    holds the old columns; it replays from its checkpoint instead and meets the DDL."""
+    path, pb = to_read_mongo(env, tmp_path)
+    cdc = subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow",
+         "--on-ddl", "extend"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
+            "CDC to run",
+        )
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        env.sql("ALTER TABLE orders ADD COLUMN extra INT NULL")
+        env.target.orders.update_one({"_id": 3}, {"$set": {"note": "in MongoDB"}})
+        wait_until(
+            lambda: env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "in MongoDB",
+            "reverse sync",
+        )
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        env.sql("UPDATE orders SET extra = 5, note = 'after' WHERE id = 2")
+        wait_until(
+            lambda: env.target.orders.find_one({"_id": 2}).get("note") == "after" or cdc.poll(),
+            "CDC to apply the change made after the rollback",
+        )
+        assert cdc.poll() is None, cdc.stderr.read() if cdc.stderr else ""
+        doc = env.target.orders.find_one({"_id": 2})
+        assert doc["note"] == "after" and doc["extra"] == 5, doc
+        assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB"
+    finally:
+        cdc.terminate()
+        cdc.wait(timeout=60)
 
 
 def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(env):
