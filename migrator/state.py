@@ -413,6 +413,20 @@ class StateStore:
         doc = {"_id": "cdc_rollback_point", "position": position, "saved_at": now(), **info}
         with_retry(lambda: self.meta.replace_one({"_id": "cdc_rollback_point"}, doc, upsert=True))
 
+    def save_switch_schema(self, fingerprint: str) -> None:
+        """The mapped tables' shape when the write switch made MongoDB the truth."""
+        with_retry(
+            lambda: self.meta.replace_one(
+                {"_id": "switch_schema"},
+                {"_id": "switch_schema", "fingerprint": fingerprint, "saved_at": now()},
+                upsert=True,
+            )
+        )
+
+    def switch_schema(self) -> str | None:
+        doc = self.meta.find_one({"_id": "switch_schema"})
+        return doc["fingerprint"] if doc else None
+
     def cdc_rollback_point(self) -> dict[str, Any] | None:
         """The source's position read by the last rollback to MySQL-first, inside its freeze
         and after reverse sync had caught up: every MySQL change before it is reverse sync

@@ -33,6 +33,7 @@ from .runner import (
     Liveness,
     LiveStats,
     reached,
+    rollback_point,
     truth_stop_reason,
     wait_while_copying,
 )
@@ -71,11 +72,6 @@ def _pause(consumer: Any, stop: threading.Event, wait: Any) -> None:
         else:
             consumer.seek(tp, committed)
     consumer.resume(*consumer.assignment())
-
-
-def _rollback_point(state: StateStore) -> Position | None:
-    point = state.cdc_rollback_point()
-    return Position.from_dict(point) if point else None
 
 
 def _before(ev: ChangeEvent, point: Position | None) -> bool:
@@ -168,7 +164,7 @@ def run_debezium(
     targets: dict[Any, int] = {}
     t0 = time.monotonic()
     idle_polls = 0
-    since_rollback = _rollback_point(state)
+    since_rollback = rollback_point(state)
     log.info(
         "debezium consumer starting",
         extra={"bootstrap": bootstrap, "group": group, "topics": topics},
@@ -242,7 +238,7 @@ def run_debezium(
                     summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
                     break
                 _pause(consumer, stop, reverse_a_while)
-                since_rollback = _rollback_point(state)
+                since_rollback = rollback_point(state)
                 targets.clear()
                 continue
             if not dry_run and state.copy_in_progress() is not None:

@@ -94,6 +94,11 @@ def reached(pos: Position, target: Position) -> bool:
     return (a, pos.pos or 0) >= (b, target.pos or 0)
 
 
+def rollback_point(state: StateStore) -> Position | None:
+    point = state.cdc_rollback_point()
+    return Position.from_dict(point) if point else None
+
+
 def after_rollback(
     state: StateStore,
     start: Position,
@@ -106,11 +111,8 @@ def after_rollback(
     replaying it would only make the documents travel back in time until CDC caught up.
     Unless a mapped table's columns changed meanwhile: the DDL is in that stretch, and is
     met (and handled per --on-ddl) only by replaying it."""
-    point = state.cdc_rollback_point()
-    if point is None:
-        return start
-    p = Position.from_dict(point)
-    if not reached(p, start) or reached(start, p):
+    p = rollback_point(state)
+    if p is None or not reached(p, start) or reached(start, p):
         return start
     if not same_schema():
         log.warning(
@@ -129,18 +131,16 @@ def after_rollback(
     return p
 
 
-def _same_schema(src: Any, held: Schema, tables: set[str]) -> bool:
-    """Do the tables CDC decodes still have the columns and keys it holds?"""
+def _same_schema(src: Any, state: StateStore, held: Schema, tables: set[str]) -> bool:
+    """Do the tables CDC decodes have the columns and keys they had at the write switch (a
+    CDC started since has read the new ones, but a DDL in the skipped stretch would still go
+    unhandled) and that this process holds?"""
     conn = mysql_connect(src)
     try:
-        current = introspect(conn, held.database)
+        current = introspect(conn, held.database).fingerprint(tables)
     finally:
         conn.close()
-    for t in tables:
-        a, b = held.tables.get(t), current.tables.get(t)
-        if a is None or b is None or (a.columns, a.primary_key) != (b.columns, b.primary_key):
-            return False
-    return True
+    return current == held.fingerprint(tables) and current == (state.switch_schema() or current)
 
 
 def master_position(conn: Any) -> Position:
@@ -337,7 +337,7 @@ def run_cdc(
             start = after_rollback(
                 state,
                 Position.from_dict(saved),
-                same_schema=partial(_same_schema, src, applier.transform.schema, tables),
+                same_schema=partial(_same_schema, src, state, applier.transform.schema, tables),
                 dry_run=dry_run,
             )
             if not summary.start:

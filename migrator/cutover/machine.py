@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from ..cdc.roles import table_roles
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
 from ..faults import fault_point
@@ -351,6 +352,9 @@ class Machine:
         surveyed = time.monotonic() - surveyed
         # everything that costs time but not a frozen write is done before the freeze
         verifier = self._verifier() if target == "write_mongo" else None
+        if verifier is not None:  # a rollback's CDC restart compares with it (cdc.runner)
+            transform = verifier.transform
+            self.state.save_switch_schema(transform.schema.fingerprint(table_roles(transform)))
         t0 = time.monotonic()
         self.cdc_restart = None
         self._marks: list[tuple[str, float]] = [("freeze", t0)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +115,16 @@ class Schema:
     def referencing(self, table: str) -> list[ForeignKey]:
         """Foreign keys of other tables that point at `table`."""
         return [fk for t in self.tables.values() for fk in t.foreign_keys if fk.ref_table == table]
+
+    def fingerprint(self, tables: Iterable[str]) -> str:
+        """The columns and keys of `tables` (not their sizes), as one comparable string."""
+        shape = [
+            (t, repr((self.tables[t].columns, self.tables[t].primary_key)))
+            if t in self.tables
+            else (t, "")
+            for t in sorted(tables)
+        ]
+        return hashlib.sha256(repr(shape).encode()).hexdigest()
 
 
 def _rows(conn: Any, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:

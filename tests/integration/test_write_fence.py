@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta
+
+import pytest
 
 from migrator.cdc.runner import run_cdc
 from migrator.config import load_mapping
@@ -46,6 +49,22 @@ def start_switch(path, pb, *, pause: str = "", to: str = "write_mongo"):
          "--playbook", str(pb)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def start_cdc(env, path, *args):
+    """`migrator cdc --follow` as its own process, once it is running (its log in
+    `cdc.log`: a pipe nobody reads could fill and stall it)."""
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process object)
+    cdc = subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow", *args],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True,
+    )  # fmt: skip
+    cdc.log = log
+    wait_until(
+        lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
+        "CDC to run",
+    )
+    return cdc
 
 
 def wait_until(cond, what, timeout=60.0):
@@ -262,15 +281,8 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
     overwrite the newer document; the same `cdc --follow` carries MongoDB's changes to MySQL
     instead (reverse sync), and after a rollback restarts where the rollback left MySQL."""
     path, pb = to_read_mongo(env, tmp_path)
-    cdc = subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    cdc = start_cdc(env, path)
     try:
-        wait_until(
-            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
-            "CDC to run",
-        )
         step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
         env.target.orders.update_one({"_id": 3}, {"$set": {"note": "newer, in MongoDB"}})
         wait_until(
@@ -333,25 +345,24 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
     assert cdc.returncode == 0
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-cdc", "cdc-restarted"])
 def test_a_mapped_table_altered_while_mongodb_was_the_truth_is_met_after_the_rollback(
-    env, tmp_path
+    env, tmp_path, restarted
 ):
     """CDC restarts where the rollback left MySQL, except when a mapped table's columns
-    changed in between: the DDL is in the skipped stretch, and the running CDC's decoder still
-    holds the old columns; it replays from its checkpoint instead and meets the DDL."""
+    changed since the write switch: the DDL is in the skipped stretch (a running CDC's
+    decoder still holds the old columns; one started since has the new ones, but the DDL's
+    --on-ddl handling, here filling the new column's default into every document, would be
+    skipped): it replays from its checkpoint instead and meets the DDL."""
     path, pb = to_read_mongo(env, tmp_path)
-    cdc = subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow",
-         "--on-ddl", "extend"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cdc = start_cdc(env, path, "--on-ddl", "extend")
     try:
-        wait_until(
-            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
-            "CDC to run",
-        )
         step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
-        env.sql("ALTER TABLE orders ADD COLUMN extra INT NULL")
+        env.sql("ALTER TABLE orders ADD COLUMN extra INT NULL DEFAULT 7")
+        if restarted:
+            cdc.terminate()
+            cdc.wait(timeout=60)
+            cdc = start_cdc(env, path, "--on-ddl", "extend")
         env.target.orders.update_one({"_id": 3}, {"$set": {"note": "in MongoDB"}})
         wait_until(
             lambda: env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "in MongoDB",
@@ -363,9 +374,10 @@ def test_a_mapped_table_altered_while_mongodb_was_the_truth_is_met_after_the_rol
             lambda: env.target.orders.find_one({"_id": 2}).get("note") == "after" or cdc.poll(),
             "CDC to apply the change made after the rollback",
         )
-        assert cdc.poll() is None, cdc.stderr.read() if cdc.stderr else ""
+        assert cdc.poll() is None, cdc.log.seek(0) or cdc.log.read()[-2000:]
         doc = env.target.orders.find_one({"_id": 2})
         assert doc["note"] == "after" and doc["extra"] == 5, doc
+        assert env.target.orders.find_one({"_id": 4}).get("extra") == 7  # the DDL was met
         assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB"
     finally:
         cdc.terminate()
