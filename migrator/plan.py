@@ -122,6 +122,9 @@ def _binlog_checks(conn: Any, report: PlanReport, maria: bool, version: str) -> 
         "binlog_row_metadata",
         "server_id",
         "gtid_mode",
+        "log_bin_compress",
+        "binlog_transaction_compression",
+        "binlog_row_value_options",
     )
     if v.get("log_bin", "OFF").upper() != "ON":
         report.add(
@@ -162,6 +165,20 @@ def _binlog_checks(conn: Any, report: PlanReport, maria: bool, version: str) -> 
             f"server {version} has no binlog_row_metadata: column names come from the "
             "schema at read time, so DDL during CDC is risky",
         )
+    # events the binlog source cannot read: it stops before them rather than skip rows
+    for name, off in (
+        ("log_bin_compress", "OFF"),
+        ("binlog_transaction_compression", "OFF"),
+        ("binlog_row_value_options", ""),
+    ):
+        value = v.get(name)
+        if value is not None and value.upper() not in (off, "0"):
+            report.add(
+                name,
+                "block",
+                f"{name}={value.upper()}: CDC cannot read compressed or partial row events "
+                f"(it would stop at the first one); set it to '{off}'",
+            )
     if not maria and v.get("gtid_mode", "OFF").upper() != "ON":
         report.add("gtid", "info", "gtid_mode is OFF: CDC uses file/position checkpoints")
 

@@ -71,6 +71,21 @@ _CONTROL = frozenset(
     }
 )
 _CONTROL_TYPES = {t for t, c in _EVENT_CLASS.items() if c in _CONTROL}
+# Events whose rows the binlog library cannot read: skipping them as unmapped would lose rows
+# and move the checkpoint past them. Row events carry their table id uncompressed.
+_UNREADABLE_ROWS = {
+    39: ("a partial JSON update", "binlog_row_value_options", "''"),  # MySQL 8
+    166: ("a compressed rows event", "log_bin_compress", "OFF"),  # MariaDB
+    167: ("a compressed rows event", "log_bin_compress", "OFF"),
+    168: ("a compressed rows event", "log_bin_compress", "OFF"),
+    169: ("a compressed rows event", "log_bin_compress", "OFF"),
+    170: ("a compressed rows event", "log_bin_compress", "OFF"),
+    171: ("a compressed rows event", "log_bin_compress", "OFF"),
+}
+_UNREADABLE_ANY = {
+    40: ("a compressed transaction", "binlog_transaction_compression", "OFF"),  # MySQL 8.0.20+
+    165: ("a compressed query", "log_bin_compress", "OFF"),  # MariaDB: could be a mapped DDL
+}
 log = logging.getLogger("migrator.cdc.binlog")
 
 
@@ -379,6 +394,19 @@ class BinlogReader:
                             txn.cut(), self.position, self.position, fmt, complete=False
                         )
                 continue
+            unreadable = _UNREADABLE_ANY.get(etype)
+            if etype in _UNREADABLE_ROWS and wanted.get(int.from_bytes(data[20:26], "little")):
+                unreadable = _UNREADABLE_ROWS[etype]
+            if unreadable:
+                what, setting, value = unreadable
+                raise CheckFailed(
+                    f"{what} at {file}:{pos} (after {self.position}) may hold mapped rows, "
+                    f"and the binlog source cannot read it: the server writes them because "
+                    f"{setting} is on",
+                    hint=f"SET GLOBAL {setting} = {value} (and in the server's config); CDC "
+                    "stays before this event, so nothing is skipped: re-copy what it changed "
+                    "with `migrator backfill --restart`, then CDC again",
+                )
             if etype == BINLOG.XA_PREPARE_EVENT and txn.rows:
                 # its rows are applied at an `XA COMMIT` in another event group, or dropped at
                 # an `XA ROLLBACK`: following that is not built, and skipping would lose them

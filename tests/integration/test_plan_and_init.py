@@ -50,6 +50,7 @@ def test_plan_on_the_shop_is_ready_and_describes_everything(env):
         ("binlog_row_image", "MINIMAL", "binlog_row_image=MINIMAL: must be FULL"),
         ("binlog_format", "MIXED", "binlog_format=MIXED: must be ROW"),
         ("binlog_row_metadata", "MINIMAL", "binlog_row_metadata=MINIMAL: must be FULL"),
+        ("log_bin_compress", "ON", "log_bin_compress=ON: CDC cannot read compressed"),
     ],
 )
 def test_plan_blocks_on_binlog_settings(env, variable, bad, expected):
@@ -59,7 +60,7 @@ def test_plan_blocks_on_binlog_settings(env, variable, bad, expected):
     try:
         p = migrator_cmd("plan", "-m", str(path), "--json", check=1)
     finally:
-        env.sql(f"SET GLOBAL {variable} = '{old}'")
+        env.sql(f"SET GLOBAL {variable} = {old!r}")  # a str quoted, a flag's 0 not
     report = json.loads(p.stdout)
     assert report["ok"] is False
     assert any(expected in b for b in report["blocking"])
