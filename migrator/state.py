@@ -436,6 +436,11 @@ class StateStore:
         doc = self.meta.find_one({"_id": "cdc_rollback_point"})
         return doc["position"] if doc else None
 
+    def cdc_rollback_server(self) -> int | None:
+        """The server_id of the source whose position `cdc_rollback_point` is."""
+        doc = self.meta.find_one({"_id": "cdc_rollback_point"})
+        return doc.get("server_id") if doc else None
+
     def save_cdc_status(self, **status: Any) -> None:
         doc = {"updated_at": now(), **status}  # liveness is the Liveness thread's
         with_retry(

@@ -91,6 +91,7 @@ class DebeziumDecoder:
             after=after,
             commit_time=when,
             origin=Position(src["file"], int(src["pos"])) if src.get("file") else None,
+            origin_server=int(src["server_id"]) if src.get("server_id") is not None else None,
         )
 
     def _row(

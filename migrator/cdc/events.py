@@ -17,8 +17,10 @@ class ChangeEvent:
     before: Row | None
     after: Row | None
     commit_time: datetime | None = None
-    # where the source logged it, when the event says so (Debezium's source file/pos)
+    # where the source logged it, when the event says so (Debezium's source file/pos), and
+    # the server whose binlog that is (its server_id: coordinates belong to one server)
     origin: Position | None = None
+    origin_server: int | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import Mapping
@@ -74,11 +75,31 @@ def _pause(consumer: Any, stop: threading.Event, wait: Any) -> None:
     consumer.resume(*consumer.assignment())
 
 
-def _before(ev: ChangeEvent, point: Position | None) -> bool:
+@dataclass(frozen=True)
+class _Point:
+    """The last rollback to MySQL-first: the source's position then, and whose binlog it is."""
+
+    position: Position
+    server: int | None
+
+    @classmethod
+    def read(cls, state: StateStore) -> _Point | None:
+        p = rollback_point(state)
+        return cls(p, state.cdc_rollback_server()) if p else None
+
+
+def _before(ev: ChangeEvent, point: _Point | None) -> bool:
     """Logged before the last rollback to MySQL-first: a change of the time MongoDB was the
     truth (reverse sync's copy of it) or one applied before the switch; skipped, as the
-    binlog source starts at that rollback's position (runner.after_rollback)."""
-    return point is not None and ev.origin is not None and not reached(ev.origin, point)
+    binlog source starts at that rollback's position (runner.after_rollback). Only a record
+    of the same server's binlog (server_id, file name) can be placed against the point: one
+    read from a replica or after a failover is applied (an echo applied converges as CDC
+    catches up; a change skipped would be lost)."""
+    if point is None or ev.origin is None or point.position.file is None:
+        return False
+    same_server = point.server is not None and ev.origin_server == point.server
+    same_log = (ev.origin.file or "").rsplit(".", 1)[0] == point.position.file.rsplit(".", 1)[0]
+    return same_server and same_log and not reached(ev.origin, point.position)
 
 
 def run_debezium(
@@ -164,7 +185,7 @@ def run_debezium(
     targets: dict[Any, int] = {}
     t0 = time.monotonic()
     idle_polls = 0
-    since_rollback = rollback_point(state)
+    since_rollback = _Point.read(state)
     log.info(
         "debezium consumer starting",
         extra={"bootstrap": bootstrap, "group": group, "topics": topics},
@@ -238,7 +259,7 @@ def run_debezium(
                     summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
                     break
                 _pause(consumer, stop, reverse_a_while)
-                since_rollback = rollback_point(state)
+                since_rollback = _Point.read(state)
                 targets.clear()
                 continue
             if not dry_run and state.copy_in_progress() is not None:

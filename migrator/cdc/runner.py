@@ -3,6 +3,7 @@ batches, checkpoint after MongoDB acknowledged each batch, and say how far behin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -57,7 +58,7 @@ class CdcSummary:
     stopped: str = ""
     ddl: list[dict[str, Any]] = field(default_factory=list)
     reverse_changes: int = 0  # documents written back to MySQL after the write switch
-    skipped: int = 0  # Debezium events from before the last rollback to MySQL-first
+    skipped: int = 0  # changes logged before the last rollback to MySQL-first (not applied)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,22 +106,24 @@ def after_rollback(
     *,
     same_schema: Callable[[], bool],
     dry_run: bool = False,
-) -> Position:
-    """`start`, or the position of a rollback to MySQL-first made since it was saved: what
-    MySQL logged in between is reverse sync's copy of MongoDB's changes (state.py), and
-    replaying it would only make the documents travel back in time until CDC caught up.
-    Unless a mapped table's columns changed meanwhile: the DDL is in that stretch, and is
-    met (and handled per --on-ddl) only by replaying it."""
+) -> tuple[Position, Position | None]:
+    """Where CDC starts, and until where it applies no row changes: `start`, or the position
+    of a rollback to MySQL-first made since it was saved. What MySQL logged in between is
+    reverse sync's copy of MongoDB's changes (state.py); replaying it would only make the
+    documents travel back in time until CDC caught up. When a mapped table's columns or
+    foreign keys changed meanwhile, the DDL is in that stretch and is met (and handled per
+    --on-ddl) only by reading it: CDC then reads from `start` and skips the stretch's rows."""
     p = rollback_point(state)
     if p is None or not reached(p, start) or reached(start, p):
-        return start
+        return start, None
     if not same_schema():
         log.warning(
-            "a mapped table changed while MongoDB was the source of truth: CDC replays the "
-            "binlog from its checkpoint to meet the DDL, not from the rollback's position",
+            "a mapped table changed while MongoDB was the source of truth: CDC reads the "
+            "binlog from its checkpoint to meet the DDL, applying no row change before the "
+            "rollback's position (reverse sync's copies of MongoDB's changes)",
             extra={"position": start.to_dict(), "rollback_position": p.to_dict()},
         )
-        return start
+        return start, p
     log.info(
         "cdc starts where the rollback left MySQL, not at its checkpoint from before the "
         "write switch",
@@ -128,7 +131,7 @@ def after_rollback(
     )
     if not dry_run:
         state.save_cdc_checkpoint(p.to_dict(), commit_time=None, after_rollback=True)
-    return p
+    return p, None
 
 
 def _same_schema(src: Any, state: StateStore, held: Schema, tables: set[str]) -> bool:
@@ -334,7 +337,7 @@ def run_cdc(
                     "backfill position in the state store",
                     hint="run `migrator backfill` (or `migrator sync`) first",
                 )
-            start = after_rollback(
+            start, echoes_until = after_rollback(
                 state,
                 Position.from_dict(saved),
                 same_schema=partial(_same_schema, src, state, applier.transform.schema, tables),
@@ -390,6 +393,7 @@ def run_cdc(
                 max_events=max_events_in_memory,
                 target=target,
                 start=start,
+                echoes_until=echoes_until,
                 t0=t0,
             )
             try:
@@ -463,6 +467,7 @@ class _Session:
         target: Position | None,
         start: Position,
         t0: float,
+        echoes_until: Position | None = None,
     ) -> None:
         self.mapping, self.applier, self.state, self.source = mapping, applier, state, source
         self.lookup, self.summary, self.stats, self.stop = lookup, summary, stats, stop
@@ -474,6 +479,7 @@ class _Session:
         )
         self.target, self.t0 = target, t0
         self.position = start
+        self.echoes_until = echoes_until
         self.saved = start  # the last checkpoint written
         self.batch: list[Transaction] = []
         self.held = 0
@@ -495,6 +501,10 @@ class _Session:
             return
         for item in self.source.items():
             if isinstance(item, Transaction):
+                if self.echo(item):
+                    # kept as an empty transaction: the checkpoint moves past it as usual
+                    item = dataclasses.replace(item, events=[])
+                    summary.skipped += 1
                 if self.batch and self.held + len(item.events) > self.max_events:
                     self.flush()  # memory stays bounded: never hold more than max_events
                 if not self.batch:
@@ -552,6 +562,16 @@ class _Session:
         summary.end = self.position.to_dict()
         if self.summary.batches:
             self.publish(force=True)  # the status ends where the session did
+
+    def echo(self, item: Transaction) -> bool:
+        """A whole transaction logged before the rollback's position, read only to meet a DDL
+        (a piece of a big one is applied: its end is unknown, and replaying is what CDC did
+        before the rollback position existed: documents converge as CDC catches up)."""
+        return (
+            self.echoes_until is not None
+            and item.complete
+            and reached(self.echoes_until, item.position)
+        )
 
     def idle(self) -> None:
         """Nothing to apply: keep the checkpoint at the source's position (so that lag is

@@ -35,6 +35,17 @@ def source_position(mapping: Mapping) -> Position:
         conn.close()
 
 
+def source_position_and_server(mapping: Mapping) -> tuple[Position, int]:
+    """The source's current binlog position and @@server_id (whose binlog it is)."""
+    conn = mysql_connect(mapping.source_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT @@server_id")
+        return master_position(conn), int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def applied_through(state: StateStore, target: Position) -> bool | None:
     """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
     offsets are not binlog positions) or before CDC ran."""

@@ -40,6 +40,7 @@ from .gates import (
     evaluate,
     run_action,
     source_position,
+    source_position_and_server,
 )
 from .phases import PHASES, ROUTING, index, next_phase, previous_phase
 from .playbook import Action, Playbook
@@ -438,8 +439,9 @@ class Machine:
     def _cdc_restart_point(self) -> dict[str, Any]:
         """Writes are frozen and reverse sync has written MongoDB's changes to MySQL: MySQL
         holds nothing MongoDB lacks, so CDC restarts at the source's position now (state.py)."""
-        pos = source_position(self.mapping).to_dict()
-        self.state.save_cdc_rollback_point(pos, rollback=self.holder)
+        position, server = source_position_and_server(self.mapping)
+        pos = position.to_dict()
+        self.state.save_cdc_rollback_point(pos, rollback=self.holder, server_id=server)
         return pos
 
     def _catch_up(self, deadline: float, timeout: float) -> None:

@@ -117,14 +117,22 @@ class Schema:
         return [fk for t in self.tables.values() for fk in t.foreign_keys if fk.ref_table == table]
 
     def fingerprint(self, tables: Iterable[str]) -> str:
-        """The columns and keys of `tables` (not their sizes), as one comparable string."""
+        """The columns and keys of `tables` (not their sizes), and every foreign key from or
+        to them (CDC's cascade rules come from those), as one comparable string."""
+        names = sorted(set(tables))
         shape = [
             (t, repr((self.tables[t].columns, self.tables[t].primary_key)))
             if t in self.tables
             else (t, "")
-            for t in sorted(tables)
+            for t in names
         ]
-        return hashlib.sha256(repr(shape).encode()).hexdigest()
+        fks = sorted(
+            repr(fk)
+            for t in self.tables.values()
+            for fk in t.foreign_keys
+            if fk.table in names or fk.ref_table in names
+        )
+        return hashlib.sha256(repr((shape, fks)).encode()).hexdigest()
 
 
 def _rows(conn: Any, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:

@@ -17,7 +17,10 @@ from bson.decimal128 import Decimal128
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from migrator.cdc.runner import master_position
 from migrator.sandbox import start_kafka
+from migrator.source.connection import connect
+from migrator.urls import parse_mysql_url
 
 from .bridge_streaming import wait_until_streaming
 from .conftest import REPO, migrator_cmd
@@ -303,7 +306,12 @@ def test_records_logged_before_a_rollback_point_are_skipped(env, kafka):
     assert s["events"] == 1 and s["skipped"] == 0
     env.state.meta.replace_one(
         {"_id": "cdc_rollback_point"},
-        {"_id": "cdc_rollback_point", "position": {"file": "binlog.000008", "pos": 5000}},
+        # as a rollback saves it: the source's position and server_id (the samples' server)
+        {
+            "_id": "cdc_rollback_point",
+            "position": {"file": "binlog.000008", "pos": 5000},
+            "server_id": 1,
+        },
         upsert=True,
     )
     produce(
@@ -318,3 +326,44 @@ def test_records_logged_before_a_rollback_point_are_skipped(env, kafka):
     assert s["skipped"] == 1 and s["events"] == 2, s
     assert env.target.orders.find_one({"_id": 7})["customer"] == "after the rollback"
     assert env.target.orders.find_one({"_id": 8})["customer"] == "later"
+
+
+def test_debezium_changes_after_a_rollback_from_a_failed_over_source_are_applied(env, kafka):
+    """The consumer places each record's source file/pos against the rollback's point, which
+    the rollback read from the migrator's `source.url` server. Binlog coordinates belong to
+    one server: after a failover (Debezium follows the new primary by GTID) or with Debezium
+    reading a replica, a record's file/pos says nothing about the point, and a change whose
+    coordinates sorted lower was skipped, silently and for good. Only records of the point's
+    server (server_id, as the rollback saves it) are skipped now. Review finding."""
+    path = setup_orders(env)
+    prefix = f"p{env.db[-6:]}"
+    conn = connect(parse_mysql_url(env.url))
+    point = master_position(conn).to_dict()  # what the rollback saves
+    cur = conn.cursor()
+    cur.execute("SELECT @@server_id")
+    server = int(cur.fetchone()[0])
+    conn.close()
+    env.state.meta.replace_one(
+        {"_id": "cdc_rollback_point"},
+        {"_id": "cdc_rollback_point", "position": point, "server_id": server},
+        upsert=True,
+    )
+
+    def at(name, file, pos, server_id, **after):
+        topic, key, value = sample(name, env.db, **after)
+        payload = value["payload"] if "schema" in value else value
+        payload["source"].update(file=file, pos=pos, server_id=server_id)
+        return topic.replace("mig.", f"{prefix}.", 1), key, value
+
+    # after the rollback the primary fails over; Debezium continues on the new primary
+    # (another server_id; its binlog may well have the same name and lower positions)
+    customer = "written after the rollback and the failover"
+    produce(kafka, [at("schema_defaults_op_c", point["file"], 4, server + 1, id=9,
+                       customer=customer)])  # fmt: skip
+    args = ["cdc", "-m", str(path), "--source", "debezium", "--kafka-bootstrap", kafka,
+            "--topic-prefix", prefix, "--group", f"g-{env.db}", "--until-caught-up",
+            "--json"]  # fmt: skip
+    s = json.loads(migrator_cmd(*args, check=0).stdout)
+    doc = env.target.orders.find_one({"_id": 9})
+    assert doc is not None, f"the change was skipped (point {point}): {s}"
+    assert doc["customer"] == customer and s["skipped"] == 0
