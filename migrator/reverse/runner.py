@@ -24,6 +24,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from ..config import Mapping
 from ..errors import MigratorError
+from ..faults import fault_point
 from ..mapping import Transform
 from ..source.connection import connect as mysql_connect
 from ..state import StateStore, now
@@ -220,6 +221,7 @@ def _session(
             while not stop.is_set() and (end is None or time.monotonic() < end):
                 if state.mongo_is_truth() is None:
                     return True
+                fault_point("reverse_read")
                 before = operation_time(client)
                 batch: list[ReverseChange] = []
                 last: Timestamp | None = None
@@ -232,6 +234,11 @@ def _session(
                     if ch is not None:
                         batch.append(ch)
                 caught_up = len(batch) < BATCH
+                if batch and state.mongo_is_truth() is None:
+                    # a rollback flipped while these were read: it waited for reverse lag 0
+                    # first, so they are writes made under MySQL-first routing after it (an
+                    # SDK's copy of its MySQL write): applying one could overwrite a newer row
+                    return True
                 if batch:
                     res = applier.apply(batch)  # one MySQL transaction
                     for ch, why in res.problems:

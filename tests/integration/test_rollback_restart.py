@@ -142,3 +142,36 @@ def test_two_rollback_cycles_with_binlog_rotation_stay_consistent(env, tmp_path)
     finally:
         cdc.terminate()
         cdc.wait(timeout=60)
+
+
+def test_reverse_sync_applies_nothing_written_after_the_rollback_flipped(env, tmp_path):
+    """Reverse sync checked the phase, then read the change stream and applied what it read.
+    A rollback flipping in between (it waits for reverse lag 0, which holds at once when
+    nothing waits) let it read the MongoDB copy an application writes after its MySQL write
+    under MySQL-first routing, and write that older document over a newer MySQL row: MySQL,
+    the truth again, lost the later write (and CDC then copied the loss to MongoDB). The
+    fault point holds reverse sync right after its phase check, where the flip can land.
+    Review finding."""
+    path, pb = to_read_mongo(env, tmp_path)
+    cdc = start_cdc(env, path, pause="reverse_read:8")
+    try:
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        _reverse_synced(env, cdc, 3, "in MongoDB")  # it then checks the phase and sleeps
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        # MySQL-first: the application writes MySQL, then its copy to MongoDB (as the SDK
+        # does), then MySQL again
+        env.sql("UPDATE orders SET note = 'v2' WHERE id = 3")
+        env.target.orders.update_one({"_id": 3}, {"$set": {"note": "v2"}})
+        env.sql("UPDATE orders SET note = 'v3' WHERE id = 3")
+        wait_until(
+            lambda: env.target.orders.find_one({"_id": 3})["note"] == "v3" or cdc.poll(),
+            "CDC to carry v3 after reverse sync woke up",
+        )
+        time.sleep(2)  # anything reverse sync would still write lands by now
+        assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "v3"
+        assert env.target.orders.find_one({"_id": 3})["note"] == "v3"
+    finally:
+        cdc.terminate()
+        cdc.wait(timeout=60)
+    res = verify(load_mapping(path))
+    assert res.ok, res.differences[:5]

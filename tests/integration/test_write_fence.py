@@ -51,13 +51,14 @@ def start_switch(path, pb, *, pause: str = "", to: str = "write_mongo"):
     )  # fmt: skip
 
 
-def start_cdc(env, path, *args):
+def start_cdc(env, path, *args, pause: str = ""):
     """`migrator cdc --follow` as its own process, once it is running (its log in
-    `cdc.log`: a pipe nobody reads could fill and stall it)."""
+    `cdc.log`: a pipe nobody reads could fill and stall it); `pause` is a fault point."""
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process object)
     cdc = subprocess.Popen(
         [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow", *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True,
+        env={**os.environ, "MIGRATOR_FAULT_PAUSE": pause},
     )  # fmt: skip
     cdc.log = log
     wait_until(
