@@ -541,6 +541,10 @@ class _Session:
                     break
             elif isinstance(item, DDL):
                 self.flush()
+                if not self.dry_run and self.state.mongo_is_truth() is not None:
+                    # logged after the write switch (CDC had caught up before the flip): not
+                    # this phase's to handle; met after a rollback (the switch's fingerprint)
+                    raise _TruthMoved()
                 _ddl(
                     item,
                     self.on_ddl,

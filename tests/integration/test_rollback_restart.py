@@ -175,3 +175,44 @@ def test_reverse_sync_applies_nothing_written_after_the_rollback_flipped(env, tm
         cdc.wait(timeout=60)
     res = verify(load_mapping(path))
     assert res.ok, res.differences[:5]
+
+
+def test_a_ddl_right_after_the_switch_leaves_reverse_sync_running(env, tmp_path):
+    """CDC notices the switch at its next batch or idle check (about a second). A mapped
+    table's ALTER logged right after the switch reached it first and was handled as a DDL of
+    a MySQL-first phase: with the default --on-ddl stop the process exited, and it is the one
+    carrying MongoDB's changes to MySQL (reverse sync stopped; rollback refused until someone
+    noticed). Now it goes to reverse sync, and the DDL is met after a rollback (the switch's
+    schema fingerprint). Review finding."""
+    path, pb = to_read_mongo(env, tmp_path)
+    cdc = start_cdc(env, path)
+    try:
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        env.sql("ALTER TABLE orders ADD COLUMN extra INT NULL DEFAULT 7")
+        time.sleep(1.5)
+        assert cdc.poll() is None, _cdc_log(cdc)
+        _reverse_synced(env, cdc, 3, "in MongoDB after the ALTER")
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        # MySQL-first again: CDC meets the ALTER now, and stops there (--on-ddl stop)
+        wait_until(lambda: cdc.poll() is not None, "CDC to meet the ALTER", timeout=20)
+        assert "DDL on a mapped table" in _cdc_log(cdc)
+    finally:
+        if cdc.poll() is None:
+            cdc.terminate()
+        cdc.wait(timeout=60)
+    assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB after the ALTER"
+    env.sql("UPDATE orders SET note = 'MySQL-first again' WHERE id = 4")
+    cdc = start_cdc(env, path, "--on-ddl", "extend")
+    try:
+        wait_until(
+            lambda: env.target.orders.find_one({"_id": 4})["note"] == "MySQL-first again",
+            "CDC after the rollback",
+        )
+        # the DDL was met (extend): the new column's default is in every document
+        assert env.target.orders.count_documents({"extra": {"$ne": 7}}) == 0
+        assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB after the ALTER"
+    finally:
+        cdc.terminate()
+        cdc.wait(timeout=60)
+    res = verify(load_mapping(path))
+    assert res.ok, res.differences[:5]
