@@ -533,6 +533,22 @@ class StateStore:
     def dead_letter_count(self) -> int:
         return self.dead_letters.count_documents({})
 
+    def reverse_dead_letters(self, since: datetime) -> list[dict[str, Any]]:
+        """MongoDB changes reverse sync could not write to MySQL since `since` and that no
+        clean full verification has settled since (MySQL lacks them)."""
+        q = {"source": "reverse", "at": {"$gte": since}, "settled": {"$ne": True}}
+        return list(self.dead_letters.find(q, {"payload": 0}).sort("at", 1).limit(5))
+
+    def settle_reverse_dead_letters(self, before: datetime) -> None:
+        """A clean full verification that started at `before` found MySQL equal to MongoDB:
+        the reverse dead letters logged before it need nothing more."""
+        with_retry(
+            lambda: self.dead_letters.update_many(
+                {"source": "reverse", "at": {"$lt": before}, "settled": {"$ne": True}},
+                {"$set": {"settled": True, "settled_at": now()}},
+            )
+        )
+
 
 def storable(v: Any) -> Any:
     """Row and event values as BSON can store them, for dead letters: what BSON has no type

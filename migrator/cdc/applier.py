@@ -467,6 +467,10 @@ class _Batch:
             # whole top-level names: a sub-document whose parts are all NULL is left out,
             # as the Transform leaves it out (and a dotted $unset would conflict with $set)
             unset = {f.path[0]: "" for f in p.root.fields if f.path[0] not in fields}
+        if ev.only is not None:
+            tops = {f.path[0] for f in p.root.fields if f.column in ev.only}
+            fields = {k: v for k, v in fields.items() if k in tops}
+            unset = {k: v for k, v in unset.items() if k in tops}
         on_insert: dict[str, Any] = {}
         for e in p.embeds:
             changed = ev.before is None or any(
@@ -629,18 +633,24 @@ class _Batch:
             self.add(p.name, Update(parent, {"$pull": {name: match}}), ev, pos)
             return
         sort = {".".join(path): 1 for path in e.sort_fields}
-        # present: replace the element in place; absent: push it (the guard makes a replay
-        # a no-op instead of a duplicate); then keep the array in the embed's order
-        self.add(
-            p.name,
-            Update(
-                parent,
-                {"$set": {f"{name}.$[el]": element}},
-                array_filters=[{f"el.{k}": v for k, v in match.items()}],
-            ),
-            ev,
-            pos,
-        )
+        # present: replace the element in place (only the fields of the columns written, when
+        # the event says which); absent: push it (the guard makes a replay a no-op instead of
+        # a duplicate); then keep the array in the embed's order
+        in_place: dict[str, Any] = {"$set": {f"{name}.$[el]": element}}
+        if ev is not None and ev.only is not None and element is not None:
+            tops = {f.path[0] for f in e.view.fields if f.column in ev.only}
+            in_place = {}
+            if tops & element.keys():
+                in_place["$set"] = {f"{name}.$[el].{k}": element[k] for k in tops & element.keys()}
+            if tops - element.keys():
+                in_place["$unset"] = {f"{name}.$[el].{k}": "" for k in tops - element.keys()}
+        if in_place:
+            self.add(
+                p.name,
+                Update(parent, in_place, array_filters=[{f"el.{k}": v for k, v in match.items()}]),
+                ev,
+                pos,
+            )
         guard = {**parent, name: {"$not": {"$elemMatch": match}}}
         push: dict[str, Any] = {"$each": [element]}
         if sort:

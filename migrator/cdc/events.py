@@ -21,6 +21,10 @@ class ChangeEvent:
     # the server whose binlog that is (its server_id: coordinates belong to one server)
     origin: Position | None = None
     origin_server: int | None = None
+    # the columns an update wrote, when only those may change (the SDK writing MongoDB first:
+    # the rest of its image was read from the document and may be older than another
+    # writer's change); None: the whole image stands (a binlog or Debezium event)
+    only: frozenset[str] | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ..reverse.runner import run_reverse
 from ..sink.mongo import connect as mongo_connect
 from ..source.connection import _s, query
 from ..source.connection import connect as mysql_connect
+from ..source.defaults import column_defaults as read_defaults
 from ..source.position import is_mariadb
 from ..source.schema import Schema, introspect, split_top_level
 from ..state import StateStore, now
@@ -750,25 +751,14 @@ def column_defaults(
     """{table: {column: default as a SELECT would return it}} for added columns, or why a
     default cannot be known here (one MySQL computes per row)."""
     out: dict[str, dict[str, Any]] = {}
+    maria = is_mariadb(conn)
     for table, cols in added.items():
+        defaults = read_defaults(conn, db, table, maria=maria)
         for col in cols:
-            rows = query(
-                conn,
-                "SELECT COLUMN_DEFAULT FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
-                (db, table, col),
-            )
-            raw = rows[0][0] if rows else None
-            text = None if raw is None else _s(raw)
-            if text is None or text.upper() == "NULL":
-                value: Any = None
-            elif text.startswith("'") and text.endswith("'"):
-                value = text[1:-1].replace("''", "'")
-            elif re.fullmatch(r"-?\d+(\.\d+)?", text):
-                value = text
-            else:
-                return out, f"{table}.{col} has a default MySQL computes per row ({text})"
-            out.setdefault(table, {})[col] = value
+            d = defaults.get(col)
+            if d is not None and d.computed:
+                return out, f"{table}.{col} has a default MySQL computes per row ({d.computed})"
+            out.setdefault(table, {})[col] = d.value if d is not None else None
     return out, None
 
 

@@ -395,6 +395,7 @@ class Machine:
                 if not skip_reverse:
                     self._stage("reverse_catch_up")
                     self._reverse_catch_up(deadline, timeout, phase)
+                    self._no_reverse_dead_letters(phase)
                 self.cdc_restart = self._cdc_restart_point()
             if time.monotonic() > deadline:
                 raise CheckFailed(
@@ -434,6 +435,28 @@ class Machine:
                 f"{timeout:g} s of the freeze (reverse lag {lag} s): staying in {phase}",
                 hint="is `migrator cdc --follow` running (it carries them after the switch)? "
                 "Or --force --reason '...' to roll back without them (audited)",
+            )
+
+    def _no_reverse_dead_letters(self, phase: str) -> None:
+        """A change reverse sync dead-lettered is not lag, but MySQL lacks it just the same:
+        the rollback waits for it as for lag (or --force rolls back without it)."""
+        from ..reverse.runner import checkpoint
+
+        started = (checkpoint(self.state) or {}).get("started")
+        if started is None:
+            return
+        stuck = self.state.reverse_dead_letters(started)
+        if stuck:
+            first = stuck[0]
+            raise CheckFailed(
+                f"reverse sync could not write {len(stuck)}{'+' if len(stuck) == 5 else ''} "
+                f"MongoDB change(s) to MySQL since the write switch (dead_letters, source "
+                f"reverse; first: {first.get('collection')} {first.get('key')!r}: "
+                f"{str(first.get('reason'))[:200]}): MySQL would serve without them: "
+                f"staying in {phase}",
+                hint="fix those documents or the mapping, then a full `migrator verify "
+                "--repair` (in this phase it writes MySQL from MongoDB; a clean run settles "
+                "them); or `rollback --force --reason` to roll back without them (audited)",
             )
 
     def _cdc_restart_point(self) -> dict[str, Any]:

@@ -42,6 +42,9 @@ from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..source.connection import connect as mysql_connect
 from ..source.connection import quote_ident
+from ..source.defaults import Default
+from ..source.defaults import column_defaults as read_defaults
+from ..source.position import is_mariadb
 from ..source.reader import ChunkReader
 from ..source.schema import introspect
 from ..state import StateStore, now
@@ -117,6 +120,7 @@ class DualWriter:
         # their own connection lock
         self._lock = threading.Lock()
         self._raw_lock = threading.Lock()
+        self._column_defaults: dict[str, dict[str, Default]] = {}
         # the write fence (cutover/fence.py): register, beat, acknowledge freezes
         self._freeze_seen: tuple[Any, float] | None = None
         self._acked: str | None = None
@@ -318,8 +322,11 @@ class DualWriter:
                         self._refuse_orphan(table, image)
                 self.lookup.mongo_first = True  # N:1 sub-documents from MongoDB too
                 try:
+                    # an update sets only its own columns: the rest of the image was read from
+                    # the document and may be older than another writer's change since
+                    only = frozenset(values) if op == "update" else None
                     self._mongo(
-                        ChangeEvent(table, op, before, after),  # type: ignore[arg-type]
+                        ChangeEvent(table, op, before, after, only=only),  # type: ignore[arg-type]
                         mongo_first=True,
                     )
                 finally:
@@ -490,12 +497,43 @@ class DualWriter:
         key: dict[str, Any],
         values: dict[str, Any],
     ) -> dict[str, Any]:
-        """The row after the change, without MySQL having run it (MongoDB writes first)."""
-        t = self.schema.table(table)
-        base = dict(before or {c: None for c in t.column_names})
+        """The row after the change, without MySQL having run it (MongoDB writes first); a
+        column an insert leaves out gets MySQL's default, as MySQL-first routing would."""
+        base = dict(before) if before is not None else self._defaults(table, {**key, **values})
         for c, v in {**key, **values}.items():
             base[c] = v if isinstance(v, bytes | str) or v is None else str(v).encode()
         return base
+
+    def _defaults(self, table: str, given: dict[str, Any]) -> dict[str, Any]:
+        """MySQL's values for the columns an insert leaves out (refused where MySQL computes
+        one per row or would refuse the insert: nothing is written then)."""
+        t = self.schema.table(table)
+        with self._raw_lock:
+            if table not in self._column_defaults:
+                self._column_defaults[table] = read_defaults(
+                    self.raw, self.schema.database, table, maria=is_mariadb(self.raw)
+                )
+        known = self._column_defaults[table]
+        row: dict[str, Any] = {}
+        for c in t.column_names:
+            d = known.get(c, Default())
+            if c in given or t.column(c).generated:
+                row[c] = None  # given, or MySQL's to compute (never written)
+            elif d.computed:
+                raise MigratorError(
+                    f"the insert into {table} leaves out {c}, whose default MySQL computes per "
+                    f"row ({d.computed}): MongoDB is written first and cannot know it",
+                    hint=f"give {c} a value in the insert",
+                )
+            elif d.missing:
+                raise MigratorError(
+                    f"the insert into {table} leaves out {c}, which is NOT NULL without a "
+                    "default: MySQL would refuse it",
+                    hint=f"give {c} a value in the insert",
+                )
+            else:
+                row[c] = d.value
+        return row
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         t = self.schema.table(table)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from MySQLdb import DataError, IntegrityError, ProgrammingError
+from MySQLdb import DataError, IntegrityError, MySQLError, OperationalError, ProgrammingError
 
 from ..errors import ConversionError
 from ..keys import id_key
@@ -37,6 +37,12 @@ class ReverseChange:
     op: str  # "upsert" | "delete"
     doc_id: Any
     document: dict[str, Any] | None = None
+
+
+# Server errors that refuse a value, not the connection: strict mode's incorrect value (1366),
+# out of range (1264), truncated (1265), bad date (1292), NULL into NOT NULL (1048), too long
+# (1406), no default (1364), invalid JSON (3140), a CHECK constraint (4025 MariaDB, 3819 MySQL)
+REFUSED_VALUE = frozenset({1048, 1264, 1265, 1292, 1364, 1366, 1406, 3140, 3819, 4025})
 
 
 @dataclass
@@ -84,6 +90,21 @@ class ReverseApplier:
                     # column it leaves empty, a value out of range): a dead letter, not a retry
                     cur.execute("ROLLBACK TO SAVEPOINT one")
                     res.problems.append((ch, f"MySQL refused it: {exc.args[-1]}"))
+                except OperationalError as exc:
+                    if not exc.args or exc.args[0] not in REFUSED_VALUE:
+                        raise  # the connection or the server: retried from the checkpoint
+                    cur.execute("ROLLBACK TO SAVEPOINT one")
+                    res.problems.append((ch, f"MySQL refused it: {exc.args[-1]}"))
+                except MySQLError:
+                    raise
+                except Exception as exc:
+                    # a document any writer may have shaped (an ObjectId or text `_id` for an
+                    # integer key, a number where an array was): it names no rows; one such
+                    # document must not stop every change after it
+                    cur.execute("ROLLBACK TO SAVEPOINT one")
+                    res.problems.append(
+                        (ch, f"cannot turn it into rows: {type(exc).__name__}: {exc}"[:500])
+                    )
             self.conn.commit()
         except BaseException:
             self.conn.rollback()

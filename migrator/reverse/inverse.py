@@ -55,7 +55,10 @@ def _number(v: Any) -> Decimal:
 
 
 def _int(v: Any) -> int:
-    return int(_number(v))
+    n = _number(v)
+    if n != n.to_integral_value():  # MySQL would round it: not what the document says
+        raise ConversionError(f"expected an integer, got {v!r}")
+    return int(n)
 
 
 def _plain_json(v: Any) -> Any:
@@ -104,6 +107,10 @@ def _bytes(v: Any) -> bytes:
 def _text(v: Any) -> str:
     if isinstance(v, str):
         return v
+    if isinstance(v, dict | list):  # no row of the column holds one
+        raise ConversionError(
+            f"expected text, got {'an object' if isinstance(v, dict) else 'an array'}"
+        )
     if isinstance(v, Decimal128):
         return str(v.to_decimal())
     if isinstance(v, datetime):

@@ -71,7 +71,14 @@ def record_start(
     t = operation_time(client)
     state.meta.replace_one(
         {"_id": CHECKPOINT},
-        {"_id": CHECKPOINT, "start_at": t, "token": token, "applied_through": t, "saved_at": now()},
+        {
+            "_id": CHECKPOINT,
+            "start_at": t,
+            "token": token,
+            "applied_through": t,
+            "saved_at": now(),
+            "started": now(),
+        },
         upsert=True,
     )
     return t

@@ -31,7 +31,7 @@ from bson.raw_bson import RawBSONDocument
 
 from ..backfill import _chunk_bounds
 from ..config import Mapping
-from ..errors import MigratorError
+from ..errors import CheckFailed, MigratorError
 from ..keys import id_key
 from ..mapping import CollectionPlan, compile_transform
 from ..progress import NullProgress, Progress
@@ -399,6 +399,15 @@ class Verifier:
         """Rebuild differing documents from the source (deleting extras), check them again.
         After the write switch the source is MongoDB: the rows are written from the documents
         instead (reverse_repair)."""
+        if (self.state.mongo_is_truth() is not None) != self.toward_mysql:
+            # a write switch or rollback since this run began: its differences were found
+            # against the other store, and repairing them now would overwrite the truth
+            raise CheckFailed(
+                f"the source of truth moved while `verify --repair` ran (it repaired toward "
+                f"{'MySQL' if self.toward_mysql else 'MongoDB'}): nothing more is repaired",
+                hint="run `migrator verify --repair` again: it repairs toward the phase's "
+                "source of truth",
+            )
         todo = [d for d in diffs if d.kind != "unconvertible"]  # nothing to write for those
         if self.toward_mysql:
             todo = diffs  # a row MySQL holds that does not convert is rewritten from MongoDB
@@ -676,6 +685,10 @@ def settle_full_run(
     if not result.ok:
         return
     state.prune_touched(result.started, names)
+    if result.complete:
+        # every document equals MySQL's rows now: what reverse sync could not write back
+        # before this run started is settled (a rollback no longer waits for it)
+        state.settle_reverse_dead_letters(result.started)
     if result.complete and repaired_from is not None:
         from ..reverse.runner import restart_after_repair
 
