@@ -421,6 +421,11 @@ class DualWriter:
         into the source of truth: refused after the switch, with the reason."""
         t = self.schema.table(table)
         why = ""
+        unheld = set(values) - self._held_columns(table)
+        if unheld:
+            # reverse sync writes MySQL from the documents: a value no document holds would
+            # never reach it (MySQL-first routing wrote it to MySQL)
+            why = f"it writes {', '.join(sorted(unheld))}, which no document holds"
         if op != "update":
             values = {}
         if set(values) & set(t.primary_key):
@@ -448,6 +453,17 @@ class DualWriter:
                 f"switch: {why}, and MongoDB is the source of truth now",
                 hint="write the documents in MongoDB directly (reverse sync brings MySQL along)",
             )
+
+    def _held_columns(self, table: str) -> set[str]:
+        """The columns of `table` that some document holds (keys and join columns too)."""
+        held: set[str] = set()
+        for plan in self.transform.collections:
+            if plan.table.name == table:
+                held |= {f.column for f in plan.root.fields} | set(plan.pk)
+            for e in plan.embeds:
+                if e.view.table.name == table and e.many:
+                    held |= {f.column for f in e.view.fields} | set(e.child_columns)
+        return held
 
     def _refuse_mysql_only(self, table: str, op: str, key: dict[str, Any]) -> None:
         """A row MySQL holds and no MongoDB document does (a child of a parent outside a

@@ -397,3 +397,31 @@ def test_a_verify_repair_running_across_the_write_switch_keeps_its_old_direction
     assert env.state.control.find_one({"_id": "control"})["phase"] == "write_mongo"
     doc = env.target.orders.find_one({"_id": 5})
     assert doc.get("note") == "written after the switch", doc.get("note")
+
+
+def test_an_sdk_write_of_a_column_no_document_holds_is_refused_after_the_switch(env):
+    """orders.legacy_flag is excluded from the mapping. Before the switch the SDK writes it to
+    MySQL; after it reverse sync writes MySQL from the documents, which do not hold it: the
+    write was acknowledged and never reached MySQL (an insert's value became the default).
+    Now it is refused with the reason, and nothing is written."""
+    from migrator.cutover.sdk import DualWriter
+    from migrator.errors import MigratorError
+
+    path = make_shop(env, orders=4)
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    w = DualWriter(load_mapping(path))
+    try:
+        with pytest.raises(MigratorError, match="legacy_flag, which no document holds"):
+            w.update("orders", {"id": 1}, {"legacy_flag": 1, "note": "with the flag"})
+        row = {"id": 600, "order_no": "SO-600", "customer_id": 3, "legacy_flag": 1,
+               "created_at": "2024-05-01 10:00:00"}  # fmt: skip
+        with pytest.raises(MigratorError, match="legacy_flag, which no document holds"):
+            w.insert("orders", row)
+        w.update("orders", {"id": 1}, {"note": "without it"})  # a held column: fine
+    finally:
+        w.close()
+    assert env.target.orders.find_one({"_id": 600}) is None
+    assert env.target.orders.find_one({"_id": 1})["note"] == "without it"
+    _reverse(path)
+    assert env.sql("SELECT legacy_flag, note FROM orders WHERE id = 1") == [(0, "without it")]
