@@ -20,7 +20,13 @@ from ..cdc.roles import table_roles
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
 from ..faults import fault_point
-from ..reverse.runner import lag_seconds, operation_time, record_start, wait_for_reverse
+from ..reverse.runner import (
+    hold_fence,
+    lag_seconds,
+    operation_time,
+    record_start,
+    wait_for_reverse,
+)
 from ..sink.mongo import connect as mongo_connect
 from ..sink.mongo import with_retry
 from ..state import StateStore, now
@@ -381,6 +387,7 @@ class Machine:
             holder=self.holder,
         )
         phase = doc["phase"]
+        fenced = None
         try:
             self._stage("fence", write=False)
             self.fence = {**fence.wait(fid, deadline=deadline), "survey": round(surveyed, 3)}
@@ -395,6 +402,13 @@ class Machine:
                 if not skip_reverse:
                     self._stage("reverse_catch_up")
                     self._reverse_catch_up(deadline, timeout, phase)
+                # no reverse sync batch commits across the flip (reverse/runner.py)
+                fenced = hold_fence(
+                    self.mapping,
+                    wait=max(0.5, deadline - time.monotonic()),
+                    kill_after=2.0 if skip_reverse else None,
+                )
+                if not skip_reverse:
                     self._no_reverse_dead_letters(phase)
                 self.cdc_restart = self._cdc_restart_point()
             if time.monotonic() > deadline:
@@ -423,6 +437,8 @@ class Machine:
         finally:
             if verifier is not None:
                 verifier.close()
+            if fenced is not None:
+                fenced.close()  # releases the fence: after the flip, or after giving up
 
     def _reverse_catch_up(self, deadline: float, timeout: float, phase: str) -> None:
         """A rollback to MySQL-first: every MongoDB change made up to the freeze must be in

@@ -11,6 +11,7 @@ with backoff from the last checkpoint, lag grows, and drains when MySQL is back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..config import Mapping
-from ..errors import MigratorError
+from ..errors import CheckFailed, MigratorError
 from ..faults import fault_point
 from ..mapping import Transform
 from ..source.connection import connect as mysql_connect
@@ -241,25 +242,35 @@ def _session(
                     if ch is not None:
                         batch.append(ch)
                 caught_up = len(batch) < BATCH
-                if batch and state.mongo_is_truth() is None:
-                    # a rollback flipped while these were read: it waited for reverse lag 0
-                    # first, so they are writes made under MySQL-first routing after it (an
-                    # SDK's copy of its MySQL write): applying one could overwrite a newer row
-                    return True
-                if batch:
-                    res = applier.apply(batch)  # one MySQL transaction
-                    for ch, why in res.problems:
-                        state.dead_letter(
-                            source="reverse",
-                            collection=ch.collection,
-                            key=ch.doc_id,
-                            reason=f"cannot write the document back to MySQL: {why}",
-                            payload=ch.document,
-                            position=None,
-                        )
-                        summary.dead_letters += 1
-                    summary.changes += res.applied
-                    summary.batches += 1
+                if batch and not take_fence(conn, mapping, FENCE_WAIT):
+                    return False  # a rollback holds it: read the batch again from the checkpoint
+                try:
+                    if batch and state.mongo_is_truth() is None:
+                        # a rollback flipped while these were read: it waited for reverse lag 0
+                        # first, so they are writes made under MySQL-first routing after it (an
+                        # SDK's copy of its MySQL write): applying one could overwrite a newer
+                        # row. Checked holding the fence, which the rollback takes to flip: the
+                        # batch commits wholly before the flip, or not at all.
+                        return True
+                    if batch:
+                        res = applier.apply(batch)  # one MySQL transaction
+                        # recorded inside the fence: a rollback's flip sees them (it waits
+                        # for unsettled reverse dead letters)
+                        for ch, why in res.problems:
+                            state.dead_letter(
+                                source="reverse",
+                                collection=ch.collection,
+                                key=ch.doc_id,
+                                reason=f"cannot write the document back to MySQL: {why}",
+                                payload=ch.document,
+                                position=None,
+                            )
+                            summary.dead_letters += 1
+                        summary.changes += res.applied
+                        summary.batches += 1
+                finally:
+                    if batch:
+                        release_fence(conn, mapping)
                 through = before if caught_up else last
                 fields: dict[str, Any] = {"token": stream.resume_token, "saved_at": now()}
                 if through is not None:
@@ -276,6 +287,56 @@ def _session(
         return False
     finally:
         conn.close()
+
+
+FENCE_WAIT = 10.0  # seconds a batch waits for a rollback's flip to pass
+
+
+def fence_name(mapping: Mapping) -> str:
+    """The MySQL named lock between reverse sync's batches and a rollback's flip."""
+    return f"migrator-reverse:{mapping.state.database}"[:64]
+
+
+def take_fence(conn: Any, mapping: Mapping, seconds: float) -> bool:
+    cur = conn.cursor()
+    cur.execute("SELECT GET_LOCK(%s, %s)", (fence_name(mapping), seconds))
+    row = cur.fetchone()
+    return bool(row and row[0] is not None and int(row[0]) == 1)  # b"1" on a raw connection
+
+
+def release_fence(conn: Any, mapping: Mapping) -> None:
+    with contextlib.suppress(MySQLError):  # a connection gone has released it
+        conn.cursor().execute("SELECT RELEASE_LOCK(%s)", (fence_name(mapping),))
+
+
+def hold_fence(mapping: Mapping, *, wait: float, kill_after: float | None) -> Any:
+    """The rollback's side: a connection holding the fence, so that no reverse sync batch
+    commits across the flip. A batch holding it waits in MySQL (a row lock, a slow server):
+    the rollback waits `wait` s for it, and with `kill_after` (a forced rollback, which does
+    not wait for reverse sync) kills that connection after so long instead: its transaction
+    rolls back, and reverse sync, reconnecting, finds the phase flipped."""
+    conn = mysql_connect(mapping.source_url)
+    try:
+        if take_fence(conn, mapping, kill_after if kill_after is not None else wait):
+            return conn
+        if kill_after is not None:
+            cur = conn.cursor()
+            cur.execute("SELECT IS_USED_LOCK(%s)", (fence_name(mapping),))
+            holder = (cur.fetchone() or [None])[0]
+            if holder is not None:
+                with contextlib.suppress(MySQLError):  # it may have ended meanwhile
+                    cur.execute(f"KILL CONNECTION {int(holder)}")
+            if take_fence(conn, mapping, max(1.0, wait - kill_after)):
+                return conn
+        raise CheckFailed(
+            "reverse sync is in the middle of writing a batch to MySQL that does not finish "
+            "(a row lock, a stalled server): the rollback does not flip under it",
+            hint="find what holds MySQL's locks (SHOW PROCESSLIST), or `rollback --force` "
+            "(it stops that batch)",
+        )
+    except BaseException:
+        conn.close()
+        raise
 
 
 def unapplied(client: MongoClient[Any], state: StateStore, mapping: Mapping) -> bool:
