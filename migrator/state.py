@@ -433,13 +433,13 @@ class StateStore:
         writing MongoDB's own changes back (or was applied before the switch), so CDC resumes
         there instead of replaying the whole time MongoDB was the truth (as Vitess's
         ReverseTraffic restarts the forward stream at the current position)."""
-        doc = self.meta.find_one({"_id": "cdc_rollback_point"})
+        doc = self.cdc_rollback()
         return doc["position"] if doc else None
 
-    def cdc_rollback_server(self) -> int | None:
-        """The server_id of the source whose position `cdc_rollback_point` is."""
-        doc = self.meta.find_one({"_id": "cdc_rollback_point"})
-        return doc.get("server_id") if doc else None
+    def cdc_rollback(self) -> dict[str, Any] | None:
+        """The last rollback's whole record: `position`, and `server_id`, the source whose
+        binlog that position is in."""
+        return self.meta.find_one({"_id": "cdc_rollback_point"})
 
     def save_cdc_status(self, **status: Any) -> None:
         doc = {"updated_at": now(), **status}  # liveness is the Liveness thread's

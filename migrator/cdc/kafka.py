@@ -34,7 +34,6 @@ from .runner import (
     Liveness,
     LiveStats,
     reached,
-    rollback_point,
     truth_stop_reason,
     wait_while_copying,
 )
@@ -84,8 +83,8 @@ class _Point:
 
     @classmethod
     def read(cls, state: StateStore) -> _Point | None:
-        p = rollback_point(state)
-        return cls(p, state.cdc_rollback_server()) if p else None
+        doc = state.cdc_rollback()
+        return cls(Position.from_dict(doc["position"]), doc.get("server_id")) if doc else None
 
 
 def _before(ev: ChangeEvent, point: _Point | None) -> bool:

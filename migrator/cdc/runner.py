@@ -136,9 +136,9 @@ def after_rollback(
 
 
 def _same_schema(src: Any, state: StateStore, held: Schema, tables: set[str]) -> bool:
-    """Do the tables CDC decodes have the columns and keys they had at the write switch (a
-    CDC started since has read the new ones, but a DDL in the skipped stretch would still go
-    unhandled) and that this process holds?"""
+    """Do the tables CDC decodes have the columns, keys and foreign keys they had at the
+    write switch (a CDC started since has read the new ones, but a DDL in the skipped stretch
+    would still go unhandled) and that this process holds?"""
     conn = mysql_connect(src)
     try:
         current = introspect(conn, held.database).fingerprint(tables)

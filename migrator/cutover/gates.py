@@ -28,11 +28,7 @@ class GateResult:
 
 def source_position(mapping: Mapping) -> Position:
     """The source's current binlog position."""
-    conn = mysql_connect(mapping.source_url)
-    try:
-        return master_position(conn)
-    finally:
-        conn.close()
+    return source_position_and_server(mapping)[0]
 
 
 def source_position_and_server(mapping: Mapping) -> tuple[Position, int]:

@@ -20,6 +20,7 @@ from ..cdc.roles import table_roles
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
 from ..faults import fault_point
+from ..reverse.runner import checkpoint as reverse_checkpoint
 from ..reverse.runner import (
     hold_fence,
     lag_seconds,
@@ -456,9 +457,7 @@ class Machine:
     def _no_reverse_dead_letters(self, phase: str) -> None:
         """A change reverse sync dead-lettered is not lag, but MySQL lacks it just the same:
         the rollback waits for it as for lag (or --force rolls back without it)."""
-        from ..reverse.runner import checkpoint
-
-        started = (checkpoint(self.state) or {}).get("started")
+        started = (reverse_checkpoint(self.state) or {}).get("started")
         if started is None:
             return
         stuck = self.state.reverse_dead_letters(started)

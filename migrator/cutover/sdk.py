@@ -535,16 +535,15 @@ class DualWriter:
             d = known.get(c, Default())
             if c in given or t.column(c).generated:
                 row[c] = None  # given, or MySQL's to compute (never written)
-            elif d.computed:
-                raise MigratorError(
-                    f"the insert into {table} leaves out {c}, whose default MySQL computes per "
-                    f"row ({d.computed}): MongoDB is written first and cannot know it",
-                    hint=f"give {c} a value in the insert",
+            elif d.computed or d.missing:
+                why = (
+                    f"whose default MySQL computes per row ({d.computed}): MongoDB is written "
+                    "first and cannot know it"
+                    if d.computed
+                    else "which is NOT NULL without a default: MySQL would refuse it"
                 )
-            elif d.missing:
                 raise MigratorError(
-                    f"the insert into {table} leaves out {c}, which is NOT NULL without a "
-                    "default: MySQL would refuse it",
+                    f"the insert into {table} leaves out {c}, {why}",
                     hint=f"give {c} a value in the insert",
                 )
             else:

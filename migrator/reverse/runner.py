@@ -242,35 +242,10 @@ def _session(
                     if ch is not None:
                         batch.append(ch)
                 caught_up = len(batch) < BATCH
-                if batch and not take_fence(conn, mapping, FENCE_WAIT):
-                    return False  # a rollback holds it: read the batch again from the checkpoint
-                try:
-                    if batch and state.mongo_is_truth() is None:
-                        # a rollback flipped while these were read: it waited for reverse lag 0
-                        # first, so they are writes made under MySQL-first routing after it (an
-                        # SDK's copy of its MySQL write): applying one could overwrite a newer
-                        # row. Checked holding the fence, which the rollback takes to flip: the
-                        # batch commits wholly before the flip, or not at all.
-                        return True
-                    if batch:
-                        res = applier.apply(batch)  # one MySQL transaction
-                        # recorded inside the fence: a rollback's flip sees them (it waits
-                        # for unsettled reverse dead letters)
-                        for ch, why in res.problems:
-                            state.dead_letter(
-                                source="reverse",
-                                collection=ch.collection,
-                                key=ch.doc_id,
-                                reason=f"cannot write the document back to MySQL: {why}",
-                                payload=ch.document,
-                                position=None,
-                            )
-                            summary.dead_letters += 1
-                        summary.changes += res.applied
-                        summary.batches += 1
-                finally:
-                    if batch:
-                        release_fence(conn, mapping)
+                if batch:
+                    ended = _apply_fenced(conn, mapping, state, applier, batch, summary)
+                    if ended is not None:
+                        return ended
                 through = before if caught_up else last
                 fields: dict[str, Any] = {"token": stream.resume_token, "saved_at": now()}
                 if through is not None:
@@ -290,6 +265,44 @@ def _session(
 
 
 FENCE_WAIT = 10.0  # seconds a batch waits for a rollback's flip to pass
+
+
+def _apply_fenced(
+    conn: Any,
+    mapping: Mapping,
+    state: StateStore,
+    applier: ReverseApplier,
+    batch: list[ReverseChange],
+    summary: ReverseSummary,
+) -> bool | None:
+    """Write one batch to MySQL holding the fence the rollback takes to flip, so that it
+    commits wholly before the flip or not at all. None: written; False: the fence stayed
+    taken (read the batch again from the checkpoint); True: a rollback flipped while it was
+    read (it waited for reverse lag 0 first, so the batch holds MongoDB copies of writes made
+    under MySQL-first routing after it, which could overwrite newer rows): dropped."""
+    if not take_fence(conn, mapping, FENCE_WAIT):
+        return False
+    try:
+        if state.mongo_is_truth() is None:
+            return True
+        res = applier.apply(batch)  # one MySQL transaction
+        # recorded inside the fence: the rollback's flip sees them (it waits for unsettled
+        # reverse dead letters)
+        for ch, why in res.problems:
+            state.dead_letter(
+                source="reverse",
+                collection=ch.collection,
+                key=ch.doc_id,
+                reason=f"cannot write the document back to MySQL: {why}",
+                payload=ch.document,
+                position=None,
+            )
+            summary.dead_letters += 1
+        summary.changes += res.applied
+        summary.batches += 1
+        return None
+    finally:
+        release_fence(conn, mapping)
 
 
 def fence_name(mapping: Mapping) -> str:

@@ -76,6 +76,13 @@ def _converged(env, ids):
 # -- 1. the reverse applier killed / MySQL away in the middle of a batch with child rows --------
 
 
+def _caught_up_and_clean(path):
+    m = load_mapping(path)
+    run_cdc(m, mode="until-caught-up")
+    res = verify(m)
+    assert res.ok, res.differences[:5]
+
+
 def test_reverse_applier_killed_mid_batch_with_child_rows_replays_exactly(env, tmp_path):
     """The reverse applier (`cdc --follow` in write_mongo) is blocked on a MySQL row lock in
     the middle of a batch that has already pushed, pulled and re-keyed array elements in its
@@ -103,10 +110,7 @@ def test_reverse_applier_killed_mid_batch_with_child_rows_replays_exactly(env, t
         blocker.close()
         cdc.terminate()
         cdc.wait(timeout=60)
-    m = load_mapping(path)
-    run_cdc(m, mode="until-caught-up")
-    res = verify(m)
-    assert res.ok, res.differences[:5]
+    _caught_up_and_clean(path)
 
 
 def test_reverse_applier_connection_killed_and_global_read_lock_mid_batch(env, tmp_path):
@@ -144,10 +148,7 @@ def test_reverse_applier_connection_killed_and_global_read_lock_mid_batch(env, t
         blocker.close()
         cdc.terminate()
         cdc.wait(timeout=60)
-    m = load_mapping(path)
-    run_cdc(m, mode="until-caught-up")
-    res = verify(m)
-    assert res.ok, res.differences[:5]
+    _caught_up_and_clean(path)
 
 
 def test_a_forced_rollback_stops_a_reverse_batch_waiting_in_mysql(env, tmp_path):

@@ -31,6 +31,16 @@ def _reverse_synced(env, cdc, i, note):
         raise AssertionError(_cdc_log(cdc)) from None
 
 
+def _stop(cdc):
+    cdc.terminate()
+    cdc.wait(timeout=60)
+
+
+def _clean(path):
+    res = verify(load_mapping(path))
+    assert res.ok, res.differences[:5]
+
+
 def test_a_foreign_key_added_while_mongodb_was_the_truth_is_not_skipped(env, tmp_path):
     """While MongoDB is the truth a DBA makes order_items.product_id's foreign key ON DELETE
     CASCADE (it was RESTRICT). CDC's cascade rules come from foreign keys, so the switch's
@@ -78,10 +88,8 @@ def test_a_foreign_key_added_while_mongodb_was_the_truth_is_not_skipped(env, tmp
             f"DELETE CASCADE (the first cdc was alive: {alive}, so nobody was told)"
         )
     finally:
-        cdc.terminate()
-        cdc.wait(timeout=60)
-    res = verify(load_mapping(path))
-    assert res.ok, res.differences[:5]
+        _stop(cdc)
+    _clean(path)
 
 
 def test_a_column_added_while_mongodb_was_the_truth_does_not_send_documents_back_in_time(
@@ -171,10 +179,8 @@ def test_reverse_sync_applies_nothing_written_after_the_rollback_flipped(env, tm
         assert env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "v3"
         assert env.target.orders.find_one({"_id": 3})["note"] == "v3"
     finally:
-        cdc.terminate()
-        cdc.wait(timeout=60)
-    res = verify(load_mapping(path))
-    assert res.ok, res.differences[:5]
+        _stop(cdc)
+    _clean(path)
 
 
 def test_a_ddl_right_after_the_switch_leaves_reverse_sync_running(env, tmp_path):
@@ -212,7 +218,5 @@ def test_a_ddl_right_after_the_switch_leaves_reverse_sync_running(env, tmp_path)
         assert env.target.orders.count_documents({"extra": {"$ne": 7}}) == 0
         assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB after the ALTER"
     finally:
-        cdc.terminate()
-        cdc.wait(timeout=60)
-    res = verify(load_mapping(path))
-    assert res.ok, res.differences[:5]
+        _stop(cdc)
+    _clean(path)
