@@ -23,6 +23,7 @@ from typing import Any
 
 import bson
 import MySQLdb
+from pymongo.errors import CollectionInvalid
 
 from .config import Mapping
 from .errors import CheckFailed, ConfigError, MigratorError
@@ -164,7 +165,7 @@ class ChunkWorker:
         if not self.dry_run:
             assert self.state is not None
             fault_point("chunk-copied")
-            self.state.mark_chunk_done(chunk.id, res.rows, time.monotonic() - t0)
+            self.state.mark_chunk_done(chunk.id, res.rows, time.monotonic() - t0, res.docs)
         res.throttled_seconds = self.limiter.account(res.rows)
         res.seconds = time.monotonic() - t0
         return res
@@ -446,7 +447,11 @@ def _backfill(
             # processes, the first one recorded stands: it lies before all their reads)
             position = state.record_backfill_position(current_position(meta_conn))
         summary.position = position
-        _ensure_target_indexes(client[mapping.target_database], plans)
+        target = client[mapping.target_database]
+        if not restart:
+            _check_target_holds_the_copy(target, state, plans)
+        _ensure_target_indexes(target, plans)
+        _record_target_identity(target, state, plans)
 
     raw = mysql_connect(src_url, raw=True)
     todo: list[Chunk] = []
@@ -742,6 +747,62 @@ def _wait_for_plan(
         if time.monotonic() >= deadline:
             raise CheckFailed(f"the copy {fence.copy_id} was not planned within {timeout:.0f} s")
         time.sleep(0.5)
+
+
+def _collection_uuid(db: Any, name: str) -> Any:
+    """The server's identity of a collection (a dropped and recreated one gets a new one);
+    None when the collection is missing or the server does not say."""
+    info = with_retry(lambda: list(db.list_collections(filter={"name": name})))
+    if not info:
+        return None
+    return (info[0].get("info") or {}).get("uuid") or False
+
+
+def _check_target_holds_the_copy(db: Any, state: StateStore, plans: list[CollectionPlan]) -> None:
+    """A resume skips the done chunks: refuse it when their documents are not in the target
+    any more (database or collection dropped, documents deleted behind the tool's back)."""
+    phase = _phase(state)
+    for p in plans:
+        written = state.done_docs(p.name)
+        if not written:
+            continue
+        uuid = _collection_uuid(db, p.name)
+        recorded = (state.collection_state(p.name) or {}).get("target_uuid")
+        problem = None
+        if uuid is None:
+            problem = f"collection {db.name}.{p.name} is gone"
+        elif recorded is not None and uuid is not False and uuid != recorded:
+            problem = f"collection {db.name}.{p.name} was dropped and created again"
+        elif phase not in ("write_mongo", "done"):
+            # from write_mongo on, applications delete documents directly: counts prove nothing
+            expected = written - state.deletes_noted(p.name)
+            have = db[p.name].estimated_document_count()
+            if have < expected:
+                have = db[p.name].count_documents({})  # exact, only when it matters
+            if have < expected:
+                problem = (
+                    f"collection {db.name}.{p.name} holds {have} documents, fewer documents "
+                    f"than the {expected} the done chunks wrote (less the ones CDC deleted)"
+                )
+        if problem:
+            raise ConfigError(
+                f"backfill cannot resume: {problem} since the copy recorded its chunks as done",
+                hint="run `migrator backfill --restart` to copy everything again "
+                f"(or `--restart --collection {p.name}` for this collection alone)",
+            )
+
+
+def _record_target_identity(db: Any, state: StateStore, plans: list[CollectionPlan]) -> None:
+    """Remember which collection the copy writes into (see _check_target_holds_the_copy)."""
+    for p in plans:
+        if (state.collection_state(p.name) or {}).get("target_uuid") is not None:
+            continue
+        if _collection_uuid(db, p.name) is None:
+            with contextlib.suppress(CollectionInvalid):  # another process made it first
+                with_retry(partial(db.create_collection, p.name))
+        uuid = _collection_uuid(db, p.name)
+        if uuid:
+            state.update_collection(p.name, target_uuid=uuid)
 
 
 def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:

@@ -72,14 +72,25 @@ class StateStore:
             "target": mapping.target_database,
         }
 
+    def holds_records(self) -> bool:
+        """Does this database hold any migration's records (whatever wrote them)?"""
+        names = with_retry(self.db.list_collection_names)
+        return any(self.db[n].find_one({}, {"_id": 1}) is not None for n in names)
+
     def identity_problem(self, mapping: Mapping) -> str | None:
         """Why this state database is not the mapping's (None when it is, or is new)."""
         doc = self.meta.find_one({"_id": "identity"})
         mine = self.identity_of(mapping)
-        if doc is None or (doc.get("source"), doc.get("target")) == (
-            mine["source"],
-            mine["target"],
-        ):
+        if doc is None:
+            if not self.holds_records():
+                return None
+            # an older version's state, or its identity removed: it may be another migration's
+            return (
+                f"state database {self.db.name!r} has no identity but holds a migration's "
+                f"records: it is not known to be {mine['source']} -> {mine['target']} "
+                f"({mapping.path})"
+            )
+        if (doc.get("source"), doc.get("target")) == (mine["source"], mine["target"]):
             return None
         since = doc.get("created")
         return (
@@ -99,11 +110,49 @@ class StateStore:
             except DuplicateKeyError:  # another process claimed it first: check theirs
                 problem = self.identity_problem(mapping)
         if problem:
-            raise ConfigError(
-                problem,
-                hint="give each migration a state database of its own in the mapping, e.g. "
-                f"`state: {{database: _migrator_{mapping.target_database}}}`",
-            )
+            raise ConfigError(problem, hint=self.identity_hint(mapping))
+
+    def identity_hint(self, mapping: Mapping) -> str:
+        own = (
+            "give each migration a state database of its own in the mapping, e.g. "
+            f"`state: {{database: _migrator_{mapping.target_database}}}`"
+        )
+        if self.meta.find_one({"_id": "identity"}) is not None:
+            return own
+        return (
+            f"if these records are this migration's, say so: `migrator state claim -m "
+            f"{mapping.path} --reason TEXT` (audited); otherwise {own}"
+        )
+
+    def adopt(self, mapping: Mapping, *, actor: str, reason: str) -> bool:
+        """The user says an identity-less state database is this mapping's: record the
+        identity and audit it. False when it already was; refused when another's."""
+        doc = self.meta.find_one({"_id": "identity"})
+        if doc is not None:
+            problem = self.identity_problem(mapping)
+            if problem:
+                raise ConfigError(problem, hint=self.identity_hint(mapping))
+            return False
+        mine = self.identity_of(mapping)
+        claimed = {"actor": actor, "reason": reason, "at": now()}
+        try:
+            self.meta.insert_one({"_id": "identity", **mine, "created": now(), "claimed": claimed})
+        except DuplicateKeyError:  # claimed meanwhile: by this migration, or refused
+            return self.adopt(mapping, actor=actor, reason=reason)
+        self.audit(
+            kind="claim_state",
+            outcome="done",
+            actor=actor,
+            reason=reason,
+            detail=f"state database {self.db.name!r} recorded as {mine['source']} -> "
+            f"{mine['target']} ({mapping.path}); it held records but no identity",
+        )
+        return True
+
+    def audit(self, **entry: Any) -> None:
+        """Append to the audit log (who did what, when and why)."""
+        doc = {"at": now(), **entry}
+        with_retry(lambda: self.db["audit"].insert_one(doc))
 
     def ensure_indexes(self) -> None:
         with_retry(
@@ -376,27 +425,44 @@ class StateStore:
     def chunks_left(self, collections: list[str]) -> int:
         return self.chunks.count_documents({"collection": {"$in": collections}, "done": False})
 
-    def mark_chunk_done(self, chunk_id: str, rows: int, seconds: float) -> None:
-        with_retry(
-            lambda: self.chunks.update_one(
-                {"_id": chunk_id},
-                {"$set": {"done": True, "rows": rows, "seconds": seconds, "done_at": now()}},
-            )
-        )
+    def mark_chunk_done(self, chunk_id: str, rows: int, seconds: float, docs: int) -> None:
+        fields = {"done": True, "rows": rows, "docs": docs, "seconds": seconds, "done_at": now()}
+        with_retry(lambda: self.chunks.update_one({"_id": chunk_id}, {"$set": fields}))
 
     def done_rows(self, collection: str) -> int:
         done = self.chunks.find({"collection": collection, "done": True}, {"rows": 1})
         return sum(int(c.get("rows", 0)) for c in done)
+
+    def done_docs(self, collection: str) -> int:
+        """Documents the done chunks wrote (chunks done by an older version: their rows)."""
+        done = self.chunks.find({"collection": collection, "done": True}, {"rows": 1, "docs": 1})
+        return sum(int(c.get("docs", c.get("rows", 0))) for c in done)
+
+    # Deletes of whole documents, counted per collection before they are sent (a replay counts
+    # again): a resume tells "fewer documents than the copy wrote" from deletes the tool made.
+    def note_deletes(self, collection: str, n: int) -> None:
+        if n:
+            with_retry(
+                lambda: self.meta.update_one(
+                    {"_id": "target_deletes"}, {"$inc": {f"c.{collection}": n}}, upsert=True
+                )
+            )
+
+    def deletes_noted(self, collection: str) -> int:
+        doc = self.meta.find_one({"_id": "target_deletes"}) or {}
+        return int(doc.get("c", {}).get(collection, 0))
 
     def reset_backfill(self, collections: list[str] | None = None) -> None:
         """Forget checkpoints: of some collections, or of everything including the position."""
         if collections:
             self.chunks.delete_many({"collection": {"$in": collections}})
             self.backfill.delete_many({"_id": {"$in": collections}})
+            unset = {f"c.{c}": "" for c in collections}
+            self.meta.update_one({"_id": "target_deletes"}, {"$unset": unset})
             return
         self.chunks.delete_many({})
         self.backfill.delete_many({})
-        self.meta.delete_one({"_id": "backfill_position"})
+        self.meta.delete_many({"_id": {"$in": ["backfill_position", "target_deletes"]}})
 
     # -- CDC checkpoint and lag ---------------------------------------------------------------
     def cdc_checkpoint(self) -> dict[str, Any] | None:

@@ -951,6 +951,8 @@ class _Batch:
     def _write(self, coll: str, tagged: list[_Tagged]) -> None:
         """Ordered bulk; an op the server refuses becomes a dead letter and the rest goes on."""
         self.result.operations += len(tagged)
+        if not self.a.dry_run:  # before they are sent: a resume must never count too few
+            self.a.state.note_deletes(coll, sum(isinstance(t.op, DeleteOne) for t in tagged))
         start = 0
         collection = self.a.db[coll]
         while start < len(tagged):

@@ -481,7 +481,10 @@ class _Session:
         self.target, self.t0 = target, t0
         self.position = start
         self.echoes_until = echoes_until
-        self.saved = start  # the last checkpoint written
+        # the last checkpoint written; None when the start is only the backfill's position, so
+        # that an idle source still gets one (the lag gate and `status` read the checkpoint)
+        saved = None if dry_run else state.cdc_checkpoint()
+        self.saved: Position | None = start if dry_run or saved == start.to_dict() else None
         self.batch: list[Transaction] = []
         self.held = 0
         self.batch_started = 0.0

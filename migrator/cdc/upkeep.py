@@ -62,6 +62,7 @@ def sweep_pending(a: Applier) -> int:
             for doc_id, doc in current
         ]
         if ops:
+            a.state.note_deletes(coll, sum(isinstance(op, DeleteOne) for op in ops))
             with_retry(partial(a.db[coll].bulk_write, ops, ordered=True))
             a.state.touch([(coll, doc_id, None) for doc_id, _doc in current])
         outside: set[Hashable] = set()

@@ -12,6 +12,7 @@ from .demo import demo_cmd
 from .init import init_cmd
 from .plan import plan_cmd
 from .stack import stack_group
+from .state import state_group
 from .verify import verify_cmd
 
 EXIT_CODES = """
@@ -62,6 +63,7 @@ cli.add_command(status_cmd)
 cli.add_command(cutover_cmd)
 cli.add_command(rollback_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(state_group)
 
 
 def main() -> None:

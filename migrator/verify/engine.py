@@ -28,6 +28,7 @@ import bson
 from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from bson.raw_bson import RawBSONDocument
+from pymongo import DeleteOne
 
 from ..backfill import _chunk_bounds
 from ..config import Mapping
@@ -431,6 +432,7 @@ class Verifier:
             ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
             coll = self.db[plan.name]
             if ops:
+                self.state.note_deletes(plan.name, sum(isinstance(op, DeleteOne) for op in ops))
                 with_retry(lambda: coll.bulk_write(ops, ordered=True))
         left = self.check_keys(plan, ids, res)
         res.repaired += len(todo) - len(left)

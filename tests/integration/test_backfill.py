@@ -295,3 +295,49 @@ def test_a_killed_backfill_s_chunks_are_claimed_by_the_other(env):
     claims = sorted(c.get("claims", 0) for c in env.state.chunks.find({}))
     assert claims[:-1] == [1] * (len(claims) - 1) and claims[-1] == 2
     assert_orders_exact(env)
+
+
+def _resume_refused(path, collection):
+    p = migrator_cmd("backfill", "-m", str(path), check=2)
+    assert collection in p.stderr and "backfill --restart" in p.stderr, p.stderr
+    return p
+
+
+def test_a_resume_into_a_target_that_lost_its_documents_is_refused(env):
+    """Recorded work missing from the target (database dropped, one collection dropped, some
+    documents deleted) stops the resume, naming the collection and the way out."""
+    path = make_shop(env, orders=60, chunk_size=20)
+    migrator_cmd("backfill", "-m", str(path), check=0)
+    # the whole target database dropped to start over
+    env.mongo.drop_database(env.db)
+    p = _resume_refused(path, "orders")
+    assert "0 rows" not in p.stdout
+    # ... and nothing was written by the refused run
+    assert env.target.orders.count_documents({}) == 0
+    migrator_cmd("backfill", "-m", str(path), "--restart", check=0)
+    assert_orders_exact(env)
+    # one collection dropped and made again (an index, an application) holds none of the copy
+    env.target.customers.drop()
+    env.target.customers.insert_one({"_id": 10_000, "note": "not the copy"})
+    _resume_refused(path, "customers")
+    migrator_cmd("backfill", "-m", str(path), "--restart", check=0)
+    # some documents deleted behind the tool's back
+    env.target.orders.delete_many({"_id": {"$lte": 5}})
+    p = _resume_refused(path, "orders")
+    assert "fewer documents" in p.stderr
+    migrator_cmd("backfill", "-m", str(path), "--restart", check=0)
+    assert_orders_exact(env)
+
+
+def test_a_resume_after_cdc_deleted_documents_goes_on(env):
+    """Documents CDC deleted (rows deleted at the source) are not a loss: `sync` resumes."""
+    from migrator.cdc.runner import run_cdc
+
+    path = make_shop(env, orders=60, chunk_size=20)
+    migrator_cmd("backfill", "-m", str(path), check=0)
+    env.sql("DELETE FROM order_items WHERE order_id <= 30", "DELETE FROM orders WHERE id <= 30")
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    assert env.target.orders.count_documents({}) == 30
+    p = migrator_cmd("backfill", "-m", str(path), check=0)
+    assert "already done" in p.stderr
+    assert_orders_exact(env)

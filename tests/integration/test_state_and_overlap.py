@@ -51,6 +51,65 @@ def test_a_second_migration_on_the_same_state_database_is_refused(env, tmp_path)
         env.mongo.drop_database(f"{env.db}_b")
 
 
+def test_a_state_database_without_identity_is_refused_until_claimed(env, tmp_path):
+    """Records but no identity (an older version's state, or its identity removed): no mapping
+    takes it over silently; `migrator state claim` does, audited, and only for one migration."""
+    path_a = make_shop(env, orders=10)
+    backfill(load_mapping(path_a), workers=1)
+    env.state.meta.delete_one({"_id": "identity"})
+    env.sql(f"CREATE DATABASE IF NOT EXISTS `{env.db}_b`")
+    env.admin.cursor().execute(f"CREATE TABLE `{env.db}_b`.t (id INT PRIMARY KEY)")
+    try:
+        other = tmp_path / "b.yaml"
+        other.write_text(
+            "version: 1\n"
+            f'source: {{url: "{env.url}_b"}}\n'
+            f'target: {{url: "{env.stack.mongo_url}", database: {env.db}_b}}\n'
+            f"state: {{database: {env.state_db}}}\n"
+            "collections:\n  - {name: t, from: t}\n"
+        )
+        for path in (other, path_a):
+            for cmd in (["backfill"], ["cdc", "--until-caught-up"], ["verify"], ["status"]):
+                p = migrator_cmd(*cmd, "-m", str(path), check=2)
+                assert f"state database {env.state_db!r} has no identity" in p.stderr, p.stderr
+                assert "migrator state claim" in p.stderr
+            p = migrator_cmd(
+                "cutover", "-m", str(path), "--next", "--yes", "--reason", "x", check=2
+            )
+            assert "has no identity" in p.stderr
+            p = migrator_cmd("plan", "-m", str(path), "--json", check=1)
+            assert any("has no identity" in b for b in json.loads(p.stdout)["blocking"])
+        assert env.state.meta.find_one({"_id": "identity"}) is None
+        assert env.mongo[f"{env.db}_b"].t.count_documents({}) == 0
+        # the user says whose it is: a reason is required, the claim is audited
+        migrator_cmd("state", "claim", "-m", str(path_a), check=2)
+        p = migrator_cmd(
+            "state", "claim", "-m", str(path_a), "--reason", "upgraded from 0.x",
+            "--actor", "dba@host", "--json", check=0,
+        )  # fmt: skip
+        assert json.loads(p.stdout)["claimed"] is True
+        ident = env.state.meta.find_one({"_id": "identity"})
+        assert ident["source"].endswith(f"/{env.db}") and ident["target"] == env.db
+        entry = env.state.audit.find_one({"kind": "claim_state"})
+        assert entry["actor"] == "dba@host" and entry["reason"] == "upgraded from 0.x"
+        migrator_cmd("backfill", "-m", str(path_a), check=0)
+        # now it is migration a's: b is refused as before, and cannot claim it
+        p = migrator_cmd("backfill", "-m", str(other), check=2)
+        assert "belongs to another migration" in p.stderr
+        p = migrator_cmd("state", "claim", "-m", str(other), "--reason", "mine", check=2)
+        assert "belongs to another migration" in p.stderr
+    finally:
+        env.admin.cursor().execute(f"DROP DATABASE `{env.db}_b`")
+        env.mongo.drop_database(f"{env.db}_b")
+
+
+def test_an_empty_state_database_is_taken_by_the_first_mapping(env):
+    path = make_shop(env, orders=5)
+    migrator_cmd("backfill", "-m", str(path), check=0)
+    ident = env.state.meta.find_one({"_id": "identity"})
+    assert ident is not None and ident["target"] == env.db
+
+
 def _purge(env: Env) -> None:
     env.sql("FLUSH BINARY LOGS")
     current = env.sql("SHOW MASTER STATUS")[0][0]
@@ -184,6 +243,34 @@ def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
     finally:
         stop.set()
         t.join(timeout=30)
+
+
+def test_an_idle_source_passes_the_lag_gate_while_cdc_follows(env):
+    """No change since the backfill: `cdc --follow` alone (no --until-caught-up run before it)
+    must make the lag measurable, and the gate pass, on a quiet source."""
+    from .test_cutover import step
+    from .test_write_fence import start_cdc, wait_until
+
+    path = make_shop(env, orders=20)
+    migrator_cmd("backfill", "-m", str(path), check=0)
+    migrator_cmd("verify", "-m", str(path), check=0)
+    step(path, "--to", "backfill")
+    step(path, "--to", "sync")
+    cdc = start_cdc(env, path)
+    try:
+        wait_until(
+            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("lag_seconds") == 0,
+            "CDC to say it is caught up",
+        )
+        st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
+        assert st["cdc"]["position"] is not None and st["cdc"]["lag_seconds"] == 0
+        moved = json.loads(step(path, "--to", "dual_write", "--reason", "idle").stdout)
+        assert moved["to"] == "dual_write"
+        lag = next(g for g in moved["gates"] if g["name"] == "cdc_lag")
+        assert lag["ok"] and lag["measured"] == "0.0 s"
+    finally:
+        cdc.terminate()
+        assert cdc.wait(30) == 0
 
 
 def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_planned(env):
