@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 
@@ -28,6 +28,9 @@ from .source.schema import Schema, introspect
 from .state import StateStore
 from .typerules import loss_notes
 from .urls import MySQLURL, parse_mysql_url
+
+if TYPE_CHECKING:
+    from .cdc.cascade import Cascades
 
 ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
 
@@ -333,6 +336,45 @@ def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) ->
                 )
     for problem in cascades.problems():
         report.add("fk_cascade", "block", problem)
+    _unseen_cascades(cascades, schema, report)
+
+
+def _unseen_cascades(cascades: Cascades, schema: Schema, report: PlanReport) -> None:
+    """Cascades into the documents CDC could not follow because it cannot see them: through a
+    table whose foreign keys the source user cannot read (SHOW CREATE TABLE shows a table only
+    to a user with a privilege on it), or from a table of another database (CDC reads only
+    this database's changes)."""
+    from .cdc.cascade import ACTIONS
+
+    db = schema.database
+    for name in sorted(cascades.relevant):
+        if name in schema.tables and name not in schema.unreadable:
+            continue
+        via = [
+            r.describe() for r in cascades.rules.get(name, ()) if r.fk.table in cascades.relevant
+        ]
+        report.add(
+            "fk_cascade",
+            "block",
+            ("; ".join(via) + ": " if via else "")
+            + f"the source user cannot read the foreign keys of {db}.{name}, so CDC cannot "
+            "know which changes cascade through it into the documents: grant SELECT ON "
+            f"{quote_ident(db)}.{quote_ident(name)} (or ON {quote_ident(db)}.*) to the source "
+            "user (README: Least privilege)",
+        )
+    for name in sorted(cascades.relevant & set(schema.tables)):
+        for fk in schema.tables[name].outside_foreign_keys:
+            for on, action in (("DELETE", fk.on_delete), ("UPDATE", fk.on_update)):
+                if action not in ACTIONS:
+                    continue
+                report.add(
+                    "fk_cascade",
+                    "block",
+                    f"{name}.{fk.name} ({', '.join(fk.columns)} -> {fk.ref_database}."
+                    f"{fk.ref_table}) ON {on} {action}: changes of a table in another database "
+                    f"change rows of {name} that the binlog does not carry, and CDC reads only "
+                    f"the changes of {db}",
+                )
 
 
 def _reverse_checks(transform: Transform, report: PlanReport) -> None:

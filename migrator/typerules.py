@@ -13,9 +13,10 @@ value (integers beyond int64 kept as Decimal128); BLOB/BINARY/GEOMETRY -> binary
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -25,7 +26,7 @@ from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
 from .errors import ConversionError
-from .source.schema import GEOMETRY_TYPES, Column
+from .source.schema import GEOMETRY_TYPES, Column, type_members
 
 Converter = Callable[[Any], Any]
 INT64_MAX = 2**63 - 1
@@ -125,6 +126,24 @@ def _double(v: Any) -> float:
 def _set(v: Any) -> list[str]:
     s = _text(v)
     return s.split(",") if s else []
+
+
+@functools.lru_cache(maxsize=1024)
+def _set_rank(col: Column) -> Callable[[str], tuple[int, str]]:
+    members = col.members or type_members(col.column_type)
+    order = {m: i for i, m in enumerate(members)}
+    folded = {m.casefold(): i for i, m in reversed(list(enumerate(members)))}
+    return lambda m: (order.get(m, folded.get(m.casefold(), len(order))), m)
+
+
+def set_members(col: Column, members: Iterable[str]) -> list[str]:
+    """A SET value's members as a SELECT lists them: in the column's definition order (exact
+    case first, then a case-insensitive match), whatever order a decoder or a writer used."""
+    return sorted(members, key=_set_rank(col))
+
+
+def _set_converter(col: Column) -> Converter:
+    return lambda v: set_members(col, _set(v))
 
 
 def _binary(v: Any) -> bytes:
@@ -242,7 +261,7 @@ def default_converter(col: Column, zone: tzinfo | None = None) -> Converter:
     if t == "json":
         return parse_json
     if t == "set":
-        return _set
+        return _set_converter(col)
     if col.is_binary:
         return _binary
     return _string
@@ -255,7 +274,7 @@ def override_converter(col: Column, type_name: str, zone: tzinfo | None = None) 
     base = default_converter(col, zone)
     if type_name == "string":
         if col.data_type == "set":
-            return _string
+            return lambda v: ",".join(set_members(col, _set(v)))
         if col.is_binary:
             return lambda v: bytes(v).hex() if not isinstance(v, str) else v
         if col.data_type in ("datetime", "timestamp", "date", "time", "json"):

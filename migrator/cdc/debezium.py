@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ..errors import ConfigError, ConversionError
 from ..source.schema import Column, Schema
 from .events import ChangeEvent, Op, Position
-from .normalize import float32_text
+from .normalize import float32_text, set_text
 
 TimeMode = Literal["adaptive_time_microseconds", "adaptive", "connect", "isostring"]
 DecimalMode = Literal["precise", "string", "double"]
@@ -145,8 +145,8 @@ class DebeziumDecoder:
             return self._bytes(v, fs)
         if t == "json" and not isinstance(v, str):
             return json.dumps(v)
-        if t == "set" and isinstance(v, list):
-            return ",".join(v)
+        if t == "set":
+            return set_text(col, v.split(",") if isinstance(v, str) else v) if v else ""
         return v
 
     def _decimal(self, col: Column, v: Any, fs: dict[str, Any] | None) -> str:

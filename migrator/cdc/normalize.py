@@ -9,14 +9,14 @@ without its trailing zero bytes, an empty BLOB as ''. One normaliser per column 
 from __future__ import annotations
 
 import json
-import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ..source.schema import Column, Table
+from ..typerules import set_members
 
 Normaliser = Callable[[Any, str], Any]  # (value, none_source) -> SELECT-like value
 _F32 = struct.Struct("<f")
@@ -48,20 +48,19 @@ def fix_negative_time(v: timedelta) -> timedelta:
     return -timedelta(microseconds=whole * 1_000_000 + (1_000_000 - frac))
 
 
-def _set_members(col: Column) -> list[str]:
-    m = re.match(r"set\((.*)\)$", col.column_type, re.S)
-    return re.findall(r"'((?:[^']|'')*)'", m.group(1)) if m else []
+def set_text(col: Column, members: Iterable[str]) -> str:
+    """A SET value as a SELECT gives it (see typerules.set_members)."""
+    return ",".join(set_members(col, members))
 
 
 def normaliser(col: Column) -> Normaliser:
     t = col.data_type
     if t == "set":
-        order = {m.replace("''", "'"): i for i, m in enumerate(_set_members(col))}
 
         def n_set(v: Any, src: str) -> Any:
             if v is None:
                 return "" if src == "empty set" else None
-            return ",".join(sorted(v, key=lambda m: order.get(m, len(order))))
+            return set_text(col, v)  # the binlog decoder hands a Python set
 
         return n_set
     if t == "bit":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import SchemaError
@@ -38,6 +38,9 @@ class Column:
     charset: str | None = None
     has_default: bool = False  # DEFAULT, AUTO_INCREMENT: MySQL fills it when a write omits it
     generated: bool = False  # GENERATED ALWAYS AS (...): MySQL computes it, nobody writes it
+    # ENUM/SET members in definition order, as written (column_type is lower-cased; a SET
+    # value's members are listed in this order)
+    members: tuple[str, ...] = ()
 
     @property
     def unsigned(self) -> bool:
@@ -64,6 +67,14 @@ class Column:
         return self.data_type in BINARY_TYPES or self.data_type in GEOMETRY_TYPES
 
 
+def type_members(column_type: str) -> tuple[str, ...]:
+    """The members of an ENUM(...) or SET(...) type, unquoted, in definition order."""
+    m = re.match(r"(?:enum|set)\((.*)\)$", column_type, re.S | re.I)
+    if not m:
+        return ()
+    return tuple(x.replace("''", "'") for x in re.findall(r"'((?:[^']|'')*)'", m.group(1)))
+
+
 @dataclass(frozen=True)
 class ForeignKey:
     name: str
@@ -71,8 +82,11 @@ class ForeignKey:
     columns: tuple[str, ...]
     ref_table: str
     ref_columns: tuple[str, ...]
-    on_delete: str
+    on_delete: str  # CASCADE | SET NULL | RESTRICT | NO ACTION | SET DEFAULT
     on_update: str
+    # None: the table's own database. Left out of repr: the fingerprint a write switch saves
+    # is made of these reprs, and keys to other databases are not in it.
+    ref_database: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -82,7 +96,8 @@ class Table:
     primary_key: list[str]
     rows_estimate: int = 0
     avg_row_length: int = 0
-    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    foreign_keys: list[ForeignKey] = field(default_factory=list)  # to this database's tables
+    outside_foreign_keys: list[ForeignKey] = field(default_factory=list)  # to other databases
 
     def __post_init__(self) -> None:
         self._by_name = {c.name: c for c in self.columns}
@@ -105,6 +120,9 @@ class Table:
 class Schema:
     database: str
     tables: dict[str, Table]
+    # tables whose columns are visible but whose definition SHOW CREATE TABLE refused:
+    # their foreign keys are unknown
+    unreadable: set[str] = field(default_factory=set)
 
     def table(self, name: str) -> Table:
         try:
@@ -174,6 +192,7 @@ def introspect(conn: Any, database: str) -> Schema:
                 name=cname,
                 data_type=dtype,
                 column_type=_s(r["column_type"]).lower(),
+                members=type_members(_s(r["column_type"])),
                 nullable=_s(r["is_nullable"]) == "YES",
                 precision=r["numeric_precision"],
                 scale=r["numeric_scale"],
@@ -202,35 +221,6 @@ def introspect(conn: Any, database: str) -> Schema:
         (database,),
     ):
         pks.setdefault(_s(r["table_name"]), []).append(_s(r["column_name"]))
-    fks: dict[str, dict[str, Any]] = {}
-    for r in _rows(
-        conn,
-        """
-        SELECT k.CONSTRAINT_NAME, k.TABLE_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME,
-               k.REFERENCED_COLUMN_NAME, c.DELETE_RULE, c.UPDATE_RULE
-        FROM information_schema.KEY_COLUMN_USAGE k
-        JOIN information_schema.REFERENTIAL_CONSTRAINTS c
-          ON c.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND c.CONSTRAINT_NAME = k.CONSTRAINT_NAME
-         AND c.TABLE_NAME = k.TABLE_NAME
-        WHERE k.TABLE_SCHEMA = %s AND k.REFERENCED_TABLE_NAME IS NOT NULL
-        ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION""",
-        (database,),
-    ):
-        key = f"{_s(r['table_name'])}.{_s(r['constraint_name'])}"
-        fk = fks.setdefault(
-            key,
-            {
-                "name": _s(r["constraint_name"]),
-                "table": _s(r["table_name"]),
-                "columns": [],
-                "ref_table": _s(r["referenced_table_name"]),
-                "ref_columns": [],
-                "on_delete": _s(r["delete_rule"]),
-                "on_update": _s(r["update_rule"]),
-            },
-        )
-        fk["columns"].append(_s(r["column_name"]))
-        fk["ref_columns"].append(_s(r["referenced_column_name"]))
     out: dict[str, Table] = {}
     for tname, columns in tables.items():
         if tname not in meta:
@@ -242,21 +232,9 @@ def introspect(conn: Any, database: str) -> Schema:
             primary_key=pks.get(tname, []),
             rows_estimate=int(m["table_rows"] or 0),
             avg_row_length=int(m["avg_row_length"] or 0),
-            foreign_keys=[
-                ForeignKey(
-                    name=f["name"],
-                    table=f["table"],
-                    columns=tuple(f["columns"]),
-                    ref_table=f["ref_table"],
-                    ref_columns=tuple(f["ref_columns"]),
-                    on_delete=f["on_delete"],
-                    on_update=f["on_update"],
-                )
-                for f in fks.values()
-                if f["table"] == tname
-            ],
         )
-    return Schema(database=database, tables=out)
+    unreadable = _read_foreign_keys(conn, database, out)
+    return Schema(database=database, tables=out, unreadable=unreadable)
 
 
 def _mariadb_json_columns(conn: Any, database: str) -> set[tuple[str, str]]:
@@ -293,3 +271,149 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
             part += ch
     parts.append(part)
     return parts
+
+
+# Refusals of SHOW CREATE TABLE that mean "not for this user" (or "gone since listed"):
+# table/column access denied, database access denied, no such table.
+_NOT_READABLE = {1142, 1143, 1044, 1146}
+
+
+def _read_foreign_keys(conn: Any, database: str, tables: dict[str, Table]) -> set[str]:
+    """Every table's foreign keys, from SHOW CREATE TABLE: it needs only SELECT, while
+    MariaDB shows information_schema.REFERENTIAL_CONSTRAINTS rows (the ON DELETE / ON UPDATE
+    rules) only to users with REFERENCES. Returns the tables it could not read."""
+    cur = conn.cursor()
+    cur.execute("SELECT @@SESSION.sql_mode, @@SESSION.sql_quote_show_create")
+    mode, quote = cur.fetchone()
+    # backquoted names (spaces, commas) and no sql_mode that changes how the server writes
+    # the statement (ANSI_QUOTES, MYSQL40...); put back afterwards
+    cur.execute("SET SESSION sql_mode = '', sql_quote_show_create = 1")
+    unreadable: set[str] = set()
+    try:
+        for name, table in tables.items():
+            try:
+                cur.execute(f"SHOW CREATE TABLE {_quote(database)}.{_quote(name)}")
+                row = cur.fetchone()
+            except Exception as exc:
+                if not exc.args or exc.args[0] not in _NOT_READABLE:
+                    raise
+                unreadable.add(name)
+                continue
+            # by name, as information_schema listed them before
+            for fk in sorted(parse_foreign_keys(_s(row[1]), name), key=lambda k: k.name):
+                if fk.ref_database in (None, database):
+                    table.foreign_keys.append(replace(fk, ref_database=None))
+                else:
+                    table.outside_foreign_keys.append(fk)
+    finally:
+        cur.execute("SET SESSION sql_mode = %s, sql_quote_show_create = %s", (_s(mode), int(quote)))
+    return unreadable
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+_TOKEN = re.compile(
+    r"""\s+|/\*.*?\*/|(?P<id>`(?:[^`]|``)*`|"(?:[^"]|"")*")|(?P<str>'(?:[^'\\]|''|\\.)*')"""
+    r"""|(?P<word>[^\s`"'(),.;/]+)|(?P<punct>[(),.;/])""",
+    re.S,
+)
+_RULE = re.compile(r"ON (DELETE|UPDATE) (CASCADE|SET NULL|SET DEFAULT|RESTRICT|NO ACTION)\b")
+Token = tuple[str, str]  # (kind, text): id (a quoted name, unquoted), str, word, punct
+
+
+def _tokens(text: str) -> list[Token]:
+    out: list[Token] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:  # an unclosed quote or comment: nothing after it is a key
+            break
+        pos = m.end()
+        if m.lastgroup == "id":
+            q = m["id"][0]
+            out.append(("id", m["id"][1:-1].replace(q + q, q)))
+        elif m.lastgroup is not None:
+            out.append((m.lastgroup, m[m.lastgroup]))
+    return out
+
+
+def _kw(tok: Token) -> str:
+    """The keyword a token is (upper case), or "" for names, strings and punctuation."""
+    return tok[1].upper() if tok[0] == "word" else ""
+
+
+def parse_foreign_keys(create_table: str, table: str) -> list[ForeignKey]:
+    """The foreign keys in a `SHOW CREATE TABLE` statement (MySQL or MariaDB), in order.
+    An absent ON DELETE / ON UPDATE is RESTRICT; `ref_database` is set only when the statement
+    names one (the server writes it for a table of another database)."""
+    # the table's items: between the first "(" and its ")", split at top-level commas
+    items: list[list[Token]] = []
+    depth = 0
+    for tok in _tokens(create_table):
+        if tok == ("punct", "("):
+            depth += 1
+            if depth == 1:
+                items.append([])
+                continue
+        elif tok == ("punct", ")"):
+            depth -= 1
+            if depth == 0:
+                break
+        if depth == 1 and tok == ("punct", ","):
+            items.append([])
+        elif depth >= 1:
+            items[-1].append(tok)
+    keys = (_foreign_key(item, table) for item in items)
+    return [fk for fk in keys if fk is not None]
+
+
+def _foreign_key(item: list[Token], table: str) -> ForeignKey | None:
+    item = [*item, ("end", "")]  # so that item[i] exists wherever parsing stops
+    i, name = 0, ""
+    if _kw(item[0]) == "CONSTRAINT":
+        i = 1
+        if item[i][0] == "id" or (item[i][0] == "word" and _kw(item[i]) != "FOREIGN"):
+            name, i = item[i][1], i + 1
+    if _kw(item[i]) != "FOREIGN" or _kw(item[i + 1]) != "KEY":
+        return None
+    i += 2
+    if item[i][0] in ("id", "word"):
+        i += 1  # an index name (CREATE TABLE may give one; SHOW CREATE TABLE does not)
+    columns, i = _names(item, i)
+    if _kw(item[i]) != "REFERENCES" or item[i + 1][0] not in ("id", "word"):
+        return None
+    ref_db, ref_table, i = None, item[i + 1][1], i + 2
+    if item[i] == ("punct", ".") and item[i + 1][0] in ("id", "word"):
+        ref_db, ref_table, i = ref_table, item[i + 1][1], i + 2
+    ref_columns, i = _names(item, i)
+    if not columns or len(columns) != len(ref_columns):
+        return None
+    rules = {"DELETE": "RESTRICT", "UPDATE": "RESTRICT"}
+    clauses = " ".join(_kw(t) or "-" for t in item[i:])
+    for m in _RULE.finditer(clauses):
+        rules[m[1]] = m[2]
+    return ForeignKey(
+        name=name,
+        table=table,
+        columns=tuple(columns),
+        ref_table=ref_table,
+        ref_columns=tuple(ref_columns),
+        on_delete=rules["DELETE"],
+        on_update=rules["UPDATE"],
+        ref_database=ref_db,
+    )
+
+
+def _names(item: list[Token], i: int) -> tuple[list[str], int]:
+    """The names of `(a, b)` at item[i], and the index after its ")"."""
+    if item[i] != ("punct", "("):
+        return [], i
+    names = []
+    i += 1
+    while item[i][0] != "end" and item[i] != ("punct", ")"):
+        if item[i][0] in ("id", "word"):
+            names.append(item[i][1])
+        i += 1
+    return names, i + 1
