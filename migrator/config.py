@@ -333,7 +333,7 @@ _PASSWORD_OPEN = re.compile(r"://[^/@?#:]*:[^/@?#]*$")
 
 def _in_password(text: str, start: int, end: int) -> bool:
     """Whether text[start:end] sits in a URL's password (user:HERE@host): it must be escaped.
-    A value that is the whole `user:password` part is left as written."""
+    A value that is the whole `user:password` part is URL text, left as written."""
     return bool(_PASSWORD_OPEN.search(text[:start])) and "@" in re.split(r"[/?#]", text[end:])[0]
 
 
@@ -366,9 +366,10 @@ def _interpolate(
 
         def sub(m: re.Match[str]) -> str:
             text = lookup(m)
-            # a password with '@', '/' or ':' must not end a URL's user part early; '%' is
-            # kept as written (values users %-encoded themselves go on working)
-            return quote(text, safe="%") if _in_password(value, m.start(), m.end()) else text
+            # a value in a URL's password is the password itself, not URL text: every
+            # character is escaped ('%41' stays '%41', '@' cannot end the user part) so the
+            # server gets exactly what the file or the variable holds
+            return quote(text, safe="") if _in_password(value, m.start(), m.end()) else text
 
         return _ENV.sub(sub, value)
     return value
@@ -445,15 +446,52 @@ YAMLLoader.add_implicit_resolver(
 )
 
 
+def _repeated_keys(
+    loader: YAMLLoader, node: yaml.Node, path: str, key: tuple[str | int, ...] = ()
+) -> list[str]:
+    """One line per key given twice in a mapping: YAML would keep the last and drop the first
+    without a word (two `embed:` blocks in one collection lose the first)."""
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, yaml.Node] = {}
+        for k, v in node.value:
+            # `<<` merges are overridden by explicit keys by design, not repeated
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                # compare keys as read: `1` and `01` are the same key
+                ident = loader.construct_object(k, deep=True)
+                first = seen.setdefault(ident, k)
+                if first is not k:
+                    l1, l2 = first.start_mark.line + 1, k.start_mark.line + 1
+                    lines = f"both on line {l2}" if l1 == l2 else f"lines {l1} and {l2}"
+                    out.append(
+                        f"{path}:{l2} {format_key((*key, k.value))}: the key {k.value!r} is "
+                        f"given twice ({lines}); YAML would keep only the last"
+                    )
+            out += _repeated_keys(loader, v, path, (*key, k.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _repeated_keys(loader, v, path, (*key, i))
+    return out
+
+
 def load_yaml(text: str, path: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
-    """Parse YAML; return the data and a map of key path -> line number."""
+    """Parse YAML; return the data and a map of key path -> line number. A key given twice in
+    one mapping is an error naming the file, both lines and the key."""
+    loader = YAMLLoader(text)
     try:
-        node = yaml.compose(text, Loader=YAMLLoader)
-        data = yaml.load(text, Loader=YAMLLoader)
+        node = loader.get_single_node()
+        repeated = _repeated_keys(loader, node, path) if node is not None else []
+        if repeated:
+            raise ConfigError(
+                "\n  ".join(repeated), hint="write each key once (merge the two blocks into one)"
+            )
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    finally:
+        loader.dispose()
     return data, (_line_map(node) if node is not None else {})
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .source.connection import query, quote_ident
 from .source.schema import Schema, Table
@@ -26,7 +26,8 @@ def _secretless(url: str, env: str, password_file: str | None = None) -> tuple[s
     if password_file is None and parts.password is None:
         return url, False
     host = parts.netloc.rsplit("@", 1)[-1]
-    user = quote(parts.username or "", safe="")
+    # the user as written: urlsplit leaves it %-escaped (`app%40corp`), do not escape it twice
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0] if "@" in parts.netloc else ""
     secret = f"${{file:{password_file}}}" if password_file else f"${{{env}}}"
     netloc = f"{user}:{secret}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), (
@@ -129,32 +130,62 @@ def _id_comment(t: Table) -> str:
 
 
 def _embed_suggestions(schema: Schema, t: Table) -> list[str]:
-    lines: list[str] = []
+    """One commented `embed:` list for all of the table's foreign keys, so that uncommenting
+    any of its lines gives a valid file (two `embed:` keys in one collection are an error)."""
+    notes: list[str] = []
+    items: list[tuple[str, list[str], str]] = []  # (description, names to try, the rest)
     for fk in t.foreign_keys:  # N:1: this table points at a parent
         on = ", ".join(
             f"{_y(rc)}: {_y(c)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
         )
-        lines += [
-            f"    # N:1 via {fk.name}: embed the {fk.ref_table} row as a sub-document",
-            "    # embed:",
-            f"    #   - {{as: {_y(fk.ref_table)}, from: {_y(fk.ref_table)}, "
-            f"on: {{{on}}}, many: false}}",
-        ]
+        col = fk.columns[0]
+        alt = [col[:-3]] if len(fk.columns) == 1 and col.endswith("_id") and col != "_id" else []
+        items.append(
+            (
+                f"N:1 via {fk.name}: embed the {fk.ref_table} row as a sub-document",
+                [fk.ref_table, *alt, f"{fk.ref_table}_{'_'.join(fk.columns)}"],
+                f"from: {_y(fk.ref_table)}, on: {{{on}}}, many: false",
+            )
+        )
     for fk in schema.referencing(t.name):  # 1:N: children point at this table
         on = ", ".join(
             f"{_y(c)}: {_y(rc)}" for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
         )
         child = schema.tables.get(fk.table)
-        order = [c for c in (child.primary_key if child else []) if c not in fk.columns]
+        if child is None or not child.primary_key:
+            # CDC finds an array element by the child's key: no suggestion to uncomment
+            notes.append(
+                f"    # 1:N via {fk.name}: {fk.table} has no primary key, so its rows cannot "
+                "be embedded as an array"
+            )
+            continue
+        order = [c for c in child.primary_key if c not in fk.columns]
         ob = f", order_by: [{', '.join(map(_y, order))}]" if order else ""
         rule = (
             f" (ON DELETE {fk.on_delete}: the binlog does not carry the cascade)"
             if fk.on_delete in ("CASCADE", "SET NULL")
             else ""
         )
-        lines += [
-            f"    # 1:N via {fk.name}: embed {fk.table} rows as an array{rule}",
-            "    # embed:",
-            f"    #   - {{as: {_y(fk.table)}, from: {_y(fk.table)}, on: {{{on}}}, many: true{ob}}}",
-        ]
+        items.append(
+            (
+                f"1:N via {fk.name}: embed {fk.table} rows as an array{rule}",
+                [fk.table, f"{fk.table}_{'_'.join(fk.columns)}"],
+                f"from: {_y(fk.table)}, on: {{{on}}}, many: true{ob}",
+            )
+        )
+    if not items:
+        return notes
+    # an embed may not share its name with a field (every column is one) or another embed;
+    # a name two suggestions would both take goes to neither
+    taken = {c.name.split(".")[0] for c in t.columns}
+    firsts = [names[0] for _, names, _ in items]
+    lines = [*notes, "    # embed:"]
+    for description, names, rest in items:
+        tries = names if firsts.count(names[0]) == 1 else names[1:]
+        name = next((n for n in tries if n not in taken), None)
+        n = 2
+        while name is None or name in taken:
+            name, n = f"{tries[-1]}_{n}", n + 1
+        taken.add(name)
+        lines += [f"    #   # {description}", f"    #   - {{as: {_y(name)}, {rest}}}"]
     return lines

@@ -90,7 +90,10 @@ def init_cmd(
                 "--target-password-file needs a --target URL with a user and no password"
             )
         secret = quote(read_secret_file(target_password_file, "--target-password-file"), safe="")
-        netloc = f"{quote(parts.username, safe='')}:{secret}@{parts.netloc.rsplit('@', 1)[-1]}"
+        # the user part as written: urlsplit leaves it %-escaped, so quoting it again would
+        # turn `app%40corp` into another user
+        user, host = parts.netloc.rsplit("@", 1)
+        netloc = f"{user}:{secret}@{host}"
         connect_target = urlunsplit(parts._replace(netloc=netloc))
     if not url.database:
         raise ConfigError("--source names no database: mysql://user:pw@host:3306/DATABASE")

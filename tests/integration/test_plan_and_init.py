@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -190,3 +191,74 @@ def test_init_takes_the_target_database_from_the_url(env, tmp_path):
         "init", "--source", env.url, "--target", env.stack.mongo_url, "-o", str(out2), check=0
     )
     assert yaml.safe_load(out2.read_text())["target"]["database"] == env.db
+
+
+def test_uncommenting_every_embed_init_suggests_gives_a_mapping_plan_accepts(
+    env, tmp_path, monkeypatch
+):
+    """A table with a parent and children gets one `embed:` list, not one block per foreign
+    key (two `embed:` keys would keep only the last); names never collide, even for two keys
+    to one parent or a table that points at itself."""
+    env.sql(
+        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(40))",
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT, CONSTRAINT fk_orders_customer "
+        "FOREIGN KEY (customer_id) REFERENCES customers (id))",
+        "CREATE TABLE order_items (order_id INT, line_no INT, qty INT, "
+        "PRIMARY KEY (order_id, line_no), CONSTRAINT fk_items_order FOREIGN KEY (order_id) "
+        "REFERENCES orders (id) ON DELETE CASCADE)",
+        "CREATE TABLE accounts (id INT PRIMARY KEY)",
+        "CREATE TABLE transfers (id INT PRIMARY KEY, from_account INT, to_account INT, "
+        "CONSTRAINT fk_from FOREIGN KEY (from_account) REFERENCES accounts (id), "
+        "CONSTRAINT fk_to FOREIGN KEY (to_account) REFERENCES accounts (id))",
+        "CREATE TABLE staff (id INT PRIMARY KEY, manager_id INT, "
+        "CONSTRAINT fk_manager FOREIGN KEY (manager_id) REFERENCES staff (id))",
+        # no primary key: cannot be an array's elements, so nothing to uncomment for it
+        "CREATE TABLE audit_log (customer_id INT, what VARCHAR(20), CONSTRAINT fk_log_customer "
+        "FOREIGN KEY (customer_id) REFERENCES customers (id))",
+        "INSERT INTO customers VALUES (1, 'Ada')",
+        "INSERT INTO orders VALUES (10, 1)",
+        "INSERT INTO order_items VALUES (10, 1, 3), (10, 2, 4)",
+        "INSERT INTO accounts VALUES (1), (2)",
+        "INSERT INTO transfers VALUES (5, 1, 2)",
+        "INSERT INTO staff VALUES (1, NULL), (2, 1)",
+    )
+    out = tmp_path / "gen.yaml"
+    migrator_cmd(
+        "init", "--source", env.url, "--target", env.stack.mongo_url, "-o", str(out), check=0
+    )
+    # uncomment every suggested embed line, as a user would: drop the leading '# '
+    suggestion = re.compile(r"^(\s*)# (embed:|  - \{as: )")
+    lines = out.read_text().splitlines()
+    edited = [suggestion.sub(r"\1\2", ln) for ln in lines]
+    assert sum(a != b for a, b in zip(lines, edited, strict=True)) == 16
+    text = "\n".join(edited).replace(f"_migrator_{env.db}", env.state_db) + "\n"
+    out.write_text(text)
+
+    password = env.url.split("://migrator:", 1)[1].split("@", 1)[0]
+    p = migrator_cmd(
+        "plan", "-m", str(out), "--json", env={"MIGRATOR_SOURCE_PASSWORD": password}, check=0
+    )
+    assert json.loads(p.stdout)["ok"] is True
+    monkeypatch.setenv("MIGRATOR_SOURCE_PASSWORD", password)
+    embeds = {
+        c.name: sorted((e.from_, tuple(e.on.items())) for e in c.embed)
+        for c in load_mapping(out).collections
+        if c.embed
+    }
+    assert embeds["orders"] == [
+        ("customers", (("id", "customer_id"),)),
+        ("order_items", (("order_id", "id"),)),
+    ]
+    assert embeds["transfers"] == [
+        ("accounts", (("id", "from_account"),)),
+        ("accounts", (("id", "to_account"),)),
+    ]
+    assert embeds["accounts"] == [
+        ("transfers", (("from_account", "id"),)),
+        ("transfers", (("to_account", "id"),)),
+    ]
+    assert embeds["staff"] == [
+        ("staff", (("id", "manager_id"),)),
+        ("staff", (("manager_id", "id"),)),
+    ]
+    assert embeds["customers"] == [("orders", (("customer_id", "id"),))]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from bson import json_util
@@ -328,3 +329,127 @@ def test_required_tls_against_a_server_without_tls_is_refused(env):
     assert plan["connections"]["source"]["encrypted"] is False
     levels = {c["name"]: c["level"] for c in plan["checks"]}
     assert levels["tls source"] == levels["tls target"] == "warn"  # plan warns when plain
+
+
+# A password is a password, not URL text: '%41' must reach the server as '%41' (not 'A'),
+# and nothing in it may end the user part, start the query, or be read as `${...}` again.
+ODD_PASSWORD = "ab%41:/@cd #?+&=;${HOME}%zz'\"\\~"
+
+
+@pytest.fixture(scope="module")
+def auth_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A SecantusDB of its own that requires SCRAM: user mig@corp, password ODD_PASSWORD."""
+    url, _, proc = sandbox.start_secantus(
+        tmp_path_factory.mktemp("auth-mongo"), user=("mig@corp", ODD_PASSWORD)
+    )
+    try:
+        yield int(url.split(":")[2].split("/")[0])
+    finally:
+        proc.stop()
+
+
+def test_a_password_from_a_file_or_a_variable_reaches_both_servers_unchanged(env, auth_mongo):
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    )
+    user = f"odd@{env.db[2:]}"  # user@server, as Azure spells its users
+    url_user = quote(user, safe="")
+    cur = env.admin.cursor()
+    cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (ODD_PASSWORD,))
+    cur.execute(f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'")
+    cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{env.db}`.* TO '{user}'@'%'")
+    src = parse_mysql_url(env.url)
+    hostport = f"{src.host}:{src.port}"
+    mongo_hostport = f"127.0.0.1:{auth_mongo}"
+    query = "?directConnection=true&authSource=admin"
+    pw_file = env.tmp / "odd-password"
+    pw_file.write_text(ODD_PASSWORD + "\n")
+    outputs: list[str] = []
+
+    def run(*args: str, extra: dict[str, str] | None = None, check: int = 0) -> Any:
+        p = migrator_cmd(*args, env={"MIGRATOR_LOG_LEVEL": "DEBUG", **(extra or {})}, check=check)
+        outputs.append(p.stdout + p.stderr)
+        return p
+
+    def plan_ok(mapping: Path, extra: dict[str, str] | None = None) -> dict[str, Any]:
+        report = json.loads(run("plan", "-m", str(mapping), "--json", extra=extra).stdout)
+        assert report["ok"], report["blocking"]
+        return report
+
+    try:
+        # 1. what `init` writes with password files: ${file:...} in both URLs
+        init_yaml = env.tmp / "init.yaml"
+        run(
+            "init",
+            "--source",
+            f"mysql://{url_user}@{hostport}/{env.db}",
+            "--source-password-file",
+            str(pw_file),
+            "--target",
+            f"mongodb://mig%40corp@{mongo_hostport}/{env.db}{query}",
+            "--target-password-file",
+            str(pw_file),
+            "-o",
+            str(init_yaml),
+        )
+        init_yaml.write_text(init_yaml.read_text().replace(f"_migrator_{env.db}", env.state_db))
+        plan_ok(init_yaml)
+        run("backfill", "-m", str(init_yaml), "--json")
+        with MongoClient(
+            f"mongodb://mig%40corp@{mongo_hostport}/{query}", password=ODD_PASSWORD
+        ) as client:
+            assert sorted(d["v"] for d in client[env.db].t.find()) == ["a", "b", "c"]
+
+        def mapping(name: str, source_auth: str, target_auth: str, extra: str = "") -> Path:
+            p = env.tmp / name
+            p.write_text(
+                "version: 1\n"
+                f'source: {{url: "mysql://{source_auth}@{hostport}/{env.db}"}}\n'
+                f'target: {{url: "mongodb://{target_auth}@{mongo_hostport}/{query}", '
+                f"database: {env.db}}}\n"
+                f"state: {{database: {env.state_db}}}\n"
+                f"{extra}collections:\n  - {{name: t, from: t}}\n"
+            )
+            return p
+
+        # 2. ${VAR} in the URLs' passwords, the variables holding the password itself
+        plan_ok(
+            mapping("vars.yaml", f"{url_user}:${{SRC_PW}}", "mig%40corp:${TGT_PW}"),
+            {"SRC_PW": ODD_PASSWORD, "TGT_PW": ODD_PASSWORD},
+        )
+        # 3. what `init` writes without files, the variables read from $NAME_FILE
+        plan_ok(
+            mapping(
+                "name-file.yaml",
+                f"{url_user}:${{MIGRATOR_SOURCE_PASSWORD}}",
+                "mig%40corp:${MIGRATOR_TARGET_PASSWORD}",
+            ),
+            {
+                "MIGRATOR_SOURCE_PASSWORD_FILE": str(pw_file),
+                "MIGRATOR_TARGET_PASSWORD_FILE": str(pw_file),
+            },
+        )
+        # 4. URLs with a user and no password, the passwords from MIGRATOR_*_PASSWORD_FILE; a
+        # throttle replica with its own ${file:...} password
+        replica = f"mysql://{url_user}:${{file:{pw_file}}}@{hostport}/"
+        report = plan_ok(
+            mapping(
+                "env-files.yaml", url_user, "mig%40corp", f'throttle: {{replicas: ["{replica}"]}}\n'
+            ),
+            {
+                "MIGRATOR_SOURCE_PASSWORD_FILE": str(pw_file),
+                "MIGRATOR_TARGET_PASSWORD_FILE": str(pw_file),
+            },
+        )
+        assert "throttle.replicas[0]" in report["connections"]
+    finally:
+        cur.execute(f"DROP USER '{user}'@'%'")
+        with MongoClient(
+            f"mongodb://mig%40corp@{mongo_hostport}/{query}", password=ODD_PASSWORD
+        ) as client:
+            client.drop_database(env.db)
+            client.drop_database(env.state_db)
+    everything = "".join(outputs) + init_yaml.read_text()
+    for form in (ODD_PASSWORD, quote(ODD_PASSWORD, safe=""), "ab%41:/@cd"):
+        assert form not in everything

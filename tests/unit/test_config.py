@@ -100,3 +100,74 @@ def test_where_points_at_nested_keys(monkeypatch):
         m.where("collections", 0, "embed", 0, "from") == "shop.yaml:12 collections[0].embed[0].from"
     )
     assert m.where("collections", 0, "exclude", 0) == "shop.yaml:10 collections[0].exclude[0]"
+
+
+# Two `embed:` blocks in one collection, as uncommenting two separate suggestions gives.
+TWO_EMBEDS = GOOD + (
+    "    embed:\n"  # line 13: the second `embed:` of collections[0]
+    "      - {as: customer, from: customers, on: {id: customer_id}, many: false}\n"
+)
+
+
+def test_a_repeated_key_is_an_error_naming_the_file_both_lines_and_the_key(monkeypatch):
+    monkeypatch.setenv("DB_PW", "pw")
+    with pytest.raises(ConfigError) as e:
+        parse_mapping(TWO_EMBEDS, "shop.yaml")
+    msg = str(e.value)
+    assert msg.startswith("shop.yaml:13 collections[0].embed: "), msg
+    assert "'embed'" in msg and "lines 11 and 13" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a flow mapping, deep in the tree
+        (
+            GOOD.replace("total: {column: total,", "total: {column: total, column: x,"),
+            "x.yaml:9 collections[0].fields.total.column: the key 'column' is given twice "
+            "(both on line 9)",
+        ),
+        # the top level
+        (
+            GOOD + 'source: {url: "mysql://other@db/shop"}\n',
+            "x.yaml:13 source: the key 'source' is given twice (lines 2 and 13)",
+        ),
+        # keys that are equal once read ("1" and "01" are both the integer 1)
+        (
+            GOOD.replace("orderNo: order_no", "1: a\n      01: b"),
+            "x.yaml:9 collections[0].fields.01: the key '01' is given twice (lines 8 and 9)",
+        ),
+    ],
+)
+def test_repeated_keys_anywhere_are_errors(monkeypatch, text, expected):
+    monkeypatch.setenv("DB_PW", "pw")
+    with pytest.raises(ConfigError) as e:
+        parse_mapping(text, "x.yaml")
+    assert expected in str(e.value)
+
+
+def test_a_merge_key_override_is_not_a_repeated_key(monkeypatch):
+    monkeypatch.setenv("DB_PW", "pw")
+    text = GOOD.replace(
+        "      total: {column: total, type: decimal}\n",
+        "      total: &money {column: total, type: decimal}\n"
+        "      tax: {<<: *money, column: tax}\n",
+    )
+    m = parse_mapping(text, "x.yaml")
+    assert m.collections[0].fields["tax"].column == "tax"  # the explicit key wins
+
+
+def test_a_repeated_key_in_a_playbook_is_an_error(tmp_path):
+    from migrator.cutover.playbook import load_playbook
+
+    p = tmp_path / "pb.yaml"
+    p.write_text(
+        "version: 1\n"
+        "steps:\n"
+        "  sync: {gates: [backfill_complete]}\n"
+        "  dual_write: {gates: [cdc_lag]}\n"
+        "  sync: {gates: []}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_playbook(p)
+    assert f"{p}:5 steps.sync: the key 'sync' is given twice (lines 3 and 5)" in str(e.value)

@@ -96,13 +96,46 @@ def test_file_secrets_are_read_escaped_in_urls_and_never_shown(tmp_path, monkeyp
     assert m.source_url.password == "p@ss/w:rd-Unit-7"
 
 
-def test_only_a_password_part_is_escaped_and_percent_signs_stay(monkeypatch):
-    monkeypatch.setenv("CREDS_X", "app:pw")  # a whole user:password in one variable
-    monkeypatch.setenv("PW_X", "pre%40encoded/and@raw")  # %-encoded by hand, partly
+# Every character a URL treats specially, a %-escape that must not be decoded, and a `${`.
+ODD = "ab%41:/@cd #?+&=;${HOME}%zz'\"\\~"
+
+
+def test_only_a_password_part_is_escaped_and_it_arrives_as_written(monkeypatch):
+    monkeypatch.setenv("CREDS_X", "app:pw")  # a whole user:password in one variable: URL text
+    monkeypatch.setenv("PW_X", "pre%40encoded/and@raw")  # a password, '%40' and all
     m = parse_mapping(_mapping("mysql://${CREDS_X}@db/shop"), "m.yaml")
     assert (m.source_url.user, m.source_url.password) == ("app", "pw")
     m = parse_mapping(_mapping("mysql://app:${PW_X}@db/shop"), "m.yaml")
-    assert m.source_url.password == "pre@encoded/and@raw"
+    assert m.source_url.password == "pre%40encoded/and@raw"
+
+
+def test_a_password_from_a_file_or_a_variable_reaches_both_drivers_unchanged(tmp_path, monkeypatch):
+    from pymongo.uri_parser import parse_uri
+
+    secret = tmp_path / "pw"
+    secret.write_text(ODD + "\n")
+    monkeypatch.setenv("ODD_PW", ODD)
+    for ref in (f"${{file:{secret}}}", "${ODD_PW}", "${UNSET_PW_X:-plain%41}"):
+        m = parse_mapping(
+            _mapping(f"mysql://app:{ref}@db/shop", f"mongodb://app:{ref}@m:27017/?authSource=a"),
+            "m.yaml",
+        )
+        want = "plain%41" if ref.startswith("${UNSET") else ODD
+        assert (m.source_url.password, m.source_url.host) == (want, "db")
+        uri = parse_uri(m.target.url)  # what pymongo reads from the target URL
+        assert (uri["password"], uri["nodelist"]) == (want, [("m", 27017)])
+        assert ODD not in redact(f"login {ODD} failed for {m.target.url}")
+
+
+def test_a_kafka_password_from_a_file_is_given_as_is(tmp_path):
+    secret = tmp_path / "kafka"
+    secret.write_text(ODD + "\n")
+    text = _mapping("mysql://app@db/shop") + (
+        "debezium:\n  security: {protocol: SASL_SSL, sasl_mechanism: PLAIN, sasl_username: u,\n"
+        f'             sasl_password: "${{file:{secret}}}"}}\n'
+    )
+    m = parse_mapping(text, "m.yaml")
+    assert m.debezium.security.kafka_python()["sasl_plain_password"] == ODD
 
 
 def test_a_missing_or_empty_secret_file_names_the_mapping_line(tmp_path):
