@@ -65,44 +65,87 @@ def _which(*names: str) -> str | None:
     return None
 
 
+def _linux_running(pid: int, argv: list[str]) -> bool:
+    """From /proc: `pid` runs `argv` (a PID the system gave to another program since counts as
+    not running). A zombie whose threads still exit runs: they hold its files and port."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return len(os.listdir(f"/proc/{pid}/task")) > 1
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return not argv or cmdline.decode(errors="replace").split("\0")[:-1] == argv
+
+
 @dataclass
 class Proc:
     name: str
-    pid: int
+    pid: int  # 0: not running (it died and could not be started again)
     log: str
-    argv: list[str] = field(default_factory=list)  # to start it again (tests restart servers)
+    argv: list[str] = field(default_factory=list)  # to start it again, and to recognise it
 
     def alive(self) -> bool:
+        """Running, and ours: a PID the system gave to another program since (a stale
+        stack.json) counts as dead, so it is never signalled."""
+        if self.pid <= 0:
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
         # A zombie child still answers kill(0); reap it if it is ours.
         try:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            return done == 0
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                return False
         except ChildProcessError:
-            return True
+            pass
+        if os.path.isdir("/proc/self"):
+            return _linux_running(self.pid, self.argv)
+        return True
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL; True once it is gone (False: it would not die)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not self.alive():
+                return True
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
-                return
+                return True
             deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
             while time.monotonic() < deadline:
                 if not self.alive():
-                    return
+                    self._wait_reaped()
+                    return True
                 time.sleep(0.05)
+        return not self.alive()
+
+    def _wait_reaped(self, timeout: float = 3.0) -> None:
+        # Its parent (init, for a stack `up` started) reaps the zombie soon: wait, so that
+        # callers see the PID gone; it has stopped either way.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+            except OSError:
+                return
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                return  # gone, and the PID already went to another program
+            time.sleep(0.05)
 
 
 def _spawn(
     name: str, argv: list[str], log: Path, **kw: Any
 ) -> tuple[Proc, subprocess.Popen[bytes]]:
-    fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+    try:
+        fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot start {name}: cannot write its log {log}: {exc.strerror}"
+        ) from None
     try:
         p = subprocess.Popen(
             argv,
@@ -144,15 +187,17 @@ class Stack:
             "mongo_kind": self.mongo_kind,
         }
 
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
-        self.procs.clear()
+    def stop(self) -> list[Proc]:
+        """Stop every process, then delete the data, but only if all are gone: a server that
+        would not die keeps its directory and stays in `procs`. Returns those servers."""
+        stuck = [p for p in reversed(self.procs) if not p.stop()]
+        self.procs = [p for p in self.procs if p in stuck]
         for cid in self.container_ids:
             subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
         self.container_ids.clear()
-        if self.base_dir and os.path.isdir(self.base_dir):
+        if not stuck and self.base_dir and os.path.isdir(self.base_dir):
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        return stuck
 
     def status(self) -> dict[str, Any]:
         return {
@@ -164,15 +209,69 @@ class Stack:
 
     # Persisted for `migrator stack up` / `down` / `status` across commands.
     def save(self, state_file: Path) -> None:
+        # temp file + rename: a crash mid-write leaves the old file, never half of one
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        data = {**asdict(self)}
-        state_file.write_text(json.dumps(data, indent=2))
+        fd, tmp = tempfile.mkstemp(dir=state_file.parent, prefix=".stack-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(asdict(self), indent=2))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, state_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, state_file: Path) -> Stack:
-        data = json.loads(state_file.read_text())
-        data["procs"] = [Proc(**p) for p in data.get("procs", [])]
-        return cls(**data)
+        try:
+            data = json.loads(state_file.read_text())
+            data["procs"] = [Proc(**p) for p in data.get("procs", [])]
+            return cls(**data)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise SandboxError(
+                f"{state_file}: not a readable stack file ({type(exc).__name__}: {exc})",
+                hint="stop its servers by hand if any run, then delete the file",
+            ) from None
+
+
+def _wait_port_free(name: str, port: int | None, timeout: float = 3.0) -> None:
+    """Before a server starts again on its old port. One killed a moment ago may hold it until
+    its last thread exits; past `timeout`, another program has it."""
+    if not port:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise SandboxError(f"{name}: port {port} is taken by another process")
+        time.sleep(0.1)
+
+
+def _data_dir_present(name: str, path: Path) -> None:
+    # a server started on a missing data dir would come up empty behind the same URL
+    if not path.is_dir():
+        raise SandboxError(f"{name}: its data dir {path} is gone")
+
+
+def restart_server(stack: Stack, proc: Proc) -> None:
+    """Start a stack's server again on its own data, port and credentials (the URLs stay).
+    Tansu keeps its data in memory: it comes back empty."""
+    if proc.name in ("mariadb", "mysql"):
+        restart_mysql(stack)
+    elif proc.name in ("secantusdb", "mongod"):
+        restart_mongo(stack, kill=False)
+    elif proc.name == "tansu":
+        restart_kafka(stack)
+    else:
+        raise SandboxError(f"{proc.name}: not a server the sandbox knows how to start again")
 
 
 # ----------------------------------------------------------------------------- MariaDB / MySQL
@@ -284,11 +383,16 @@ def start_mysql(
 def restart_mysql(stack: Stack) -> None:
     """Stop the stack's MariaDB and start it again on the same data, port and binlogs (tests
     use it to check that CDC survives a server restart)."""
+    from urllib.parse import urlsplit
+
     import MySQLdb
 
     proc = next(p for p in stack.procs if p.name in ("mariadb", "mysql"))
     base = Path(proc.log).parent
-    proc.stop()
+    if not proc.stop():
+        raise SandboxError(f"MariaDB (pid {proc.pid}) did not stop")
+    _data_dir_present("MariaDB", base / "data")
+    _wait_port_free("MariaDB", urlsplit(stack.mysql_url).port)
     binary = _which("mariadbd") or _which("mysqld")
     if not binary:
         raise SandboxError("no MariaDB/MySQL binary to restart")
@@ -297,13 +401,16 @@ def restart_mysql(stack: Stack) -> None:
     )
     new.log = proc.log
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while True:
         if popen.poll() is not None:
             raise _died("MariaDB", new, f"exited with code {popen.returncode} on restart")
         try:
             MySQLdb.connect(unix_socket=str(base / "mysqld.sock"), user="root").close()
             break
         except MySQLdb.OperationalError:
+            if time.monotonic() > deadline:
+                new.stop()
+                raise _died("MariaDB", new, "did not accept connections within 60 s") from None
             time.sleep(0.1)
     stack.procs[stack.procs.index(proc)] = new
 
@@ -320,8 +427,13 @@ def restart_mongo(stack: Stack, *, kill: bool = True) -> None:
         deadline = time.monotonic() + 10
         while proc.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-    else:
-        proc.stop()
+    elif not proc.stop():
+        raise SandboxError(f"the MongoDB server (pid {proc.pid}) did not stop")
+    for flag in ("--storage-path", "--dbpath"):
+        if flag in proc.argv:
+            _data_dir_present("the MongoDB server", Path(proc.argv[proc.argv.index(flag) + 1]))
+    if "--port" in proc.argv:
+        _wait_port_free("the MongoDB server", int(proc.argv[proc.argv.index("--port") + 1]))
     new, popen = _spawn(proc.name, proc.argv, Path(proc.log))
     url = stack.mongo_url
     if proc.name == "mongod":
@@ -595,16 +707,36 @@ def start_kafka(base: Path) -> tuple[str, Proc]:
         ],
         base / "tansu.log",
     )
+    _wait_tansu(proc, popen, port)
+    return f"127.0.0.1:{port}", proc
+
+
+def _wait_tansu(proc: Proc, popen: subprocess.Popen[bytes], port: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if popen.poll() is not None:
             raise _died("Tansu", proc, f"exited with code {popen.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return f"127.0.0.1:{port}", proc
+                return
         time.sleep(0.05)
     proc.stop()
     raise _died("Tansu", proc, "did not listen within 30 s")
+
+
+def restart_kafka(stack: Stack) -> None:
+    """Start the stack's Tansu broker again on the same port. It keeps its data in memory
+    only: the new broker is empty (no topics, no offsets)."""
+    proc = next((p for p in stack.procs if p.name == "tansu"), None)
+    if proc is None or not proc.argv or not stack.kafka_bootstrap:
+        raise SandboxError("this stack's Kafka broker was not started by the sandbox")
+    if not proc.stop():
+        raise SandboxError(f"Tansu (pid {proc.pid}) did not stop")
+    port = int(stack.kafka_bootstrap.rsplit(":", 1)[1])
+    _wait_port_free("Tansu", port)
+    new, popen = _spawn(proc.name, proc.argv, Path(proc.log))
+    _wait_tansu(new, popen, port)
+    stack.procs[stack.procs.index(proc)] = new
 
 
 # ----------------------------------------------------------------------------- the stack

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import MigratorError
-from ..sandbox import Stack, start_stack
-from .common import handle_errors, out, print_json
+from ..errors import CheckFailed, SandboxError
+from ..sandbox import Stack, restart_server, start_stack
+from .common import err, handle_errors, out, print_json
 
 
 def _dir(d: str | None) -> Path:
@@ -45,6 +45,9 @@ def stack_group() -> None:
 def up(stack_dir: str | None, with_kafka: bool, as_json: bool) -> None:
     """Start the servers (on free ports, in temp dirs) and print their URLs.
 
+    On a stack dir whose servers died, start them again on their own data, ports and
+    credentials (the same URLs); the Kafka broker comes back empty (it keeps data in memory).
+
     Example: migrator stack up --json
     """
     d = _dir(stack_dir)
@@ -58,8 +61,13 @@ def up(stack_dir: str | None, with_kafka: bool, as_json: bool) -> None:
                 out.print(f"already up (stack dir {d}); `migrator stack down` stops it")
                 _print_urls(existing)
             return
-        existing.stop()
-        state.unlink()
+        restarted = _restart_dead(existing, state, d)
+        if as_json:
+            print_json({**existing.urls(), "restarted": restarted})
+        else:
+            out.print(f"[green]up[/] (stack dir {d}); `migrator stack down` stops it")
+            _print_urls(existing)
+        return
     stack = start_stack(with_kafka=with_kafka, base_dir=str(d / "servers"))
     stack.save(state)
     if as_json:
@@ -67,6 +75,37 @@ def up(stack_dir: str | None, with_kafka: bool, as_json: bool) -> None:
     else:
         out.print(f"[green]up[/] (MongoDB: {stack.mongo_kind}); stop with `migrator stack down`")
         _print_urls(stack)
+
+
+def _restart_dead(stack: Stack, state: Path, d: Path) -> list[str]:
+    """Start each dead server again on its own data; stack.json then names what runs."""
+    restarted: list[str] = []
+    failed: list[str] = []
+    for proc in [p for p in stack.procs if not p.alive()]:
+        try:
+            restart_server(stack, proc)
+        except SandboxError as exc:
+            proc.pid = 0  # not running: never signal whatever gets that PID next
+            failed.append(exc.message)  # names the server
+            continue
+        finally:
+            stack.save(state)
+        new = next(p for p in stack.procs if p.name == proc.name)
+        restarted.append(proc.name)
+        if proc.name == "tansu":
+            err.print(
+                f"restarted tansu (pid {new.pid}) on the same port; note: the Kafka broker "
+                "keeps its data in memory only: it is back empty (no topics, no offsets)"
+            )
+        else:
+            err.print(f"restarted {proc.name} (pid {new.pid}) on its data, port and credentials")
+    if failed:
+        raise SandboxError(
+            f"cannot restart the stack in {d}: " + "\n".join(failed),
+            hint=f"to start fresh (deletes its data): `migrator stack down --dir {d}`, "
+            f"then `migrator stack up --dir {d}`",
+        )
+    return restarted
 
 
 def _print_urls(stack: Stack) -> None:
@@ -87,7 +126,15 @@ def down(stack_dir: str | None) -> None:
     if not state.exists():
         out.print("no stack is up here")
         return
-    Stack.load(state).stop()
+    stack = Stack.load(state)
+    stuck = stack.stop()  # deletes the data only once every process is gone
+    if stuck:
+        stack.save(state)
+        names = ", ".join(f"{p.name} (pid {p.pid})" for p in stuck)
+        raise SandboxError(
+            f"{names} did not stop on SIGKILL; its data in {stack.base_dir} is kept",
+            hint=f"run `migrator stack down --dir {state.parent}` again once it is gone",
+        )
     state.unlink(missing_ok=True)
     out.print("[green]down[/]")
 
@@ -120,4 +167,8 @@ def status(stack_dir: str | None, as_json: bool) -> None:
                 f"  {p['name']:16} pid {p['pid']:<8} {'alive' if p['alive'] else '[red]dead[/]'}"
             )
     if not st["up"]:
-        raise MigratorError("a server of the stack is not running") from None
+        dead = ", ".join(p["name"] for p in st["processes"] if not p["alive"])
+        raise CheckFailed(
+            f"not running: {dead}",
+            hint=f"`migrator stack up --dir {state.parent}` starts it again on its data",
+        ) from None

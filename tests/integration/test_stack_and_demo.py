@@ -6,7 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import MySQLdb
 import pytest
@@ -73,6 +77,164 @@ def test_stack_up_status_down(tmp_path):
         assert not alive, f"pid {pid} still running after stack down"
     st = migrator_cmd("stack", "status", "--dir", d, "--json", check=1)
     assert json.loads(st.stdout) == {"up": False}
+
+
+def _stack_json(d: str) -> dict:
+    return json.loads((Path(d) / "stack.json").read_text())
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed server nobody reaped yet is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill9(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid), f"pid {pid} survived kill -9"
+
+
+def _bind_when_free(sock: socket.socket, port: int) -> None:
+    # a killed server's threads may hold its port for a moment after it became a zombie
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_stack_up_restarts_killed_servers_on_their_data_and_urls(tmp_path):
+    d = str(tmp_path / "stack")
+    env = _no_given_servers()
+    urls = json.loads(
+        migrator_cmd("stack", "up", "--dir", d, "--with-kafka", "--json", env=env, check=0).stdout
+    )
+    try:
+        u = parse_mysql_url(urls["mysql_url"])
+        conn = MySQLdb.connect(host=u.host, port=u.port, user=u.user, passwd=u.password)
+        cur = conn.cursor()
+        cur.execute("CREATE DATABASE keep")
+        cur.execute("CREATE TABLE keep.t (id INT PRIMARY KEY, v VARCHAR(10))")
+        cur.execute("INSERT INTO keep.t VALUES (42, 'kept')")
+        conn.commit()
+        conn.close()
+        with MongoClient(urls["mongo_url"], serverSelectionTimeoutMS=5000) as c:
+            c.keep.docs.insert_one({"_id": 7, "v": "kept"})
+            c.admin.command("fsync")  # durable before the kill -9
+        before = {p["name"]: p["pid"] for p in _stack_json(d)["procs"]}
+        assert {"tansu"} < set(before) and len(before) == 3
+        for pid in before.values():
+            _kill9(pid)
+        st = migrator_cmd("stack", "status", "--dir", d, "--json", check=1)
+        assert json.loads(st.stdout)["up"] is False
+
+        p = migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0)
+        again = json.loads(p.stdout)
+        assert {k: again[k] for k in urls} == urls  # the same servers, ports and password
+        assert sorted(again["restarted"]) == sorted(before)
+        for name in before:
+            assert f"restarted {name}" in p.stderr, p.stderr
+        assert "Kafka broker keeps its data in memory" in p.stderr, p.stderr
+
+        conn = MySQLdb.connect(host=u.host, port=u.port, user=u.user, passwd=u.password)
+        cur = conn.cursor()
+        cur.execute("SELECT v FROM keep.t WHERE id = 42")
+        assert cur.fetchone() == ("kept",)
+        conn.close()
+        with MongoClient(urls["mongo_url"], serverSelectionTimeoutMS=5000) as c:
+            assert c.keep.docs.find_one({"_id": 7}) == {"_id": 7, "v": "kept"}
+        after = {p["name"]: p["pid"] for p in _stack_json(d)["procs"]}
+        assert set(after) == set(before)
+        for name, pid in after.items():
+            assert pid != before[name] and _running(pid), name
+        st = json.loads(migrator_cmd("stack", "status", "--dir", d, "--json", check=0).stdout)
+        assert st["up"] is True
+    finally:
+        migrator_cmd("stack", "down", "--dir", d, check=0)
+    for pid in after.values():
+        assert not _running(pid), f"pid {pid} still running after stack down"
+
+
+def test_stack_up_refuses_a_server_it_cannot_restart_and_down_stops_the_rest(tmp_path):
+    d = str(tmp_path / "stack")
+    env = _no_given_servers()
+    urls = json.loads(migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0).stdout)
+    procs = _stack_json(d)["procs"]
+    try:
+        mysql = next(p for p in procs if p["name"] in ("mariadb", "mysql"))
+        others = {p["pid"] for p in procs if p is not mysql}
+        assert others, procs
+        _kill9(mysql["pid"])
+        port = parse_mysql_url(urls["mysql_url"]).port
+        with socket.socket() as squatter:  # another program took the dead server's port
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _bind_when_free(squatter, port)
+            squatter.listen()
+            p = migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=2)
+        assert mysql["name"] in p.stderr.lower() and f"port {port}" in p.stderr, p.stderr
+        assert f"migrator stack down --dir {d}" in p.stderr, p.stderr
+        assert p.stdout == ""
+        # stack.json names exactly what runs: the survivors, not the dead server
+        state = _stack_json(d)
+        assert {p["pid"] for p in state["procs"] if _running(p["pid"])} == others
+        assert all(_running(pid) for pid in others)
+
+        # its data gone: no fresh empty server behind the same URL
+        shutil.rmtree(Path(mysql["log"]).parent / "data")
+        p = migrator_cmd("stack", "up", "--dir", d, env=env, check=2)
+        assert "data" in p.stderr and "gone" in p.stderr, p.stderr
+        assert f"migrator stack down --dir {d}" in p.stderr, p.stderr
+        assert all(_running(pid) for pid in others)
+    finally:
+        migrator_cmd("stack", "down", "--dir", d, check=0)
+    for pid in others:
+        assert not _running(pid), f"pid {pid} still running after stack down"
+    assert not (Path(d) / "servers").exists()
+
+
+def test_stack_never_signals_a_process_that_reused_a_dead_servers_pid(tmp_path):
+    d = str(tmp_path / "stack")
+    env = _no_given_servers()
+    migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0)
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        state = _stack_json(d)
+        mysql = next(p for p in state["procs"] if p["name"] in ("mariadb", "mysql"))
+        _kill9(mysql["pid"])
+        mysql["pid"] = sleeper.pid  # the PID now belongs to an unrelated program
+        (Path(d) / "stack.json").write_text(json.dumps(state))
+        st = json.loads(migrator_cmd("stack", "status", "--dir", d, "--json", check=1).stdout)
+        assert [p["alive"] for p in st["processes"] if p["pid"] == sleeper.pid] == [False]
+
+        p = migrator_cmd("stack", "up", "--dir", d, "--json", env=env, check=0)
+        assert json.loads(p.stdout)["restarted"] == [mysql["name"]]
+        assert sleeper.poll() is None
+        state = _stack_json(d)
+        pids = [p["pid"] for p in state["procs"]]
+        assert sleeper.pid not in pids and all(_running(pid) for pid in pids)
+
+        # the same for `down`: a stale PID is skipped, the real servers are stopped
+        mongo = next(p for p in state["procs"] if p["name"] not in ("mariadb", "mysql"))
+        _kill9(mongo["pid"])
+        mongo["pid"] = sleeper.pid
+        (Path(d) / "stack.json").write_text(json.dumps(state))
+        migrator_cmd("stack", "down", "--dir", d, check=0)
+        assert sleeper.poll() is None
+        assert not any(_running(pid) for pid in pids)
+        assert not (Path(d) / "servers").exists()
+    finally:
+        migrator_cmd("stack", "down", "--dir", d, check=0)
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_demo_walks_every_phase_with_a_live_application_and_ends_clean():
