@@ -52,6 +52,7 @@ class StateStore:
         self.touched = self.db["touched"]
         self.verify_runs = self.db["verify_runs"]
         self.verify_chunks = self.db["verify_chunks"]  # verify --shared's plan
+        self.open_diffs = self.db["open_differences"]  # differences no later check cleared
 
     @classmethod
     def open(cls, client: MongoClient[Any], mapping: Mapping) -> StateStore:
@@ -556,6 +557,57 @@ class StateStore:
 
     def record_verify_run(self, summary: dict[str, Any]) -> None:
         with_retry(lambda: self.verify_runs.insert_one({**summary, "finished": now()}))
+
+    # -- open differences: what verification found and no later check of the key cleared --
+    # A full run replaces its collections' set; a later run that checks an open key and finds
+    # it equal clears it (a false difference: CDC had not yet applied a change); what a run
+    # could not list (more than its limit) makes the collection "overflowed" until a full run.
+    def replace_open_differences(
+        self, collections: list[str], diffs: list[dict[str, Any]], overflowed: list[str]
+    ) -> None:
+        with_retry(lambda: self.open_diffs.delete_many({"c": {"$in": collections}}))
+        self.add_open_differences(diffs)
+        doc = self.meta.find_one({"_id": "open_overflow"}) or {}
+        keep = [c for c in doc.get("collections", []) if c not in collections]
+        self._set_overflow(keep + overflowed)
+
+    def add_open_differences(
+        self, diffs: list[dict[str, Any]], overflowed: list[str] | None = None
+    ) -> None:
+        """Differences as {c, k, kind} (k a stored _id); an open one found again stays once."""
+        for c in {d["c"] for d in diffs}:
+            self.clear_open_differences(c, [d["k"] for d in diffs if d["c"] == c])
+        if diffs:
+            docs = [{**d, "at": now()} for d in diffs]
+            with_retry(lambda: self.open_diffs.insert_many(docs, ordered=False))
+        if overflowed:
+            doc = self.meta.find_one({"_id": "open_overflow"}) or {}
+            self._set_overflow(sorted({*doc.get("collections", []), *overflowed}))
+
+    def _set_overflow(self, collections: list[str]) -> None:
+        with_retry(
+            lambda: self.meta.replace_one(
+                {"_id": "open_overflow"},
+                {"_id": "open_overflow", "collections": collections, "at": now()},
+                upsert=True,
+            )
+        )
+
+    def clear_open_differences(self, collection: str, keys: list[Any]) -> None:
+        if keys:
+            q = {"c": collection, "k": {"$in": keys}}
+            with_retry(lambda: self.open_diffs.delete_many(q))
+
+    def open_difference_keys(self, collection: str) -> list[Any]:
+        return [d["k"] for d in self.open_diffs.find({"c": collection}, {"k": 1})]
+
+    def open_differences(self) -> tuple[dict[str, int], list[str]]:
+        """({collection: open differences}, collections with more than could be listed)."""
+        counts: dict[str, int] = {}
+        for d in self.open_diffs.find({}, {"c": 1}):
+            counts[d["c"]] = counts.get(d["c"], 0) + 1
+        doc = self.meta.find_one({"_id": "open_overflow"}) or {}
+        return counts, list(doc.get("collections", []))
 
     def last_verify_run(self) -> dict[str, Any] | None:
         return self.verify_runs.find_one({}, sort=[("finished", -1)])

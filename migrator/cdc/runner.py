@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import Mapping
 from ..errors import CheckFailed, MigratorError
+from ..faults import fault_point
 from ..mapping import compile_transform
 from ..reverse.runner import run_reverse
 from ..sink.mongo import connect as mongo_connect
@@ -94,6 +95,16 @@ def reached(pos: Position, target: Position) -> bool:
         return False
     a, b = _binlog_index(pos.file), _binlog_index(target.file)
     return (a, pos.pos or 0) >= (b, target.pos or 0)
+
+
+def applied_through(state: StateStore, target: Position) -> bool | None:
+    """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
+    offsets are not binlog positions) or before CDC ran."""
+    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    if cp is None or cp.get("source") == "debezium":
+        return None
+    pos = Position.from_dict(cp["position"])
+    return reached(pos, target) or bool(pos.gtid and pos.gtid == target.gtid)
 
 
 def rollback_point(state: StateStore) -> Position | None:
@@ -622,6 +633,7 @@ class _Session:
             self.batch, self.held = [], 0
             raise _TruthMoved()
         batch, held = self.batch, self.held
+        fault_point("cdc_apply")  # tests: a CDC that lags behind the source
         res: BatchResult = self.applier.apply(batch)
         log.debug(
             "batch applied",

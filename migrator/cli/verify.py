@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ..verify.engine import VerifyResult, parse_duration, verify
+from ..verify.engine import RECHECK_WAIT, VerifyResult, parse_duration, verify
 from ..verify.report import junit, markdown
 from . import render
 from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
@@ -75,6 +75,15 @@ from .common import err, handle_errors, json_option, load, mapping_option, out, 
     help="With --follow: seconds between passes.",
 )
 @click.option(
+    "--recheck-wait",
+    type=click.FloatRange(0),
+    default=RECHECK_WAIT,
+    show_default=True,
+    help="Seconds a re-check of a difference waits for a running CDC to apply past the rows "
+    "it read (a lagging CDC is not a difference); past it the difference is reported, saying "
+    "so. 0: do not wait.",
+)
+@click.option(
     "--junit",
     "junit_file",
     type=click.Path(dir_okay=False),
@@ -98,6 +107,7 @@ def verify_cmd(
     shared: bool,
     follow: bool,
     settle: float,
+    recheck_wait: float,
     junit_file: str | None,
     report_file: str | None,
     as_json: bool,
@@ -132,9 +142,10 @@ def verify_cmd(
         workers=workers,
         restart=restart,
         shared=shared,
+        recheck_wait=recheck_wait,
     )
     if follow:
-        _follow(mapping, settle, as_json)
+        _follow(mapping, settle, as_json, recheck_wait)
         return
     if as_json:
         result = verify(mapping, **kwargs)  # type: ignore[arg-type]
@@ -152,7 +163,7 @@ def verify_cmd(
     raise SystemExit(0 if result.ok else 1)
 
 
-def _follow(mapping: Any, settle: float, as_json: bool) -> None:
+def _follow(mapping: Any, settle: float, as_json: bool, recheck_wait: float) -> None:
     import signal
     import threading
 
@@ -170,7 +181,7 @@ def _follow(mapping: Any, settle: float, as_json: bool) -> None:
         elif r.differences or any(c.checked for c in r.collections):
             print_result(r)
 
-    follow(mapping, settle_seconds=settle, stop=stop, on_pass=on_pass)
+    follow(mapping, settle_seconds=settle, stop=stop, on_pass=on_pass, recheck_wait=recheck_wait)
     raise SystemExit(1 if dirty["n"] else 0)
 
 
@@ -215,6 +226,12 @@ def print_result(r: VerifyResult) -> None:
             out.print(
                 f"    {f['path']}: expected {f['expected']}, found {f['actual']}", markup=False
             )
+    behind = sum(c.behind for c in r.collections)
+    if behind:
+        out.print(
+            f"[yellow]{behind} of these were re-checked while CDC had not caught up within "
+            "--recheck-wait[/]: run `verify --changed` once CDC has caught up to re-check them"
+        )
     if len(data["differences"]) > 50:
         out.print(f"… {len(data['differences']) - 50} more (use --json or --report)")
     out.print(

@@ -42,16 +42,6 @@ def source_position_and_server(mapping: Mapping) -> tuple[Position, int]:
         conn.close()
 
 
-def applied_through(state: StateStore, target: Position) -> bool | None:
-    """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
-    offsets are not binlog positions) or before CDC ran."""
-    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
-    if cp is None or cp.get("source") == "debezium":
-        return None
-    pos = Position.from_dict(cp["position"])
-    return reached(pos, target) or bool(pos.gtid and pos.gtid == target.gtid)
-
-
 def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     """Lag against the source's *current* position: 0 when the checkpoint has reached it, else
     now minus the commit time of the last applied event (the oldest unapplied is newer)."""
@@ -76,10 +66,11 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
 
 
 def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, str]:
-    """Accept only a full, clean run over every collection that checked something, or clean
+    """Accept a full, clean run over every collection that checked something, or clean
     `--changed` runs over every collection on top of one; the age is the newest of those. A
-    sample or a run over some collections proves nothing about the rest, and any run since the
-    full one that found differences refuses."""
+    sample or a run over some collections proves nothing about the rest. A difference any
+    run found refuses until a later check of that key finds it equal (a false difference:
+    CDC had not applied a change yet); more than a run could list, until a new full run."""
     runs = state.verify_runs
     full = runs.find_one({"mode": "full", "complete": {"$ne": False}}, sort=[("finished", -1)])
     if full is None:
@@ -87,21 +78,34 @@ def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, 
     t = full.get("totals", {})
     diffs = sum(t.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
     age_min = (now() - full["finished"]).total_seconds() / 60
-    if not full.get("ok"):
-        return False, f"{diffs} differences (full, {age_min:.1f} min ago)"
-    if not t.get("checked"):
-        return False, "the last full verification checked nothing"
     later = list(runs.find({"finished": {"$gt": full["finished"]}}, sort=[("finished", 1)]))
-    dirty = [r for r in later if not r.get("ok")]
-    if dirty:
-        r = dirty[-1]
+    untracked = [r for r in [full, *later] if not r.get("ok") and not r.get("tracked")]
+    if untracked:  # recorded before open differences were kept: only a new run clears it
+        r = untracked[-1]
         rt = r.get("totals", {})
         n = sum(rt.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
-        return False, f"{n} differences ({r.get('mode')}, after the last full run)"
+        when = f"{age_min:.1f} min ago" if r is full else "after the last full run"
+        return False, f"{n} differences ({r.get('mode')}, {when})"
+    counts, overflowed = state.open_differences()
+    if overflowed:
+        return False, (
+            f"more differences in {', '.join(overflowed)} than a run lists: "
+            "a new full verification must find them gone"
+        )
+    if counts:
+        where = ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()))
+        return False, (
+            f"{sum(counts.values())} differences still open ({where}); "
+            "`verify --changed` re-checks them"
+        )
+    if not t.get("checked"):
+        return False, "the last full verification checked nothing"
     on_top = [r for r in later if r.get("mode") == "changed" and r.get("complete", True)]
     newest = on_top[-1] if on_top else full
     age_min = (now() - newest["finished"]).total_seconds() / 60
     how = f"full + {len(on_top)} changed" if on_top else "full"
+    if diffs:
+        how += f", its {diffs} differences re-checked equal"
     return age_min < max_age_minutes, f"clean, {age_min:.1f} min ago ({how})"
 
 

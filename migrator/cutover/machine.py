@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..cdc.roles import table_roles
+from ..cdc.runner import applied_through
 from ..config import Mapping
 from ..errors import CheckFailed, ConfigError, MigratorError
 from ..faults import fault_point
@@ -42,7 +43,6 @@ from .control import (
 from .fence import FLIP_MARGIN, Fence
 from .gates import (
     GateResult,
-    applied_through,
     cdc_lag_seconds,
     evaluate,
     run_action,

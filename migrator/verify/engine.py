@@ -11,6 +11,7 @@ catching up) are not reported as false differences.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import random
@@ -46,8 +47,12 @@ from ..state import StateStore, decode_key, encode_key, now, storable
 from ..throttle import RateLimiter
 from ..urls import redact
 from .canonical import doc_hash, field_diffs
+from .cdc_wait import CdcWait
 
 log = logging.getLogger(__name__)
+# How long a re-check waits for CDC to apply past the rows it read (a lagging CDC, not a
+# difference); past it the difference is reported, saying so.
+RECHECK_WAIT = 30.0
 _RAW: CodecOptions[Any] = CodecOptions(document_class=RawBSONDocument)
 _PLAIN: CodecOptions[Any] = CodecOptions(tz_aware=False)
 
@@ -59,6 +64,7 @@ class Difference:
     kind: str  # missing | extra | different | unconvertible
     fields: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # unconvertible: why the source row has no document
+    cdc_behind: bool = False  # re-checked while CDC had not caught up within the bound
 
 
 @dataclass
@@ -70,6 +76,7 @@ class CollectionResult:
     different: int = 0
     unconvertible: int = 0  # source rows the Transform cannot convert: never checked
     rechecked: int = 0  # differences that went away on a re-check (rows changing under load)
+    behind: int = 0  # differences reported while CDC had not caught up within the bound
     repaired: int = 0
     chunks: int = 0
 
@@ -149,6 +156,7 @@ class Verifier:
         *,
         recheck: int = 3,
         recheck_delay: float = 0.5,
+        recheck_wait: float = RECHECK_WAIT,
         max_rows_per_sec: float = 0.0,
         limit_differences: int = 1000,
         progress: Progress | None = None,
@@ -168,6 +176,7 @@ class Verifier:
         self.state = StateStore.open(self.client, mapping)
         self.recheck = recheck
         self.recheck_delay = recheck_delay
+        self.cdc = CdcWait(self.state, recheck_wait)
         self.limiter = RateLimiter(max_rows_per_sec)
         self.limit = limit_differences
         self.toward_mysql = False  # verify --repair after the write switch
@@ -242,20 +251,36 @@ class Verifier:
         *,
         first: dict[Any, Difference] | None = None,
     ) -> list[Difference]:
-        """Compare these ids now; re-check differences while they may still be settling."""
+        """Compare these ids now; re-check differences while they may still be settling: each
+        re-check reads the rows, waits until CDC has applied past them, then reads the
+        documents. A difference still there when CDC could not catch up within the bound is
+        reported with that reason."""
         diffs = first
         if diffs is None:
             rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
             diffs = self._compare(plan, self._expected(plan, rows), ids)
+        caught_up: bool | None = None
         for _ in range(self.recheck):
             if not diffs:
                 break
             time.sleep(self.recheck_delay)
             again = [d.id for d in diffs.values()]
+            read_at = now()
             rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in again])
+            caught_up = self.cdc.after_read(self.conn, read_at)
             now_diffs = self._compare(plan, self._expected(plan, rows), again)
             res.rechecked += len(diffs) - len(now_diffs)
             diffs = now_diffs
+            if caught_up is False:
+                break  # the bound is spent: waiting again would only repeat it
+        if caught_up is False and diffs:
+            why = (
+                f"CDC had not applied past the source's position within {self.cdc.bound:g} s "
+                "of the re-check (it may be a change CDC has yet to apply)"
+            )
+            log.warning("verify: %s; %d difference(s) reported", why, len(diffs))
+            for d in diffs.values():
+                d.reason, d.cdc_behind = d.reason or why, True
         return list(diffs.values())
 
     # -- walking a collection ----------------------------------------------------------------
@@ -338,7 +363,14 @@ class Verifier:
             max_workers=workers,
             mp_context=mp.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self.mapping, self.recheck, self.recheck_delay, rate, self.limit),
+            initargs=(
+                self.mapping,
+                self.recheck,
+                self.recheck_delay,
+                self.cdc.bound,
+                rate,
+                self.limit,
+            ),
         )
 
     def extras(
@@ -370,9 +402,14 @@ class Verifier:
         return found
 
     def changed(
-        self, plan: CollectionPlan, res: CollectionResult, since: datetime | None
+        self,
+        plan: CollectionPlan,
+        res: CollectionResult,
+        since: datetime | None,
+        also: Sequence[Any] = (),
     ) -> list[Difference]:
-        """Only the documents CDC touched (since a time), a page of 1,000 at a time."""
+        """Only the documents CDC touched (since a time), and `also` these (the differences
+        earlier runs left open), a page of 1,000 at a time."""
         self.progress.start(plan.name, 0)
         found: list[Difference] = []
         page: list[Any] = []
@@ -384,7 +421,12 @@ class Verifier:
             self.progress.advance(plan.name, len(page))
             page.clear()
 
-        for doc_id in self.state.touched_ids(plan.name, since):
+        seen: set[Any] = set()
+        for doc_id in itertools.chain(also, self.state.touched_ids(plan.name, since)):
+            k = id_key(doc_id)
+            if k in seen:
+                continue
+            seen.add(k)
             page.append(doc_id)
             if len(page) >= 1000:
                 check()
@@ -481,13 +523,19 @@ _WORKER: Verifier | None = None  # a worker process's own (see Verifier._pool)
 
 
 def _start_worker(
-    mapping: Mapping, recheck: int, recheck_delay: float, rate: float, limit: int
+    mapping: Mapping,
+    recheck: int,
+    recheck_delay: float,
+    recheck_wait: float,
+    rate: float,
+    limit: int,
 ) -> None:
     global _WORKER
     _WORKER = Verifier(
         mapping,
         recheck=recheck,
         recheck_delay=recheck_delay,
+        recheck_wait=recheck_wait,
         max_rows_per_sec=rate,
         limit_differences=limit,
     )
@@ -509,14 +557,27 @@ def parse_duration(text: str) -> timedelta:
         ) from None
 
 
-def _diff_doc(d: Difference) -> dict[str, Any]:
+def diff_doc(d: Difference) -> dict[str, Any]:
     return {
         "collection": d.collection,
         "id": storable(d.id),
         "kind": d.kind,
         "fields": d.fields,
         "reason": d.reason,
+        "cdc_behind": d.cdc_behind,
     }
+
+
+def diff_from_doc(d: dict[str, Any]) -> Difference:
+    """A difference as `diff_doc` stored it."""
+    return Difference(
+        d["collection"],
+        d["id"],
+        d["kind"],
+        d["fields"],
+        d.get("reason", ""),
+        bool(d.get("cdc_behind")),
+    )
 
 
 def verify(
@@ -531,6 +592,7 @@ def verify(
     max_rows_per_sec: float = 0.0,
     recheck: int = 3,
     recheck_delay: float = 0.5,
+    recheck_wait: float = RECHECK_WAIT,
     seed: int | None = None,
     workers: int = 1,
     restart: bool = False,
@@ -552,6 +614,7 @@ def verify(
         mapping,
         recheck=recheck,
         recheck_delay=recheck_delay,
+        recheck_wait=recheck_wait,
         max_rows_per_sec=max_rows_per_sec,
         progress=progress,
     )
@@ -617,28 +680,26 @@ def verify(
                 "checked": res.checked,
                 "chunks": res.chunks,
                 "rechecked": res.rechecked,
-                "diffs": [_diff_doc(d) for d in found[: v.limit]],
+                "diffs": [diff_doc(d) for d in found[: v.limit]],
             }
             doc = dict(progress_doc)
             with_retry(
                 lambda: v.state.meta.replace_one({"_id": "verify_progress"}, doc, upsert=True)
             )
 
+        tracked: dict[str, tuple[list[Difference], list[Any]]] = {}
         for p in plans:
             res = CollectionResult(name=p.name)
+            reopened: list[Any] = []
             if mode == "changed":
                 if since is None:  # --changed: since the last run that covered this collection
                     last = v.state.last_covering_run(p.name)
                     cutoff = last["started"] if last else None
-                diffs = v.changed(p, res, cutoff)
+                reopened = v.state.open_difference_keys(p.name)
+                diffs = v.changed(p, res, cutoff, also=reopened)
             else:
                 prior = progress_doc["collections"].get(p.name) if resume else None
-                found = [
-                    Difference(
-                        d["collection"], d["id"], d["kind"], d["fields"], d.get("reason", "")
-                    )
-                    for d in (prior or {}).get("diffs", [])
-                ]
+                found = [diff_from_doc(d) for d in (prior or {}).get("diffs", [])]
                 if prior:
                     res.checked, res.chunks = prior["checked"], prior["chunks"]
                     res.rechecked = prior["rechecked"]
@@ -664,9 +725,12 @@ def verify(
                 result.repaired += before - len(diffs)
             for d in diffs:
                 setattr(res, d.kind, getattr(res, d.kind) + 1)
+                res.behind += d.cdc_behind
+            tracked[p.name] = (diffs, reopened)
             result.differences += diffs[: max(0, v.limit - len(result.differences))]
             result.collections.append(res)
         result.seconds = time.monotonic() - t0
+        track_open_differences(v.state, result, tracked, v.limit)
         if mode == "full":
             with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
             repaired_from = op_start if v.toward_mysql and not resume else None
@@ -698,6 +762,35 @@ def settle_full_run(
             log.warning("verify --repair: reverse sync restarts from this run's start")
 
 
+def track_open_differences(
+    state: StateStore,
+    result: VerifyResult,
+    tracked: dict[str, tuple[list[Difference], list[Any]]],
+    limit: int,
+) -> None:
+    """Keep the set of open differences (see StateStore.replace_open_differences): a full
+    run replaces its collections'; a run that re-checked open keys clears those found equal;
+    every run adds what it found. `tracked`: collection -> (its differences, open keys it
+    re-checked)."""
+    found: list[dict[str, Any]] = []
+    overflowed: list[str] = []
+    kinds = ("missing", "extra", "different", "unconvertible")
+    counts = {c.name: sum(getattr(c, k) for k in kinds) for c in result.collections}
+    for name, (diffs, reopened) in tracked.items():
+        if counts.get(name, len(diffs)) > min(len(diffs), limit):
+            overflowed.append(name)  # not every key is known: only a full run clears it
+        found += [
+            {"c": name, "k": storable(d.id), "kind": d.kind, "run_mode": result.mode}
+            for d in diffs[:limit]
+        ]
+        still = {id_key(d.id) for d in diffs}
+        state.clear_open_differences(name, [k for k in reopened if id_key(k) not in still])
+    if result.mode == "full":
+        state.replace_open_differences(list(tracked), found, overflowed)
+    else:
+        state.add_open_differences(found, overflowed)
+
+
 def record_run(state: StateStore, result: VerifyResult, *, covers: bool) -> None:
     """A run's summary in verify_runs (`covers`: the next --changed may start after it)."""
     data = result.to_dict()
@@ -707,6 +800,7 @@ def record_run(state: StateStore, result: VerifyResult, *, covers: bool) -> None
             "started": result.started,
             "differences": data["differences"][:100],
             "covers": covers,
+            "tracked": True,  # its differences are in the open set (StateStore)
         }
     )
 
@@ -744,6 +838,7 @@ def follow(
     on_pass: Any,
     recheck: int = 3,
     recheck_delay: float = 0.5,
+    recheck_wait: float = RECHECK_WAIT,
 ) -> VerifyResult | None:
     """Keep re-verifying the documents CDC touched, each after a settle delay (Ghostferry's
     inline verifier); a difference is reported only if it stays after its re-checks."""
@@ -752,7 +847,13 @@ def follow(
     while not stop.wait(settle_seconds):
         started = now()
         window = started - since_clean + timedelta(seconds=settle_seconds)
-        result = verify(mapping, since=window, recheck=recheck, recheck_delay=recheck_delay)
+        result = verify(
+            mapping,
+            since=window,
+            recheck=recheck,
+            recheck_delay=recheck_delay,
+            recheck_wait=recheck_wait,
+        )
         if not result.differences:
             since_clean = started  # else keep re-checking what is still different
         on_pass(result)

@@ -36,9 +36,11 @@ from .engine import (
     Difference,
     Verifier,
     VerifyResult,
-    _diff_doc,
+    diff_doc,
+    diff_from_doc,
     record_run,
     settle_full_run,
+    track_open_differences,
 )
 
 PLAN = "verify_shared"  # its document in <state>.meta
@@ -290,8 +292,9 @@ class SharedRun:
             "chunks": res.chunks,
             "rechecked": res.rechecked,
             "repaired": res.repaired,
-            "diffs": [_diff_doc(d) for d in diffs[: self.v.limit]],
+            "diffs": [diff_doc(d) for d in diffs[: self.v.limit]],
             **{kind: sum(d.kind == kind for d in diffs) for kind in KINDS},
+            "behind": sum(d.cdc_behind for d in diffs),
             "by": self.owner,
             "done_at": now(),
         }
@@ -331,11 +334,10 @@ class SharedRun:
             out.repaired += t.get("repaired", 0)
             for kind in KINDS:  # counted in full: only the listed differences are capped
                 setattr(res, kind, getattr(res, kind) + t.get(kind, 0))
+            res.behind += t.get("behind", 0)
             for d in t.get("diffs", []):
                 if len(out.differences) < self.v.limit:
-                    out.differences.append(
-                        Difference(d["collection"], d["id"], d["kind"], d["fields"], d["reason"])
-                    )
+                    out.differences.append(diff_from_doc(d))
         out.collections = list(by_name.values())
         out.seconds = (now() - self.started).total_seconds()
         closed = self.state.meta.update_one(
@@ -345,6 +347,10 @@ class SharedRun:
         if closed.modified_count == 1:  # recorded once, by the process that closes the run
             repaired_from = self.op_start if self.params.get("repair") else None
             settle_full_run(self.state, out, names, repaired_from)
+            listed: dict[str, tuple[list[Difference], list[Any]]] = {
+                n: ([d for d in out.differences if d.collection == n], []) for n in names
+            }
+            track_open_differences(self.state, out, listed, self.v.limit)
             record_run(self.state, out, covers=True)
         return out
 
