@@ -761,7 +761,9 @@ def _collection_uuid(db: Any, name: str) -> Any:
 def _check_target_holds_the_copy(db: Any, state: StateStore, plans: list[CollectionPlan]) -> None:
     """A resume skips the done chunks: refuse it when their documents are not in the target
     any more (database or collection dropped, documents deleted behind the tool's back)."""
-    phase = _phase(state)
+    # once MongoDB has been the truth (now or before a rollback), applications delete
+    # documents directly: counts prove nothing about the copy then
+    counted = _phase(state) not in ("write_mongo", "done") and state.switch_schema() is None
     for p in plans:
         written = state.done_docs(p.name)
         if not written:
@@ -773,8 +775,7 @@ def _check_target_holds_the_copy(db: Any, state: StateStore, plans: list[Collect
             problem = f"collection {db.name}.{p.name} is gone"
         elif recorded is not None and uuid is not False and uuid != recorded:
             problem = f"collection {db.name}.{p.name} was dropped and created again"
-        elif phase not in ("write_mongo", "done"):
-            # from write_mongo on, applications delete documents directly: counts prove nothing
+        elif counted:
             expected = written - state.deletes_noted(p.name)
             have = db[p.name].estimated_document_count()
             if have < expected:

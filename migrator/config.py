@@ -328,13 +328,18 @@ def with_password_file(url: MySQLURL, env: str) -> MySQLURL:
 
 
 _ENV = re.compile(r"\$\{(file:[^}]+|[A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_PASSWORD_OPEN = re.compile(r"://[^/@?#:]*:[^/@?#]*$")
 
 
 def _in_password(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] sits in a URL's password (user:HERE@host): it must be escaped.
-    A value that is the whole `user:password` part is URL text, left as written."""
-    return bool(_PASSWORD_OPEN.search(text[:start])) and "@" in re.split(r"[/?#]", text[end:])[0]
+    """Whether text[start:end] sits in a URL's user or password (user:HERE@host, HERE:pw@host):
+    it must be escaped. A value that is the whole `user:password` part is URL text, left as
+    written. Other references (a user from a file) are masked: their values do not count."""
+    masked = _ENV.sub(lambda m: "x" * len(m.group(0)), text)
+    before, after = masked[:start], masked[end:]
+    opened = re.search(r"://([^/@?#]*)$", before)
+    if opened is None or "@" not in re.split(r"[/?#]", after)[0]:
+        return False
+    return not (opened.group(1) == "" and after.startswith("@"))
 
 
 def _interpolate(

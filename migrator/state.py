@@ -82,6 +82,9 @@ class StateStore:
         """Why this state database is not the mapping's (None when it is, or is new)."""
         doc = self.meta.find_one({"_id": "identity"})
         mine = self.identity_of(mapping)
+        if doc is None and self.holds_records():
+            # another process may have claimed it meanwhile (its records are then behind it)
+            doc = self.meta.find_one({"_id": "identity"})
         if doc is None:
             if not self.holds_records():
                 return None
@@ -563,12 +566,20 @@ class StateStore:
     # it equal clears it (a false difference: CDC had not yet applied a change); what a run
     # could not list (more than its limit) makes the collection "overflowed" until a full run.
     def replace_open_differences(
-        self, collections: list[str], diffs: list[dict[str, Any]], overflowed: list[str]
+        self,
+        collections: list[str],
+        diffs: list[dict[str, Any]],
+        overflowed: list[str],
+        *,
+        everything: bool = False,
     ) -> None:
-        with_retry(lambda: self.open_diffs.delete_many({"c": {"$in": collections}}))
+        """A full run's differences replace its collections' (`everything`: a run over the
+        whole mapping replaces all, so a collection taken out of the mapping leaves none)."""
+        q: dict[str, Any] = {} if everything else {"c": {"$in": collections}}
+        with_retry(lambda: self.open_diffs.delete_many(q))
         self.add_open_differences(diffs)
         doc = self.meta.find_one({"_id": "open_overflow"}) or {}
-        keep = [c for c in doc.get("collections", []) if c not in collections]
+        keep = [] if everything else [c for c in doc.get("collections", []) if c not in collections]
         self._set_overflow(keep + overflowed)
 
     def add_open_differences(
@@ -601,13 +612,18 @@ class StateStore:
     def open_difference_keys(self, collection: str) -> list[Any]:
         return [d["k"] for d in self.open_diffs.find({"c": collection}, {"k": 1})]
 
-    def open_differences(self) -> tuple[dict[str, int], list[str]]:
-        """({collection: open differences}, collections with more than could be listed)."""
+    def open_differences(
+        self, collections: list[str] | None = None
+    ) -> tuple[dict[str, int], list[str]]:
+        """({collection: open differences}, collections with more than could be listed), of
+        these collections (default: all)."""
+        q: dict[str, Any] = {} if collections is None else {"c": {"$in": collections}}
         counts: dict[str, int] = {}
-        for d in self.open_diffs.find({}, {"c": 1}):
+        for d in self.open_diffs.find(q, {"c": 1}):
             counts[d["c"]] = counts.get(d["c"], 0) + 1
         doc = self.meta.find_one({"_id": "open_overflow"}) or {}
-        return counts, list(doc.get("collections", []))
+        over = [c for c in doc.get("collections", []) if collections is None or c in collections]
+        return counts, over
 
     def last_verify_run(self) -> dict[str, Any] | None:
         return self.verify_runs.find_one({}, sort=[("finished", -1)])

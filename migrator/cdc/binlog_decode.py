@@ -96,6 +96,26 @@ class Decoder:
         elif events:
             yield Transaction(events=events, position=unit.resume, complete=False)
 
+    def _members_named(self, table: Any) -> Any:
+        """The decoder reads ENUM and SET member names from the table map as UTF-8: in another
+        character set (latin1 'élan') a name arrives empty, and values would lose it. Such a
+        name is taken from the schema, where the lists match."""
+        known = (
+            self.schema.tables.get(table.table) if table.schema == self.schema.database else None
+        )
+        if known is None:
+            return table
+        for col in table.columns:
+            if not known.has_column(col.name):
+                continue
+            members = list(known.column(col.name).members)
+            enum, sets = getattr(col, "enum_values", None), getattr(col, "set_values", None)
+            if enum and len(enum) == len(members) + 1 and "" in enum[1:]:
+                col.enum_values = [""] + [v or m for v, m in zip(enum[1:], members, strict=True)]
+            if sets and len(sets) == len(members) and "" in sets:
+                col.set_values = [v or m for v, m in zip(sets, members, strict=True)]
+        return table
+
     def _events(self, packets: list[bytes], fmt: StreamFormat) -> Iterator[Any]:
         control = _Control(fmt.dbms)
         database = [self.schema.database]
@@ -123,6 +143,6 @@ class Decoder:
             if ev is None:
                 continue
             if isinstance(ev, TableMapEvent):
-                self.table_map[ev.table_id] = ev.get_table()
+                self.table_map[ev.table_id] = self._members_named(ev.get_table())
             elif ev.table in self.tables:
                 yield ev

@@ -65,7 +65,9 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     return (now() - commit).total_seconds() if commit else float("inf")
 
 
-def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, str]:
+def verification_gate(
+    state: StateStore, max_age_minutes: float, collections: list[str] | None = None
+) -> tuple[bool, str]:
     """Accept a full, clean run over every collection that checked something, or clean
     `--changed` runs over every collection on top of one; the age is the newest of those. A
     sample or a run over some collections proves nothing about the rest. A difference any
@@ -86,7 +88,7 @@ def verification_gate(state: StateStore, max_age_minutes: float) -> tuple[bool, 
         n = sum(rt.get(k, 0) for k in ("missing", "extra", "different", "unconvertible"))
         when = f"{age_min:.1f} min ago" if r is full else "after the last full run"
         return False, f"{n} differences ({r.get('mode')}, {when})"
-    counts, overflowed = state.open_differences()
+    counts, overflowed = state.open_differences(collections)
     if overflowed:
         return False, (
             f"more differences in {', '.join(overflowed)} than a run lists: "
@@ -165,7 +167,8 @@ def evaluate(
             )
         elif g == "verify_clean":
             limit_min = step.verify_max_age_minutes or d.verify_max_age_minutes
-            ok, measured = verification_gate(state, limit_min)
+            names = [c.name for c in mapping.collections]
+            ok, measured = verification_gate(state, limit_min, names)
             out.append(GateResult(g, ok, measured, f"clean, < {limit_min:g} min"))
         elif g == "dlq_empty":
             n = state.dead_letter_count()

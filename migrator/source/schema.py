@@ -72,7 +72,21 @@ def type_members(column_type: str) -> tuple[str, ...]:
     m = re.match(r"(?:enum|set)\((.*)\)$", column_type, re.S | re.I)
     if not m:
         return ()
-    return tuple(x.replace("''", "'") for x in re.findall(r"'((?:[^']|'')*)'", m.group(1)))
+    return tuple(_unescape(x) for x in re.findall(r"'((?:[^'\\]|''|\\.)*)'", m.group(1), re.S))
+
+
+# How the server writes a member in COLUMN_TYPE and SHOW CREATE TABLE (append_unescaped):
+# quotes doubled, and these characters after a backslash
+_ESCAPES = {"\\": "\\", "0": "\0", "Z": "\x1a", "n": "\n", "r": "\r", "'": "'", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    return re.sub(
+        r"''|\\(.)",
+        lambda e: "'" if e.group(0) == "''" else _ESCAPES.get(e.group(1), e.group(1)),
+        text,
+        flags=re.S,
+    )
 
 
 @dataclass(frozen=True)

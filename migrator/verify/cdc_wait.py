@@ -4,12 +4,19 @@ source had committed by then, and only then reads the documents."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Any
 
+import MySQLdb
+
+from ..cdc.events import Position
 from ..cdc.runner import applied_through, master_position
 from ..state import StateStore
+
+log = logging.getLogger(__name__)
+_DENIED = (1227, 1045, 1142)  # specific access denied, access denied, command denied
 
 
 class CdcWait:
@@ -18,6 +25,7 @@ class CdcWait:
     def __init__(self, state: StateStore, bound: float) -> None:
         self.state = state
         self.bound = bound
+        self.positions_denied = False
 
     def applies(self) -> bool:
         """Is a CDC process applying MySQL's changes (so that waiting can settle anything)?"""
@@ -30,10 +38,29 @@ class CdcWait:
         if self.bound <= 0 or not self.applies():
             return None
         deadline = time.monotonic() + self.bound
-        if self._debezium():
+        target = None if self._debezium() else self._position(conn)
+        if target is None:
             return self._wait(deadline, lambda: self._drained_since(read_at))
-        target = master_position(conn)  # every change the read saw is before this position
         return self._wait(deadline, lambda: applied_through(self.state, target))
+
+    def _position(self, conn: Any) -> Position | None:
+        """The source's binlog position now (every change the read saw lies before it); None
+        when this user may not read it (verify needs only SELECT: SHOW MASTER STATUS wants
+        REPLICATION CLIENT / BINLOG MONITOR), and CDC's own word is used instead."""
+        if self.positions_denied:
+            return None
+        try:
+            return master_position(conn)
+        except MySQLdb.OperationalError as exc:
+            if not exc.args or exc.args[0] not in _DENIED:
+                raise
+            self.positions_denied = True
+            log.info(
+                "verify: this user cannot read the binlog position (%s); re-checks wait for "
+                "CDC to report itself caught up instead",
+                exc.args[1] if len(exc.args) > 1 else exc,
+            )
+            return None
 
     def _wait(self, deadline: float, done: Any) -> bool:
         while not done():
@@ -47,8 +74,9 @@ class CdcWait:
         return status.get("source") == "debezium"
 
     def _drained_since(self, read_at: datetime) -> bool:
-        """Debezium's offsets are not binlog positions: the consumer found its topics empty
-        (lag 0) in a poll that started after the read (Debezium's own delay is not seen)."""
+        """CDC said, after the read, that it had applied everything (lag 0): the binlog
+        runner compares its position with the source's; Debezium's consumer found its topics
+        empty in a poll after the read (Debezium's own delay is not seen)."""
         st = self.state.cdc_status() or {}
         at = st.get("updated_at")
         return st.get("lag_seconds") == 0 and isinstance(at, datetime) and at > read_at

@@ -786,7 +786,7 @@ def track_open_differences(
         still = {id_key(d.id) for d in diffs}
         state.clear_open_differences(name, [k for k in reopened if id_key(k) not in still])
     if result.mode == "full":
-        state.replace_open_differences(list(tracked), found, overflowed)
+        state.replace_open_differences(list(tracked), found, overflowed, everything=result.complete)
     else:
         state.add_open_differences(found, overflowed)
 

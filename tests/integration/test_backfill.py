@@ -341,3 +341,31 @@ def test_a_resume_after_cdc_deleted_documents_goes_on(env):
     p = migrator_cmd("backfill", "-m", str(path), check=0)
     assert "already done" in p.stderr
     assert_orders_exact(env)
+
+
+def test_a_rerun_after_a_rollback_is_not_refused_for_documents_the_application_deleted(
+    env, tmp_path
+):
+    """From write_mongo on, the application deletes documents in MongoDB and reverse sync
+    deletes their rows. After a rollback (to read_mongo) those are not a copy that lost its
+    data: a rerun of `backfill` (`sync` runs one) must not stop and ask for `--restart`, which
+    is refused past sync anyway."""
+    from .test_cutover import step
+    from .test_write_fence import start_cdc, to_read_mongo, wait_until
+
+    path, pb = to_read_mongo(env, tmp_path)
+    cdc = start_cdc(env, path)
+    try:
+        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        env.target.orders.delete_one({"_id": 3})  # the application, MongoDB-first
+        wait_until(
+            lambda: env.sql("SELECT COUNT(*) FROM orders WHERE id = 3")[0][0] == 0,
+            "reverse sync to delete the row",
+        )
+        migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
+        assert env.state.control.find_one({"_id": "control"})["phase"] == "read_mongo"
+    finally:
+        cdc.terminate()
+        cdc.wait(60)
+    p = migrator_cmd("backfill", "-m", str(path))
+    assert p.returncode == 0, p.stderr

@@ -261,3 +261,25 @@ def test_foreign_keys_read_by_the_least_privileged_user_equal_root_s_information
         env.sql(
             "SET foreign_key_checks = 0", f"DROP DATABASE `{other}`", "SET foreign_key_checks = 1"
         )
+
+
+def test_verify_with_the_readme_verify_grant_reports_a_difference_while_cdc_runs(env, user):
+    """README, Least privilege: verify needs `SELECT` on the mapped tables. A re-check that
+    waits for a running CDC must not need more (SHOW MASTER STATUS needs REPLICATION CLIENT):
+    the difference is reported, exit 1, not an error."""
+    from .test_write_fence import start_cdc
+
+    env.sql(*PARENT_CHILD)
+    env.sql(f"GRANT SELECT ON `{env.db}`.* TO {user.account}")
+    cdc_path = env.mapping(MAPPING, name="cdc.yaml")  # CDC runs with its own (root) user
+    migrator_cmd("backfill", "-m", str(cdc_path), check=0)
+    verify_path = user.mapping(MAPPING)
+    cdc = start_cdc(env, cdc_path)
+    try:
+        env.target.children.update_one({"_id": 2}, {"$set": {"note": "tampered"}})
+        p = migrator_cmd("verify", "-m", str(verify_path), "--json")
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert [d["_id"] for d in json.loads(p.stdout)["differences"]] == [2]
+    finally:
+        cdc.terminate()
+        cdc.wait(60)

@@ -212,6 +212,31 @@ def test_cdc_waits_while_a_backfill_copies_and_then_converges(env):
     assert_same_as_fresh_backfill(env, path)
 
 
+def test_first_runs_started_together_on_a_fresh_state_database_are_all_accepted(env, monkeypatch):
+    """README: the same `backfill` on N machines (pods started together). One process finds no
+    identity and then, before it looks for records, another claims the fresh database: the
+    identity it then sees is this migration's, not another's records. (Six threads opening
+    one fresh state database were refused 4 times in 10 trials.)"""
+    path = make_shop(env, orders=5)
+    m = load_mapping(path)
+    real = StateStore.holds_records
+    other = mongo_connect(m.target.url)
+
+    def another_process_claims_first(self: StateStore) -> bool:
+        monkeypatch.setattr(StateStore, "holds_records", real)
+        StateStore.open(other, m)  # the other pod, between this one's two reads
+        return real(self)
+
+    monkeypatch.setattr(StateStore, "holds_records", another_process_claims_first)
+    client = mongo_connect(m.target.url)
+    try:
+        StateStore.open(client, m)  # must not be refused: the identity is its own
+    finally:
+        client.close()
+        other.close()
+    assert env.state.meta.find_one({"_id": "identity"})["target"] == env.db
+
+
 def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
     path = make_shop(env, orders=10)
     backfill(load_mapping(path), workers=1)

@@ -127,6 +127,22 @@ def test_a_password_from_a_file_or_a_variable_reaches_both_drivers_unchanged(tmp
         assert ODD not in redact(f"login {ODD} failed for {m.target.url}")
 
 
+def test_a_password_from_a_file_arrives_unchanged_when_the_user_is_from_a_file_too(tmp_path):
+    """Kubernetes secrets often hold the user and the password: `${file:...}` for both."""
+    from pymongo.uri_parser import parse_uri
+
+    user, secret = tmp_path / "user", tmp_path / "pw"
+    user.write_text("app\n")
+    secret.write_text(ODD + "\n")
+    ref = f"${{file:{user}}}:${{file:{secret}}}"
+    m = parse_mapping(
+        _mapping(f"mysql://{ref}@db/shop", f"mongodb://{ref}@m:27017/?authSource=a"), "m.yaml"
+    )
+    assert (m.source_url.user, m.source_url.password, m.source_url.host) == ("app", ODD, "db")
+    uri = parse_uri(m.target.url)
+    assert (uri["username"], uri["password"]) == ("app", ODD)
+
+
 def test_a_kafka_password_from_a_file_is_given_as_is(tmp_path):
     secret = tmp_path / "kafka"
     secret.write_text(ODD + "\n")

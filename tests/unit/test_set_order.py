@@ -14,7 +14,15 @@ from migrator.source.schema import Column, Schema, Table, type_members
 from migrator.typerules import default_converter, override_converter
 
 POOL = ["Trailers", "Commentaries", "Deleted Scenes", "Behind the Scenes", "it's", "élan",
-        "日本", "a", "B", "c d", "0", "10", "9", "x-y", "_", "zz top", "A1", "b2"]  # fmt: skip
+        "日本", "a", "B", "c d", "0", "10", "9", "x-y", "_", "zz top", "A1", "b2", "a\\b",
+        "new\nline", "tab\there", "\\", "q'"]  # fmt: skip
+
+
+def _server_quoted(m: str) -> str:
+    """A member as the server writes it in COLUMN_TYPE (append_unescaped)."""
+    for raw, esc in (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("'", "''")):
+        m = m.replace(raw, esc)
+    return "'" + m + "'"
 
 
 def _column(rng: random.Random) -> tuple[Column, list[str]]:
@@ -22,7 +30,7 @@ def _column(rng: random.Random) -> tuple[Column, list[str]]:
     for m in rng.sample(POOL, rng.randint(1, len(POOL))):
         if m.lower() not in {x.lower() for x in members}:
             members.append(m)
-    quoted = ",".join("'" + m.replace("'", "''") + "'" for m in members)
+    quoted = ",".join(_server_quoted(m) for m in members)
     written = f"SET({quoted})" if rng.random() < 0.5 else f"set({quoted})"
     # introspection keeps column_type lower-cased and the members as written
     return Column("s", "set", written.lower(), members=type_members(written)), members
