@@ -343,6 +343,7 @@ def test_debezium_changes_after_a_rollback_from_a_failed_over_source_are_applied
     cur.execute("SELECT @@server_id")
     server = int(cur.fetchone()[0])
     conn.close()
+    migrator_cmd("status", "-m", str(path), check=0)  # the migration's own state database
     env.state.meta.replace_one(
         {"_id": "cdc_rollback_point"},
         {"_id": "cdc_rollback_point", "position": point, "server_id": server},
