@@ -22,12 +22,12 @@ from typing import Any
 import pymysql
 from pymongo import MongoClient
 
-from migrator.backfill import backfill
-from migrator.config import parse_mapping
-from migrator.sandbox import start_stack, url_with_database
+from migrator.backfill.copy import backfill
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.model.settings import parse_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import DocumentWriter
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 DDL = """CREATE TABLE orders (
   id BIGINT PRIMARY KEY, order_no VARCHAR(20) NOT NULL, customer_id INT NOT NULL,

@@ -25,17 +25,17 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 import migrator.cdc.runner as runner
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.applier import Applier
 from migrator.cdc.binlog_parallel import default_decoders
-from migrator.config import parse_mapping
-from migrator.sandbox import start_stack, url_with_database
-from migrator.shop import create_shop, shop_mapping
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.devtools.shop import create_shop, shop_mapping
+from migrator.model.settings import parse_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
 from migrator.source.position import current_position
-from migrator.state import StateStore
-from migrator.urls import parse_mysql_url
+from migrator.state.store import StateStore
 
 ROWS_PER_TXN = 10  # 1 order + 4 items inserted, 4 items updated, 1 order deleted
 

@@ -32,10 +32,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from migrator.cdc.kafka import run_debezium
-from migrator.config import parse_mapping
-from migrator.sandbox import start_stack, url_with_database
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.model.settings import parse_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "debezium"
 PREFIX = "bench"

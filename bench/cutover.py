@@ -34,17 +34,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
 from migrator.cutover.gates import cdc_lag_seconds
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
 from migrator.cutover.sdk import DualWriter
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.devtools.shop import AppLoad, create_shop, shop_mapping
 from migrator.errors import CheckFailed
-from migrator.sandbox import start_stack, url_with_database
-from migrator.shop import AppLoad, create_shop, shop_mapping
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 from migrator.verify.engine import verify
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from migrator.sandbox import start_stack, url_with_database
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 REPO = Path(__file__).resolve().parents[1]
 

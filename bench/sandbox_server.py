@@ -17,7 +17,7 @@ import time
 
 from pymongo import MongoClient
 
-from migrator.sandbox import free_port, secantus_binary
+from migrator.devtools.sandbox import free_port, secantus_binary
 
 
 def rates(launcher: list[str], rounds: int) -> list[int]:
@@ -52,7 +52,7 @@ def main() -> None:
         ("plain secantusd-py", [binary]),
         (
             "through migrator/sandbox_secantus.py",
-            [sys.executable, "-m", "migrator.sandbox_secantus"],
+            [sys.executable, "-m", "migrator.devtools.secantus"],
         ),
     ):
         print(f"{name}: update_one/s per 1,500 writes: {rates(launcher, args.rounds)}", flush=True)

@@ -23,15 +23,15 @@ from typing import Any
 import bson
 import pymysql
 
-from migrator.backfill import _chunk_bounds, backfill
-from migrator.config import parse_mapping
-from migrator.mapping import compile_transform
-from migrator.sandbox import start_stack, url_with_database
+from migrator.backfill.copy import _chunk_bounds, backfill
+from migrator.devtools.sandbox import start_stack, url_with_database
+from migrator.model.settings import parse_mapping
+from migrator.model.transform import compile_transform
+from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import find_by_ids
 from migrator.source.connection import connect
 from migrator.source.reader import ChunkReader
 from migrator.source.schema import introspect
-from migrator.urls import parse_mysql_url
 from migrator.verify import engine
 from migrator.verify.engine import verify
 

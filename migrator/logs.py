@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from .urls import redact
+from migrator.model.urls import redact
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
 

@@ -30,17 +30,17 @@ from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError
 
-from ..errors import ConnectError, ConversionError, MigratorError
-from ..keys import id_key
-from ..mapping import CollectionPlan, EmbedPlan, Transform
-from ..rebuild import id_from_params, key_params, rebuild_ops, source_value
-from ..sink.mongo import find_by_ids, with_retry
-from ..state import StateStore, encode_key, now, storable
-from ..typerules import param_value
-from .cascade import Cascades, Effect, Place, Rule
-from .events import ChangeEvent, Position, Transaction
-from .lookup import SourceLookup
-from .roles import ChildRole, ParentRole, TableRoles, table_roles
+from migrator.cdc.cascade import Cascades, Effect, Place, Rule
+from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.roles import ChildRole, ParentRole, TableRoles, table_roles
+from migrator.errors import ConnectError, ConversionError, MigratorError
+from migrator.model.events import ChangeEvent, Position, Transaction
+from migrator.model.keys import id_key
+from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
+from migrator.model.typerules import param_value
+from migrator.sink.mongo import find_by_ids, with_retry
+from migrator.source.rebuild import id_from_params, key_params, rebuild_ops, source_value
+from migrator.state.store import StateStore, encode_key, now, storable
 
 Op = Any  # a pymongo write model
 # More element changes than this for one document in one batch: rebuild it instead.
@@ -170,17 +170,17 @@ class Applier:
 
     # -- upkeep (upkeep.py): waiting children, dangling references, added columns -----------
     def sweep_pending(self) -> int:
-        from .upkeep import sweep_pending
+        from migrator.cdc.upkeep import sweep_pending
 
         return sweep_pending(self)
 
     def sweep_dangling(self) -> int:
-        from .upkeep import sweep_dangling
+        from migrator.cdc.upkeep import sweep_dangling
 
         return sweep_dangling(self)
 
     def fill_added_columns(self, defaults: dict[str, dict[str, Any]]) -> None:
-        from .upkeep import fill_added_columns
+        from migrator.cdc.upkeep import fill_added_columns
 
         fill_added_columns(self, defaults)
 
@@ -941,7 +941,7 @@ class _Batch:
         if self.touched:
             state.touch([(c, doc_id, at) for (c, _k), (doc_id, at) in self.touched.items()])
         if self.derived:
-            from .upkeep import request_sweeps
+            from migrator.cdc.upkeep import request_sweeps
 
             request_sweeps(self.a, self.derived)
         for d in self.dead_letters:
@@ -985,7 +985,7 @@ class _Batch:
 
 def rows_where(conn: Any, *, table: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of a table whose columns equal `values`, as column -> raw value."""
-    from ..source.connection import quote_ident
+    from migrator.source.connection import quote_ident
 
     where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
     cols = table.column_names
@@ -1006,7 +1006,7 @@ def rows_where(conn: Any, *, table: Any, values: dict[str, Any]) -> list[dict[st
 
 def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> list[Any]:
     """Primary keys of the root rows whose columns equal `values` (no filter applied)."""
-    from ..source.connection import quote_ident
+    from migrator.source.connection import quote_ident
 
     where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
     cols = ", ".join(map(quote_ident, plan.pk))

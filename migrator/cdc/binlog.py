@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..source.schema import Schema
-from ..urls import MySQLURL
-from .binlog_decode import Decoder
-from .binlog_read import BinlogReader, Heartbeat, RawStream, Tick, _tables_in, merge_gtid
-from .events import DDL, Position, Transaction
+from migrator.cdc.binlog_decode import Decoder
+from migrator.cdc.binlog_read import (
+    BinlogReader,
+    Heartbeat,
+    RawStream,
+    Tick,
+    merge_gtid,
+    tables_in,
+)
+from migrator.model.events import DDL, Position, Transaction
+from migrator.model.schema import Schema
+from migrator.model.urls import MySQLURL
 
-__all__ = ["DDL", "BinlogSource", "Heartbeat", "_tables_in", "merge_gtid"]
+__all__ = ["DDL", "BinlogSource", "Heartbeat", "merge_gtid", "tables_in"]
 
 
 class BinlogSource:

@@ -15,10 +15,10 @@ from pymysql.protocol import MysqlPacket
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import TableMapEvent, WriteRowsEvent
 
-from ..source.schema import Schema
-from .binlog_read import ROW_EVENTS, Heartbeat, RawTransaction, StreamFormat, Tick, Unit
-from .events import DDL, ChangeEvent, Transaction
-from .normalize import RowNormaliser
+from migrator.cdc.binlog_read import ROW_EVENTS, Heartbeat, RawTransaction, StreamFormat, Tick, Unit
+from migrator.cdc.normalize import RowNormaliser
+from migrator.model.events import DDL, ChangeEvent, Transaction
+from migrator.model.schema import Schema
 
 _ALLOWED = frozenset({TableMapEvent, *ROW_EVENTS})
 

@@ -29,11 +29,8 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from ..errors import CheckFailed, ConnectError, MigratorError
-from ..source.schema import Schema
-from ..urls import MySQLURL
-from .binlog_decode import Decoder
-from .binlog_read import (
+from migrator.cdc.binlog_decode import Decoder
+from migrator.cdc.binlog_read import (
     BinlogReader,
     Heartbeat,
     RawStream,
@@ -42,7 +39,10 @@ from .binlog_read import (
     Tick,
     Unit,
 )
-from .events import DDL, Position, Transaction
+from migrator.errors import CheckFailed, ConnectError, MigratorError
+from migrator.model.events import DDL, Position, Transaction
+from migrator.model.schema import Schema
+from migrator.model.urls import MySQLURL
 
 log = logging.getLogger("migrator.cdc.binlog")
 

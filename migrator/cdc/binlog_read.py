@@ -45,9 +45,9 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
-from ..errors import CheckFailed, ConnectError, MigratorError
-from ..urls import MySQLURL
-from .events import DDL, Position
+from migrator.errors import CheckFailed, ConnectError, MigratorError
+from migrator.model.events import DDL, Position
+from migrator.model.urls import MySQLURL
 
 # Let connection errors reach us instead of the library's reconnect-from-the-start.
 _binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
@@ -455,7 +455,7 @@ class BinlogReader:
                     statement=query,
                     schema=schema or None,
                     position=before,
-                    tables=_tables_in(query),
+                    tables=tables_in(query),
                     after=self.position,
                 )
 
@@ -495,7 +495,7 @@ def _names(text: str) -> list[str]:
     return [_bare(m) for m in re.findall(_NAME, text)]
 
 
-def _tables_in(query: str) -> list[str]:
+def tables_in(query: str) -> list[str]:
     """Every table a DDL statement names (DROP TABLE a, b; RENAME TABLE a TO b, c TO d; ALTER
     TABLE a RENAME TO b; CREATE TABLE a LIKE b; index statements name their table)."""
     q = " ".join(_COMMENTS.sub(" ", query).split())

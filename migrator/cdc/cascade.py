@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..mapping import CollectionPlan, EmbedPlan, Transform
-from ..source.schema import ForeignKey
-from .events import ChangeEvent
+from migrator.model.events import ChangeEvent
+from migrator.model.schema import ForeignKey
+from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 
 Kind = Literal["delete", "update"]
 ACTIONS = ("CASCADE", "SET NULL")

@@ -15,10 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from ..errors import ConfigError, ConversionError
-from ..source.schema import Column, Schema
-from .events import ChangeEvent, Op, Position
-from .normalize import float32_text, set_text
+from migrator.cdc.normalize import float32_text, set_text
+from migrator.errors import ConfigError, ConversionError
+from migrator.model.events import ChangeEvent, Op, Position
+from migrator.model.schema import Column, Schema
 
 TimeMode = Literal["adaptive_time_microseconds", "adaptive", "connect", "isostring"]
 DecimalMode = Literal["precise", "string", "double"]

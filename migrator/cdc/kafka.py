@@ -16,20 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Mapping
-from ..errors import ConnectError, ConversionError
-from ..mapping import compile_transform
-from ..reverse.runner import run_reverse
-from ..sink.mongo import connect as mongo_connect
-from ..source.connection import connect as mysql_connect
-from ..source.schema import introspect
-from ..state import StateStore, now
-from .applier import Applier
-from .debezium import DebeziumDecoder, DebeziumSettings, Record
-from .events import ChangeEvent, Position, Transaction
-from .lookup import SourceLookup
-from .roles import table_roles
-from .runner import (
+from migrator.cdc.applier import Applier
+from migrator.cdc.debezium import DebeziumDecoder, DebeziumSettings, Record
+from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.roles import table_roles
+from migrator.cdc.runner import (
     CdcSummary,
     Liveness,
     LiveStats,
@@ -37,6 +28,15 @@ from .runner import (
     truth_stop_reason,
     wait_while_copying,
 )
+from migrator.errors import ConnectError, ConversionError
+from migrator.model.events import ChangeEvent, Position, Transaction
+from migrator.model.settings import Mapping
+from migrator.model.transform import compile_transform
+from migrator.reverse.runner import run_reverse
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.schema import introspect
+from migrator.state.store import StateStore, now
 
 log = logging.getLogger("migrator.cdc.kafka")
 

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import MySQLdb
 
-from ..errors import ConnectError
-from ..mapping import CollectionPlan, EmbedPlan, Row
-from ..source.connection import connect
-from ..source.reader import ChunkReader
-from ..urls import MySQLURL
+from migrator.errors import ConnectError
+from migrator.model.transform import CollectionPlan, EmbedPlan, Row
+from migrator.model.urls import MySQLURL
+from migrator.source.connection import connect
+from migrator.source.reader import ChunkReader
 
 T = TypeVar("T")
 # server gone, restarting, connection dropped: worth waiting for

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..source.schema import Column, Table
-from ..typerules import set_members
+from migrator.model.schema import Column, Table
+from migrator.model.typerules import set_members
 
 Normaliser = Callable[[Any, str], Any]  # (value, none_source) -> SELECT-like value
 _F32 = struct.Struct("<f")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..mapping import CollectionPlan, EmbedPlan, Transform
-from .cascade import Cascades
+from migrator.cdc.cascade import Cascades
+from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 
 
 @dataclass

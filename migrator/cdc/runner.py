@@ -17,26 +17,27 @@ from typing import Any, Literal
 
 from pymongo.errors import PyMongoError
 
-from ..config import Mapping
-from ..errors import CheckFailed, MigratorError
-from ..faults import fault_point
-from ..mapping import compile_transform
-from ..reverse.runner import run_reverse
-from ..sink.mongo import connect as mongo_connect
-from ..source.connection import _s, query
-from ..source.connection import connect as mysql_connect
-from ..source.defaults import column_defaults as read_defaults
-from ..source.position import is_mariadb
-from ..source.schema import Schema, introspect, split_top_level
-from ..state import StateStore, now
-from ..ticker import Ticker
-from .applier import Applier, BatchResult
-from .binlog import DDL, BinlogSource, Heartbeat
-from .binlog_parallel import ParallelBinlogSource, default_decoders
-from .binlog_read import Tick
-from .events import Position, Transaction
-from .lookup import SourceLookup
-from .roles import table_roles
+from migrator.cdc.applier import Applier, BatchResult
+from migrator.cdc.binlog import DDL, BinlogSource, Heartbeat
+from migrator.cdc.binlog_parallel import ParallelBinlogSource, default_decoders
+from migrator.cdc.binlog_read import Tick
+from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.roles import table_roles
+from migrator.errors import CheckFailed, MigratorError
+from migrator.faults import fault_point
+from migrator.model.events import Position, Transaction
+from migrator.model.schema import Schema, split_top_level
+from migrator.model.settings import Mapping
+from migrator.model.transform import compile_transform
+from migrator.reverse.runner import run_reverse
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import as_text, query
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.defaults import column_defaults as read_defaults
+from migrator.source.position import is_mariadb
+from migrator.source.schema import introspect
+from migrator.state.store import StateStore, now
+from migrator.ticker import Ticker
 
 OnDDL = Literal["stop", "ignore", "extend"]
 log = logging.getLogger("migrator.cdc")
@@ -164,15 +165,15 @@ def master_position(conn: Any) -> Position:
         raise CheckFailed("the source has no binary log (log_bin is OFF)")
     gtid = query(conn, "SELECT @@GLOBAL.gtid_binlog_pos") if is_mariadb(conn) else []
     return Position(
-        file=_s(rows[0][0]),
+        file=as_text(rows[0][0]),
         pos=int(rows[0][1]),
-        gtid=_s(gtid[0][0]) if gtid and gtid[0][0] else None,
+        gtid=as_text(gtid[0][0]) if gtid and gtid[0][0] else None,
     )
 
 
 def check_start(conn: Any, start: Position, maria: bool) -> None:
     """Refuse a start position that was purged or lies ahead of the source (moved backwards)."""
-    logs = {_s(r[0]): int(r[1]) for r in query(conn, "SHOW BINARY LOGS")}
+    logs = {as_text(r[0]): int(r[1]) for r in query(conn, "SHOW BINARY LOGS")}
     current = master_position(conn)
     if maria and start.gtid:
         server = {p.split("-")[0]: p for p in (current.gtid or "").split(",") if p}

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo import DeleteOne, ReplaceOne
 
-from ..errors import MigratorError
-from ..keys import id_key
-from ..rebuild import key_params, rebuild_docs, source_value
-from ..sink.mongo import with_retry
-from ..source.connection import quote_ident
-from ..state import decode_key, now
-from .cascade import Cascades, Rule
+from migrator.cdc.cascade import Cascades, Rule
+from migrator.errors import MigratorError
+from migrator.model.keys import id_key
+from migrator.sink.mongo import with_retry
+from migrator.source.connection import quote_ident
+from migrator.source.rebuild import key_params, rebuild_docs, source_value
+from migrator.state.store import decode_key, now
 
 if TYPE_CHECKING:
-    from .applier import Applier
+    from migrator.cdc.applier import Applier
 
 
 # ------------------------------------------------------------------------------ waiting children
@@ -96,7 +96,7 @@ def _current(conn: Any, *, plan: Any, keys: list[Any]) -> list[tuple[Any, Any]]:
 
 def _existing(conn: Any, *, plan: Any, keys: list[Any]) -> set[Any]:
     """The keys whose root row exists, whatever the collection's filter says."""
-    from ..source.reader import ChunkReader
+    from migrator.source.reader import ChunkReader
 
     reader = ChunkReader(conn, plan)
     found: set[Any] = set()

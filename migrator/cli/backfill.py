@@ -6,9 +6,17 @@ import functools
 
 import click
 
-from ..backfill import BackfillSummary, backfill
-from . import render
-from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.backfill.copy import BackfillSummary, backfill
+from migrator.cli import render
+from migrator.cli.common import (
+    err,
+    handle_errors,
+    json_option,
+    load,
+    mapping_option,
+    out,
+    print_json,
+)
 
 
 @click.command("backfill")

@@ -11,17 +11,25 @@ from typing import Any, Literal, cast
 import click
 from pydantic import ValidationError
 
-from ..backfill import backfill
-from ..cdc.debezium import DebeziumSettings
-from ..cdc.kafka import run_debezium
-from ..cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
-from ..config import KafkaSecuritySpec
-from ..errors import ConfigError
-from ..metrics import CdcMetrics
-from ..secretfiles import read_secret_file
-from . import render
-from .backfill import print_summary
-from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.backfill.copy import backfill
+from migrator.cdc.debezium import DebeziumSettings
+from migrator.cdc.kafka import run_debezium
+from migrator.cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
+from migrator.cli import render
+from migrator.cli.backfill import print_summary
+from migrator.cli.common import (
+    err,
+    handle_errors,
+    json_option,
+    load,
+    mapping_option,
+    out,
+    print_json,
+)
+from migrator.errors import ConfigError
+from migrator.metrics import CdcMetrics
+from migrator.model.secrets import read_secret_file
+from migrator.model.settings import KafkaSecuritySpec
 
 
 def _stop_on_signals() -> threading.Event:

@@ -16,9 +16,9 @@ from bson import json_util
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import Mapping, load_mapping
-from ..errors import MigratorError, describe_server
-from ..urls import redact
+from migrator.errors import MigratorError, describe_server
+from migrator.model.settings import Mapping, load_mapping
+from migrator.model.urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("migrator.cli")

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from ..cutover.machine import Machine, StepResult
-from ..cutover.playbook import load_playbook
-from ..errors import ConfigError
-from . import render
-from .common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cli import render
+from migrator.cli.common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cutover.machine import Machine, StepResult
+from migrator.cutover.playbook import load_playbook
+from migrator.errors import ConfigError
 
 actor_option = click.option("--actor", help="Who is acting, for the audit (default user@host).")
 playbook_option = click.option(

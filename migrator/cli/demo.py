@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..demo import run_demo
-from . import render
-from .backfill import print_summary
-from .common import err, handle_errors, out
+from migrator.cli import render
+from migrator.cli.backfill import print_summary
+from migrator.cli.common import err, handle_errors, out
+from migrator.devtools.demo import run_demo
 
 
 @click.command("demo")

@@ -7,15 +7,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
-from ..config import with_password_file
-from ..errors import ConfigError
-from ..scaffold import generate_mapping
-from ..secretfiles import SOURCE_PASSWORD_FILE_ENV, read_secret_file
-from ..sink.mongo import connect as mongo_connect
-from ..source.connection import connect
-from ..source.schema import introspect
-from ..urls import parse_mysql_url
-from .common import err, handle_errors, out
+from migrator.cli.common import err, handle_errors, out
+from migrator.errors import ConfigError
+from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV, read_secret_file
+from migrator.model.settings import with_password_file
+from migrator.model.urls import parse_mysql_url
+from migrator.preflight.scaffold import generate_mapping
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect
+from migrator.source.schema import introspect
 
 
 @click.command("init")

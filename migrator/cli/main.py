@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__, logs
-from .backfill import backfill_cmd
-from .cdc import cdc_cmd, sync_cmd
-from .cutover import cutover_cmd, rollback_cmd, status_cmd
-from .demo import demo_cmd
-from .init import init_cmd
-from .plan import plan_cmd
-from .stack import stack_group
-from .state import state_group
-from .verify import verify_cmd
+from migrator import __version__, logs
+from migrator.cli.backfill import backfill_cmd
+from migrator.cli.cdc import cdc_cmd, sync_cmd
+from migrator.cli.cutover import cutover_cmd, rollback_cmd, status_cmd
+from migrator.cli.demo import demo_cmd
+from migrator.cli.init import init_cmd
+from migrator.cli.plan import plan_cmd
+from migrator.cli.stack import stack_group
+from migrator.cli.state import state_group
+from migrator.cli.verify import verify_cmd
 
 EXIT_CODES = """
 Exit codes: 0 ok, 1 a check failed (plan blockers, dead letters, differences),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..plan import preflight
-from . import render
-from .common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cli import render
+from migrator.cli.common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.preflight.plan import preflight
 
 _STYLE = {
     "ok": "[green]ok[/]",

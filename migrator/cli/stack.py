@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import CheckFailed, SandboxError
-from ..sandbox import Stack, restart_server, start_stack
-from .common import err, handle_errors, out, print_json
+from migrator.cli.common import err, handle_errors, out, print_json
+from migrator.devtools.sandbox import Stack, restart_server, start_stack
+from migrator.errors import CheckFailed, SandboxError
 
 
 def _dir(d: str | None) -> Path:

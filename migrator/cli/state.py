@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..cutover.control import default_actor
-from ..errors import ConfigError
-from ..sink.mongo import connect as mongo_connect
-from ..state import StateStore
-from .common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cli.common import handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cutover.control import default_actor
+from migrator.errors import ConfigError
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.state.store import StateStore
 
 
 @click.group("state")

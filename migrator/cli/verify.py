@@ -8,11 +8,19 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
-from ..verify.engine import RECHECK_WAIT, VerifyResult, parse_duration, verify
-from ..verify.report import junit, markdown
-from . import render
-from .common import err, handle_errors, json_option, load, mapping_option, out, print_json
+from migrator.cli import render
+from migrator.cli.common import (
+    err,
+    handle_errors,
+    json_option,
+    load,
+    mapping_option,
+    out,
+    print_json,
+)
+from migrator.errors import ConfigError
+from migrator.verify.engine import RECHECK_WAIT, VerifyResult, parse_duration, verify
+from migrator.verify.report import junit, markdown
 
 
 @click.command("verify")
@@ -167,7 +175,7 @@ def _follow(mapping: Any, settle: float, as_json: bool, recheck_wait: float) -> 
     import signal
     import threading
 
-    from ..verify.engine import follow
+    from migrator.verify.engine import follow
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

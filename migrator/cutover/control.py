@@ -28,10 +28,10 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
-from ..errors import CheckFailed
-from ..sink.mongo import with_retry
-from ..state import dead_local, now, process_owner
-from .phases import ROUTING
+from migrator.errors import CheckFailed
+from migrator.model.phases import ROUTING
+from migrator.sink.mongo import with_retry
+from migrator.state.store import dead_local, now, process_owner
 
 CONTROL_ID = "control"
 

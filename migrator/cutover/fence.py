@@ -29,9 +29,9 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from ..errors import CheckFailed
-from ..sink.mongo import with_retry
-from ..state import now, process_owner
+from migrator.errors import CheckFailed
+from migrator.sink.mongo import with_retry
+from migrator.state.store import now, process_owner
 
 FLIP_MARGIN = 1.0  # seconds the switch keeps between its flip and a writer's freeze expiry
 WRITER_TIMEOUT = 3.0  # no beat for this long (switch's clock): the writer is gone

@@ -7,12 +7,12 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..cdc.events import Position
-from ..cdc.runner import master_position, reached
-from ..config import Mapping
-from ..source.connection import connect as mysql_connect
-from ..state import StateStore, now
-from .playbook import Action, Playbook
+from migrator.cdc.runner import master_position, reached
+from migrator.cutover.playbook import Action, Playbook
+from migrator.model.events import Position
+from migrator.model.settings import Mapping
+from migrator.source.connection import connect as mysql_connect
+from migrator.state.store import StateStore, now
 
 
 @dataclass

@@ -16,23 +16,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from ..cdc.roles import table_roles
-from ..cdc.runner import applied_through
-from ..config import Mapping
-from ..errors import CheckFailed, ConfigError, MigratorError
-from ..faults import fault_point
-from ..reverse.runner import checkpoint as reverse_checkpoint
-from ..reverse.runner import (
-    hold_fence,
-    lag_seconds,
-    operation_time,
-    record_start,
-    wait_for_reverse,
-)
-from ..sink.mongo import connect as mongo_connect
-from ..sink.mongo import with_retry
-from ..state import StateStore, now
-from .control import (
+from migrator.cdc.roles import table_roles
+from migrator.cdc.runner import applied_through
+from migrator.cutover.control import (
     Control,
     LeaseHeld,
     default_actor,
@@ -40,8 +26,8 @@ from .control import (
     lease_holder,
     routing_fields,
 )
-from .fence import FLIP_MARGIN, Fence
-from .gates import (
+from migrator.cutover.fence import FLIP_MARGIN, Fence
+from migrator.cutover.gates import (
     GateResult,
     cdc_lag_seconds,
     evaluate,
@@ -49,8 +35,22 @@ from .gates import (
     source_position,
     source_position_and_server,
 )
-from .phases import PHASES, ROUTING, index, next_phase, previous_phase
-from .playbook import Action, Playbook
+from migrator.cutover.playbook import Action, Playbook
+from migrator.errors import CheckFailed, ConfigError, MigratorError
+from migrator.faults import fault_point
+from migrator.model.phases import PHASES, ROUTING, index, next_phase, previous_phase
+from migrator.model.settings import Mapping
+from migrator.reverse.runner import checkpoint as reverse_checkpoint
+from migrator.reverse.runner import (
+    hold_fence,
+    lag_seconds,
+    operation_time,
+    record_start,
+    wait_for_reverse,
+)
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.sink.mongo import with_retry
+from migrator.state.store import StateStore, now
 
 
 def _primary(phase: str) -> str:
@@ -508,7 +508,7 @@ class Machine:
 
     def _verifier(self) -> Any:
         """The re-verification's connections and compiled mapping, made before the freeze."""
-        from ..verify.engine import Verifier
+        from migrator.verify.engine import Verifier
 
         v = Verifier(self.mapping, recheck=1, recheck_delay=0.1)
         v.conn  # noqa: B018 (opens this thread's MySQL connection now)
@@ -517,7 +517,7 @@ class Machine:
     def _reverify(self, verifier: Any) -> None:
         """Re-verify what CDC touched since the last clean verification started (a running
         `verify --follow` keeps that short), or the playbook's window without one."""
-        from ..verify.engine import verify
+        from migrator.verify.engine import verify
 
         last = self.state.verify_runs.find_one({"ok": True}, sort=[("finished", -1)])
         window = timedelta(minutes=self.playbook.defaults.reverify_window_minutes)
@@ -606,7 +606,7 @@ class Machine:
     def _reverse_sync(self) -> dict[str, Any]:
         """From the write switch on, reverse sync (run by `cdc --follow`) writes MongoDB's
         changes back to MySQL: its lag, where it is, and the SDK's own failed MySQL writes."""
-        from ..reverse.runner import checkpoint
+        from migrator.reverse.runner import checkpoint
 
         cp = checkpoint(self.state)
         failures = self.state.db["sdk_failures"]

@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import load_yaml, validation_problems
-from ..errors import ConfigError
-from .phases import PHASES
+from migrator.errors import ConfigError
+from migrator.model.phases import PHASES
+from migrator.model.settings import load_yaml, validation_problems
 
 GateName = Literal["backfill_complete", "cdc_lag", "verify_clean", "dlq_empty"]
 

@@ -32,25 +32,25 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..cdc.applier import Applier, parent_id
-from ..cdc.events import ChangeEvent, Position, Transaction
-from ..cdc.lookup import SourceLookup
-from ..config import Mapping, load_mapping
-from ..errors import MigratorError
-from ..mapping import CollectionPlan, EmbedPlan, Row, compile_transform
-from ..sink.mongo import connect as mongo_connect
-from ..sink.mongo import with_retry
-from ..source.connection import connect as mysql_connect
-from ..source.connection import quote_ident
-from ..source.defaults import Default
-from ..source.defaults import column_defaults as read_defaults
-from ..source.position import is_mariadb
-from ..source.reader import ChunkReader
-from ..source.schema import introspect
-from ..state import StateStore, now
-from ..verify.canonical import doc_hash
-from .control import Control
-from .fence import Registration
+from migrator.cdc.applier import Applier, parent_id
+from migrator.cdc.lookup import SourceLookup
+from migrator.cutover.control import Control
+from migrator.cutover.fence import Registration
+from migrator.errors import MigratorError
+from migrator.model.events import ChangeEvent, Position, Transaction
+from migrator.model.settings import Mapping, load_mapping
+from migrator.model.transform import CollectionPlan, EmbedPlan, Row, compile_transform
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.sink.mongo import with_retry
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.connection import quote_ident
+from migrator.source.defaults import Default
+from migrator.source.defaults import column_defaults as read_defaults
+from migrator.source.position import is_mariadb
+from migrator.source.reader import ChunkReader
+from migrator.source.schema import introspect
+from migrator.state.store import StateStore, now
+from migrator.verify.canonical import doc_hash
 
 CONTROL_POLL = 0.1  # seconds between the beat thread's reads of the control document
 FROZEN_POLL = 0.05  # seconds between a held write's reads of it (every writer polls)
@@ -370,7 +370,7 @@ class DualWriter:
         return None
 
     def _inverse(self, plan: CollectionPlan) -> Any:
-        from ..reverse.inverse import DocumentInverse
+        from migrator.reverse.inverse import DocumentInverse
 
         inv = self._inverses.get(plan.name)
         if inv is None:
@@ -563,7 +563,7 @@ class DualWriter:
 
     # -- reads -------------------------------------------------------------------------------
     def _from_mysql(self, collection: str, doc_id: Any) -> dict[str, Any] | None:
-        from ..verify.engine import id_to_key
+        from migrator.verify.engine import id_to_key
 
         plan = self.transform.collection(collection)
         with self._raw_lock:

@@ -23,12 +23,12 @@ from typing import Any
 
 from MySQLdb import DataError, IntegrityError, MySQLError, OperationalError, ProgrammingError
 
-from ..errors import ConversionError
-from ..keys import id_key
-from ..mapping import CollectionPlan, Transform
-from ..source.connection import quote_ident as q
-from ..typerules import default_converter
-from .inverse import DocumentInverse, RowImage
+from migrator.errors import ConversionError
+from migrator.model.keys import id_key
+from migrator.model.transform import CollectionPlan, Transform
+from migrator.model.typerules import default_converter
+from migrator.reverse.inverse import DocumentInverse, RowImage
+from migrator.source.connection import quote_ident as q
 
 
 @dataclass

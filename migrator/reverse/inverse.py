@@ -22,10 +22,10 @@ from bson.binary import Binary
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from ..errors import ConversionError
-from ..mapping import CollectionPlan, EmbedPlan, TableView
-from ..source.schema import Column
-from ..typerules import zone_for
+from migrator.errors import ConversionError
+from migrator.model.schema import Column
+from migrator.model.transform import CollectionPlan, EmbedPlan, TableView
+from migrator.model.typerules import zone_for
 
 Inverse = Callable[[Any], Any]
 _MISSING = object()

@@ -23,13 +23,13 @@ from MySQLdb import MySQLError
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from ..config import Mapping
-from ..errors import CheckFailed, MigratorError
-from ..faults import fault_point
-from ..mapping import Transform
-from ..source.connection import connect as mysql_connect
-from ..state import StateStore, now
-from .applier import ReverseApplier, ReverseChange
+from migrator.errors import CheckFailed, MigratorError
+from migrator.faults import fault_point
+from migrator.model.settings import Mapping
+from migrator.model.transform import Transform
+from migrator.reverse.applier import ReverseApplier, ReverseChange
+from migrator.source.connection import connect as mysql_connect
+from migrator.state.store import StateStore, now
 
 # ChangeStreamHistoryLost, and the error a resume token older than the oplog gives
 _HISTORY_LOST = {286, 280}

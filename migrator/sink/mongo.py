@@ -21,10 +21,10 @@ from pymongo.errors import (
 )
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..errors import ConnectError, remember_server
-from ..keys import dense
-from ..secretfiles import TARGET_PASSWORD_FILE_ENV, file_password_to_use
-from ..urls import redact, register_url_password
+from migrator.errors import ConnectError, remember_server
+from migrator.model.keys import dense
+from migrator.model.secrets import TARGET_PASSWORD_FILE_ENV, file_password_to_use
+from migrator.model.urls import redact, register_url_password
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ from typing import Any
 import MySQLdb
 from MySQLdb.converters import conversions
 
-from ..errors import ConnectError, remember_server
-from ..urls import MySQLURL
+from migrator.errors import ConnectError, remember_server
+from migrator.model.urls import MySQLURL
 
 # MySQL client/server error codes worth a specific message.
 _UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
@@ -85,7 +85,7 @@ def _no_tls(url: MySQLURL, setting: str) -> ConnectError:
 def session_cipher(conn: Any) -> str:
     """The TLS cipher of this connection ('' when it is not encrypted)."""
     rows = query(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
-    return _s(rows[0][1]) if rows and rows[0][1] else ""
+    return as_text(rows[0][1]) if rows and rows[0][1] else ""
 
 
 def _connect_error(exc: Exception, url: MySQLURL, setting: str) -> ConnectError:
@@ -161,11 +161,11 @@ def variables(conn: Any, *names: str) -> dict[str, str]:
     for name, value in query(
         conn, f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({marks})", names
     ):
-        out[_s(name).lower()] = _s(value)
+        out[as_text(name).lower()] = as_text(value)
     return out
 
 
-def _s(v: Any) -> str:
+def as_text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes | bytearray) else str(v)
 
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import _s, query
+from migrator.source.connection import as_text, query
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ def column_defaults(conn: Any, db: str, table: str, *, maria: bool) -> dict[str,
     )
     out: dict[str, Default] = {}
     for name, raw, extra, nullable in rows:
-        text = None if raw is None else _s(raw)
-        ex = _s(extra or "").lower()
-        out[_s(name)] = _default(text, ex, _s(nullable) == "YES", maria)
+        text = None if raw is None else as_text(raw)
+        ex = as_text(extra or "").lower()
+        out[as_text(name)] = _default(text, ex, as_text(nullable) == "YES", maria)
     return out
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import CheckFailed
-from .connection import _s, query, variables
+from migrator.errors import CheckFailed
+from migrator.source.connection import as_text, query, variables
 
 
 def is_mariadb(conn: Any) -> bool:
-    return "mariadb" in _s(query(conn, "SELECT VERSION()")[0][0]).lower() or bool(
+    return "mariadb" in as_text(query(conn, "SELECT VERSION()")[0][0]).lower() or bool(
         variables(conn, "gtid_binlog_pos")
     )
 
@@ -23,7 +23,7 @@ def current_position(conn: Any) -> dict[str, Any]:
             "the source has no binary log (log_bin is OFF)",
             hint="start the server with log-bin and binlog-format=ROW",
         )
-    file, pos = _s(rows[0][0]), int(rows[0][1])
+    file, pos = as_text(rows[0][0]), int(rows[0][1])
     at = datetime.now(UTC).replace(tzinfo=None)
     maria = is_mariadb(conn)
     gtid_var = "gtid_binlog_pos" if maria else "gtid_executed"

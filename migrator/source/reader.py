@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..keys import dense
-from ..mapping import CollectionPlan, EmbedPlan, Row, TableView
-from .connection import quote_ident
+from migrator.model.keys import dense
+from migrator.model.transform import CollectionPlan, EmbedPlan, Row, TableView
+from migrator.source.connection import quote_ident
 
 Key = tuple[Any, ...]
 
@@ -51,6 +51,17 @@ def range_clause(pk: Sequence[str], lo: Key | None, hi: Key | None) -> tuple[str
     return (" AND ".join(parts) or "1=1"), args
 
 
+def chunk_bounds(his: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
+    """Chunks (lo, hi] from the upper keys `boundaries` gives; the last one is open-ended."""
+    bounds: list[tuple[Any, Any]] = []
+    lo: tuple[Any, ...] | None = None
+    for hi in his:
+        bounds.append((lo, hi))
+        lo = hi
+    bounds.append((lo, None))  # the last chunk is open-ended: rows inserted past the end land here
+    return bounds
+
+
 class ChunkReader:
     """Reads one collection's chunks: root rows by key range, then each embed in one query."""
 
@@ -92,7 +103,7 @@ class ChunkReader:
 
     def key_params(self, pk_row: Row) -> Key:
         t = self.plan.table
-        from ..typerules import param_value
+        from migrator.model.typerules import param_value
 
         return tuple(param_value(t.column(c), v) for c, v in zip(self.pk, pk_row, strict=True))
 

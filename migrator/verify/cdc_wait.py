@@ -11,9 +11,9 @@ from typing import Any
 
 import MySQLdb
 
-from ..cdc.events import Position
-from ..cdc.runner import applied_through, master_position
-from ..state import StateStore
+from migrator.cdc.runner import applied_through, master_position
+from migrator.model.events import Position
+from migrator.state.store import StateStore
 
 log = logging.getLogger(__name__)
 _DENIED = (1227, 1045, 1142)  # specific access denied, access denied, command denied

@@ -31,23 +31,22 @@ from bson.decimal128 import Decimal128
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne
 
-from ..backfill import _chunk_bounds
-from ..config import Mapping
-from ..errors import CheckFailed, MigratorError
-from ..keys import id_key
-from ..mapping import CollectionPlan, compile_transform
-from ..progress import NullProgress, Progress
-from ..rebuild import key_params, rebuild_ops
-from ..sink.mongo import connect as mongo_connect
-from ..sink.mongo import find_by_ids, with_retry
-from ..source.connection import connect as mysql_connect
-from ..source.reader import ChunkReader
-from ..source.schema import introspect
-from ..state import StateStore, decode_key, encode_key, now, storable
-from ..throttle import RateLimiter
-from ..urls import redact
-from .canonical import doc_hash, field_diffs
-from .cdc_wait import CdcWait
+from migrator.errors import CheckFailed, MigratorError
+from migrator.model.keys import id_key
+from migrator.model.settings import Mapping
+from migrator.model.transform import CollectionPlan, compile_transform
+from migrator.model.urls import redact
+from migrator.progress import NullProgress, Progress
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.sink.mongo import find_by_ids, with_retry
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.reader import ChunkReader, chunk_bounds
+from migrator.source.rebuild import key_params, rebuild_ops
+from migrator.source.schema import introspect
+from migrator.source.throttle import RateLimiter
+from migrator.state.store import StateStore, decode_key, encode_key, now, storable
+from migrator.verify.canonical import doc_hash, field_diffs
+from migrator.verify.cdc_wait import CdcWait
 
 log = logging.getLogger(__name__)
 # How long a re-check waits for CDC to apply past the rows it read (a lagging CDC, not a
@@ -300,7 +299,7 @@ class Verifier:
         """Walk the collection's chunks (from `after`, when resuming), `workers` at a time,
         checkpointing after each group of chunks; then look for extra documents."""
         reader = ChunkReader(self.conn, plan)
-        bounds = _chunk_bounds(list(reader.boundaries(chunk_size, start=after)))
+        bounds = chunk_bounds(list(reader.boundaries(chunk_size, start=after)))
         if after is not None:
             bounds[0] = (after, bounds[0][1])
         self.progress.start(
@@ -484,7 +483,7 @@ class Verifier:
         """Write MySQL's rows from MongoDB's documents (deleting the rows of documents that are
         gone, except `keep_rows`), as reverse sync does. A document that changes meanwhile is
         written again, so a repair never leaves MySQL behind a change reverse sync applied."""
-        from ..reverse.applier import ReverseApplier, ReverseChange
+        from migrator.reverse.applier import ReverseApplier, ReverseChange
 
         conn = mysql_connect(self._src, raw=True)
         conn.autocommit(False)
@@ -632,7 +631,7 @@ def verify(
         # write switch, MongoDB -> MySQL (through the reverse mapping) after it
         v.toward_mysql = repair and v.state.mongo_is_truth() is not None
         if v.toward_mysql:
-            from ..reverse.runner import operation_time
+            from migrator.reverse.runner import operation_time
 
             op_start = operation_time(v.client)
         plans = [p for p in v.transform.collections if not collections or p.name in collections]
@@ -756,7 +755,7 @@ def settle_full_run(
         # before this run started is settled (a rollback no longer waits for it)
         state.settle_reverse_dead_letters(result.started)
     if result.complete and repaired_from is not None:
-        from ..reverse.runner import restart_after_repair
+        from migrator.reverse.runner import restart_after_repair
 
         if restart_after_repair(state, repaired_from):
             log.warning("verify --repair: reverse sync restarts from this run's start")
@@ -816,7 +815,7 @@ def _shared(
     op_start: Any,
 ) -> VerifyResult:
     """This process's part of a shared full verification, and then the whole run's result."""
-    from .shared import SharedRun, run_params
+    from migrator.verify.shared import SharedRun, run_params
 
     run = SharedRun(v, run_params(plans, repair=repair), op_start=op_start)
     if not run.join(plans, chunk_size=chunk_size or v.mapping.backfill.chunk_size, restart=restart):

@@ -24,14 +24,13 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from ..backfill import _chunk_bounds
-from ..errors import MigratorError
-from ..mapping import CollectionPlan
-from ..sink.mongo import with_retry
-from ..source.reader import ChunkReader
-from ..state import decode_key, encode_key, now, process_owner, storable
-from ..ticker import Ticker
-from .engine import (
+from migrator.errors import MigratorError
+from migrator.model.transform import CollectionPlan
+from migrator.sink.mongo import with_retry
+from migrator.source.reader import ChunkReader, chunk_bounds
+from migrator.state.store import decode_key, encode_key, now, process_owner, storable
+from migrator.ticker import Ticker
+from migrator.verify.engine import (
     CollectionResult,
     Difference,
     Verifier,
@@ -161,7 +160,7 @@ class SharedRun:
             for plan in plans:
                 reader = ChunkReader(self.v.conn, plan)
                 batch: list[dict[str, Any]] = []
-                for lo, hi in _chunk_bounds(list(reader.boundaries(chunk_size))):
+                for lo, hi in chunk_bounds(list(reader.boundaries(chunk_size))):
                     batch.append(self._task(plan.name, seq, lo, hi))
                     seq += 1
                     if len(batch) >= 500:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrator.config import load_mapping
 from migrator.cutover.sdk import DualWriter, WritesFrozen
+from migrator.model.settings import load_mapping
 
 HOT = [1, 2, 3, 4, 5]  # orders every thread of every process updates
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
-from migrator.keys import id_key
+from migrator.backfill.copy import backfill
+from migrator.model.keys import id_key
+from migrator.model.settings import load_mapping
 
 
 def fresh_copy(env: Any, path: Any) -> dict[str, dict[Any, dict[str, Any]]]:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from migrator.sandbox import Stack, start_stack, url_with_database
+from migrator.devtools.sandbox import Stack, start_stack, url_with_database
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 REPO = Path(__file__).resolve().parents[2]
 

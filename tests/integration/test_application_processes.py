@@ -13,9 +13,9 @@ from collections import defaultdict
 from typing import Any
 
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.gates import cdc_lag_seconds
-from migrator.state import StateStore
+from migrator.model.settings import load_mapping
+from migrator.state.store import StateStore
 from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd

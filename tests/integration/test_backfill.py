@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
-from migrator.shop import SCHEMA, create_shop, shop_mapping
+from migrator.backfill.copy import backfill
+from migrator.devtools.shop import SCHEMA, create_shop, shop_mapping
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 from .conftest import REPO, migrator_cmd
 from .shop_oracle import expected_orders
@@ -191,7 +191,7 @@ def test_schema_of_demo_is_created_in_order(admin):
 
 
 def test_a_dropped_source_connection_is_reconnected_mid_backfill(env, stack):
-    from migrator.backfill import Chunk, ChunkWorker
+    from migrator.backfill.copy import Chunk, ChunkWorker
     from migrator.source.schema import introspect
 
     path = make_shop(env, orders=20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from migrator.sandbox import free_port
+from migrator.devtools.sandbox import free_port
 
 from .conftest import migrator_cmd
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
+from migrator.model.settings import load_mapping
 from migrator.source.position import current_position
 
 from .cdc_helpers import assert_same_as_fresh_backfill

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
+from migrator.model.settings import load_mapping
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 
@@ -182,7 +182,7 @@ def test_set_null_and_update_cascade_chains(env, deep):
 def test_plan_blocks_a_cascade_cdc_cannot_follow(env):
     """A cascade into a collection whose documents do not carry the foreign key cannot be
     found by CDC: plan says so and blocks instead of claiming CDC applies it."""
-    from migrator.plan import preflight
+    from migrator.preflight.plan import preflight
 
     env.sql(*DEEP)
     path = env.mapping("  - {name: orders, from: orders, exclude: [customer_id]}\n")
@@ -196,7 +196,7 @@ def test_plan_accepts_a_chain_whose_keys_only_the_deleted_aggregate_holds(env):
     referencing a child column the condition does not fix). The child rows' keys live only
     in the root's array, which goes with the root; CDC still reads them there before deleting,
     so plan must not block (it did), and the grandchildren's documents lose the reference."""
-    from migrator.plan import preflight
+    from migrator.preflight.plan import preflight
 
     env.sql(
         "CREATE TABLE r (id INT PRIMARY KEY)",
@@ -229,9 +229,9 @@ def test_a_parent_key_moved_between_the_copy_s_reads_is_met_by_cdc(env, monkeypa
     replaying the key change must find it through MySQL (the rows now pointing at the new
     key), not through the old key it never held. (Looked for while chasing a Debezium seed
     of the harness that ended with empty sub-documents; it held.)"""
+    from migrator.model.urls import parse_mysql_url
     from migrator.source import reader as reader_mod
     from migrator.source.connection import connect
-    from migrator.urls import parse_mysql_url
 
     env.sql(
         "CREATE TABLE kinds (id INT PRIMARY KEY, label VARCHAR(20))",

@@ -18,9 +18,9 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from migrator.cdc.runner import master_position
-from migrator.sandbox import start_kafka
+from migrator.devtools.sandbox import start_kafka
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 from .bridge_streaming import wait_until_streaming
 from .conftest import REPO, migrator_cmd
@@ -212,10 +212,10 @@ def test_real_debezium_through_kafka_to_mongodb(tmp_path):
     from pymongo import MongoClient
 
     from migrator.cdc.kafka import run_debezium
-    from migrator.config import load_mapping
-    from migrator.sandbox import start_stack
+    from migrator.devtools.sandbox import start_stack
+    from migrator.model.settings import load_mapping
+    from migrator.model.urls import parse_mysql_url
     from migrator.source.connection import connect
-    from migrator.urls import parse_mysql_url
 
     from .cdc_helpers import assert_same_as_fresh_backfill
     from .conftest import Env

@@ -8,10 +8,10 @@ import json
 import pytest
 from bson.decimal128 import Decimal128
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.errors import CheckFailed
+from migrator.model.settings import load_mapping
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import migrator_cmd
@@ -153,12 +153,12 @@ def test_a_parent_written_by_another_consumer_releases_waiting_children(env):
     env.target.orders.insert_one({"_id": 903, "items": []})
     from migrator.cdc.applier import Applier
     from migrator.cdc.lookup import SourceLookup
-    from migrator.mapping import compile_transform
+    from migrator.model.transform import compile_transform
+    from migrator.model.urls import parse_mysql_url
     from migrator.sink.mongo import connect as mongo_connect
     from migrator.source.connection import connect as mysql_connect
     from migrator.source.schema import introspect
-    from migrator.state import StateStore
-    from migrator.urls import parse_mysql_url
+    from migrator.state.store import StateStore
 
     m = load_mapping(path)
     conn = mysql_connect(parse_mysql_url(m.source.url))

@@ -12,12 +12,12 @@ import threading
 import time
 from typing import Any
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
-from migrator.sandbox import restart_mysql
+from migrator.devtools.sandbox import restart_mysql
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import REPO, Env, migrator_cmd
@@ -143,7 +143,7 @@ def test_purged_binlog_stops_with_a_clear_message(own_env):
 def test_metrics_endpoint_and_json_logs(env):
     import urllib.request
 
-    from migrator.sandbox import free_port
+    from migrator.devtools.sandbox import free_port
 
     path = make_shop(env, orders=5)
     backfill(load_mapping(path), workers=1)

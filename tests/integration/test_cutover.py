@@ -7,11 +7,11 @@ import json
 import time
 from datetime import timedelta
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.control import Control
-from migrator.state import now
+from migrator.model.settings import load_mapping
+from migrator.state.store import now
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd
@@ -159,7 +159,7 @@ def test_a_crashed_write_switch_is_recovered_to_read_mongo_unfrozen(env):
 
 
 def test_rollback_works_from_every_phase(env):
-    from migrator.cutover.phases import PHASES
+    from migrator.model.phases import PHASES
 
     path = ready(env, orders=5)
     for target in PHASES[1:]:

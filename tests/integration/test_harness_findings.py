@@ -10,21 +10,21 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.applier import Applier
-from migrator.cdc.events import ChangeEvent, Position, Transaction
 from migrator.cdc.lookup import SourceLookup
 from migrator.cdc.runner import run_cdc
 from migrator.cdc.upkeep import request_sweeps
-from migrator.config import load_mapping
+from migrator.devtools.sandbox import restart_mysql, start_stack
 from migrator.errors import ConnectError
-from migrator.mapping import compile_transform
-from migrator.sandbox import restart_mysql, start_stack
+from migrator.model.events import ChangeEvent, Position, Transaction
+from migrator.model.settings import load_mapping
+from migrator.model.transform import compile_transform
+from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
 from migrator.source.schema import introspect
-from migrator.state import StateStore
-from migrator.urls import parse_mysql_url
+from migrator.state.store import StateStore
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import Env, migrator_cmd

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from migrator.privileges import grant_statements
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
+from migrator.source.privileges import grant_statements
 from migrator.source.schema import introspect
-from migrator.urls import parse_mysql_url
 
 from .conftest import Env, migrator_cmd
 

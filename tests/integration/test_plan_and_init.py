@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
+from migrator.model.settings import load_mapping
 
 from .conftest import migrator_cmd
 from .test_backfill import make_shop

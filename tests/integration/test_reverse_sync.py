@@ -13,16 +13,16 @@ from datetime import datetime
 import pytest
 from bson.decimal128 import Decimal128
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
+from migrator.devtools.sandbox import restart_mysql
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.reverse.runner import record_start
-from migrator.sandbox import restart_mysql
 from migrator.source.connection import connect
-from migrator.state import StateStore
-from migrator.urls import parse_mysql_url
+from migrator.state.store import StateStore
 from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd

@@ -11,10 +11,10 @@ from decimal import Decimal
 import pytest
 from bson.decimal128 import Decimal128
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.errors import CheckFailed
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 import time
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 from .cdc_helpers import assert_same_as_fresh_backfill

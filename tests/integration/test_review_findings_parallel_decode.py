@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.binlog import BinlogSource
 from migrator.cdc.binlog_parallel import ParallelBinlogSource
 from migrator.cdc.binlog_read import BinlogReader, Heartbeat, RawTransaction
-from migrator.cdc.events import Position, Transaction
 from migrator.cdc.runner import CdcSummary, master_position, reached, run_cdc
-from migrator.config import load_mapping
 from migrator.errors import CheckFailed
+from migrator.model.events import Position, Transaction
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
 from migrator.source.schema import introspect
-from migrator.urls import parse_mysql_url
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import REPO

@@ -11,13 +11,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from migrator.backfill import CopyFence, _wait_for_plan, backfill
+from migrator.backfill.copy import CopyFence, _wait_for_plan, backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.errors import CheckFailed
+from migrator.model.settings import load_mapping
 from migrator.progress import NullProgress
 from migrator.sink.mongo import DocumentWriter
-from migrator.state import StateStore, now
+from migrator.state.store import StateStore, now
 
 from .conftest import REPO
 from .test_backfill import make_shop

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
 from migrator.cutover.sdk import DualWriter
 from migrator.errors import MigratorError
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 

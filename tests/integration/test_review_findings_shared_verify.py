@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import Verifier, verify
 from migrator.verify.shared import SharedRun, run_params
 

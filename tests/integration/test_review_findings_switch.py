@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from migrator.backfill import backfill
-from migrator.bsonorder import sort_documents
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.errors import MigratorError
+from migrator.model.bsonorder import sort_documents
+from migrator.model.settings import load_mapping
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import migrator_cmd

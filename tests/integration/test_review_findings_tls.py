@@ -10,10 +10,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from migrator import sandbox
+from migrator.devtools import sandbox
 from migrator.errors import ConnectError
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 from .certs import _ca, _leaf, _write_key
 
@@ -51,7 +51,7 @@ def test_verify_identity_refuses_a_certificate_for_another_host(other_host):
     import pymysql
 
     from migrator.cdc.binlog import BinlogSource
-    from migrator.cdc.events import Position
+    from migrator.model.events import Position
     from migrator.source.position import current_position
     from migrator.source.schema import introspect
 

@@ -9,10 +9,10 @@ import json
 import time
 
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.sdk import DualWriter
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd

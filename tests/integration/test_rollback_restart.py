@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from migrator.config import load_mapping
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from kafka import KafkaProducer
 
+from migrator.devtools.sandbox import Proc, _wait_mongo, start_kafka
 from migrator.errors import SandboxError
-from migrator.sandbox import Proc, _wait_mongo, start_kafka
 
 
 def test_kafka_broker_accepts_records(tmp_path):

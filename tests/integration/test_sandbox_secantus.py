@@ -9,13 +9,13 @@ def test_the_sandbox_server_runs_through_the_launcher(tmp_path: Any) -> None:
     import sys
     from pathlib import Path
 
-    from migrator import sandbox
+    from migrator.devtools import sandbox
 
     binary = sandbox.secantus_binary()
     assert binary is not None and Path(binary).parent == Path(sys.executable).parent
     url, _kind, proc = sandbox.start_secantus(tmp_path)
     try:
-        assert "migrator.sandbox_secantus" in proc.argv
+        assert "migrator.devtools.secantus" in proc.argv
         from pymongo import MongoClient
 
         with MongoClient[dict[str, Any]](url) as c:

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.control import Control, routing_fields
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
 from migrator.cutover.sdk import DualWriter, WritesFrozen
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 from .test_backfill import make_shop
@@ -170,8 +170,8 @@ def test_a_failed_secondary_write_is_recorded_for_repair_not_raised(env, sdk):
 def _child_waiting_for(w, order_id):
     """An order_items insert applied as CDC would before its order's document exists (as
     Debezium's topic-per-table order can have it): stored as waiting for order `order_id`."""
-    from migrator.cdc.events import ChangeEvent, Position, Transaction
-    from migrator.state import now
+    from migrator.model.events import ChangeEvent, Position, Transaction
+    from migrator.state.store import now
 
     row = dict(w._row("order_items", {"order_id": 5, "line_no": 1}))
     row["order_id"] = b"%d" % order_id if isinstance(row["order_id"], bytes) else order_id

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
+from migrator.model.settings import load_mapping
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 

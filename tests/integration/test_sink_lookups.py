@@ -38,8 +38,8 @@ def test_children_read_by_a_key_range_belong_to_the_chunks_own_roots(env):
     """Children joined by an integer key are read as one range when the chunk's keys are
     dense, and filtered: children of roots outside the chunk or the collection's filter (in
     the range all the same), orphans, and NULL keys stay out; sparse keys use IN."""
-    from migrator.backfill import backfill
-    from migrator.config import load_mapping
+    from migrator.backfill.copy import backfill
+    from migrator.model.settings import load_mapping
     from migrator.verify.engine import verify
 
     env.sql(

@@ -16,7 +16,7 @@ import MySQLdb
 import pytest
 from pymongo import MongoClient
 
-from migrator.urls import parse_mysql_url
+from migrator.model.urls import parse_mysql_url
 
 from .conftest import migrator_cmd
 
@@ -268,7 +268,7 @@ def test_a_secantusdb_left_half_way_through_creating_a_table_restarts_with_its_d
     30-minute harness run). The sandbox's restart drops that empty table; the data stays."""
     import wiredtiger
 
-    from migrator.sandbox import restart_mongo, start_stack
+    from migrator.devtools.sandbox import restart_mongo, start_stack
 
     stack = start_stack(mongo_sync_on_commit=True)
     try:

@@ -10,16 +10,16 @@ import sys
 import threading
 import time
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.gates import evaluate
 from migrator.cutover.playbook import default_playbook
-from migrator.shop import ShopWriter
+from migrator.devtools.shop import ShopWriter
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
-from migrator.state import StateStore
-from migrator.urls import parse_mysql_url
+from migrator.state.store import StateStore
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import REPO, Env, migrator_cmd
@@ -301,7 +301,7 @@ def test_an_idle_source_passes_the_lag_gate_while_cdc_follows(env):
 def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_planned(env):
     """The creator resets (--restart), records the position and plans first; a joiner waits
     for that, and gives up with a clear error if the creator dies before it."""
-    from migrator.backfill import CopyFence, _wait_for_plan
+    from migrator.backfill.copy import CopyFence, _wait_for_plan
     from migrator.errors import CheckFailed
     from migrator.progress import NullProgress
 

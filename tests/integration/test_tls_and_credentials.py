@@ -19,10 +19,10 @@ import pytest
 from bson import json_util
 from pymongo import MongoClient
 
-from migrator import sandbox
-from migrator.shop import create_shop, shop_mapping
+from migrator.devtools import sandbox
+from migrator.devtools.shop import create_shop, shop_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 
 from .certs import Certs, make_certs
 from .conftest import migrator_cmd
@@ -196,8 +196,8 @@ def test_a_wrong_ca_fails_with_one_line_naming_the_setting(tls_stack):
 
 def test_tls_options_in_the_mapping_source_block(tls_stack):
     """`source.tls` instead of URL parameters; the SDK's connections use it too."""
-    from migrator.config import load_mapping
     from migrator.cutover.sdk import DualWriter
+    from migrator.model.settings import load_mapping
 
     s = tls_stack
     c = s.certs
@@ -286,7 +286,7 @@ def test_the_binlog_stream_checks_the_certificate_too(tls_stack):
     import pymysql
 
     from migrator.cdc.binlog import BinlogSource
-    from migrator.cdc.events import Position
+    from migrator.model.events import Position
     from migrator.source.position import current_position
     from migrator.source.schema import introspect
 

@@ -5,8 +5,8 @@ from datetime import datetime
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
+from migrator.model.settings import load_mapping
 
 DDL = """CREATE TABLE alltypes (
   id INT PRIMARY KEY,

@@ -12,12 +12,12 @@ import xml.etree.ElementTree as ET
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from migrator.backfill import backfill
+from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
-from migrator.shop import ShopWriter
+from migrator.devtools.shop import ShopWriter
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
-from migrator.urls import parse_mysql_url
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd

@@ -7,11 +7,11 @@ import json
 
 from bson.decimal128 import Decimal128
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
 from migrator.cutover.gates import evaluate
 from migrator.cutover.playbook import default_playbook
-from migrator.state import StateStore
+from migrator.model.settings import load_mapping
+from migrator.state.store import StateStore
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd

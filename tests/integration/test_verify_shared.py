@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 
-from migrator.backfill import backfill
-from migrator.config import load_mapping
+from migrator.backfill.copy import backfill
+from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd

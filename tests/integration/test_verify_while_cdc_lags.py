@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 
-from migrator.config import load_mapping
 from migrator.cutover.gates import verification_gate
+from migrator.model.settings import load_mapping
 from migrator.sink.mongo import connect as mongo_connect
-from migrator.state import StateStore
+from migrator.state.store import StateStore
 
 from .conftest import migrator_cmd
 from .test_backfill import make_shop

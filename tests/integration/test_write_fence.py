@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from migrator.cdc.runner import run_cdc
-from migrator.config import load_mapping
 from migrator.cutover.control import Control
 from migrator.cutover.sdk import DualWriter
-from migrator.state import now
+from migrator.model.settings import load_mapping
+from migrator.state.store import now
 from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd
@@ -421,8 +421,8 @@ def test_a_write_stuck_in_mysql_keeps_its_writer_alive_and_the_switch_does_not_f
     it and gives up at its deadline. Before, the beat thread itself waited for the writer's
     lock, the writer looked gone after 3 s, and the switch flipped while that write could
     still finish under the old order (MySQL first)."""
+    from migrator.model.urls import parse_mysql_url
     from migrator.source.connection import connect
-    from migrator.urls import parse_mysql_url
 
     path, _ = to_read_mongo(env, tmp_path)
     pb = tmp_path / "slow.yaml"

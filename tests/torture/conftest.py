@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from migrator.sandbox import Stack, start_stack
+from migrator.devtools.sandbox import Stack, start_stack
 
 
 @pytest.fixture(scope="session")

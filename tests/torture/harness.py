@@ -30,7 +30,13 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from migrator.sandbox import Stack, restart_mongo, restart_mysql, start_stack, url_with_database
+from migrator.devtools.sandbox import (
+    Stack,
+    restart_mongo,
+    restart_mysql,
+    start_stack,
+    url_with_database,
+)
 from tests.integration.bridge_streaming import wait_until_streaming
 
 from . import oracle
@@ -456,7 +462,7 @@ def _catch_up(
 
 
 def _start_bridge(stack: Stack, db: str, logdir: Path) -> subprocess.Popen[bytes]:
-    from migrator.urls import parse_mysql_url
+    from migrator.model.urls import parse_mysql_url
 
     u = parse_mysql_url(stack.mysql_url)
     cfg = logdir / "bridge.json"

@@ -2,8 +2,9 @@
 
 It reads the source with PyMySQL (the driver's own type conversion, not migrator's raw
 bytes), applies DESIGN.md's type rules and the mapping model as written here, and shares no
-code with migrator/mapping.py or migrator/typerules.py. Documents are compared in a canonical,
-typed form: a bool is not an int, a Decimal128 keeps its scale, `_id` field order counts.
+code with migrator/model/transform.py or migrator/model/typerules.py. Documents are compared
+in a canonical, typed form: a bool is not an int, a Decimal128 keeps its scale, `_id` field
+order counts.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ def test_the_oracle_sees_what_it_must(torture_stack):
 
     from pymongo import MongoClient
 
-    from migrator.backfill import backfill
-    from migrator.config import parse_mapping
-    from migrator.sandbox import url_with_database
+    from migrator.backfill.copy import backfill
+    from migrator.devtools.sandbox import url_with_database
+    from migrator.model.settings import parse_mapping
 
     from . import oracle
     from .model import generate

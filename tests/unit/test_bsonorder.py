@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from bson import Binary, Decimal128, Int64, ObjectId
 
-from migrator.bsonorder import sort_documents, sort_key
+from migrator.model.bsonorder import sort_documents, sort_key
 
 
 def test_types_sort_in_mongodbs_comparison_order():
@@ -73,7 +73,7 @@ def test_the_fast_path_sorts_as_the_general_key_does_generated() -> None:
 
     from bson import Int64
 
-    from migrator.bsonorder import _get
+    from migrator.model.bsonorder import _get
 
     pools = [
         lambda r: r.randint(-3, 3),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from migrator.config import load_mapping, parse_mapping
 from migrator.errors import ConfigError
+from migrator.model.settings import load_mapping, parse_mapping
 
 GOOD = """\
 version: 1

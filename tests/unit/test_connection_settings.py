@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from migrator.config import KafkaSecuritySpec, parse_mapping
 from migrator.errors import ConfigError
-from migrator.privileges import check_phases, parse_grants
-from migrator.source.tls import TLSOptions
-from migrator.urls import parse_mysql_url, redact
+from migrator.model.settings import KafkaSecuritySpec, parse_mapping
+from migrator.model.tls import TLSOptions
+from migrator.model.urls import parse_mysql_url, redact
+from migrator.source.privileges import check_phases, parse_grants
 
 
 @pytest.mark.parametrize(

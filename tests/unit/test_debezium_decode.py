@@ -10,10 +10,10 @@ import pytest
 from bson.decimal128 import Decimal128
 
 from migrator.cdc.debezium import DebeziumDecoder, DebeziumSettings, Record
-from migrator.config import parse_mapping
 from migrator.errors import ConfigError
-from migrator.mapping import compile_transform
-from migrator.source.schema import Column, Schema, Table
+from migrator.model.schema import Column, Schema, Table
+from migrator.model.settings import parse_mapping
+from migrator.model.transform import compile_transform
 
 # Copied from ../shared/fixtures/debezium (real Debezium 3.6.3 output; see its README.md).
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium" / "samples"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from migrator.source.schema import ForeignKey, parse_foreign_keys
+from migrator.model.schema import ForeignKey, parse_foreign_keys
 
 MARIADB = """CREATE TABLE `child` (
   `id` int(11) NOT NULL,

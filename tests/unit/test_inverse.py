@@ -12,9 +12,9 @@ import pytest
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
+from migrator.model.schema import Column
+from migrator.model.typerules import default_converter, override_converter, zone_for
 from migrator.reverse.inverse import DocumentInverse, default_inverse, lossy, override_inverse
-from migrator.source.schema import Column
-from migrator.typerules import default_converter, override_converter, zone_for
 
 from .test_mapping import ORDERS, compile_
 

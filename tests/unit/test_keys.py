@@ -13,7 +13,7 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.son import SON
 
-from migrator.keys import KeyedIds, id_key
+from migrator.model.keys import KeyedIds, id_key
 
 
 def test_equal_ids_in_different_python_types_have_one_key():

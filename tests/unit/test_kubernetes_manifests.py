@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from migrator.cli.main import cli
-from migrator.config import parse_mapping
+from migrator.model.settings import parse_mapping
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")

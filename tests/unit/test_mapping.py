@@ -5,10 +5,10 @@ from datetime import datetime
 import pytest
 from bson.decimal128 import Decimal128
 
-from migrator.config import parse_mapping
 from migrator.errors import ConversionError, SchemaError
-from migrator.mapping import compile_transform
-from migrator.source.schema import Column, Schema, Table
+from migrator.model.schema import Column, Schema, Table
+from migrator.model.settings import parse_mapping
+from migrator.model.transform import compile_transform
 
 
 def schema() -> Schema:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from migrator.config import json_schema, load_mapping
-from migrator.shop import shop_mapping
+from migrator.devtools.shop import shop_mapping
+from migrator.model.settings import json_schema, load_mapping
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
@@ -14,7 +14,7 @@ MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 def test_json_schema_file_is_generated_from_the_model():
     on_disk = json.loads((MAPPINGS / "mapping.schema.json").read_text())
     assert on_disk == json_schema(), (
-        "regenerate: python -c 'import json; from migrator.config import json_schema; "
+        "regenerate: python -c 'import json; from migrator.model.settings import json_schema; "
         "print(json.dumps(json_schema(), indent=2))' > mappings/mapping.schema.json"
     )
     assert "path" not in on_disk["properties"] and "embed" in json.dumps(on_disk)

@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 
 from migrator.cdc.normalize import RowNormaliser, fix_negative_time, float32_text
-from migrator.source.schema import Column, Table
-from migrator.typerules import default_converter
+from migrator.model.schema import Column, Table
+from migrator.model.typerules import default_converter
 
 
 def norm(col: Column, value, src=""):

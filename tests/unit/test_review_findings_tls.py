@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from migrator.config import parse_mapping
 from migrator.errors import ConnectError
-from migrator.privileges import check_phases, parse_grants
-from migrator.urls import parse_mysql_url
+from migrator.model.settings import parse_mapping
+from migrator.model.urls import parse_mysql_url
+from migrator.source.privileges import check_phases, parse_grants
 
 # What `migrator init` writes (scaffold._secretless): the passwords as ${MIGRATOR_*_PASSWORD}.
 SCAFFOLDED = """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from migrator.sandbox_secantus import CHECK_EVERY, cache_profile, prune_retryable
+from migrator.devtools.secantus import CHECK_EVERY, cache_profile, prune_retryable
 
 
 class Registry:

@@ -6,7 +6,7 @@ import json
 import logging
 
 from migrator.logs import JsonFormatter, TextFormatter
-from migrator.urls import parse_mysql_url, redact, register_secret
+from migrator.model.urls import parse_mysql_url, redact, register_secret
 from migrator.verify.canonical import field_diffs
 
 

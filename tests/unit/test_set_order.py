@@ -10,8 +10,8 @@ import pytest
 
 from migrator.cdc.debezium import DebeziumDecoder, Record
 from migrator.cdc.normalize import normaliser
-from migrator.source.schema import Column, Schema, Table, type_members
-from migrator.typerules import default_converter, override_converter
+from migrator.model.schema import Column, Schema, Table, type_members
+from migrator.model.typerules import default_converter, override_converter
 
 POOL = ["Trailers", "Commentaries", "Deleted Scenes", "Behind the Scenes", "it's", "élan",
         "日本", "a", "B", "c d", "0", "10", "9", "x-y", "_", "zz top", "A1", "b2", "a\\b",

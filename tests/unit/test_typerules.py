@@ -7,8 +7,8 @@ from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
 from migrator.errors import ConversionError
-from migrator.source.schema import Column
-from migrator.typerules import default_converter, format_time, override_converter, zone_for
+from migrator.model.schema import Column
+from migrator.model.typerules import default_converter, format_time, override_converter, zone_for
 
 
 def conv(data_type: str, column_type: str | None = None, **kw):

@@ -1,7 +1,7 @@
 import pytest
 
 from migrator.errors import ConfigError
-from migrator.urls import parse_mysql_url, redact
+from migrator.model.urls import parse_mysql_url, redact
 
 
 def test_redact_hides_every_password():

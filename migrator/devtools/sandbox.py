@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SandboxError
+from migrator.errors import SandboxError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MYSQL_URL_ENV = ("MIGRATOR_TEST_MYSQL_URL", "MIGRATOR_STACK_MYSQL_URL")
@@ -627,7 +627,7 @@ def start_secantus(
     (base / "db").mkdir(parents=True, exist_ok=True)
     # the venv's own server runs through a launcher that fixes its slowdown after ~10k writes
     launcher = (
-        [sys.executable, "-m", "migrator.sandbox_secantus"]
+        [sys.executable, "-m", "migrator.devtools.secantus"]
         if Path(binary).parent == Path(sys.executable).parent
         else [binary]
     )

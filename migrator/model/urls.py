@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .errors import ConfigError
-from .source.tls import TLSOptions, tls_from_params
+from migrator.errors import ConfigError
+from migrator.model.tls import TLSOptions, tls_from_params
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
 _SECRET_NAME = r"(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|signature|sig)"

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from .errors import ConversionError
-from .source.schema import GEOMETRY_TYPES, Column, type_members
+from migrator.errors import ConversionError
+from migrator.model.schema import GEOMETRY_TYPES, Column, type_members
 
 Converter = Callable[[Any], Any]
 INT64_MAX = 2**63 - 1
@@ -216,7 +216,7 @@ def parse_json(v: Any) -> Any:
         raise ConversionError(f"not valid JSON: {exc}") from None
 
 
-def _string(v: Any) -> str:
+def as_string(v: Any) -> str:
     return _text(v)
 
 
@@ -264,7 +264,7 @@ def default_converter(col: Column, zone: tzinfo | None = None) -> Converter:
         return _set_converter(col)
     if col.is_binary:
         return _binary
-    return _string
+    return as_string
 
 
 def override_converter(col: Column, type_name: str, zone: tzinfo | None = None) -> Converter:
@@ -278,8 +278,8 @@ def override_converter(col: Column, type_name: str, zone: tzinfo | None = None) 
         if col.is_binary:
             return lambda v: bytes(v).hex() if not isinstance(v, str) else v
         if col.data_type in ("datetime", "timestamp", "date", "time", "json"):
-            return _string
-        return _string
+            return as_string
+        return as_string
     if type_name == "int":
         return _bit if col.data_type == "bit" else lambda v: Int64(Decimal(_text(v)))
     if type_name == "double":

@@ -12,25 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 
-from .backfill import BSON_MAX
-from .config import Mapping, with_password_file
-from .errors import MigratorError
-from .mapping import CollectionPlan, Transform, compile_transform
-from .privileges import PHASES, check_phases, read_grants
-from .reverse.inverse import lossy
-from .secretfiles import SOURCE_PASSWORD_FILE_ENV
-from .sink.mongo import connect as mongo_connect
-from .sink.mongo import host_of, uses_tls
-from .source.connection import _s, query, quote_ident, session_cipher, variables
-from .source.connection import connect as mysql_connect
-from .source.reader import ChunkReader
-from .source.schema import Schema, introspect
-from .state import StateStore
-from .typerules import loss_notes
-from .urls import MySQLURL, parse_mysql_url
+from migrator.backfill.copy import BSON_MAX
+from migrator.errors import MigratorError
+from migrator.model.schema import Schema
+from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV
+from migrator.model.settings import Mapping, with_password_file
+from migrator.model.transform import CollectionPlan, Transform, compile_transform
+from migrator.model.typerules import loss_notes
+from migrator.model.urls import MySQLURL, parse_mysql_url
+from migrator.reverse.inverse import lossy
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.sink.mongo import host_of, uses_tls
+from migrator.source.connection import as_text, query, quote_ident, session_cipher, variables
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.privileges import PHASES, check_phases, read_grants
+from migrator.source.reader import ChunkReader
+from migrator.source.schema import introspect
+from migrator.state.store import StateStore
 
 if TYPE_CHECKING:
-    from .cdc.cascade import Cascades
+    from migrator.cdc.cascade import Cascades
 
 ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
 
@@ -89,7 +90,7 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
     report = PlanReport(source=str(src), target=host_of(mapping.target.url))
     conn = mysql_connect(src)
     try:
-        version = _s(query(conn, "SELECT VERSION()")[0][0])
+        version = as_text(query(conn, "SELECT VERSION()")[0][0])
         report.server_version = version
         maria = "mariadb" in version.lower() or bool(variables(conn, "gtid_binlog_pos"))
         report.add("server", "ok", f"{'MariaDB' if maria else 'MySQL'} {version}")
@@ -322,7 +323,7 @@ def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
 def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) -> None:
     """Foreign-key actions the binlog does not carry: CDC follows each one whose documents it
     can find (by the mapped foreign-key fields); any other blocks, with the reason."""
-    from .cdc.cascade import Cascades
+    from migrator.cdc.cascade import Cascades
 
     cascades = Cascades(transform)
     for rules in cascades.rules.values():
@@ -344,7 +345,7 @@ def _unseen_cascades(cascades: Cascades, schema: Schema, report: PlanReport) -> 
     table whose foreign keys the source user cannot read (SHOW CREATE TABLE shows a table only
     to a user with a privilege on it), or from a table of another database (CDC reads only
     this database's changes)."""
-    from .cdc.cascade import ACTIONS
+    from migrator.cdc.cascade import ACTIONS
 
     db = schema.database
     for name in sorted(cascades.relevant):

@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backfill import BackfillSummary, backfill
-from .cdc.runner import CdcSummary, run_cdc
-from .config import Mapping, parse_mapping
-from .cutover.gates import cdc_lag_seconds
-from .cutover.machine import Machine
-from .cutover.playbook import default_playbook
-from .cutover.sdk import DualWriter
-from .plan import PlanReport, preflight
-from .progress import NullProgress, Progress
-from .sandbox import Stack, start_stack, url_with_database
-from .shop import AppLoad, create_shop, shop_mapping
-from .sink.mongo import connect as mongo_connect
-from .source.connection import connect as mysql_connect
-from .urls import parse_mysql_url
-from .verify.engine import VerifyResult, verify
+from migrator.backfill.copy import BackfillSummary, backfill
+from migrator.cdc.runner import CdcSummary, run_cdc
+from migrator.cutover.gates import cdc_lag_seconds
+from migrator.cutover.machine import Machine
+from migrator.cutover.playbook import default_playbook
+from migrator.cutover.sdk import DualWriter
+from migrator.devtools.sandbox import Stack, start_stack, url_with_database
+from migrator.devtools.shop import AppLoad, create_shop, shop_mapping
+from migrator.model.settings import Mapping, parse_mapping
+from migrator.model.urls import parse_mysql_url
+from migrator.preflight.plan import PlanReport, preflight
+from migrator.progress import NullProgress, Progress
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect as mysql_connect
+from migrator.verify.engine import VerifyResult, verify
 
 
 @dataclass

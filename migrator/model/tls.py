@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ConnectError
+from migrator.errors import ConfigError, ConnectError
 
 MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
 _VERIFYING = ("VERIFY_CA", "VERIFY_IDENTITY")

@@ -29,11 +29,11 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from .errors import CheckFailed, ConfigError
-from .sink.mongo import with_retry
+from migrator.errors import CheckFailed, ConfigError
+from migrator.sink.mongo import with_retry
 
 if TYPE_CHECKING:
-    from .config import Mapping
+    from migrator.model.settings import Mapping
 
 
 def now() -> datetime:
@@ -65,7 +65,7 @@ class StateStore:
     # -- whose state this is ---------------------------------------------------------------
     @staticmethod
     def identity_of(mapping: Mapping) -> dict[str, str]:
-        from .urls import parse_mysql_url
+        from migrator.model.urls import parse_mysql_url
 
         src = parse_mysql_url(mapping.source.url)
         return {
@@ -540,7 +540,7 @@ class StateStore:
 
     def touched_ids(self, collection: str, since: datetime | None) -> Iterator[Any]:
         """Distinct documents CDC touched (since a time), in the order first touched."""
-        from .keys import id_key
+        from migrator.model.keys import id_key
 
         q: dict[str, Any] = {"c": collection}
         if since is not None:

@@ -247,7 +247,7 @@ class AppLoad:
         self.retries = 0
 
     def step(self) -> None:
-        from .cutover.sdk import WritesFrozen
+        from migrator.cutover.sdk import WritesFrozen
 
         o = self.next_order
         ops = [

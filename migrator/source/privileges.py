@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .source.connection import _s, query
-from .source.schema import split_top_level
+from migrator.model.schema import split_top_level
+from migrator.source.connection import as_text, query
 
 # What each phase does on the source, and why it needs each privilege. "TABLE" privileges are
 # needed on every mapped table; the others are global (ON *.*).
@@ -143,10 +143,10 @@ def parse_grants(lines: Iterable[str]) -> Grants:
 
 
 def read_grants(conn: Any) -> Grants:
-    grants = parse_grants(_s(r[0]) for r in query(conn, "SHOW GRANTS"))
+    grants = parse_grants(as_text(r[0]) for r in query(conn, "SHOW GRANTS"))
     for role in grants.roles:
         try:
-            more = parse_grants(_s(r[0]) for r in query(conn, f"SHOW GRANTS FOR {role}"))
+            more = parse_grants(as_text(r[0]) for r in query(conn, f"SHOW GRANTS FOR {role}"))
         except Exception:
             grants.unread_roles.append(_unquote(role.split("@")[0]))
             continue

@@ -13,7 +13,7 @@ It also remembers each database's profiler settings: the server read them from i
 under its global lock, once for every command (4 % of its time in the cutover bench, py-spy).
 They change only through `set_profile` (the `profile` command), which clears what it remembers.
 
-Usage: python -m migrator.sandbox_secantus [secantusd-py arguments]
+Usage: python -m migrator.devtools.secantus [secantusd-py arguments]
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from typing import Any
 from bson.decimal128 import Decimal128
 from pymongo import DeleteOne, ReplaceOne
 
-from .errors import ConversionError, MigratorError
-from .keys import id_key
-from .mapping import CollectionPlan
-from .source.reader import ChunkReader
+from migrator.errors import ConversionError, MigratorError
+from migrator.model.keys import id_key
+from migrator.model.transform import CollectionPlan
+from migrator.source.reader import ChunkReader
 
 Key = tuple[Any, ...]
 OnError = Callable[[Any, str], None]  # (document _id or key, reason)

@@ -29,10 +29,10 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
-from .secretfiles import SOURCE_PASSWORD_FILE_ENV, file_password_to_use, read_secret_file
-from .source.tls import TLSOptions, check_mode
-from .urls import (
+from migrator.errors import ConfigError
+from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV, file_password_to_use, read_secret_file
+from migrator.model.tls import TLSOptions, check_mode
+from migrator.model.urls import (
     MySQLURL,
     mongo_database_from_url,
     parse_mysql_url,
@@ -57,7 +57,7 @@ class FieldSpec(_Model):
 FieldValue = str | FieldSpec
 
 
-class _Projection(_Model):
+class Projection(_Model):
     fields: dict[str, FieldValue] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)
     all_columns: bool = True
@@ -77,7 +77,7 @@ class _Projection(_Model):
             yield name, spec if isinstance(spec, FieldSpec) else FieldSpec(column=spec)
 
 
-class EmbedSpec(_Projection):
+class EmbedSpec(Projection):
     as_: str = Field(alias="as")
     from_: str = Field(alias="from")
     on: dict[str, str] = Field(description="embedded table column -> root table column")
@@ -98,7 +98,7 @@ class EmbedSpec(_Projection):
         return self
 
 
-class CollectionSpec(_Projection):
+class CollectionSpec(Projection):
     name: str
     from_: str = Field(alias="from")
     filter: str | None = None

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import ThrottleSpec, with_password_file
-from .errors import MigratorError
-from .secretfiles import SOURCE_PASSWORD_FILE_ENV
-from .source.connection import _s, connect, query
-from .source.tls import TLSOptions
-from .urls import parse_mysql_url
+from migrator.errors import MigratorError
+from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV
+from migrator.model.settings import ThrottleSpec, with_password_file
+from migrator.model.tls import TLSOptions
+from migrator.model.urls import parse_mysql_url
+from migrator.source.connection import as_text, connect, query
 
 
 class RateLimiter:
@@ -48,7 +48,7 @@ def replication_lag(conn: Any) -> float | None:
         names = [d[0] for d in cur.description]
         rec = dict(zip(names, row, strict=True))
         lag = rec.get("Seconds_Behind_Master", rec.get("Seconds_Behind_Source"))
-        return float(_s(lag)) if lag is not None else float("inf")  # NULL: replication broken
+        return float(as_text(lag)) if lag is not None else float("inf")  # NULL: replication broken
     return None
 
 
@@ -78,7 +78,7 @@ class LoadMonitor:
         try:
             name, conn = self.conns[0]
             rows = query(conn, "SHOW GLOBAL STATUS LIKE 'Threads_running'")
-            running = int(_s(rows[0][1])) if rows else 0
+            running = int(as_text(rows[0][1])) if rows else 0
             if running > self.spec.max_threads_running:
                 return (
                     f"source Threads_running={running} > "

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError
-from .urls import register_secret
+from migrator.errors import ConfigError
+from migrator.model.urls import register_secret
 
 SOURCE_PASSWORD_FILE_ENV = "MIGRATOR_SOURCE_PASSWORD_FILE"
 TARGET_PASSWORD_FILE_ENV = "MIGRATOR_TARGET_PASSWORD_FILE"

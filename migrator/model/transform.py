@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .bsonorder import sorter
-from .config import CollectionSpec, EmbedSpec, Mapping, _Projection
-from .errors import ConversionError, SchemaError
-from .source.schema import Schema, Table
-from .typerules import Converter, default_converter, override_converter, param_value, zone_for
+from migrator.errors import ConversionError, SchemaError
+from migrator.model.bsonorder import sorter
+from migrator.model.schema import Schema, Table
+from migrator.model.settings import CollectionSpec, EmbedSpec, Mapping, Projection
+from migrator.model.typerules import (
+    Converter,
+    default_converter,
+    override_converter,
+    param_value,
+    zone_for,
+)
 
 Row = Sequence[Any]
 
@@ -108,7 +114,7 @@ def _compile_builder(
     This is the backfill's inner loop; the generic version above it is kept for error reports.
     Text columns arrive as str and skip their converter.
     """
-    from .typerules import _string
+    from migrator.model.typerules import as_string
 
     ns: dict[str, Any] = {"_put": _put}
     body = ["def build(row):"]
@@ -126,7 +132,7 @@ def _compile_builder(
     for n, f in enumerate(fields):
         ns[f"c{n}"] = f.convert
         ns[f"p{n}"] = f.path
-        expr = f"(v if v.__class__ is str else c{n}(v))" if f.convert is _string else f"c{n}(v)"
+        expr = f"(v if v.__class__ is str else c{n}(v))" if f.convert is as_string else f"c{n}(v)"
         store = f"d[{f.name!r}] = " if len(f.path) == 1 else f"_put(d, p{n}, "
         close = "" if len(f.path) == 1 else ")"
         body.append(f"    v = row[{f.index}]")
@@ -272,7 +278,7 @@ def _view(
     mapping: Mapping,
     schema: Schema,
     table_name: str,
-    proj: _Projection,
+    proj: Projection,
     key: tuple[str | int, ...],
     extra_columns: Iterable[str],
     omit_nulls: bool,

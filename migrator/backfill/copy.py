@@ -25,20 +25,21 @@ import bson
 import MySQLdb
 from pymongo.errors import CollectionInvalid
 
-from .config import Mapping
-from .errors import CheckFailed, ConfigError, MigratorError
-from .faults import fault_point
-from .mapping import CollectionPlan, Transform, compile_transform
-from .progress import NullProgress, Progress
-from .sink.mongo import DocumentWriter, with_retry
-from .sink.mongo import connect as mongo_connect
-from .source.connection import connect as mysql_connect
-from .source.position import current_position
-from .source.reader import ChunkReader
-from .source.schema import Schema, introspect
-from .state import StateStore, decode_key, now, process_owner
-from .throttle import LoadMonitor, RateLimiter
-from .ticker import Ticker
+from migrator.errors import CheckFailed, ConfigError, MigratorError
+from migrator.faults import fault_point
+from migrator.model.schema import Schema
+from migrator.model.settings import Mapping
+from migrator.model.transform import CollectionPlan, Transform, compile_transform
+from migrator.progress import NullProgress, Progress
+from migrator.sink.mongo import DocumentWriter, with_retry
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.position import current_position
+from migrator.source.reader import ChunkReader, chunk_bounds
+from migrator.source.schema import introspect
+from migrator.source.throttle import LoadMonitor, RateLimiter
+from migrator.state.store import StateStore, decode_key, now, process_owner
+from migrator.ticker import Ticker
 
 BSON_MAX = 16 * 1024 * 1024
 
@@ -261,16 +262,6 @@ def _worker_main(
             return
 
 
-def _chunk_bounds(his: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
-    bounds: list[tuple[Any, Any]] = []
-    lo: tuple[Any, ...] | None = None
-    for hi in his:
-        bounds.append((lo, hi))
-        lo = hi
-    bounds.append((lo, None))  # the last chunk is open-ended: rows inserted past the end land here
-    return bounds
-
-
 def backfill(
     mapping: Mapping,
     *,
@@ -461,7 +452,7 @@ def _backfill(
         per_coll[p.name] = cs
         st = state.collection_state(p.name) if state else None
         if not st or not st.get("planned"):
-            bounds = _chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
+            bounds = chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
             if state:
                 state.save_chunk_plan(p.name, bounds)
                 state.update_collection(
@@ -808,7 +799,7 @@ def _record_target_identity(db: Any, state: StateStore, plans: list[CollectionPl
 
 def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:
     """Indexes CDC needs to find documents by an embedded row's key (fan-out, array updates)."""
-    from .sink.mongo import with_retry
+    from migrator.sink.mongo import with_retry
 
     for p in plans:
         for e in p.embeds:

@@ -11,10 +11,10 @@ import json
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .source.connection import query, quote_ident
-from .source.schema import Schema, Table
-from .typerules import loss_notes
-from .urls import mongo_database_from_url
+from migrator.model.schema import Schema, Table
+from migrator.model.typerules import loss_notes
+from migrator.model.urls import mongo_database_from_url
+from migrator.source.connection import query, quote_ident
 
 SOURCE_PASSWORD_ENV = "MIGRATOR_SOURCE_PASSWORD"
 TARGET_PASSWORD_ENV = "MIGRATOR_TARGET_PASSWORD"
