@@ -19,8 +19,10 @@ from migrator.cli.common import (
     print_json,
 )
 from migrator.errors import ConfigError
-from migrator.verify.engine import RECHECK_WAIT, VerifyResult, parse_duration, verify
+from migrator.verify.checker import RECHECK_WAIT
+from migrator.verify.engine import parse_duration, verify
 from migrator.verify.report import junit, markdown
+from migrator.verify.results import VerifyResult
 
 
 @click.command("verify")

@@ -508,7 +508,7 @@ class Machine:
 
     def _verifier(self) -> Any:
         """The re-verification's connections and compiled mapping, made before the freeze."""
-        from migrator.verify.engine import Verifier
+        from migrator.verify.checker import Verifier
 
         v = Verifier(self.mapping, recheck=1, recheck_delay=0.1)
         v.conn  # noqa: B018 (opens this thread's MySQL connection now)

@@ -563,7 +563,7 @@ class DualWriter:
 
     # -- reads -------------------------------------------------------------------------------
     def _from_mysql(self, collection: str, doc_id: Any) -> dict[str, Any] | None:
-        from migrator.verify.engine import id_to_key
+        from migrator.verify.checker import id_to_key
 
         plan = self.transform.collection(collection)
         with self._raw_lock:

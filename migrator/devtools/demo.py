@@ -28,7 +28,8 @@ from migrator.preflight.plan import PlanReport, preflight
 from migrator.progress import NullProgress, Progress
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect as mysql_connect
-from migrator.verify.engine import VerifyResult, verify
+from migrator.verify.engine import verify
+from migrator.verify.results import VerifyResult
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from migrator.verify.engine import VerifyResult
+from migrator.verify.results import VerifyResult
 
 
 def _line(d: dict[str, Any]) -> str:

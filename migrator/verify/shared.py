@@ -30,10 +30,10 @@ from migrator.sink.mongo import with_retry
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.state.store import decode_key, encode_key, now, process_owner, storable
 from migrator.ticker import Ticker
-from migrator.verify.engine import (
+from migrator.verify.checker import Verifier
+from migrator.verify.results import (
     CollectionResult,
     Difference,
-    Verifier,
     VerifyResult,
     diff_doc,
     diff_from_doc,

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from migrator.backfill.copy import backfill
 from migrator.model.settings import load_mapping
-from migrator.verify.engine import Verifier, verify
+from migrator.verify.checker import Verifier
+from migrator.verify.engine import verify
 from migrator.verify.shared import SharedRun, run_params
 
 from .conftest import migrator_cmd

@@ -92,7 +92,7 @@ def test_more_differences_than_a_run_lists_need_a_new_full_run(env):
     original = {d["_id"]: d["status"] for d in env.target.orders.find()}
     env.target.orders.update_many({}, {"$set": {"status": "tampered"}})
     m = load_mapping(path)
-    from migrator.verify.engine import Verifier
+    from migrator.verify.checker import Verifier
 
     v = Verifier(m, recheck=0, limit_differences=5)
     try:

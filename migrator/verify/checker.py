@@ -1,0 +1,453 @@
+"""Comparing source rows with target documents through the mapping: by keys, by chunk,
+extra documents, touched keys, and repair; re-checks wait for CDC (cdc_wait)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo import DeleteOne
+
+from migrator.errors import CheckFailed, MigratorError
+from migrator.model.keys import id_key
+from migrator.model.settings import Mapping
+from migrator.model.transform import CollectionPlan, compile_transform
+from migrator.progress import NullProgress, Progress
+from migrator.sink.mongo import connect as mongo_connect
+from migrator.sink.mongo import find_by_ids, with_retry
+from migrator.source.connection import connect as mysql_connect
+from migrator.source.reader import ChunkReader, chunk_bounds
+from migrator.source.rebuild import key_params, rebuild_ops
+from migrator.source.schema import introspect
+from migrator.source.throttle import RateLimiter
+from migrator.state.store import StateStore, now, storable
+from migrator.verify.canonical import doc_hash, field_diffs
+from migrator.verify.cdc_wait import CdcWait
+from migrator.verify.results import CollectionResult, Difference
+
+log = logging.getLogger("migrator.verify")
+
+# How long a re-check waits for CDC to apply past the rows it read (a lagging CDC, not a
+# difference); past it the difference is reported, saying so.
+RECHECK_WAIT = 30.0
+
+
+_RAW: CodecOptions[Any] = CodecOptions(document_class=RawBSONDocument)
+
+
+_PLAIN: CodecOptions[Any] = CodecOptions(tz_aware=False)
+
+
+def id_to_key(plan: CollectionPlan, doc_id: Any) -> tuple[Any, ...]:
+    """A document _id back to source primary-key parameters."""
+    return key_params(plan, doc_id)
+
+
+class Verifier:
+    def __init__(
+        self,
+        mapping: Mapping,
+        *,
+        recheck: int = 3,
+        recheck_delay: float = 0.5,
+        recheck_wait: float = RECHECK_WAIT,
+        max_rows_per_sec: float = 0.0,
+        limit_differences: int = 1000,
+        progress: Progress | None = None,
+    ) -> None:
+        self.mapping = mapping
+        src = mapping.source_url
+        meta = mysql_connect(src)
+        try:
+            self.transform = compile_transform(mapping, introspect(meta, mapping.source_database))
+        finally:
+            meta.close()
+        self._src = src
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self.client = mongo_connect(mapping.target.url)
+        self.db = self.client[mapping.target_database]
+        self.state = StateStore.open(self.client, mapping)
+        self.recheck = recheck
+        self.recheck_delay = recheck_delay
+        self.cdc = CdcWait(self.state, recheck_wait)
+        self.limiter = RateLimiter(max_rows_per_sec)
+        self.limit = limit_differences
+        self.toward_mysql = False  # verify --repair after the write switch
+        self.progress = progress or NullProgress()
+
+    @property
+    def conn(self) -> Any:
+        """One raw MySQL connection per thread (--workers verifies chunks in parallel)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = mysql_connect(self._src, raw=True)
+            self._conns.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self._conns:
+            c.close()
+        self.client.close()
+
+    # -- comparing a set of keys -------------------------------------------------------------
+    def _expected(self, plan: CollectionPlan, rows: Sequence[Any]) -> _Expected:
+        """The documents the source rows should be, and the rows that do not convert (what
+        cannot be checked is reported, never skipped)."""
+        reader = ChunkReader(self.conn, plan)
+        children = reader.read_embeds(rows) if rows else {}
+        bad: dict[Any, tuple[Any, str]] = {}
+
+        def unconvertible(row: Any, exc: MigratorError) -> None:
+            try:
+                doc_id = plan.doc_id(row)
+            except MigratorError:
+                doc_id = list(plan.root.params(row, plan.pk))
+            bad[id_key(doc_id)] = (doc_id, exc.message)
+
+        docs = plan.documents(rows, children, on_error=unconvertible)
+        return _Expected({id_key(d["_id"]): d for d in docs}, bad)
+
+    def _compare(
+        self, plan: CollectionPlan, expected: _Expected, ids: Iterable[Any]
+    ) -> dict[Any, Difference]:
+        """Differences between expected documents and the target, for `ids` (expected or not)."""
+        ids = list(ids)
+        # Raw BSON: most documents are byte-identical to what the Transform builds (same field
+        # order, same types), and comparing bytes costs nothing; only the others are decoded
+        # and compared canonically (key order and int widths then do not matter).
+        coll = self.db[plan.name].with_options(codec_options=_RAW)
+        actual = {id_key(d["_id"]): d for d in find_by_ids(coll, ids)}
+        diffs: dict[Any, Difference] = {}
+        for i in ids:
+            k = id_key(i)
+            if k in expected.bad:
+                diffs[k] = Difference(plan.name, i, "unconvertible", reason=expected.bad[k][1])
+                continue
+            e, a = expected.docs.get(k), actual.get(k)
+            if e is None and a is None:
+                continue
+            if a is None:
+                diffs[k] = Difference(plan.name, i, "missing")
+            elif e is None:
+                diffs[k] = Difference(plan.name, i, "extra")
+            elif bson.encode(e) != a.raw:
+                doc = bson.decode(a.raw, codec_options=_PLAIN)
+                if doc_hash(e) != doc_hash(doc):
+                    diffs[k] = Difference(plan.name, i, "different", field_diffs(e, doc))
+        return diffs
+
+    def check_keys(
+        self,
+        plan: CollectionPlan,
+        ids: list[Any],
+        res: CollectionResult,
+        *,
+        first: dict[Any, Difference] | None = None,
+    ) -> list[Difference]:
+        """Compare these ids now; re-check differences while they may still be settling: each
+        re-check reads the rows, waits until CDC has applied past them, then reads the
+        documents. A difference still there when CDC could not catch up within the bound is
+        reported with that reason."""
+        diffs = first
+        if diffs is None:
+            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
+            diffs = self._compare(plan, self._expected(plan, rows), ids)
+        caught_up: bool | None = None
+        for _ in range(self.recheck):
+            if not diffs:
+                break
+            time.sleep(self.recheck_delay)
+            again = [d.id for d in diffs.values()]
+            read_at = now()
+            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in again])
+            caught_up = self.cdc.after_read(self.conn, read_at)
+            now_diffs = self._compare(plan, self._expected(plan, rows), again)
+            res.rechecked += len(diffs) - len(now_diffs)
+            diffs = now_diffs
+            if caught_up is False:
+                break  # the bound is spent: waiting again would only repeat it
+        if caught_up is False and diffs:
+            why = (
+                f"CDC had not applied past the source's position within {self.cdc.bound:g} s "
+                "of the re-check (it may be a change CDC has yet to apply)"
+            )
+            log.warning("verify: %s; %d difference(s) reported", why, len(diffs))
+            for d in diffs.values():
+                d.reason, d.cdc_behind = d.reason or why, True
+        return list(diffs.values())
+
+    # -- walking a collection ----------------------------------------------------------------
+    def full(
+        self,
+        plan: CollectionPlan,
+        res: CollectionResult,
+        *,
+        sample_pct: float,
+        chunk_size: int,
+        rnd: random.Random,
+        workers: int = 1,
+        after: tuple[Any, ...] | None = None,
+        found: list[Difference] | None = None,
+        checkpoint: Any = None,
+    ) -> list[Difference]:
+        """Walk the collection's chunks (from `after`, when resuming), `workers` at a time,
+        checkpointing after each group of chunks; then look for extra documents."""
+        reader = ChunkReader(self.conn, plan)
+        bounds = chunk_bounds(list(reader.boundaries(chunk_size, start=after)))
+        if after is not None:
+            bounds[0] = (after, bounds[0][1])
+        self.progress.start(
+            plan.name, max(plan.table.rows_estimate, len(bounds) * chunk_size), res.checked
+        )
+        found = list(found or [])
+        chosen = [b for b in bounds if sample_pct >= 100 or rnd.random() * 100 < sample_pct]
+
+        with self._pool(workers) as pool:
+            for i in range(0, len(chosen), max(1, workers)):
+                group = chosen[i : i + max(1, workers)]
+                los, his = [b[0] for b in group], [b[1] for b in group]
+                done = self.map_chunks(pool, [plan.name] * len(group), los, his)
+                for n, diffs, rechecked in done:
+                    res.checked += n
+                    res.chunks += 1
+                    res.rechecked += rechecked
+                    found += diffs
+                    self.progress.advance(plan.name, n)
+                if checkpoint is not None and group[-1][1] is not None:
+                    checkpoint(plan.name, group[-1][1], res, found)
+        found += self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
+        self.progress.finish(plan.name, res.checked)
+        return found
+
+    def check_chunk(
+        self, plan: CollectionPlan, lo: Any, hi: Any
+    ) -> tuple[int, list[Difference], int]:
+        """One chunk: (rows read, differences that stayed after rechecks, rechecked)."""
+        rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
+        expected = self._expected(plan, rows)
+        ids = [d["_id"] for d in expected.docs.values()]
+        ids += [doc_id for doc_id, _reason in expected.bad.values()]
+        first = self._compare(plan, expected, ids)
+        sub = CollectionResult(plan.name)
+        diffs = self.check_keys(plan, ids, sub, first=first) if first else []
+        self.limiter.account(len(rows))
+        return len(rows), diffs, sub.rechecked
+
+    def map_chunks(
+        self, pool: Any, names: list[str], los: list[Any], his: list[Any]
+    ) -> Iterable[tuple[int, list[Difference], int]]:
+        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order."""
+        if isinstance(pool, ProcessPoolExecutor):
+            return pool.map(_check_chunk, names, los, his)
+        return pool.map(
+            lambda n, lo, hi: self.check_chunk(self.transform.collection(n), lo, hi),
+            names,
+            los,
+            his,
+        )
+
+    def _pool(self, workers: int) -> Any:
+        """Several workers are processes (the Transform and BSON encoding are CPU-bound: threads
+        share one core), each with its own connections and a share of the rate limit."""
+        if workers <= 1:
+            return ThreadPoolExecutor(max_workers=1)
+        rate = self.limiter.rate / workers if self.limiter.rate else 0.0
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(
+                self.mapping,
+                self.recheck,
+                self.recheck_delay,
+                self.cdc.bound,
+                rate,
+                self.limit,
+            ),
+        )
+
+    def extras(
+        self, plan: CollectionPlan, res: CollectionResult, *, sample_pct: float, rnd: random.Random
+    ) -> list[Difference]:
+        """Target documents whose source row does not exist (or is filtered out)."""
+        reader = ChunkReader(self.conn, plan)
+        found: list[Difference] = []
+        batch: list[Any] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            if sample_pct >= 100 or rnd.random() * 100 < sample_pct:
+                rows = reader.read_by_keys([id_to_key(plan, i) for i in batch])
+                present = {id_key(plan.doc_id(r)) for r in rows}
+                suspects = [i for i in batch if id_key(i) not in present]
+                if suspects:
+                    found.extend(
+                        d for d in self.check_keys(plan, suspects, res) if d.kind == "extra"
+                    )
+            batch.clear()
+
+        for d in self.db[plan.name].find({}, {"_id": 1}).batch_size(1000):
+            batch.append(d["_id"])
+            if len(batch) >= 1000:
+                flush()
+        flush()
+        return found
+
+    def changed(
+        self,
+        plan: CollectionPlan,
+        res: CollectionResult,
+        since: datetime | None,
+        also: Sequence[Any] = (),
+    ) -> list[Difference]:
+        """Only the documents CDC touched (since a time), and `also` these (the differences
+        earlier runs left open), a page of 1,000 at a time."""
+        self.progress.start(plan.name, 0)
+        found: list[Difference] = []
+        page: list[Any] = []
+
+        def check() -> None:
+            res.checked += len(page)
+            res.chunks += 1
+            found.extend(self.check_keys(plan, page, res))
+            self.progress.advance(plan.name, len(page))
+            page.clear()
+
+        seen: set[Any] = set()
+        for doc_id in itertools.chain(also, self.state.touched_ids(plan.name, since)):
+            k = id_key(doc_id)
+            if k in seen:
+                continue
+            seen.add(k)
+            page.append(doc_id)
+            if len(page) >= 1000:
+                check()
+        if page:
+            check()
+        self.progress.finish(plan.name, res.checked)
+        return found
+
+    # -- repair ------------------------------------------------------------------------------
+    def repair(
+        self, plan: CollectionPlan, diffs: list[Difference], res: CollectionResult
+    ) -> list[Difference]:
+        """Rebuild differing documents from the source (deleting extras), check them again.
+        After the write switch the source is MongoDB: the rows are written from the documents
+        instead (reverse_repair)."""
+        if (self.state.mongo_is_truth() is not None) != self.toward_mysql:
+            # a write switch or rollback since this run began: its differences were found
+            # against the other store, and repairing them now would overwrite the truth
+            raise CheckFailed(
+                f"the source of truth moved while `verify --repair` ran (it repaired toward "
+                f"{'MySQL' if self.toward_mysql else 'MongoDB'}): nothing more is repaired",
+                hint="run `migrator verify --repair` again: it repairs toward the phase's "
+                "source of truth",
+            )
+        todo = [d for d in diffs if d.kind != "unconvertible"]  # nothing to write for those
+        if self.toward_mysql:
+            todo = diffs  # a row MySQL holds that does not convert is rewritten from MongoDB
+        if not todo:
+            return diffs
+        ids = [d.id for d in todo]
+        if self.toward_mysql:
+            # a document MongoDB lacks because the tool could not build or write it (the row
+            # does not convert, or it is a dead letter) was never deleted by anyone: its row
+            # is the only copy and stays
+            stored = [storable(i) for i in ids]
+            lettered = {
+                id_key(d["key"])
+                for d in self.state.dead_letters.find(
+                    {"collection": plan.name, "key": {"$in": stored}}, {"key": 1}
+                )
+            }
+            keep = {id_key(d.id) for d in todo if d.kind == "unconvertible"} | lettered
+            self.reverse_repair(plan, ids, keep_rows=keep)
+        else:
+            ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
+            coll = self.db[plan.name]
+            if ops:
+                self.state.note_deletes(plan.name, sum(isinstance(op, DeleteOne) for op in ops))
+                with_retry(lambda: coll.bulk_write(ops, ordered=True))
+        left = self.check_keys(plan, ids, res)
+        res.repaired += len(todo) - len(left)
+        return left + [d for d in diffs if d.kind == "unconvertible" and d not in todo]
+
+    def reverse_repair(self, plan: CollectionPlan, ids: list[Any], keep_rows: set[Any]) -> None:
+        """Write MySQL's rows from MongoDB's documents (deleting the rows of documents that are
+        gone, except `keep_rows`), as reverse sync does. A document that changes meanwhile is
+        written again, so a repair never leaves MySQL behind a change reverse sync applied."""
+        from migrator.reverse.applier import ReverseApplier, ReverseChange
+
+        conn = mysql_connect(self._src, raw=True)
+        conn.autocommit(False)
+        try:
+            applier = ReverseApplier(self.transform, conn)
+            coll = self.db[plan.name]
+            pending = list(ids)
+            for _ in range(5):
+                docs = {id_key(i): with_retry(partial(coll.find_one, {"_id": i})) for i in pending}
+                changes = [
+                    ReverseChange(plan.name, "delete" if d is None else "upsert", i, d)
+                    for i, d in zip(pending, docs.values(), strict=True)
+                    if d is not None or id_key(i) not in keep_rows
+                ]
+                out = applier.apply(changes)
+                for ch, why in out.problems:
+                    log.warning("verify --repair: %s %r not written to MySQL: %s",
+                                plan.name, ch.doc_id, why)  # fmt: skip
+                now_docs = [with_retry(partial(coll.find_one, {"_id": i})) for i in pending]
+                pending = [
+                    i for i, d in zip(pending, now_docs, strict=True) if d != docs[id_key(i)]
+                ]
+                if not pending:
+                    break
+        finally:
+            conn.close()
+
+
+@dataclass
+class _Expected:
+    docs: dict[Any, dict[str, Any]]  # id key -> the document the row becomes
+    bad: dict[Any, tuple[Any, str]]  # id key -> (_id, why the row does not convert)
+
+
+_WORKER: Verifier | None = None  # a worker process's own (see Verifier._pool)
+
+
+def _start_worker(
+    mapping: Mapping,
+    recheck: int,
+    recheck_delay: float,
+    recheck_wait: float,
+    rate: float,
+    limit: int,
+) -> None:
+    global _WORKER
+    _WORKER = Verifier(
+        mapping,
+        recheck=recheck,
+        recheck_delay=recheck_delay,
+        recheck_wait=recheck_wait,
+        max_rows_per_sec=rate,
+        limit_differences=limit,
+    )
+
+
+def _check_chunk(name: str, lo: Any, hi: Any) -> tuple[int, list[Difference], int]:
+    assert _WORKER is not None
+    return _WORKER.check_chunk(_WORKER.transform.collection(name), lo, hi)
