@@ -10,6 +10,7 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check migrator tests bench
 	.venv/bin/ruff format --check migrator tests bench
+	.venv/bin/lint-imports
 
 typecheck: setup
 	.venv/bin/mypy
@@ -23,6 +24,7 @@ integration: setup
 test: setup
 	.venv/bin/ruff check migrator tests bench
 	.venv/bin/ruff format --check migrator tests bench
+	.venv/bin/lint-imports
 	.venv/bin/mypy
 	.venv/bin/pytest -q -ra --durations=15 tests
 

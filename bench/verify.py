@@ -23,14 +23,14 @@ from typing import Any
 import bson
 import pymysql
 
-from migrator.backfill.copy import _chunk_bounds, backfill
+from migrator.backfill.copy import backfill
 from migrator.devtools.sandbox import start_stack, url_with_database
 from migrator.model.settings import parse_mapping
 from migrator.model.transform import compile_transform
 from migrator.model.urls import parse_mysql_url
 from migrator.sink.mongo import find_by_ids
 from migrator.source.connection import connect
-from migrator.source.reader import ChunkReader
+from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.schema import introspect
 from migrator.verify import engine
 from migrator.verify.engine import verify
@@ -111,7 +111,7 @@ def source_side(url: str, mongo: str, embed: bool, part: int = 0, parts: int = 1
     raw = connect(parse_mysql_url(url), raw=True)
     reader = ChunkReader(raw, plan)
     t0, rows = time.perf_counter(), 0
-    for lo, hi in _chunk_bounds(list(reader.boundaries(5000)))[part::parts]:
+    for lo, hi in chunk_bounds(list(reader.boundaries(5000)))[part::parts]:
         batch = reader.read_rows(lo, hi)
         for d in plan.documents(batch, reader.read_embeds(batch)):
             bson.encode(d)  # what verify compares with the target's raw BSON

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from migrator.cdc.binlog import _tables_in
+from migrator.cdc.binlog_read import tables_in
 
 
 @pytest.mark.parametrize(
@@ -29,4 +29,4 @@ from migrator.cdc.binlog import _tables_in
     ],
 )
 def test_every_table_a_statement_names_is_found(statement, tables):
-    assert _tables_in(statement) == tables
+    assert tables_in(statement) == tables
