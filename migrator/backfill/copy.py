@@ -29,14 +29,12 @@ from migrator.errors import CheckFailed, ConfigError, MigratorError
 from migrator.faults import fault_point
 from migrator.model.schema import Schema
 from migrator.model.settings import Mapping
-from migrator.model.transform import CollectionPlan, Transform, compile_transform
+from migrator.model.transform import CollectionPlan, Transform
 from migrator.progress import NullProgress, Progress
+from migrator.runtime import Migration, opened
 from migrator.sink.mongo import DocumentWriter, with_retry
-from migrator.sink.mongo import connect as mongo_connect
-from migrator.source.connection import connect as mysql_connect
 from migrator.source.position import current_position
 from migrator.source.reader import ChunkReader, chunk_bounds
-from migrator.source.schema import introspect
 from migrator.source.throttle import LoadMonitor, RateLimiter
 from migrator.state.store import StateStore, decode_key, now, process_owner
 from migrator.ticker import Ticker
@@ -108,26 +106,21 @@ class ChunkWorker:
 
     def __init__(
         self,
-        mapping: Mapping,
-        schema: Schema,
+        migration: Migration,
         *,
         dry_run: bool,
         rows_per_sec: float = 0.0,
         page_size: int | None = None,
     ) -> None:
-        self.mapping = mapping
+        self.migration = migration
         # a chunk normally fits one page; a chunk that grew during the copy takes several
-        self.page_size = 2 * (page_size or mapping.backfill.chunk_size)
-        self.transform: Transform = compile_transform(mapping, schema)
+        self.page_size = 2 * (page_size or migration.settings.backfill.chunk_size)
+        self.transform: Transform = migration.transform
         self.dry_run = dry_run
         self.limiter = RateLimiter(rows_per_sec)
         self._connect_source()
-        self.state: StateStore | None = None
-        self.target = None
-        if not dry_run:
-            client = mongo_connect(mapping.target.url)
-            self.target = client[mapping.target_database]
-            self.state = StateStore(client, mapping.state.database)
+        self.state: StateStore | None = None if dry_run else migration.state
+        self.target = None if dry_run else migration.target
 
     def _pages(self, chunk: Chunk) -> Iterator[tuple[list[Any], dict[str, Any]]]:
         """Root rows and embedded rows of a chunk, a bounded page at a time; reconnects when
@@ -152,8 +145,12 @@ class ChunkWorker:
             plan = self.readers[chunk.collection].plan
             lo = reader.key_params(tuple(rows[-1][plan.root.index[c]] for c in plan.pk))
 
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
     def _connect_source(self) -> None:
-        self.conn = mysql_connect(self.mapping.source_url, raw=True)
+        self.conn = self.migration.connect_source(raw=True)
         self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
 
     def run(self, chunk: Chunk) -> ChunkResult:
@@ -237,10 +234,22 @@ def _worker_main(
     parent: int,
 ) -> None:
     try:
-        worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
+        # this process's own clients; the schema is the parent's (read once)
+        migration = Migration(mapping, claim_state=False, schema=schema)
+        worker = ChunkWorker(migration, dry_run=dry_run, rows_per_sec=rate)
     except Exception as exc:
         results.put(("error", None, str(exc)))
         return
+    with migration:
+        try:
+            _work(worker, tasks, results, paused, parent)
+        finally:
+            worker.close()
+
+
+def _work(worker: ChunkWorker, tasks: Any, results: Any, paused: Any, parent: int) -> None:
+    """A worker process's loop: chunks from `tasks`, results to `results`, until told to stop
+    or orphaned."""
     while True:
         try:
             chunk = tasks.get(timeout=1)
@@ -263,7 +272,7 @@ def _worker_main(
 
 
 def backfill(
-    mapping: Mapping,
+    migration: Migration | Mapping,
     *,
     workers: int | None = None,
     chunk_size: int | None = None,
@@ -274,27 +283,40 @@ def backfill(
     progress: Progress | None = None,
 ) -> BackfillSummary:
     """Copy every mapped collection; resumable; returns a summary (see BackfillSummary)."""
-    progress = progress or NullProgress()
-    workers = workers or mapping.backfill.workers
-    chunk_size = chunk_size or mapping.backfill.chunk_size
-    src_url = mapping.source_url
-    meta_conn = mysql_connect(src_url)
-    schema = introspect(meta_conn, mapping.source_database)
-    transform = compile_transform(mapping, schema)
-    plans = [p for p in transform.collections if not collections or p.name in collections]
+    with opened(migration, claim_state=not dry_run) as mig:
+        return _start(
+            mig,
+            workers=workers or mig.settings.backfill.workers,
+            chunk_size=chunk_size or mig.settings.backfill.chunk_size,
+            max_rows_per_sec=max_rows_per_sec,
+            restart=restart,
+            dry_run=dry_run,
+            collections=collections,
+            progress=progress or NullProgress(),
+        )
+
+
+def _start(
+    mig: Migration,
+    *,
+    workers: int,
+    chunk_size: int,
+    max_rows_per_sec: float,
+    restart: bool,
+    dry_run: bool,
+    collections: list[str] | None,
+    progress: Progress,
+) -> BackfillSummary:
+    """Check the phase, take the copy fence, then copy (see _backfill)."""
+    plans = [p for p in mig.transform.collections if not collections or p.name in collections]
     summary = BackfillSummary(dry_run=dry_run, workers=workers, chunk_size=chunk_size)
     t_start = time.monotonic()
-
-    # workers page through chunks by the run's chunk size
-    mapping = mapping.model_copy(
-        update={"backfill": mapping.backfill.model_copy(update={"chunk_size": chunk_size})}
-    )
+    meta_conn = mig.connect_source()
     state: StateStore | None = None
     fence: CopyFence | None = None
     try:
         if not dry_run:
-            client = mongo_connect(mapping.target.url)
-            state = StateStore.open(client, mapping)
+            state = mig.state
             phase = _phase(state)
             if restart and phase in _PAST_SYNC:
                 raise ConfigError(
@@ -314,10 +336,8 @@ def backfill(
                     hint="run the restart once the other backfills have finished",
                 )
         return _backfill(
-            mapping,
-            transform,
+            mig,
             plans,
-            schema,
             meta_conn,
             state,
             summary,
@@ -395,10 +415,8 @@ class CopyFence:
 
 
 def _backfill(
-    mapping: Mapping,
-    transform: Transform,
+    mig: Migration,
     plans: list[CollectionPlan],
-    schema: Schema,
     meta_conn: Any,
     state: StateStore | None,
     summary: BackfillSummary,
@@ -413,90 +431,17 @@ def _backfill(
     progress: Progress,
     fence: CopyFence | None = None,
 ) -> BackfillSummary:
-    src_url = mapping.source_url
-    joined = state is not None and fence is not None and not fence.created
-    if joined:
-        assert state is not None and fence is not None
+    if state is not None and fence is not None and not fence.created:
         # the copy's creator resets, records the position and plans; a joiner reads nothing
         # before that is done (or it could copy rows a restart then throws away)
         _wait_for_plan(state, fence, plans)
     if state is not None:
-        client = state.client
-        if restart:
-            state.reset_backfill([p.name for p in plans] if collections else None)
-            if not collections:
-                # a full restart starts CDC over from the new position too (the old one may
-                # be purged: that is often why one restarts)
-                state.meta.delete_one({"_id": "cdc_checkpoint"})
-            # A partial restart keeps the recorded position and CDC's checkpoint: CDC resumes
-            # from its checkpoint, which lies before every row this copy reads.
-            for p in plans:
-                client[mapping.target_database][p.name].delete_many({})
-        position = state.backfill_position()
-        if position is None:
-            # Before any row is read: CDC replays from here and converges (with several
-            # processes, the first one recorded stands: it lies before all their reads)
-            position = state.record_backfill_position(current_position(meta_conn))
-        summary.position = position
-        target = client[mapping.target_database]
-        if not restart:
-            _check_target_holds_the_copy(target, state, plans)
-        _ensure_target_indexes(target, plans)
-        _record_target_identity(target, state, plans)
-
-    raw = mysql_connect(src_url, raw=True)
-    todo: list[Chunk] = []
-    per_coll: dict[str, CollectionSummary] = {}
-    for p in plans:
-        cs = CollectionSummary(name=p.name, table=p.table.name)
-        per_coll[p.name] = cs
-        st = state.collection_state(p.name) if state else None
-        if not st or not st.get("planned"):
-            bounds = chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
-            if state:
-                state.save_chunk_plan(p.name, bounds)
-                state.update_collection(
-                    p.name,
-                    planned=True,
-                    chunks=len(bounds),
-                    chunk_size=chunk_size,
-                    status="running",
-                    started_at=now(),
-                    table=p.table.name,
-                )
-                pending = state.pending_chunks(p.name)
-            else:
-                pending = [
-                    {"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
-                    for i, (lo, hi) in enumerate(bounds)
-                ]
-            cs.chunks_total = len(bounds)
-        else:
-            pending = state.pending_chunks(p.name) if state else []
-            cs.chunks_total = int(st.get("chunks", 0))
-        cs.chunks_skipped = cs.chunks_total - len(pending)
-        for c in pending:
-            todo.append(
-                Chunk(
-                    id=c["_id"],
-                    collection=p.name,
-                    seq=c["seq"],
-                    lo=decode_key(c["lo"]) if c["lo"] is not None else None,
-                    hi=decode_key(c["hi"]) if c["hi"] is not None else None,
-                )
-            )
-        done_rows = state.done_rows(p.name) if state and cs.chunks_skipped else 0
-        est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size, done_rows)
-        progress.start(p.name, est, done_rows)
-        if cs.chunks_skipped:
-            progress.note(
-                f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} chunks already done"
-            )
-    raw.close()
+        summary.position = _prepare_target(mig, state, plans, meta_conn, restart, collections)
+    per_coll, todo = _plan_chunks(mig, plans, state, chunk_size, progress)
     if state is not None and fence is not None and fence.created:
         state.mark_copy_planned(fence.copy_id)
 
-    monitor = LoadMonitor(meta_conn, mapping.throttle, mapping.source_url.tls)
+    monitor = LoadMonitor(meta_conn, mig.settings.throttle, mig.source_url.tls)
     rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
 
     def record(res: ChunkResult) -> None:
@@ -516,14 +461,129 @@ def _backfill(
             else ListedChunks(todo)
         )
         if workers == 1:
-            summary.paused_seconds = _run_inline(
-                mapping, schema, dry_run, rate, source, record, monitor, progress
-            )
+            worker = ChunkWorker(mig, dry_run=dry_run, rows_per_sec=rate, page_size=chunk_size)
+            try:
+                summary.paused_seconds = _run_inline(worker, source, record, monitor, progress)
+            finally:
+                worker.close()
         else:
+            # each process pages through chunks by the run's chunk size
+            backfill_settings = mig.settings.backfill.model_copy(update={"chunk_size": chunk_size})
+            settings = mig.settings.model_copy(update={"backfill": backfill_settings})
             summary.paused_seconds = _run_processes(
-                mapping, schema, dry_run, rate, source, workers, record, monitor, progress
+                settings, mig.schema, dry_run, rate, source, workers, record, monitor, progress
             )
+    return _finish(summary, per_coll, plans, state, progress, t_start)
 
+
+def _prepare_target(
+    mig: Migration,
+    state: StateStore,
+    plans: list[CollectionPlan],
+    meta_conn: Any,
+    restart: bool,
+    collections: list[str] | None,
+) -> dict[str, Any]:
+    """Reset what a restart forgets, record where CDC starts (once), check that a resume's
+    done chunks are still in the target, and make its indexes; returns CDC's start."""
+    if restart:
+        state.reset_backfill([p.name for p in plans] if collections else None)
+        if not collections:
+            # a full restart starts CDC over from the new position too (the old one may
+            # be purged: that is often why one restarts)
+            state.meta.delete_one({"_id": "cdc_checkpoint"})
+        # A partial restart keeps the recorded position and CDC's checkpoint: CDC resumes
+        # from its checkpoint, which lies before every row this copy reads.
+        for p in plans:
+            mig.target[p.name].delete_many({})
+    position = state.backfill_position()
+    if position is None:
+        # Before any row is read: CDC replays from here and converges (with several
+        # processes, the first one recorded stands: it lies before all their reads)
+        position = state.record_backfill_position(current_position(meta_conn))
+    if not restart:
+        _check_target_holds_the_copy(mig.target, state, plans)
+    _ensure_target_indexes(mig.target, plans)
+    _record_target_identity(mig.target, state, plans)
+    return position
+
+
+def _plan_chunks(
+    mig: Migration,
+    plans: list[CollectionPlan],
+    state: StateStore | None,
+    chunk_size: int,
+    progress: Progress,
+) -> tuple[dict[str, CollectionSummary], list[Chunk]]:
+    """Each collection's chunks still to copy (planned once, then read back on a resume)."""
+    raw = mig.connect_source(raw=True)
+    todo: list[Chunk] = []
+    per_coll: dict[str, CollectionSummary] = {}
+    try:
+        for p in plans:
+            cs = per_coll[p.name] = CollectionSummary(name=p.name, table=p.table.name)
+            st = state.collection_state(p.name) if state else None
+            if not st or not st.get("planned"):
+                bounds = chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
+                pending = _save_plan(state, p, bounds, chunk_size)
+                cs.chunks_total = len(bounds)
+            else:
+                pending = state.pending_chunks(p.name) if state else []
+                cs.chunks_total = int(st.get("chunks", 0))
+            cs.chunks_skipped = cs.chunks_total - len(pending)
+            todo += [
+                Chunk(
+                    id=c["_id"],
+                    collection=p.name,
+                    seq=c["seq"],
+                    lo=decode_key(c["lo"]) if c["lo"] is not None else None,
+                    hi=decode_key(c["hi"]) if c["hi"] is not None else None,
+                )
+                for c in pending
+            ]
+            done_rows = state.done_rows(p.name) if state and cs.chunks_skipped else 0
+            est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size, done_rows)
+            progress.start(p.name, est, done_rows)
+            if cs.chunks_skipped:
+                progress.note(
+                    f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} "
+                    "chunks already done"
+                )
+    finally:
+        raw.close()
+    return per_coll, todo
+
+
+def _save_plan(
+    state: StateStore | None, p: CollectionPlan, bounds: list[tuple[Any, Any]], chunk_size: int
+) -> list[dict[str, Any]]:
+    """A new collection plan's chunks (saved, unless this is a dry run), all pending."""
+    if state is None:
+        return [
+            {"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
+            for i, (lo, hi) in enumerate(bounds)
+        ]
+    state.save_chunk_plan(p.name, bounds)
+    state.update_collection(
+        p.name,
+        planned=True,
+        chunks=len(bounds),
+        chunk_size=chunk_size,
+        status="running",
+        started_at=now(),
+        table=p.table.name,
+    )
+    return state.pending_chunks(p.name)
+
+
+def _finish(
+    summary: BackfillSummary,
+    per_coll: dict[str, CollectionSummary],
+    plans: list[CollectionPlan],
+    state: StateStore | None,
+    progress: Progress,
+    t_start: float,
+) -> BackfillSummary:
     for p in plans:
         cs = per_coll[p.name]
         if state:
@@ -553,16 +613,12 @@ def _wait_while_busy(monitor: LoadMonitor, progress: Progress) -> float:
 
 
 def _run_inline(
-    mapping: Mapping,
-    schema: Schema,
-    dry_run: bool,
-    rate: float,
+    worker: ChunkWorker,
     source: ChunkSource,
     record: Any,
     monitor: LoadMonitor,
     progress: Progress,
 ) -> float:
-    worker = ChunkWorker(mapping, schema, dry_run=dry_run, rows_per_sec=rate)
     paused = 0.0
     while (chunk := source.next(wait=True)) is not None:
         paused += _wait_while_busy(monitor, progress)

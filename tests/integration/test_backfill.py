@@ -192,12 +192,13 @@ def test_schema_of_demo_is_created_in_order(admin):
 
 def test_a_dropped_source_connection_is_reconnected_mid_backfill(env, stack):
     from migrator.backfill.copy import Chunk, ChunkWorker
+    from migrator.runtime import Migration
     from migrator.source.schema import introspect
 
     path = make_shop(env, orders=20)
     mapping = load_mapping(path)
     schema = introspect(env.admin, env.db)
-    worker = ChunkWorker(mapping, schema, dry_run=True)
+    worker = ChunkWorker(Migration(mapping, claim_state=False, schema=schema), dry_run=True)
     first = worker.run(Chunk("orders/0", "orders", 0, None, (10,)))
     env.admin.cursor().execute(f"KILL CONNECTION {worker.conn.thread_id()}")
     second = worker.run(Chunk("orders/1", "orders", 1, (10,), None))
