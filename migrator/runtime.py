@@ -78,10 +78,10 @@ class Migration:
     def transform(self) -> Transform:
         return compile_transform(self.settings, self.schema)
 
-    def reload_schema(self) -> Transform:
-        """The schema changed (a DDL): read it and compile the Transform again."""
-        for name in ("schema", "transform"):
-            self.__dict__.pop(name, None)
+    def use_schema(self, schema: Schema) -> Transform:
+        """The schema changed (a DDL, read again by the caller): compile the Transform anew."""
+        self.__dict__["schema"] = schema
+        self.__dict__.pop("transform", None)
         return self.transform
 
     # -- lifetime --------------------------------------------------------------------------

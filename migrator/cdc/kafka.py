@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from migrator.cdc.applier import Applier
 from migrator.cdc.debezium import DebeziumDecoder, DebeziumSettings, Record
 from migrator.cdc.lookup import SourceLookup
@@ -28,14 +30,12 @@ from migrator.cdc.runner import (
     truth_stop_reason,
     wait_while_copying,
 )
-from migrator.errors import ConnectError, ConversionError
+from migrator.errors import ConfigError, ConnectError, ConversionError
 from migrator.model.events import ChangeEvent, Position, Transaction
-from migrator.model.settings import Mapping
-from migrator.model.transform import compile_transform
+from migrator.model.secrets import read_secret_file
+from migrator.model.settings import KafkaSecuritySpec, Mapping
 from migrator.reverse.runner import run_reverse
-from migrator.sink.mongo import connect as mongo_connect
-from migrator.source.connection import connect as mysql_connect
-from migrator.source.schema import introspect
+from migrator.runtime import Migration, opened
 from migrator.state.store import StateStore, now
 
 log = logging.getLogger("migrator.cdc.kafka")
@@ -101,53 +101,124 @@ def _before(ev: ChangeEvent, point: _Point | None) -> bool:
     return same_server and same_log and not reached(ev.origin, point.position)
 
 
+@dataclass(frozen=True)
+class KafkaSource:
+    """Where the Debezium topics are and how to read them: the mapping's `debezium:` settings,
+    with what a caller (the CLI's --kafka-* flags) gives over them."""
+
+    bootstrap: str
+    prefix: str
+    group: str
+    decoding: DebeziumSettings
+    security: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        mapping: Mapping,
+        *,
+        bootstrap: str | None = None,
+        prefix: str | None = None,
+        group: str | None = None,
+        security: dict[str, Any] | None = None,
+    ) -> KafkaSource:
+        dbz = mapping.debezium
+        bootstrap, prefix = bootstrap or dbz.bootstrap, prefix or dbz.topic_prefix
+        if not bootstrap or not prefix:
+            raise ConfigError(
+                "--source debezium needs --kafka-bootstrap and --topic-prefix "
+                "(or debezium.bootstrap / debezium.topic_prefix in the mapping)"
+            )
+        return cls(
+            bootstrap=bootstrap,
+            prefix=prefix,
+            group=group or dbz.group or f"migrator-{mapping.target_database}",
+            decoding=DebeziumSettings(
+                dbz.time_precision_mode, dbz.decimal_handling_mode, dbz.binary_handling_mode
+            ),
+            security=security_settings(mapping, {}) if security is None else security,
+        )
+
+
+def security_settings(mapping: Mapping, overrides: dict[str, Any]) -> dict[str, Any]:
+    """KafkaConsumer's security arguments: debezium.security of the mapping with `overrides`
+    (the --kafka-* flags; `sasl_password_file` read here) given over it."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "sasl_password_file" in given:
+        given["sasl_password"] = read_secret_file(
+            given.pop("sasl_password_file"), "--kafka-sasl-password-file"
+        )
+    try:
+        spec = KafkaSecuritySpec.model_validate({**mapping.debezium.security.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(
+            f"Kafka security settings (--kafka-*, debezium.security): {problems}"
+        ) from None
+    return spec.kafka_python()
+
+
 def run_debezium(
-    mapping: Mapping,
+    migration: Migration | Mapping,
     *,
-    bootstrap: str,
-    prefix: str,
-    group: str,
+    source: KafkaSource | None = None,
+    bootstrap: str | None = None,
+    prefix: str | None = None,
+    group: str | None = None,
     mode: str = "follow",
     stop: threading.Event | None = None,
     on_batch: Callable[[LiveStats], None] | None = None,
-    settings: DebeziumSettings | None = None,
     poll_ms: int = 500,
     pending_timeout: float = 600.0,
-    security: dict[str, Any] | None = None,
     dry_run: bool = False,
 ) -> CdcSummary:
-    """`security`: KafkaConsumer's security_protocol/sasl_*/ssl_* arguments. `dry_run`
-    decodes, transforms and builds every operation but writes nothing: no document, no
-    offset committed, no checkpoint (the pipeline's own rate, as the binlog source's)."""
+    """Apply the Debezium topics of `source` (default: the mapping's `debezium:` settings,
+    with `bootstrap`, `prefix` and `group` given over them).
+    `dry_run` decodes, transforms and builds every operation but writes nothing: no document,
+    no offset committed, no checkpoint (the pipeline's own rate, as the binlog source's)."""
+    with opened(migration, claim_state=not dry_run) as mig:
+        return _run_debezium(
+            mig,
+            source or KafkaSource.of(mig.settings, bootstrap=bootstrap, prefix=prefix, group=group),
+            mode=mode,
+            stop=stop or threading.Event(),
+            on_batch=on_batch,
+            poll_ms=poll_ms,
+            pending_timeout=pending_timeout,
+            dry_run=dry_run,
+        )
+
+
+def _run_debezium(
+    mig: Migration,
+    source: KafkaSource,
+    *,
+    mode: str,
+    stop: threading.Event,
+    on_batch: Callable[[LiveStats], None] | None,
+    poll_ms: int,
+    pending_timeout: float,
+    dry_run: bool,
+) -> CdcSummary:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    stop = stop or threading.Event()
-    src = mapping.source_url
-    conn = mysql_connect(src)
-    try:
-        schema = introspect(conn, mapping.source_database)
-    finally:
-        conn.close()
-    transform = compile_transform(mapping, schema)
-    client = mongo_connect(mapping.target.url)
-    state = (
-        StateStore(client, mapping.state.database) if dry_run else StateStore.open(client, mapping)
-    )
-    lookup = SourceLookup(src)
+    mapping, transform, client, state = mig.settings, mig.transform, mig.client, mig.state
+    bootstrap, group, security = source.bootstrap, source.group, source.security
+    lookup = SourceLookup(mig.source_url)
     applier = Applier(
         transform,
-        client[mapping.target_database],
+        mig.target,
         state,
         lookup,
         pending_bound_seconds=pending_timeout,
         unordered=True,  # a topic per table: no order across tables
         dry_run=dry_run,
     )
-    decoder = DebeziumDecoder(schema, settings or DebeziumSettings())
+    decoder = DebeziumDecoder(mig.schema, source.decoding)
     tables = sorted(table_roles(transform))
-    db = mapping.source_database
-    topics = [f"{prefix}.{db}.{t}" for t in tables]
+    db = mig.source_database
+    topics = [f"{source.prefix}.{db}.{t}" for t in tables]
 
     def open_consumer() -> Any:
         try:
@@ -344,7 +415,6 @@ def run_debezium(
             live.stop()
         consumer.close(autocommit=False)
         lookup.close()
-        client.close()
     summary.seconds = time.monotonic() - t0
     summary.events_per_sec = summary.events / summary.seconds if summary.seconds else 0.0
     summary.lag_seconds = stats.lag_seconds

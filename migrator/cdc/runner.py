@@ -28,9 +28,8 @@ from migrator.faults import fault_point
 from migrator.model.events import Position, Transaction
 from migrator.model.schema import Schema, split_top_level
 from migrator.model.settings import Mapping
-from migrator.model.transform import compile_transform
 from migrator.reverse.runner import run_reverse
-from migrator.sink.mongo import connect as mongo_connect
+from migrator.runtime import Migration, opened
 from migrator.source.connection import as_text, query
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.defaults import column_defaults as read_defaults
@@ -274,7 +273,7 @@ def wait_while_copying(
 
 
 def run_cdc(
-    mapping: Mapping,
+    migration: Migration | Mapping,
     *,
     mode: Literal["follow", "until-caught-up"] = "follow",
     on_ddl: OnDDL = "stop",
@@ -293,20 +292,44 @@ def run_cdc(
 
     Memory is bounded by `max_events_in_memory` whatever a transaction's size: a bigger one
     is applied in pieces, and the checkpoint still moves only at commits."""
-    stop = stop or threading.Event()
-    src = mapping.source_url
-    meta = mysql_connect(src)
-    maria = is_mariadb(meta)
-    schema = introspect(meta, mapping.source_database)
-    transform = compile_transform(mapping, schema)
-    client = mongo_connect(mapping.target.url)
-    state = (
-        StateStore(client, mapping.state.database) if dry_run else StateStore.open(client, mapping)
-    )
+    with opened(migration, claim_state=not dry_run) as mig:
+        return _run_cdc(
+            mig,
+            mode=mode,
+            on_ddl=on_ddl,
+            batch_events=batch_events,
+            batch_seconds=batch_seconds,
+            stop=stop or threading.Event(),
+            on_batch=on_batch,
+            dry_run=dry_run,
+            max_events_in_memory=max_events_in_memory,
+            pending_timeout=pending_timeout,
+            decoders=decoders,
+        )
+
+
+def _run_cdc(
+    mig: Migration,
+    *,
+    mode: Literal["follow", "until-caught-up"],
+    on_ddl: OnDDL,
+    batch_events: int,
+    batch_seconds: float,
+    stop: threading.Event,
+    on_batch: Callable[[LiveStats], None] | None,
+    dry_run: bool,
+    max_events_in_memory: int,
+    pending_timeout: float,
+    decoders: int | None,
+) -> CdcSummary:
+    mapping, src, client, state = mig.settings, mig.source_url, mig.client, mig.state
+    meta = mig.connect_source()
+    maria = mig.mariadb
+    transform = mig.transform
     lookup = SourceLookup(src)
     applier = Applier(
         transform,
-        client[mapping.target_database],
+        mig.target,
         state,
         lookup,
         dry_run=dry_run,
@@ -328,7 +351,7 @@ def run_cdc(
                     # after the write switch this process carries MongoDB's changes to MySQL
                     log.warning(truth_stop_reason(truth) + "; reverse sync runs instead")
                     rev = run_reverse(
-                        mapping, transform, client, state, stop=stop, mode=mode, live=live
+                        mapping, mig.transform, client, state, stop=stop, mode=mode, live=live
                     )
                     summary.reverse_changes += rev.changes
                     summary.dead_letters += rev.dead_letters
@@ -389,7 +412,7 @@ def run_cdc(
                 },
             )
             session = _Session(
-                mapping,
+                mig,
                 applier,
                 state,
                 source,
@@ -452,7 +475,6 @@ def run_cdc(
             pending=applier.pending_count,
             mode=mode,
         )
-    client.close()
     return summary
 
 
@@ -461,7 +483,7 @@ class _Session:
 
     def __init__(
         self,
-        mapping: Mapping,
+        migration: Migration,
         applier: Applier,
         state: StateStore,
         source: BinlogSource | ParallelBinlogSource,
@@ -482,7 +504,8 @@ class _Session:
         t0: float,
         echoes_until: Position | None = None,
     ) -> None:
-        self.mapping, self.applier, self.state, self.source = mapping, applier, state, source
+        self.migration, self.mapping = migration, migration.settings
+        self.applier, self.state, self.source = applier, state, source
         self.lookup, self.summary, self.stats, self.stop = lookup, summary, stats, stop
         self.on_batch, self.on_ddl, self.tables, self.dry_run = on_batch, on_ddl, tables, dry_run
         self.batch_events, self.batch_seconds, self.max_events = (
@@ -564,7 +587,7 @@ class _Session:
                 _ddl(
                     item,
                     self.on_ddl,
-                    self.mapping,
+                    self.migration,
                     self.tables,
                     self.source,
                     self.applier,
@@ -702,7 +725,7 @@ class _Session:
 def _ddl(
     item: DDL,
     on_ddl: OnDDL,
-    mapping: Mapping,
+    mig: Migration,
     tables: set[str],
     source: BinlogSource | ParallelBinlogSource,
     applier: Applier,
@@ -710,7 +733,7 @@ def _ddl(
     summary: CdcSummary,
 ) -> None:
     """Apply the --on-ddl policy to a schema change (raises CheckFailed to stop)."""
-    db = mapping.source_database
+    db = mig.source_database
     relevant = (item.schema in (None, db) or f"{db}." in item.statement) and (
         not item.tables or any(t in tables for t in item.tables)
     )
@@ -726,7 +749,7 @@ def _ddl(
     if on_ddl == "extend":
         problem = adds_only_nullable_columns(item.statement)
         if problem is None:
-            conn = mysql_connect(mapping.source_url)
+            conn = mig.connect_source()
             try:
                 new_schema = introspect(conn, db)
                 # the columns the statement adds, by its text: the schema read at start may
@@ -745,7 +768,7 @@ def _ddl(
                 conn.close()
             if problem is None:
                 source.set_schema(new_schema)
-                applier.set_transform(compile_transform(mapping, new_schema))
+                applier.set_transform(mig.use_schema(new_schema))
                 # existing rows got the new column's default without a binlog event: so do
                 # the documents holding them
                 applier.fill_added_columns(defaults)

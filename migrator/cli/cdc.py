@@ -9,11 +9,9 @@ from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import click
-from pydantic import ValidationError
 
 from migrator.backfill.copy import backfill
-from migrator.cdc.debezium import DebeziumSettings
-from migrator.cdc.kafka import run_debezium
+from migrator.cdc.kafka import KafkaSource, run_debezium, security_settings
 from migrator.cdc.runner import CdcSummary, LiveStats, OnDDL, run_cdc
 from migrator.cli import render
 from migrator.cli.backfill import print_summary
@@ -26,10 +24,7 @@ from migrator.cli.common import (
     out,
     print_json,
 )
-from migrator.errors import ConfigError
 from migrator.metrics import CdcMetrics
-from migrator.model.secrets import read_secret_file
-from migrator.model.settings import KafkaSecuritySpec
 
 
 def _stop_on_signals() -> threading.Event:
@@ -173,18 +168,7 @@ def _run(
     mode: Literal["follow", "until-caught-up"] = "follow" if follow else "until-caught-up"
     run: Callable[..., CdcSummary]
     if source_kind == "debezium":
-        dbz = mapping.debezium
-        bootstrap = kafka_bootstrap or dbz.bootstrap
-        prefix = topic_prefix or dbz.topic_prefix
-        if not bootstrap or not prefix:
-            raise ConfigError(
-                "--source debezium needs --kafka-bootstrap and --topic-prefix "
-                "(or debezium.bootstrap / debezium.topic_prefix in the mapping)"
-            )
-        settings = DebeziumSettings(
-            dbz.time_precision_mode, dbz.decimal_handling_mode, dbz.binary_handling_mode
-        )
-        security = kafka_security_settings(
+        security = security_settings(
             mapping,
             {
                 "protocol": kafka_security_protocol,
@@ -196,17 +180,20 @@ def _run(
                 "ssl_keyfile": kafka_ssl_keyfile,
             },
         )
+        source = KafkaSource.of(
+            mapping,
+            bootstrap=kafka_bootstrap,
+            prefix=topic_prefix,
+            group=group,
+            security=security,
+        )
         run = functools.partial(
             run_debezium,
             mapping,
-            bootstrap=bootstrap,
-            prefix=prefix,
-            group=group or dbz.group or f"migrator-{mapping.target_database}",
+            source=source,
             mode=mode,
             stop=stop,
-            settings=settings,
             pending_timeout=pending_timeout,
-            security=security,
             dry_run=dry_run,
         )
     else:
@@ -233,23 +220,6 @@ def _run(
             metrics.update(stats)
 
         return run(on_batch=both)
-
-
-def kafka_security_settings(mapping: Any, flags: dict[str, Any]) -> dict[str, Any]:
-    """debezium.security of the mapping with the --kafka-* flags given over it."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    if "sasl_password_file" in given:
-        given["sasl_password"] = read_secret_file(
-            given.pop("sasl_password_file"), "--kafka-sasl-password-file"
-        )
-    try:
-        spec = KafkaSecuritySpec.model_validate({**mapping.debezium.security.model_dump(), **given})
-    except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigError(
-            f"Kafka security settings (--kafka-*, debezium.security): {problems}"
-        ) from None
-    return spec.kafka_python()
 
 
 def print_cdc(s: CdcSummary) -> None:

@@ -250,7 +250,7 @@ def test_missing_tls_files_and_half_a_client_certificate_are_named(tmp_path):
 
 
 def test_kafka_flags_with_missing_pieces_or_files_are_config_errors(tmp_path):
-    from migrator.cli.cdc import kafka_security_settings
+    from migrator.cdc.kafka import security_settings as kafka_security_settings
 
     m = parse_mapping(_mapping("mysql://app@db/shop"), "m.yaml")
     with pytest.raises(ConfigError, match="needs sasl_mechanism, sasl_username, sasl_password"):
