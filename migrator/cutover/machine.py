@@ -48,9 +48,9 @@ from migrator.reverse.runner import (
     record_start,
     wait_for_reverse,
 )
-from migrator.sink.mongo import connect as mongo_connect
+from migrator.runtime import Migration
 from migrator.sink.mongo import with_retry
-from migrator.state.store import StateStore, now
+from migrator.state.store import now
 
 
 def _primary(phase: str) -> str:
@@ -113,15 +113,20 @@ class _Lease:
 
 
 class Machine:
-    def __init__(self, mapping: Mapping, playbook: Playbook, *, actor: str | None = None) -> None:
-        self.mapping = mapping
+    def __init__(
+        self, migration: Migration | Mapping, playbook: Playbook, *, actor: str | None = None
+    ) -> None:
+        # a migration given is the caller's to close; one opened from settings is this one's
+        self._owns = not isinstance(migration, Migration)
+        self.migration = migration if isinstance(migration, Migration) else Migration(migration)
+        self.mapping = self.migration.settings
         self.playbook = playbook
         self.actor = actor or default_actor()
         self.holder = lease_holder(self.actor)
         self.fence: dict[str, Any] | None = None  # what the last fenced flip waited for
         self.cdc_restart: dict[str, Any] | None = None  # where the last rollback left MySQL
-        self.client = mongo_connect(mapping.target.url)
-        self.state = StateStore.open(self.client, mapping)
+        self.client = self.migration.client
+        self.state = self.migration.state
         self.control = Control(self.state.db["control"])
         self.audit = self.state.db["audit"]
         self.recover()
@@ -169,7 +174,8 @@ class Machine:
         )
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns:
+            self.migration.close()
 
     def _audit(self, **entry: Any) -> None:
         doc = {"at": now(), "actor": self.actor, **entry}
@@ -510,7 +516,7 @@ class Machine:
         """The re-verification's connections and compiled mapping, made before the freeze."""
         from migrator.verify.checker import Verifier
 
-        v = Verifier(self.mapping, recheck=1, recheck_delay=0.1)
+        v = Verifier(self.migration, recheck=1, recheck_delay=0.1)
         v.conn  # noqa: B018 (opens this thread's MySQL connection now)
         return v
 
@@ -523,7 +529,7 @@ class Machine:
         window = timedelta(minutes=self.playbook.defaults.reverify_window_minutes)
         if last is not None:
             window = min(window, now() - last["started"] + timedelta(seconds=1))
-        check = verify(self.mapping, since=window, verifier=verifier)
+        check = verify(self.migration, since=window, verifier=verifier)
         if not check.ok:
             raise CheckFailed(
                 f"re-verification of recent changes found "

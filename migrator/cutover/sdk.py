@@ -39,8 +39,8 @@ from migrator.cutover.fence import Registration
 from migrator.errors import MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.settings import Mapping, load_mapping
-from migrator.model.transform import CollectionPlan, EmbedPlan, Row, compile_transform
-from migrator.sink.mongo import connect as mongo_connect
+from migrator.model.transform import CollectionPlan, EmbedPlan, Row
+from migrator.runtime import Migration
 from migrator.sink.mongo import with_retry
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.connection import quote_ident
@@ -48,8 +48,7 @@ from migrator.source.defaults import Default
 from migrator.source.defaults import column_defaults as read_defaults
 from migrator.source.position import is_mariadb
 from migrator.source.reader import ChunkReader
-from migrator.source.schema import introspect
-from migrator.state.store import StateStore, now
+from migrator.state.store import now
 from migrator.verify.canonical import doc_hash
 
 CONTROL_POLL = 0.1  # seconds between the beat thread's reads of the control document
@@ -65,23 +64,26 @@ class WritesFrozen(MigratorError):
 class DualWriter:
     def __init__(
         self,
-        mapping: Mapping,
+        migration: Migration | Mapping,
         *,
         control_ttl: float = 1.0,
         freeze_wait: float = 5.0,
         shadow_reads: bool = True,
         beat_seconds: float = 0.25,
     ) -> None:
-        self.mapping = mapping
-        src = mapping.source_url
+        # a migration given is the caller's to close; one opened from settings is this one's
+        self._owns = not isinstance(migration, Migration)
+        self.migration = migration if isinstance(migration, Migration) else Migration(migration)
+        self.mapping = mapping = self.migration.settings
+        src = self.migration.source_url
         self.sql = mysql_connect(src)  # converting: for writes
         self.raw = mysql_connect(src, raw=True)  # SELECT-shaped rows for the Transform
         self.sql.autocommit(False)
         self.raw.autocommit(True)
-        self.schema = introspect(self.sql, mapping.source_database)
-        self.transform = compile_transform(mapping, self.schema)
-        self.client = mongo_connect(mapping.target.url)
-        self.state = StateStore.open(self.client, mapping)
+        self.schema = self.migration.schema
+        self.transform = self.migration.transform
+        self.client = self.migration.client
+        self.state = self.migration.state
         self.control = Control(self.state.db["control"])
         self.failures = self.state.db["sdk_failures"]
         self.lookup = _TruthLookup(src, self)
@@ -142,7 +144,8 @@ class DualWriter:
         self.registration.leave()
         self.sql.close()
         self.raw.close()
-        self.client.close()
+        if self._owns:
+            self.migration.close()
 
     # -- the control document and the fence ---------------------------------------------------
     def control_doc(self, fresh: bool = False) -> dict[str, Any]:

@@ -24,16 +24,15 @@ from pymongo import DeleteOne
 from migrator.errors import CheckFailed, MigratorError
 from migrator.model.keys import id_key
 from migrator.model.settings import Mapping
-from migrator.model.transform import CollectionPlan, compile_transform
+from migrator.model.transform import CollectionPlan
 from migrator.progress import NullProgress, Progress
-from migrator.sink.mongo import connect as mongo_connect
+from migrator.runtime import Migration
 from migrator.sink.mongo import find_by_ids, with_retry
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.rebuild import key_params, rebuild_ops
-from migrator.source.schema import introspect
 from migrator.source.throttle import RateLimiter
-from migrator.state.store import StateStore, now, storable
+from migrator.state.store import now, storable
 from migrator.verify.canonical import doc_hash, field_diffs
 from migrator.verify.cdc_wait import CdcWait
 from migrator.verify.results import CollectionResult, Difference
@@ -59,7 +58,7 @@ def id_to_key(plan: CollectionPlan, doc_id: Any) -> tuple[Any, ...]:
 class Verifier:
     def __init__(
         self,
-        mapping: Mapping,
+        migration: Migration | Mapping,
         *,
         recheck: int = 3,
         recheck_delay: float = 0.5,
@@ -68,19 +67,17 @@ class Verifier:
         limit_differences: int = 1000,
         progress: Progress | None = None,
     ) -> None:
-        self.mapping = mapping
-        src = mapping.source_url
-        meta = mysql_connect(src)
-        try:
-            self.transform = compile_transform(mapping, introspect(meta, mapping.source_database))
-        finally:
-            meta.close()
-        self._src = src
+        # a migration given is the caller's to close; one opened from settings is this one's
+        self._owns = not isinstance(migration, Migration)
+        self.migration = migration if isinstance(migration, Migration) else Migration(migration)
+        self.mapping = self.migration.settings
+        self.transform = self.migration.transform
+        self._src = self.migration.source_url
         self._local = threading.local()
         self._conns: list[Any] = []
-        self.client = mongo_connect(mapping.target.url)
-        self.db = self.client[mapping.target_database]
-        self.state = StateStore.open(self.client, mapping)
+        self.client = self.migration.client
+        self.db = self.migration.target
+        self.state = self.migration.state
         self.recheck = recheck
         self.recheck_delay = recheck_delay
         self.cdc = CdcWait(self.state, recheck_wait)
@@ -101,7 +98,8 @@ class Verifier:
     def close(self) -> None:
         for c in self._conns:
             c.close()
-        self.client.close()
+        if self._owns:
+            self.migration.close()
 
     # -- comparing a set of keys -------------------------------------------------------------
     def _expected(self, plan: CollectionPlan, rows: Sequence[Any]) -> _Expected:

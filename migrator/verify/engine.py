@@ -22,6 +22,7 @@ from migrator.errors import MigratorError
 from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan
 from migrator.progress import Progress
+from migrator.runtime import Migration, opened
 from migrator.sink.mongo import with_retry
 from migrator.state.store import decode_key, encode_key, now
 from migrator.verify.checker import (
@@ -54,7 +55,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def verify(
-    mapping: Mapping,
+    mapping: Migration | Mapping,
     *,
     collections: list[str] | None = None,
     sample_pct: float = 100,
@@ -93,7 +94,7 @@ def verify(
     )
     mode = "changed" if (changed or since) else ("sample" if sample_pct < 100 else "full")
     result = VerifyResult(mode=mode, started=now())
-    all_names = {c.name for c in mapping.collections}
+    all_names = {c.name for c in v.mapping.collections}
     result.complete = not collections or all_names <= set(collections)
     t0 = time.monotonic()
     rnd = random.Random(seed)
@@ -112,7 +113,8 @@ def verify(
         unknown = set(collections or []) - {p.name for p in v.transform.collections}
         if unknown:
             raise MigratorError(
-                f"--collections: no collection named {', '.join(sorted(unknown))} in {mapping.path}"
+                f"--collections: no collection named {', '.join(sorted(unknown))} "
+                f"in {v.mapping.path}"
             )
         if shared:
             start = op_start if v.toward_mysql else None
@@ -183,7 +185,7 @@ def verify(
                         p,
                         res,
                         sample_pct=sample_pct,
-                        chunk_size=chunk_size or mapping.backfill.chunk_size,
+                        chunk_size=chunk_size or v.mapping.backfill.chunk_size,
                         rnd=rnd,
                         workers=workers,
                         after=decode_key(prior["after"]) if prior else None,
@@ -241,7 +243,7 @@ def _shared(
 
 
 def follow(
-    mapping: Mapping,
+    mapping: Migration | Mapping,
     *,
     settle_seconds: float,
     stop: threading.Event,
@@ -254,17 +256,18 @@ def follow(
     inline verifier); a difference is reported only if it stays after its re-checks."""
     since_clean = now()  # the window starts at the last pass that ended clean
     result = None
-    while not stop.wait(settle_seconds):
-        started = now()
-        window = started - since_clean + timedelta(seconds=settle_seconds)
-        result = verify(
-            mapping,
-            since=window,
-            recheck=recheck,
-            recheck_delay=recheck_delay,
-            recheck_wait=recheck_wait,
-        )
-        if not result.differences:
-            since_clean = started  # else keep re-checking what is still different
-        on_pass(result)
+    with opened(mapping) as migration:  # opened once, not at every pass
+        while not stop.wait(settle_seconds):
+            started = now()
+            window = started - since_clean + timedelta(seconds=settle_seconds)
+            result = verify(
+                migration,
+                since=window,
+                recheck=recheck,
+                recheck_delay=recheck_delay,
+                recheck_wait=recheck_wait,
+            )
+            if not result.differences:
+                since_clean = started  # else keep re-checking what is still different
+            on_pass(result)
     return result
