@@ -1,13 +1,18 @@
-"""`migrator state ...`: the migration's state database (whose it is)."""
+"""`migrator state ...`: the migration's state database: its whole content, and whose it is."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+
 import click
+import yaml
 
 from migrator.cli.common import handle_errors, json_option, load, mapping_option, out, print_json
 from migrator.cutover.control import default_actor
 from migrator.errors import ConfigError
 from migrator.sink.mongo import connect as mongo_connect
+from migrator.state.dump import dump
 from migrator.state.store import StateStore
 
 
@@ -50,3 +55,38 @@ def claim_cmd(mapping_path: str, reason: str | None, actor: str | None, as_json:
         out.print(f"state database {mapping.state.database!r} is now this migration's (audited)")
     else:
         out.print(f"state database {mapping.state.database!r} was already this migration's")
+
+
+@state_group.command("dump")
+@mapping_option
+@click.option(
+    "--newest", type=click.IntRange(1), default=10, show_default=True, help="Entries per list."
+)
+@json_option
+@handle_errors
+def dump_cmd(mapping_path: str, newest: int, as_json: bool) -> None:
+    """Print the migration's whole state: identity, phase and control document, the copy and
+    its chunks, CDC's checkpoint and status, reverse sync, verification runs and open
+    differences, live SDK writers, dead letters and the audit. Read-only; works on a live
+    migration (each part is read as it stands when read).
+
+    \b
+    Examples:
+      migrator state dump -m shop.yaml
+      migrator state dump -m shop.yaml --json | jq .cdc.checkpoint
+    """
+    mapping = load(mapping_path)
+    client = mongo_connect(mapping.target.url)
+    try:
+        data = dump(StateStore(client, mapping.state.database), newest=newest)
+    finally:
+        client.close()
+    if as_json:
+        print_json(data)
+        return
+    click.echo(yaml.safe_dump(json.loads(json.dumps(data, default=_plain)), sort_keys=False))
+
+
+def _plain(v: object) -> object:
+    """What YAML cannot show as it is: times as ISO text, everything else as text."""
+    return v.isoformat() if isinstance(v, datetime) else str(v)
