@@ -361,8 +361,7 @@ _PAST_SYNC = ("dual_write", "read_mongo", "write_mongo", "done")
 
 
 def _phase(state: StateStore) -> str:
-    doc = state.db["control"].find_one({"_id": "control"}, {"phase": 1})
-    return str(doc["phase"]) if doc else "planned"
+    return state.phase()
 
 
 class CopyFence:
@@ -491,7 +490,7 @@ def _prepare_target(
         if not collections:
             # a full restart starts CDC over from the new position too (the old one may
             # be purged: that is often why one restarts)
-            state.meta.delete_one({"_id": "cdc_checkpoint"})
+            state.delete_meta_doc("cdc_checkpoint")
         # A partial restart keeps the recorded position and CDC's checkpoint: CDC resumes
         # from its checkpoint, which lies before every row this copy reads.
         for p in plans:

@@ -100,7 +100,7 @@ def reached(pos: Position, target: Position) -> bool:
 def applied_through(state: StateStore, target: Position) -> bool | None:
     """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
     offsets are not binlog positions) or before CDC ran."""
-    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    cp = state.meta_doc("cdc_checkpoint")
     if cp is None or cp.get("source") == "debezium":
         return None
     pos = Position.from_dict(cp["position"])

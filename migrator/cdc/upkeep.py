@@ -170,7 +170,7 @@ def request_sweeps(a: Applier, rules: list[Rule]) -> None:
         key = f"{r.fk.table}/{r.fk.name}"
         with_retry(
             partial(
-                a.state.db["sweeps"].update_one,
+                a.state.sweeps.update_one,
                 {"_id": key},
                 {"$set": {"table": r.fk.table, "fk": r.fk.name, "requested_at": now()}},
                 upsert=True,
@@ -186,7 +186,7 @@ def sweep_dangling(a: Applier) -> int:
     documents rebuilt."""
     if a.dry_run:
         return 0
-    requests = a.state.db["sweeps"]
+    requests = a.state.sweeps
     total = 0
     # without an order across tables, a record older than the sweep may still be on its way:
     # the request stays (and is swept again) until it is that old

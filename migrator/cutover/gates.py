@@ -45,7 +45,7 @@ def source_position_and_server(mapping: Mapping) -> tuple[Position, int]:
 def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     """Lag against the source's *current* position: 0 when the checkpoint has reached it, else
     now minus the commit time of the last applied event (the oldest unapplied is newer)."""
-    cp = state.meta.find_one({"_id": "cdc_checkpoint"})
+    cp = state.meta_doc("cdc_checkpoint")
     status = state.cdc_status() or {}
     if status.get("source") == "debezium" or (cp or {}).get("source") == "debezium":
         # Kafka offsets are not binlog positions: the consumer measures its own lag

@@ -127,8 +127,8 @@ class Machine:
         self.cdc_restart: dict[str, Any] | None = None  # where the last rollback left MySQL
         self.client = self.migration.client
         self.state = self.migration.state
-        self.control = Control(self.state.db["control"])
-        self.audit = self.state.db["audit"]
+        self.control = Control(self.state.control)
+        self.audit = self.state.audit_log
         self.recover()
 
     def recover(self) -> None:
@@ -360,7 +360,7 @@ class Machine:
         d = self.playbook.defaults
         timeout = d.freeze_timeout_seconds
         fid = uuid.uuid4().hex
-        fence = Fence(self.state.db["writers"])
+        fence = Fence(self.state.writers)
         surveyed = time.monotonic()
         fence.survey()
         surveyed = time.monotonic() - surveyed
@@ -508,7 +508,7 @@ class Machine:
             time.sleep(0.02)
 
     def _debezium(self) -> bool:
-        cp = self.state.meta.find_one({"_id": "cdc_checkpoint"}) or {}
+        cp = self.state.meta_doc("cdc_checkpoint") or {}
         status = self.state.cdc_status() or {}
         return "debezium" in (cp.get("source"), status.get("source"))
 
@@ -615,7 +615,7 @@ class Machine:
         from migrator.reverse.runner import checkpoint
 
         cp = checkpoint(self.state)
-        failures = self.state.db["sdk_failures"]
+        failures = self.state.sdk_failures
         q = {"store": "mysql", "repaired": False}
         running = self.state.mongo_is_truth() is not None
         lag = None  # before the switch and after a rollback nothing is reverse-synced
@@ -659,7 +659,7 @@ class Machine:
         for name in backfill:
             total, done = st.chunk_counts(name)
             backfill[name].update(chunks_done=done, chunks_total=total)
-        cp = st.meta.find_one({"_id": "cdc_checkpoint"})
+        cp = st.meta_doc("cdc_checkpoint")
         cdc_status = st.cdc_status() or {}
         try:
             lag = cdc_lag_seconds(self.mapping, st)

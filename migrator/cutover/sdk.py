@@ -84,8 +84,8 @@ class DualWriter:
         self.transform = self.migration.transform
         self.client = self.migration.client
         self.state = self.migration.state
-        self.control = Control(self.state.db["control"])
-        self.failures = self.state.db["sdk_failures"]
+        self.control = Control(self.state.control)
+        self.failures = self.state.sdk_failures
         self.lookup = _TruthLookup(src, self)
         self._inverses: dict[str, Any] = {}
         self.applier = Applier(
@@ -126,7 +126,7 @@ class DualWriter:
         # the write fence (cutover/fence.py): register, beat, acknowledge freezes
         self._freeze_seen: tuple[Any, float] | None = None
         self._acked: str | None = None
-        self.registration = Registration(self.state.db["writers"])
+        self.registration = Registration(self.state.writers)
         self._stop = threading.Event()
         self.registration.beat()
         self._beater = threading.Thread(

@@ -70,17 +70,15 @@ def record_start(
     entries, under its global lock: seconds of stalled writes inside the freeze)."""
     token = _token_now(client, mapping) if mapping is not None else None
     t = operation_time(client)
-    state.meta.replace_one(
-        {"_id": CHECKPOINT},
+    state.save_meta_doc(
+        CHECKPOINT,
         {
-            "_id": CHECKPOINT,
             "start_at": t,
             "token": token,
             "applied_through": t,
             "saved_at": now(),
             "started": now(),
         },
-        upsert=True,
     )
     return t
 
@@ -107,15 +105,15 @@ def restart_after_repair(state: StateStore, since: Timestamp) -> bool:
     """A full, clean `verify --repair` after the switch made MySQL equal MongoDB as of its
     start: a reverse checkpoint the change stream lost restarts there (replaying from then on
     converges, documents being written whole). True if it did."""
-    res = state.meta.update_one(
-        {"_id": CHECKPOINT, "lost_at": {"$ne": None}},
+    return state.update_meta_doc(
+        CHECKPOINT,
         {"$set": {"start_at": since, "token": None, "lost_at": None, "saved_at": now()}},
+        match={"lost_at": {"$ne": None}},
     )
-    return res.modified_count == 1
 
 
 def checkpoint(state: StateStore) -> dict[str, Any] | None:
-    return state.meta.find_one({"_id": CHECKPOINT})
+    return state.meta_doc(CHECKPOINT)
 
 
 def applied_through(state: StateStore) -> Timestamp | None:
@@ -174,7 +172,7 @@ def run_reverse(
             delay = 0.5
         except (MySQLError, PyMongoError, MigratorError) as exc:
             if isinstance(exc, OperationFailure) and exc.code in _HISTORY_LOST:
-                state.meta.update_one({"_id": CHECKPOINT}, {"$set": {"lost_at": now()}})
+                state.update_meta_doc(CHECKPOINT, {"$set": {"lost_at": now()}})
                 raise MigratorError(
                     "reverse sync: MongoDB's change stream no longer holds the changes after "
                     "the reverse checkpoint (reverse sync was down longer than the oplog "
@@ -251,7 +249,7 @@ def _session(
                 if through is not None:
                     fields["applied_through"] = through
                 # only now: MySQL committed everything up to here
-                state.meta.update_one({"_id": CHECKPOINT}, {"$set": fields})
+                state.update_meta_doc(CHECKPOINT, {"$set": fields})
                 if live is not None:
                     live.beat(waiting_for=None, reverse=True)
                 if caught_up and target is not None and before >= target:

@@ -29,7 +29,7 @@ def dump(state: StateStore, *, newest: int = 10) -> dict[str, Any]:
     """Everything the state database holds about its migration; lists cut to the `newest`."""
     found = state.meta.find({"_id": {"$in": list(META)}})
     meta = {d["_id"]: {k: v for k, v in d.items() if k != "_id"} for d in found}
-    control = state.db["control"].find_one({"_id": "control"})
+    control = state.control.find_one({"_id": "control"})
     return {
         "database": state.db.name,
         "read_at": now(),
@@ -45,20 +45,20 @@ def dump(state: StateStore, *, newest: int = 10) -> dict[str, Any]:
             "switch_schema": meta.get("switch_schema"),
             "pending_children": state.pending.count_documents({}),
             "touched": state.touched.estimated_document_count(),
-            "sweeps": [_without_id(d) for d in state.db["sweeps"].find().limit(newest)],
+            "sweeps": [_without_id(d) for d in state.sweeps.find().limit(newest)],
         },
         "reverse_sync": meta.get("reverse_checkpoint"),
         "verification": _verification(state, meta, newest),
-        "writers": [_without_id(d) for d in state.db["writers"].find()],
+        "writers": [_without_id(d) for d in state.writers.find()],
         "dead_letters": {
             "count": state.dead_letter_count(),
             "newest": _newest(state.dead_letters, "at", newest),
         },
         "sdk_failures": {
-            "count": state.db["sdk_failures"].count_documents({}),
-            "newest": _newest(state.db["sdk_failures"], "at", newest),
+            "count": state.sdk_failures.count_documents({}),
+            "newest": _newest(state.sdk_failures, "at", newest),
         },
-        "audit": _newest(state.db["audit"], "at", newest),
+        "audit": _newest(state.audit_log, "at", newest),
     }
 
 

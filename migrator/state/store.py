@@ -53,6 +53,11 @@ class StateStore:
         self.verify_runs = self.db["verify_runs"]
         self.verify_chunks = self.db["verify_chunks"]  # verify --shared's plan
         self.open_diffs = self.db["open_differences"]  # differences no later check cleared
+        self.control = self.db["control"]  # the phase document applications read
+        self.audit_log = self.db["audit"]  # who moved what, when and why
+        self.writers = self.db["writers"]  # live SDK instances (the write fence)
+        self.sdk_failures = self.db["sdk_failures"]  # secondary writes the SDK could not do
+        self.sweeps = self.db["sweeps"]  # cascade rules CDC settles once caught up
 
     @classmethod
     def open(cls, client: MongoClient[Any], mapping: Mapping) -> StateStore:
@@ -156,7 +161,43 @@ class StateStore:
     def audit(self, **entry: Any) -> None:
         """Append to the audit log (who did what, when and why)."""
         doc = {"at": now(), **entry}
-        with_retry(lambda: self.db["audit"].insert_one(doc))
+        with_retry(lambda: self.audit_log.insert_one(doc))
+
+    # -- singleton documents of `meta`, by name ------------------------------------------------
+    def meta_doc(
+        self, name: str, projection: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        return self.meta.find_one({"_id": name}, projection)
+
+    def save_meta_doc(self, name: str, doc: dict[str, Any]) -> None:
+        """Replace the whole document `name` (upsert)."""
+        full = {**doc, "_id": name}
+        with_retry(lambda: self.meta.replace_one({"_id": name}, full, upsert=True))
+
+    def update_meta_doc(
+        self, name: str, update: dict[str, Any], match: dict[str, Any] | None = None
+    ) -> bool:
+        """Update `name` where it also matches `match` (a compare-and-set); True if it did."""
+        res = with_retry(lambda: self.meta.update_one({"_id": name, **(match or {})}, update))
+        return res.matched_count == 1
+
+    def insert_meta_doc(self, name: str, doc: dict[str, Any]) -> None:
+        """Create `name`; DuplicateKeyError when it exists (another process made it)."""
+        self.meta.insert_one({**doc, "_id": name})
+
+    def replace_meta_doc(self, name: str, match: dict[str, Any], doc: dict[str, Any]) -> bool:
+        """Replace `name` where it matches `match` (a compare-and-set); True if it did."""
+        res = with_retry(
+            lambda: self.meta.replace_one({"_id": name, **match}, {**doc, "_id": name})
+        )
+        return res.matched_count == 1
+
+    def delete_meta_doc(self, name: str) -> None:
+        with_retry(lambda: self.meta.delete_one({"_id": name}))
+
+    def phase(self) -> str:
+        doc = self.control.find_one({"_id": "control"}, {"phase": 1})
+        return str(doc["phase"]) if doc else "planned"
 
     def ensure_indexes(self) -> None:
         with_retry(
@@ -264,7 +305,7 @@ class StateStore:
     def mongo_is_truth(self) -> str | None:
         """The phase, when the write switch has made MongoDB the source of truth (CDC must
         then apply nothing from MySQL); None before it."""
-        doc = self.db["control"].find_one({"_id": "control"}, {"phase": 1, "source_of_truth": 1})
+        doc = self.control.find_one({"_id": "control"}, {"phase": 1, "source_of_truth": 1})
         if doc is not None and doc.get("source_of_truth") == "mongo":
             return str(doc.get("phase"))
         return None

@@ -23,7 +23,6 @@ from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan
 from migrator.progress import Progress
 from migrator.runtime import Migration, opened
-from migrator.sink.mongo import with_retry
 from migrator.state.store import decode_key, encode_key, now
 from migrator.verify.checker import (
     RECHECK_WAIT,
@@ -120,7 +119,7 @@ def verify(
             start = op_start if v.toward_mysql else None
             return _shared(v, plans, result.complete, chunk_size, workers, repair, restart, start)
         params = {"mode": mode, "collections": [p.name for p in plans], "sample": sample_pct}
-        saved = v.state.meta.find_one({"_id": "verify_progress"}) if mode == "full" else None
+        saved = v.state.meta_doc("verify_progress") if mode == "full" else None
         resume = (
             not restart
             and saved is not None
@@ -157,10 +156,7 @@ def verify(
                 "rechecked": res.rechecked,
                 "diffs": [diff_doc(d) for d in found[: v.limit]],
             }
-            doc = dict(progress_doc)
-            with_retry(
-                lambda: v.state.meta.replace_one({"_id": "verify_progress"}, doc, upsert=True)
-            )
+            v.state.save_meta_doc("verify_progress", dict(progress_doc))
 
         tracked: dict[str, tuple[list[Difference], list[Any]]] = {}
         for p in plans:
@@ -207,7 +203,7 @@ def verify(
         result.seconds = time.monotonic() - t0
         track_open_differences(v.state, result, tracked, v.limit)
         if mode == "full":
-            with_retry(lambda: v.state.meta.delete_one({"_id": "verify_progress"}))
+            v.state.delete_meta_doc("verify_progress")
             repaired_from = op_start if v.toward_mysql and not resume else None
             settle_full_run(v.state, result, [p.name for p in plans], repaired_from)
         record_run(v.state, result, covers=mode == "full" or (mode == "changed" and since is None))

@@ -77,7 +77,7 @@ class SharedRun:
         """Join the running plan with these options, or make one; True if this one made it."""
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
-            cur = self.state.meta.find_one({"_id": PLAN})
+            cur = self.state.meta_doc(PLAN)
             t = now()
             if cur is not None and cur.get("status") == "running" and not restart:
                 if cur.get("params") != self.params:
@@ -121,13 +121,11 @@ class SharedRun:
             }
             try:
                 if cur is None:
-                    self.state.meta.insert_one(fresh)
-                else:
-                    res = self.state.meta.replace_one(
-                        {"_id": PLAN, "run": cur.get("run"), "status": cur.get("status")}, fresh
-                    )
-                    if res.matched_count != 1:
-                        continue
+                    self.state.insert_meta_doc(PLAN, fresh)
+                elif not self.state.replace_meta_doc(
+                    PLAN, {"run": cur.get("run"), "status": cur.get("status")}, fresh
+                ):
+                    continue
             except DuplicateKeyError:
                 continue
             self.run, self.started = fresh["run"], t
@@ -141,11 +139,11 @@ class SharedRun:
         raise MigratorError("the shared verification's plan was not made within an hour")
 
     def _take(self, cur: dict[str, Any], match: dict[str, Any]) -> bool:
-        res = self.state.meta.update_one(
-            {"_id": PLAN, "planner_expires": cur.get("planner_expires"), **match},
+        return self.state.update_meta_doc(
+            PLAN,
             {"$set": {"planner": self.owner, "planner_expires": now() + _lease()}},
+            match={"planner_expires": cur.get("planner_expires"), **match},
         )
-        return res.matched_count == 1
 
     def _plan(self, plans: list[CollectionPlan], chunk_size: int, keep: str | None) -> None:
         tasks = self.state.verify_chunks
@@ -170,13 +168,11 @@ class SharedRun:
                 self._insert(batch)
         finally:
             ticker.stop()
-        done = with_retry(
-            lambda: self.state.meta.update_one(
-                {"_id": PLAN, "run": self.run, "planner": self.owner},
-                {"$set": {"planned": True, "tasks": seq}},
-            )
-        )
-        if done.matched_count != 1:
+        if not self.state.update_meta_doc(
+            PLAN,
+            {"$set": {"planned": True, "tasks": seq}},
+            match={"run": self.run, "planner": self.owner},
+        ):
             raise _PlanLost
         self.tasks = seq
 
@@ -208,11 +204,11 @@ class SharedRun:
         self._renew_plan()
 
     def _renew_plan(self) -> bool:
-        res = self.state.meta.update_one(
-            {"_id": PLAN, "run": self.run, "planner": self.owner},
+        return self.state.update_meta_doc(
+            PLAN,
             {"$set": {"planner_expires": now() + _lease()}},
+            match={"run": self.run, "planner": self.owner},
         )
-        return res.matched_count == 1
 
     # -- the work ----------------------------------------------------------------------------
     def work(self, *, workers: int, repair: bool) -> None:
@@ -234,7 +230,7 @@ class SharedRun:
                 self.state.release_leased(self.state.verify_chunks, self.owner)
 
     def _claim(self) -> dict[str, Any] | None:
-        if self.state.meta.find_one({"_id": PLAN, "run": self.run}, {"_id": 1}) is None:
+        if (self.state.meta_doc(PLAN, {"run": 1}) or {}).get("run") != self.run:
             raise MigratorError(
                 "the shared verification this process was part of was replaced (--restart) "
                 "or removed: its result would be partial"
@@ -339,11 +335,12 @@ class SharedRun:
                     out.differences.append(diff_from_doc(d))
         out.collections = list(by_name.values())
         out.seconds = (now() - self.started).total_seconds()
-        closed = self.state.meta.update_one(
-            {"_id": PLAN, "run": self.run, "status": "running"},
+        closed = self.state.update_meta_doc(
+            PLAN,
             {"$set": {"status": "done", "finished": now(), "ok": out.ok}},
+            match={"run": self.run, "status": "running"},
         )
-        if closed.modified_count == 1:  # recorded once, by the process that closes the run
+        if closed:  # recorded once, by the process that closes the run
             repaired_from = self.op_start if self.params.get("repair") else None
             settle_full_run(self.state, out, names, repaired_from)
             listed: dict[str, tuple[list[Difference], list[Any]]] = {
