@@ -33,6 +33,12 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, Wr
 from migrator.cdc.cascade import Cascades, Effect, Place, Rule
 from migrator.cdc.lookup import SourceLookup
 from migrator.cdc.roles import ChildRole, ParentRole, TableRoles, table_roles
+from migrator.cdc.upkeep import (
+    fill_added_columns,
+    request_sweeps,
+    sweep_dangling,
+    sweep_pending,
+)
 from migrator.errors import ConnectError, ConversionError, MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.keys import id_key
@@ -170,18 +176,12 @@ class Applier:
 
     # -- upkeep (upkeep.py): waiting children, dangling references, added columns -----------
     def sweep_pending(self) -> int:
-        from migrator.cdc.upkeep import sweep_pending
-
         return sweep_pending(self)
 
     def sweep_dangling(self) -> int:
-        from migrator.cdc.upkeep import sweep_dangling
-
         return sweep_dangling(self)
 
     def fill_added_columns(self, defaults: dict[str, dict[str, Any]]) -> None:
-        from migrator.cdc.upkeep import fill_added_columns
-
         fill_added_columns(self, defaults)
 
     def new_batch(self) -> _Batch:
@@ -941,8 +941,6 @@ class _Batch:
         if self.touched:
             state.touch([(c, doc_id, at) for (c, _k), (doc_id, at) in self.touched.items()])
         if self.derived:
-            from migrator.cdc.upkeep import request_sweeps
-
             request_sweeps(self.a, self.derived)
         for d in self.dead_letters:
             state.dead_letter(**d)

@@ -10,24 +10,53 @@ from __future__ import annotations
 from collections.abc import Hashable
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymongo import DeleteOne, ReplaceOne
 
 from migrator.cdc.cascade import Cascades, Rule
 from migrator.errors import MigratorError
 from migrator.model.keys import id_key
+from migrator.model.transform import Transform
 from migrator.sink.mongo import with_retry
 from migrator.source.connection import quote_ident
 from migrator.source.rebuild import key_params, rebuild_docs, source_value
-from migrator.state.store import decode_key, now
+from migrator.state.store import StateStore, decode_key, now
 
-if TYPE_CHECKING:
-    from migrator.cdc.applier import Applier
+
+class Rebuilds(Protocol):
+    """What upkeep needs of a batch: documents to read again from the source, then written."""
+
+    rebuild: dict[Any, Any]
+
+    def rebuild_add(self, plan: Any, doc_id: Any = None, key: Any = None) -> None: ...
+
+    def execute(self) -> None: ...
+
+
+class ApplierView(Protocol):
+    """What upkeep needs of the applier (cdc/applier.py), which calls it: upkeep depends on
+    this shape, not on the module, so the two do not import each other."""
+
+    transform: Transform
+    db: Any
+    state: StateStore
+    lookup: Any
+    cascades: Cascades
+    dry_run: bool
+    unordered: bool
+    pending_bound: float
+    pending_count: int
+    expired: int
+
+    @property
+    def tables(self) -> set[str]: ...
+
+    def new_batch(self) -> Rebuilds: ...
 
 
 # ------------------------------------------------------------------------------ waiting children
-def sweep_pending(a: Applier) -> int:
+def sweep_pending(a: ApplierView) -> int:
     """End the wait of every child whose parent can be settled from the source now.
 
     A parent whose row exists (a document that another consumer wrote, or that CDC will reach
@@ -107,7 +136,7 @@ def _existing(conn: Any, *, plan: Any, keys: list[Any]) -> set[Any]:
     return found
 
 
-def _child_exists(a: Applier, d: dict[str, Any]) -> bool:
+def _child_exists(a: ApplierView, d: dict[str, Any]) -> bool:
     """Whether the waiting child's row is still an orphan: it exists and references a parent
     row that does not exist. A child whose reference is NULL now (ON UPDATE SET NULL, its
     own update) or points at a parent that exists has left this wait."""
@@ -139,7 +168,7 @@ def _child_exists(a: Applier, d: dict[str, Any]) -> bool:
     return bool(a.lookup.run(orphan))
 
 
-def _dead(a: Applier, p: dict[str, Any]) -> None:
+def _dead(a: ApplierView, p: dict[str, Any]) -> None:
     a.state.dead_letter(
         source="cdc",
         collection=p["collection"],
@@ -154,7 +183,7 @@ def _dead(a: Applier, p: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ dangling refs
-def request_sweeps(a: Applier, rules: list[Rule]) -> None:
+def request_sweeps(a: ApplierView, rules: list[Rule]) -> None:
     """Sweep these rules, and every delete rule below them: their discovery depended on rows
     the documents may not have held either."""
     todo, seen = list(rules), set()
@@ -178,7 +207,7 @@ def request_sweeps(a: Applier, rules: list[Rule]) -> None:
         )
 
 
-def sweep_dangling(a: Applier) -> int:
+def sweep_dangling(a: ApplierView) -> int:
     """Documents whose foreign key points at a row the source no longer has, for the rules a
     cascade followed through rows the documents held (a document newer than the event may not
     have held them), or, for sources without a global order, any rule a cascade went through
@@ -208,7 +237,7 @@ def _rule(cas: Cascades, table: str, fk_name: str) -> Rule | None:
     return None
 
 
-def _sweep_rule(a: Applier, rule: Rule) -> int:
+def _sweep_rule(a: ApplierView, rule: Rule) -> int:
     fk = rule.fk
     cas = a.cascades
     b = a.new_batch()
@@ -242,7 +271,7 @@ def _sweep_rule(a: Applier, rule: Rule) -> int:
 
 
 def _missing_in_source(
-    a: Applier, table: str, columns: list[str], refs: list[list[Any]]
+    a: ApplierView, table: str, columns: list[str], refs: list[list[Any]]
 ) -> list[list[Any]]:
     """The referenced keys (BSON values) with no row in the source table."""
     out: list[list[Any]] = []
@@ -278,7 +307,7 @@ def _norm(v: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ added columns
-def fill_added_columns(a: Applier, defaults: dict[str, dict[str, Any]]) -> None:
+def fill_added_columns(a: ApplierView, defaults: dict[str, dict[str, Any]]) -> None:
     """Columns added by a DDL took their default in every existing row, with no binlog event:
     every document (and embedded element) holding those rows takes it too."""
     if a.dry_run:
