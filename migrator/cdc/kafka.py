@@ -26,12 +26,11 @@ from migrator.cdc.runner import (
     CdcSummary,
     Liveness,
     LiveStats,
-    reached,
     truth_stop_reason,
     wait_while_copying,
 )
 from migrator.errors import ConfigError, ConnectError, ConversionError
-from migrator.model.events import ChangeEvent, Position, Transaction
+from migrator.model.events import ChangeEvent, Position, Transaction, reached
 from migrator.model.secrets import read_secret_file
 from migrator.model.settings import KafkaSecuritySpec, Mapping
 from migrator.reverse.runner import run_reverse

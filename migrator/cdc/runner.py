@@ -25,7 +25,7 @@ from migrator.cdc.lookup import SourceLookup
 from migrator.cdc.roles import table_roles
 from migrator.errors import CheckFailed, MigratorError
 from migrator.faults import fault_point
-from migrator.model.events import Position, Transaction
+from migrator.model.events import Position, Transaction, reached
 from migrator.model.schema import Schema, split_top_level
 from migrator.model.settings import Mapping
 from migrator.reverse.runner import run_reverse
@@ -33,7 +33,7 @@ from migrator.runtime import Migration, opened
 from migrator.source.connection import as_text, query
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.defaults import column_defaults as read_defaults
-from migrator.source.position import is_mariadb
+from migrator.source.position import is_mariadb, master_position
 from migrator.source.schema import introspect
 from migrator.state.store import StateStore, now
 from migrator.ticker import Ticker
@@ -80,31 +80,6 @@ class LiveStats:
     position: str = ""
     applied: dict[tuple[str, str], int] = field(default_factory=dict)
     checkpoint_at: datetime | None = None
-
-
-def _binlog_index(file: str | None) -> int:
-    try:
-        return int((file or "").rsplit(".", 1)[-1])
-    except ValueError:
-        return -1
-
-
-def reached(pos: Position, target: Position) -> bool:
-    """Has `pos` got to `target` (file/pos order)?"""
-    if pos.file is None or target.file is None:
-        return False
-    a, b = _binlog_index(pos.file), _binlog_index(target.file)
-    return (a, pos.pos or 0) >= (b, target.pos or 0)
-
-
-def applied_through(state: StateStore, target: Position) -> bool | None:
-    """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
-    offsets are not binlog positions) or before CDC ran."""
-    cp = state.meta_doc("cdc_checkpoint")
-    if cp is None or cp.get("source") == "debezium":
-        return None
-    pos = Position.from_dict(cp["position"])
-    return reached(pos, target) or bool(pos.gtid and pos.gtid == target.gtid)
 
 
 def rollback_point(state: StateStore) -> Position | None:
@@ -156,18 +131,6 @@ def _same_schema(src: Any, state: StateStore, held: Schema, tables: set[str]) ->
     finally:
         conn.close()
     return current == held.fingerprint(tables) and current == (state.switch_schema() or current)
-
-
-def master_position(conn: Any) -> Position:
-    rows = query(conn, "SHOW MASTER STATUS")
-    if not rows:
-        raise CheckFailed("the source has no binary log (log_bin is OFF)")
-    gtid = query(conn, "SELECT @@GLOBAL.gtid_binlog_pos") if is_mariadb(conn) else []
-    return Position(
-        file=as_text(rows[0][0]),
-        pos=int(rows[0][1]),
-        gtid=as_text(gtid[0][0]) if gtid and gtid[0][0] else None,
-    )
 
 
 def check_start(conn: Any, start: Position, maria: bool) -> None:

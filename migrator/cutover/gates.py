@@ -7,11 +7,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from migrator.cdc.runner import master_position, reached
 from migrator.cutover.playbook import Action, Playbook
-from migrator.model.events import Position
+from migrator.model.events import Position, reached
 from migrator.model.settings import Mapping
 from migrator.source.connection import connect as mysql_connect
+from migrator.source.position import master_position
 from migrator.state.store import StateStore, now
 
 
@@ -47,7 +47,7 @@ def cdc_lag_seconds(mapping: Mapping, state: StateStore) -> float | None:
     now minus the commit time of the last applied event (the oldest unapplied is newer)."""
     cp = state.meta_doc("cdc_checkpoint")
     status = state.cdc_status() or {}
-    if status.get("source") == "debezium" or (cp or {}).get("source") == "debezium":
+    if state.cdc_from_debezium():
         # Kafka offsets are not binlog positions: the consumer measures its own lag
         lag = status.get("lag_seconds")
         return None if lag is None else float(lag)

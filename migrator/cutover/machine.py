@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 from migrator.cdc.roles import table_roles
-from migrator.cdc.runner import applied_through
 from migrator.cutover.control import (
     Control,
     LeaseHeld,
@@ -491,9 +490,9 @@ class Machine:
     def _catch_up(self, deadline: float, timeout: float) -> None:
         """Every writer has acknowledged the freeze: CDC must apply the binlog up to where it
         is now (read once; polling the checkpoint alone is cheap)."""
-        target = None if self._debezium() else source_position(self.mapping)
+        target = None if self.state.cdc_from_debezium() else source_position(self.mapping)
         while True:
-            if target is not None and applied_through(self.state, target):
+            if target is not None and self.state.cdc_applied_through(target):
                 return
             lag = None if target is not None else cdc_lag_seconds(self.mapping, self.state)
             if lag == 0.0:
@@ -506,11 +505,6 @@ class Machine:
                     f"(lag {lag}): staying in read_mongo"
                 )
             time.sleep(0.02)
-
-    def _debezium(self) -> bool:
-        cp = self.state.meta_doc("cdc_checkpoint") or {}
-        status = self.state.cdc_status() or {}
-        return "debezium" in (cp.get("source"), status.get("source"))
 
     def _verifier(self) -> Any:
         """The re-verification's connections and compiled mapping, made before the freeze."""

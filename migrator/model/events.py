@@ -70,3 +70,19 @@ class DDL:
     position: Position  # the position *before* the statement
     tables: list[str] = field(default_factory=list)
     after: Position | None = None  # the position after it (binlog source)
+
+
+def binlog_index(file: str | None) -> int:
+    """The number of a binlog file name (mysql-bin.000042 -> 42); -1 if it has none."""
+    try:
+        return int((file or "").rsplit(".", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def reached(pos: Position, target: Position) -> bool:
+    """Has `pos` got to `target` (file/pos order of one server's binlog)?"""
+    if pos.file is None or target.file is None:
+        return False
+    a, b = binlog_index(pos.file), binlog_index(target.file)
+    return (a, pos.pos or 0) >= (b, target.pos or 0)

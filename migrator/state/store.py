@@ -30,6 +30,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from migrator.errors import CheckFailed, ConfigError
+from migrator.model.events import Position, reached
 from migrator.sink.mongo import with_retry
 
 if TYPE_CHECKING:
@@ -517,6 +518,22 @@ class StateStore:
     def save_cdc_checkpoint(self, position: dict[str, Any], **info: Any) -> None:
         doc = {"_id": "cdc_checkpoint", "position": position, "saved_at": now(), **info}
         with_retry(lambda: self.meta.replace_one({"_id": "cdc_checkpoint"}, doc, upsert=True))
+
+    def cdc_from_debezium(self) -> bool:
+        """Does CDC read Debezium's topics (its checkpoints are Kafka offsets, not binlog
+        positions)? Told by its checkpoint or its status."""
+        cp = self.meta_doc("cdc_checkpoint", {"source": 1}) or {}
+        status = self.meta_doc("cdc_status", {"source": 1}) or {}
+        return "debezium" in (cp.get("source"), status.get("source"))
+
+    def cdc_applied_through(self, target: Position) -> bool | None:
+        """Has binlog CDC's checkpoint reached `target`? None for the Debezium source (Kafka
+        offsets are not binlog positions) or before CDC ran."""
+        cp = self.meta_doc("cdc_checkpoint")
+        if cp is None or cp.get("source") == "debezium":
+            return None
+        pos = Position.from_dict(cp["position"])
+        return reached(pos, target) or bool(pos.gtid and pos.gtid == target.gtid)
 
     def save_cdc_rollback_point(self, position: dict[str, Any], **info: Any) -> None:
         """Where a rollback to MySQL-first left the source: CDC restarts there (see

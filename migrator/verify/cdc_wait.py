@@ -11,8 +11,8 @@ from typing import Any
 
 import MySQLdb
 
-from migrator.cdc.runner import applied_through, master_position
 from migrator.model.events import Position
+from migrator.source.position import master_position
 from migrator.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ class CdcWait:
         if self.bound <= 0 or not self.applies():
             return None
         deadline = time.monotonic() + self.bound
-        target = None if self._debezium() else self._position(conn)
+        target = None if self.state.cdc_from_debezium() else self._position(conn)
         if target is None:
             return self._wait(deadline, lambda: self._drained_since(read_at))
-        return self._wait(deadline, lambda: applied_through(self.state, target))
+        return self._wait(deadline, lambda: self.state.cdc_applied_through(target))
 
     def _position(self, conn: Any) -> Position | None:
         """The source's binlog position now (every change the read saw lies before it); None
@@ -68,10 +68,6 @@ class CdcWait:
                 return bool(done())
             time.sleep(0.05)
         return True
-
-    def _debezium(self) -> bool:
-        status = self.state.cdc_status() or {}
-        return status.get("source") == "debezium"
 
     def _drained_since(self, read_at: datetime) -> bool:
         """CDC said, after the read, that it had applied everything (lag 0): the binlog
