@@ -11,31 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from migrator.cdc.applier import Applier
+from migrator.cdc.binlog import DDL
 from migrator.cdc.debezium import DebeziumDecoder, DebeziumSettings, Record
 from migrator.cdc.lookup import SourceLookup
-from migrator.cdc.roles import table_roles
-from migrator.cdc.runner import (
-    CdcSummary,
-    Liveness,
-    LiveStats,
-    truth_stop_reason,
-    wait_while_copying,
-)
+from migrator.cdc.loop import Boundary, CdcSummary, ChangeLoop, Idle, LiveStats, LoopSettings, Unit
 from migrator.errors import ConfigError, ConnectError, ConversionError
 from migrator.model.events import ChangeEvent, Position, Transaction, reached
 from migrator.model.secrets import read_secret_file
 from migrator.model.settings import KafkaSecuritySpec, Mapping
-from migrator.reverse.runner import run_reverse
 from migrator.runtime import Migration, opened
-from migrator.state.store import StateStore, now
+from migrator.state.store import StateStore
 
 log = logging.getLogger("migrator.cdc.kafka")
 
@@ -47,13 +39,6 @@ def _json(b: bytes | None) -> Any:
         return json.loads(b)
     except ValueError:
         return b.decode("utf-8", "replace")
-
-
-def _pause_for_copy(
-    consumer: Any, state: StateStore, live: Liveness, stop: threading.Event, mode: str
-) -> None:
-    log.warning("a backfill is copying; CDC pauses until it ends")
-    _pause(consumer, stop, lambda: wait_while_copying(state, live, stop, mode, max_wait=1.0))
 
 
 def _pause(consumer: Any, stop: threading.Event, wait: Any) -> None:
@@ -199,31 +184,84 @@ def _run_debezium(
     pending_timeout: float,
     dry_run: bool,
 ) -> CdcSummary:
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    mapping, transform, client, state = mig.settings, mig.transform, mig.client, mig.state
-    bootstrap, group, security = source.bootstrap, source.group, source.security
     lookup = SourceLookup(mig.source_url)
     applier = Applier(
-        transform,
+        mig.transform,
         mig.target,
-        state,
+        mig.state,
         lookup,
         pending_bound_seconds=pending_timeout,
         unordered=True,  # a topic per table: no order across tables
         dry_run=dry_run,
     )
-    decoder = DebeziumDecoder(mig.schema, source.decoding)
-    tables = sorted(table_roles(transform))
-    db = mig.source_database
-    topics = [f"{source.prefix}.{db}.{t}" for t in tables]
+    topics = [f"{source.prefix}.{mig.source_database}.{t}" for t in sorted(applier.tables)]
+    summary = CdcSummary(mode=mode, start={"group": source.group, "topics": topics})
+    stream = DebeziumStream(
+        mig, source, topics, summary, stop=stop, poll_ms=poll_ms, dry_run=dry_run
+    )
+    log.info(
+        "debezium consumer starting",
+        extra={"bootstrap": source.bootstrap, "group": source.group, "topics": topics},
+    )
+    settings = LoopSettings(
+        mode=mode,
+        dry_run=dry_run,
+        batch_events=2000,
+        batch_seconds=0.1,
+        max_events=1_000_000,  # a batch is one poll (at most max_poll_records records)
+        on_batch=on_batch,
+    )
+    try:
+        return ChangeLoop(
+            mig,
+            stream,
+            applier,
+            settings,
+            stop=stop,
+            summary=summary,
+            live_fields={"source": "debezium", "group": source.group},
+        ).run()
+    finally:
+        lookup.close()
 
-    def open_consumer() -> Any:
+
+class DebeziumStream:
+    """Debezium's topics of the mapped tables, read by a consumer group; offsets are committed
+    only after MongoDB acknowledged what a poll read (see loop.py)."""
+
+    source = "debezium"
+    batches_at_boundaries = True  # committing a poll's offsets covers all it read
+
+    def __init__(
+        self,
+        mig: Migration,
+        source: KafkaSource,
+        topics: list[str],
+        summary: CdcSummary,
+        *,
+        stop: threading.Event,
+        poll_ms: int,
+        dry_run: bool,
+    ) -> None:
+        self.mig, self.kafka, self.topics, self.summary = mig, source, topics, summary
+        self.state, self.stop, self.poll_ms, self.dry_run = mig.state, stop, poll_ms, dry_run
+        self.decoder = DebeziumDecoder(mig.schema, source.decoding)
+        self.consumer: Any = None
+        self.offsets: dict[str, int] = {}  # read since the last acknowledgement
+        self.targets: dict[Any, int] = {}  # --until-caught-up: each partition's end
+        self.last_empty = False  # the last poll found nothing
+        self.idle_polls = 0
+        self.since_rollback = _Point.read(self.state)
+
+    def _open(self) -> Any:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        security = self.kafka.security
         try:
             c = KafkaConsumer(
-                bootstrap_servers=bootstrap,
-                group_id=group,
+                bootstrap_servers=self.kafka.bootstrap,
+                group_id=self.kafka.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 key_deserializer=_json,
@@ -237,184 +275,127 @@ def _run_debezium(
             )
         except KafkaError as exc:  # kafka-python 3 names "no brokers" differently than 2.x
             raise ConnectError(
-                f"cannot reach Kafka at {bootstrap} (--kafka-bootstrap, security.protocol "
-                f"{(security or {}).get('security_protocol', 'PLAINTEXT')}): {type(exc).__name__}"
+                f"cannot reach Kafka at {self.kafka.bootstrap} (--kafka-bootstrap, "
+                f"security.protocol {(security or {}).get('security_protocol', 'PLAINTEXT')}): "
+                f"{type(exc).__name__}"
             ) from None
-        c.subscribe(topics=topics)
+        c.subscribe(topics=self.topics)
         return c
 
-    live = Liveness(state, mode=mode, source="debezium", group=group)
-    if not dry_run:
-        live.start()
-        wait_while_copying(state, live, stop, mode)
-    consumer = open_consumer()
-    last_sweep = time.monotonic()
-    summary = CdcSummary(mode=mode, start={"group": group, "topics": topics})
-    stats = LiveStats(pending=applier.pending_count, dead_letters=state.dead_letter_count())
-    targets: dict[Any, int] = {}
-    t0 = time.monotonic()
-    idle_polls = 0
-    since_rollback = _Point.read(state)
-    log.info(
-        "debezium consumer starting",
-        extra={"bootstrap": bootstrap, "group": group, "topics": topics},
-    )
-    try:
-        while not stop.is_set():
+    def units(self) -> Iterator[Unit]:
+        from kafka.errors import KafkaError
+
+        if self.consumer is None:
+            self.consumer = self._open()
+        else:
+            self._rewind()  # what was read and not acknowledged is read again
+        while True:
             try:
-                polled = consumer.poll(timeout_ms=poll_ms)
+                polled = self.consumer.poll(timeout_ms=self.poll_ms)
             except KafkaError as exc:
-                raise ConnectError(f"Kafka at {bootstrap}: {exc}") from None
-            txns: list[Transaction] = []
-            offsets: dict[str, int] = {}
+                raise ConnectError(f"Kafka at {self.kafka.bootstrap}: {exc}") from None
+            self.last_empty = not polled
+            self.idle_polls = 0 if polled else self.idle_polls + 1
             for tp, records in polled.items():
                 for r in records:
-                    rec = Record(
-                        topic=r.topic,
-                        key=r.key,
-                        value=r.value,
-                        partition=r.partition,
-                        offset=r.offset,
-                    )
-                    pos = Position(file=f"{r.topic}[{r.partition}]", pos=r.offset + 1)
-                    try:
-                        ev = decoder.decode(rec)
-                    except ConversionError as exc:
-                        summary.dead_letters += 1
-                        if dry_run:
-                            continue
-                        state.dead_letter(
-                            source="debezium",
-                            collection="",
-                            key=r.key,
-                            reason=exc.message,
-                            payload=r.value,
-                            position=pos.to_dict(),
-                        )
-                        continue
-                    if ev is not None and _before(ev, since_rollback):
-                        summary.skipped += 1
-                    elif ev is not None:
-                        txns.append(Transaction([ev], pos, ev.commit_time))
-                    offsets[f"{tp.topic}[{tp.partition}]"] = r.offset + 1
-            for tp in consumer.assignment():
-                if tp not in targets and mode == "until-caught-up":
-                    hw = consumer.highwater(tp)  # known after a fetch (end_offsets lies, STACK.md)
+                    txn = self._decode(r)
+                    if txn is not None:
+                        yield txn
+                    self.offsets[f"{tp.topic}[{tp.partition}]"] = r.offset + 1
+            for tp in self.consumer.assignment():
+                if tp not in self.targets:
+                    hw = self.consumer.highwater(tp)  # known after a fetch (STACK.md)
                     if hw is not None:
-                        targets[tp] = hw
-            truth = None if dry_run else state.mongo_is_truth()
-            if truth is not None:
-                # the write switch: apply and commit nothing of this poll (checked after it,
-                # so every record in it is from before a later flip)
-                def reverse_a_while() -> bool:
-                    """Reverse sync for a few seconds at a time (the consumer polls between);
-                    True while MongoDB is still the source of truth."""
-                    rev = run_reverse(
-                        mapping,
-                        transform,
-                        client,
-                        state,
-                        stop=stop,
-                        mode="follow" if mode == "follow" else "until-caught-up",
-                        live=live,
-                        max_seconds=5.0,
-                    )
-                    summary.reverse_changes += rev.changes
-                    summary.dead_letters += rev.dead_letters
-                    return mode == "follow" and state.mongo_is_truth() is not None
+                        self.targets[tp] = hw
+            yield Boundary() if polled else Idle()
 
-                if mode != "follow":
-                    reverse_a_while()
-                    summary.stopped = truth_stop_reason(truth) + "; reverse sync caught up"
-                    break
-                _pause(consumer, stop, reverse_a_while)
-                since_rollback = _Point.read(state)
-                targets.clear()
-                continue
-            if not dry_run and state.copy_in_progress() is not None:
-                # the copy fence: apply nothing of this poll, commit nothing; the consumer
-                # stays in its group (paused, polling to keep its membership) and goes back
-                # to the committed offsets after the copy
-                _pause_for_copy(consumer, state, live, stop, mode)
-                targets.clear()
-                continue
-            if txns:
-                res = applier.apply(txns)
-                summary.events += res.events
-                summary.transactions += len(txns)
-                summary.dead_letters += res.dead_letters
-                for (t, op), n in res.applied.items():
-                    k = f"{t} {op}"
-                    summary.applied[k] = summary.applied.get(k, 0) + n
-                    stats.applied[(t, op)] = stats.applied.get((t, op), 0) + n
-                last = txns[-1].commit_time
-                stats.lag_seconds = (now() - last).total_seconds() if last else 0.0
-            if polled:
-                summary.batches += 1
-                idle_polls = 0
-                if not dry_run:
-                    consumer.commit()  # only now: MongoDB acknowledged everything above
-                    state.save_cdc_checkpoint({"kafka": offsets, "group": group}, source="debezium")
-                    stats.checkpoint_at = now()
-            else:
-                idle_polls += 1
-                stats.lag_seconds = 0.0
-            if not dry_run and time.monotonic() - last_sweep > 5.0:
-                last_sweep = time.monotonic()
-                before = applier.expired
-                applier.sweep_pending()
-                if not polled:  # caught up: settle what cascades left dangling
-                    applier.sweep_dangling()
-                summary.dead_letters += applier.expired - before
-            stats.events = summary.events
-            stats.dead_letters = summary.dead_letters
-            stats.pending = applier.pending_count
-            elapsed = time.monotonic() - t0
-            stats.events_per_sec = summary.events / elapsed if elapsed else 0.0
-            if not dry_run:
-                state.save_cdc_status(
-                    lag_seconds=stats.lag_seconds,
-                    events=summary.events,
-                    dead_letters=stats.dead_letters,
-                    pending=stats.pending,
-                    mode=mode,
+    def _decode(self, r: Any) -> Transaction | None:
+        rec = Record(
+            topic=r.topic, key=r.key, value=r.value, partition=r.partition, offset=r.offset
+        )
+        pos = Position(file=f"{r.topic}[{r.partition}]", pos=r.offset + 1)
+        try:
+            ev = self.decoder.decode(rec)
+        except ConversionError as exc:
+            self.summary.dead_letters += 1
+            if not self.dry_run:
+                self.state.dead_letter(
                     source="debezium",
+                    collection="",
+                    key=r.key,
+                    reason=exc.message,
+                    payload=r.value,
+                    position=pos.to_dict(),
                 )
-            if on_batch:
-                on_batch(stats)
-            if (
-                mode == "until-caught-up"
-                and consumer.assignment()
-                and not polled
-                and all(
-                    tp in targets and consumer.position(tp) >= targets[tp]
-                    for tp in consumer.assignment()
-                )
-            ):
-                summary.stopped = "caught up"
-                break
-            if mode == "until-caught-up" and not consumer.assignment() and idle_polls > 40:
-                summary.stopped = "no partitions assigned (no topics match)"
-                break
+            return None
+        if ev is None:
+            return None
+        if _before(ev, self.since_rollback):
+            self.summary.skipped += 1
+            return None
+        return Transaction([ev], pos, ev.commit_time)
+
+    def acknowledge(self, batch: list[Transaction]) -> None:
+        if not self.offsets:
+            return
+        self.consumer.commit()  # what the consumer read, all of it applied
+        self.state.save_cdc_checkpoint(
+            {"kafka": self.offsets, "group": self.kafka.group}, source="debezium"
+        )
+        self.offsets = {}
+
+    def quiet(self, idle: Idle) -> None:
+        """Kafka offsets are committed with each batch: nothing more to keep."""
+
+    def suspend(self, wait: Callable[[], bool]) -> None:
+        if self.consumer is None:
+            while wait():
+                pass
         else:
-            summary.stopped = "stopped by signal"
-        summary.end = {
+            _pause(self.consumer, self.stop, wait)
+            self.offsets = {}
+        self.targets.clear()
+        self.since_rollback = _Point.read(self.state)
+
+    def _rewind(self) -> None:
+        for tp in self.consumer.assignment():
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self.offsets = {}
+
+    def caught_up(self) -> str | None:
+        if self.consumer is None or not self.last_empty:
+            return None
+        parts = self.consumer.assignment()
+        if not parts:
+            return "no partitions assigned (no topics match)" if self.idle_polls > 40 else None
+        done = all(
+            tp in self.targets and self.consumer.position(tp) >= self.targets[tp] for tp in parts
+        )
+        return "caught up" if done else None
+
+    def lag_is_zero(self) -> bool:
+        return self.last_empty
+
+    def apply_ddl(self, ddl: DDL) -> None:  # Debezium's schema changes are not read
+        raise AssertionError("the Debezium stream yields no DDL")
+
+    def status(self) -> dict[str, Any]:
+        return {"source": "debezium"}
+
+    def end(self) -> dict[str, Any]:
+        if self.consumer is None:
+            return {"offsets": {}}
+        return {
             "offsets": {
-                f"{tp.topic}[{tp.partition}]": consumer.position(tp) for tp in consumer.assignment()
+                f"{tp.topic}[{tp.partition}]": self.consumer.position(tp)
+                for tp in self.consumer.assignment()
             }
         }
-        if not dry_run and state.mongo_is_truth() is None:  # sweeps read MySQL as the truth
-            before = applier.expired
-            applier.sweep_pending()
-            applier.sweep_dangling()
-            summary.dead_letters += applier.expired - before
-        summary.pending = applier.pending_count
-    finally:
-        if not dry_run:
-            live.stop()
-        consumer.close(autocommit=False)
-        lookup.close()
-    summary.seconds = time.monotonic() - t0
-    summary.events_per_sec = summary.events / summary.seconds if summary.seconds else 0.0
-    summary.lag_seconds = stats.lag_seconds
-    return summary
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
