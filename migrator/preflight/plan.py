@@ -17,18 +17,16 @@ from migrator.errors import MigratorError
 from migrator.model.schema import Schema
 from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV
 from migrator.model.settings import Mapping, with_password_file
-from migrator.model.transform import CollectionPlan, Transform, compile_transform
+from migrator.model.transform import CollectionPlan, Transform
 from migrator.model.typerules import loss_notes
 from migrator.model.urls import MySQLURL, parse_mysql_url
 from migrator.reverse.inverse import lossy
-from migrator.sink.mongo import connect as mongo_connect
+from migrator.runtime import Migration, opened
 from migrator.sink.mongo import host_of, uses_tls
 from migrator.source.connection import as_text, query, quote_ident, session_cipher, variables
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.privileges import PHASES, check_phases, read_grants
 from migrator.source.reader import ChunkReader
-from migrator.source.schema import introspect
-from migrator.state.store import StateStore
 
 if TYPE_CHECKING:
     from migrator.cdc.cascade import Cascades
@@ -85,10 +83,18 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
-def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER_SEC) -> PlanReport:
-    src = mapping.source_url
+def preflight(
+    migration: Migration | Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER_SEC
+) -> PlanReport:
+    """Every check `migrator plan` makes; reads the source and the target, writes nothing."""
+    with opened(migration, claim_state=False) as mig:
+        return _preflight(mig, assume_rows_per_sec)
+
+
+def _preflight(mig: Migration, assume_rows_per_sec: float) -> PlanReport:
+    mapping, src = mig.settings, mig.source_url
     report = PlanReport(source=str(src), target=host_of(mapping.target.url))
-    conn = mysql_connect(src)
+    conn = mig.connect_source()
     try:
         version = as_text(query(conn, "SELECT VERSION()")[0][0])
         report.server_version = version
@@ -98,9 +104,9 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
         _tls_checks(conn, src, report)
         _replica_tls_checks(mapping, src, report)
         _privilege_checks(conn, mapping, report)
-        schema = introspect(conn, mapping.source_database)
+        schema = mig.schema
         try:
-            transform: Transform | None = compile_transform(mapping, schema)
+            transform: Transform | None = mig.transform
         except MigratorError as exc:
             report.add("mapping", "block", str(exc))
             transform = None
@@ -113,7 +119,7 @@ def preflight(mapping: Mapping, *, assume_rows_per_sec: float = ASSUMED_ROWS_PER
             _retention_check(conn, report, assume_rows_per_sec)
     finally:
         conn.close()
-    _target_checks(mapping, report)
+    _target_checks(mig, report)
     return report
 
 
@@ -516,49 +522,40 @@ def _kafka_tls_check(mapping: Mapping, report: PlanReport) -> None:
     )
 
 
-def _target_checks(mapping: Mapping, report: PlanReport) -> None:
-    client = mongo_connect(mapping.target.url)
-    try:
-        info = client.admin.command("buildInfo")
-        encrypted = uses_tls(client)
-        report.connections["target"] = {"encrypted": encrypted}
-        local = host_of(mapping.target.url).split(":")[0] in ("127.0.0.1", "localhost")
-        report.add(
-            "tls target",
-            "ok" if encrypted else "warn",
-            "MongoDB connections encrypted"
-            if encrypted
-            else "MongoDB connections are NOT encrypted"
-            + (" (loopback)" if local else "")
-            + ": add tls=true&tlsCAFile=/path/ca.pem to target.url",
-        )
-        _kafka_tls_check(mapping, report)
-        report.add(
-            "target",
-            "ok",
-            f"MongoDB {info.get('version', '?')} at "
-            f"{host_of(mapping.target.url)}, database {mapping.target_database!r}",
-        )
-        db = client[mapping.target_database]
-        state = StateStore(client, mapping.state.database)
-        problem = state.identity_problem(mapping)
-        if problem:
+def _target_checks(mig: Migration, report: PlanReport) -> None:
+    mapping, client = mig.settings, mig.client
+    info = client.admin.command("buildInfo")
+    encrypted = uses_tls(client)
+    report.connections["target"] = {"encrypted": encrypted}
+    local = host_of(mapping.target.url).split(":")[0] in ("127.0.0.1", "localhost")
+    report.add(
+        "tls target",
+        "ok" if encrypted else "warn",
+        "MongoDB connections encrypted"
+        if encrypted
+        else "MongoDB connections are NOT encrypted"
+        + (" (loopback)" if local else "")
+        + ": add tls=true&tlsCAFile=/path/ca.pem to target.url",
+    )
+    _kafka_tls_check(mapping, report)
+    report.add(
+        "target",
+        "ok",
+        f"MongoDB {info.get('version', '?')} at "
+        f"{host_of(mapping.target.url)}, database {mapping.target_database!r}",
+    )
+    db, state = mig.target, mig.state
+    problem = state.identity_problem(mapping)
+    if problem:
+        report.add("state", "block", f"{problem}: {state.identity_hint(mapping)}")
+    resuming = state.backfill_position() is not None
+    for c in mapping.collections:
+        if db[c.name].find_one({}, {"_id": 1}) is not None and not resuming:
             report.add(
-                "state",
-                "block",
-                problem + ": give this migration a state database of "
-                "its own (state: {database: ...})",
+                "target",
+                "warn",
+                f"collection {c.name!r} already holds documents: "
+                "backfill upserts by _id and leaves the others (use --restart to clear)",
             )
-        resuming = state.backfill_position() is not None
-        for c in mapping.collections:
-            if db[c.name].find_one({}, {"_id": 1}) is not None and not resuming:
-                report.add(
-                    "target",
-                    "warn",
-                    f"collection {c.name!r} already holds documents: "
-                    "backfill upserts by _id and leaves the others (use --restart to clear)",
-                )
-        if resuming:
-            report.add("state", "info", "a backfill was started before: `backfill` resumes it")
-    finally:
-        client.close()
+    if resuming:
+        report.add("state", "info", "a backfill was started before: `backfill` resumes it")
