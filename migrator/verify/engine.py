@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from migrator.errors import MigratorError
@@ -92,125 +92,185 @@ def verify(
         progress=progress,
     )
     mode = "changed" if (changed or since) else ("sample" if sample_pct < 100 else "full")
-    result = VerifyResult(mode=mode, started=now())
-    all_names = {c.name for c in v.mapping.collections}
-    result.complete = not collections or all_names <= set(collections)
-    t0 = time.monotonic()
-    rnd = random.Random(seed)
-    cutoff: datetime | None = None
-    if since is not None:
-        cutoff = now() - since
+    run = _Run(
+        v,
+        mode,
+        sample_pct=sample_pct,
+        since=since,
+        repair=repair,
+        chunk_size=chunk_size or v.mapping.backfill.chunk_size,
+        seed=seed,
+        workers=workers,
+    )
     try:
+        plans = run.plans(collections)
+        if shared:
+            start = run.op_start if v.toward_mysql else None
+            complete = run.result.complete
+            return _shared(v, plans, complete, chunk_size, workers, repair, restart, start)
+        run.resume(plans, restart=restart)
+        tracked = {p.name: run.collection(p) for p in plans}
+        return run.finish(plans, tracked)
+    finally:
+        if verifier is None:
+            v.close()
+
+
+class _Run:
+    """One verification run (not shared): its collections, its resumable progress (a full
+    run's), and what it records at the end."""
+
+    def __init__(
+        self,
+        v: Verifier,
+        mode: str,
+        *,
+        sample_pct: float,
+        since: timedelta | None,
+        repair: bool,
+        chunk_size: int,
+        seed: int | None,
+        workers: int,
+    ) -> None:
+        self.v, self.mode, self.sample_pct, self.since = v, mode, sample_pct, since
+        self.repair, self.chunk_size, self.workers = repair, chunk_size, workers
+        self.rnd = random.Random(seed)
+        self.result = VerifyResult(mode=mode, started=now())
+        # --since: the window ends now, the run's start (not each collection's)
+        self.cutoff = self.result.started - since if since is not None else None
+        self.t0 = time.monotonic()
+        self.progress_doc: dict[str, Any] = {}
+        self.resumed = False
         # repair goes toward the source of truth of the phase: MySQL -> MongoDB until the
         # write switch, MongoDB -> MySQL (through the reverse mapping) after it
         v.toward_mysql = repair and v.state.mongo_is_truth() is not None
+        self.op_start: Any = None
         if v.toward_mysql:
             from migrator.reverse.runner import operation_time
 
-            op_start = operation_time(v.client)
-        plans = [p for p in v.transform.collections if not collections or p.name in collections]
+            self.op_start = operation_time(v.client)
+
+    def plans(self, collections: list[str] | None) -> list[CollectionPlan]:
+        v = self.v
         unknown = set(collections or []) - {p.name for p in v.transform.collections}
         if unknown:
             raise MigratorError(
                 f"--collections: no collection named {', '.join(sorted(unknown))} "
                 f"in {v.mapping.path}"
             )
-        if shared:
-            start = op_start if v.toward_mysql else None
-            return _shared(v, plans, result.complete, chunk_size, workers, repair, restart, start)
-        params = {"mode": mode, "collections": [p.name for p in plans], "sample": sample_pct}
-        saved = v.state.meta_doc("verify_progress") if mode == "full" else None
-        resume = (
+        all_names = {c.name for c in v.mapping.collections}
+        self.result.complete = not collections or all_names <= set(collections)
+        return [p for p in v.transform.collections if not collections or p.name in collections]
+
+    def resume(self, plans: list[CollectionPlan], *, restart: bool) -> None:
+        """A full run goes on from an interrupted one's checkpoint (same options)."""
+        params = {
+            "mode": self.mode,
+            "collections": [p.name for p in plans],
+            "sample": self.sample_pct,
+        }
+        saved = self.v.state.meta_doc("verify_progress") if self.mode == "full" else None
+        self.resumed = bool(
             not restart
             and saved is not None
             and saved.get("status") == "running"
             and saved.get("params") == params
         )
-        progress_doc: dict[str, Any] = (
-            saved
-            if resume and saved
-            else {
-                "_id": "verify_progress",
-                "status": "running",
-                "params": params,
-                "started": result.started,
-                "collections": {},
-            }
+        if self.resumed and saved is not None:
+            self.progress_doc = saved
+            self.result.started = saved["started"]
+            self.v.progress.note("resuming the interrupted verification from its last checkpoint")
+            return
+        self.progress_doc = {
+            "_id": "verify_progress",
+            "status": "running",
+            "params": params,
+            "started": self.result.started,
+            "collections": {},
+        }
+
+    def checkpoint(
+        self,
+        name: str,
+        after: Any,
+        res: CollectionResult,
+        found: list[Difference],
+        done: bool = False,
+    ) -> None:
+        self.progress_doc["collections"][name] = {
+            "after": encode_key(after),
+            "done": done,
+            "checked": res.checked,
+            "chunks": res.chunks,
+            "rechecked": res.rechecked,
+            "diffs": [diff_doc(d) for d in found[: self.v.limit]],
+        }
+        self.v.state.save_meta_doc("verify_progress", dict(self.progress_doc))
+
+    def collection(self, p: CollectionPlan) -> tuple[list[Difference], list[Any]]:
+        """Verify one collection (repairing if asked); returns its differences and the open
+        keys it re-checked."""
+        v, res = self.v, CollectionResult(name=p.name)
+        reopened: list[Any] = []
+        if self.mode == "changed":
+            cutoff = self.cutoff
+            if self.since is None:  # --changed: since the last run that covered it
+                last = v.state.last_covering_run(p.name)
+                cutoff = last["started"] if last else None
+            reopened = v.state.open_difference_keys(p.name)
+            diffs = v.changed(p, res, cutoff, also=reopened)
+        else:
+            diffs = self._walk(p, res)
+        if self.repair and diffs:
+            before = len(diffs)
+            diffs = v.repair(p, diffs, res)
+            self.result.repaired += before - len(diffs)
+        for d in diffs:
+            setattr(res, d.kind, getattr(res, d.kind) + 1)
+            res.behind += d.cdc_behind
+        room = max(0, v.limit - len(self.result.differences))
+        self.result.differences += diffs[:room]
+        self.result.collections.append(res)
+        return diffs, reopened
+
+    def _walk(self, p: CollectionPlan, res: CollectionResult) -> list[Difference]:
+        """A full (or sampled) walk of the collection, from its checkpoint when resuming."""
+        prior = self.progress_doc["collections"].get(p.name) if self.resumed else None
+        found = [diff_from_doc(d) for d in (prior or {}).get("diffs", [])]
+        if prior:
+            res.checked, res.chunks = prior["checked"], prior["chunks"]
+            res.rechecked = prior["rechecked"]
+        if prior and prior.get("done"):
+            return found
+        full = self.mode == "full"
+        diffs = self.v.full(
+            p,
+            res,
+            sample_pct=self.sample_pct,
+            chunk_size=self.chunk_size,
+            rnd=self.rnd,
+            workers=self.workers,
+            after=decode_key(prior["after"]) if prior else None,
+            found=found,
+            checkpoint=self.checkpoint if full else None,
         )
-        if resume:
-            result.started = progress_doc["started"]
-            v.progress.note("resuming the interrupted verification from its last checkpoint")
+        if full:
+            self.checkpoint(p.name, [], res, diffs, done=True)
+        return diffs
 
-        def checkpoint(
-            name: str,
-            after: Any,
-            res: CollectionResult,
-            found: list[Difference],
-            done: bool = False,
-        ) -> None:
-            progress_doc["collections"][name] = {
-                "after": encode_key(after),
-                "done": done,
-                "checked": res.checked,
-                "chunks": res.chunks,
-                "rechecked": res.rechecked,
-                "diffs": [diff_doc(d) for d in found[: v.limit]],
-            }
-            v.state.save_meta_doc("verify_progress", dict(progress_doc))
-
-        tracked: dict[str, tuple[list[Difference], list[Any]]] = {}
-        for p in plans:
-            res = CollectionResult(name=p.name)
-            reopened: list[Any] = []
-            if mode == "changed":
-                if since is None:  # --changed: since the last run that covered this collection
-                    last = v.state.last_covering_run(p.name)
-                    cutoff = last["started"] if last else None
-                reopened = v.state.open_difference_keys(p.name)
-                diffs = v.changed(p, res, cutoff, also=reopened)
-            else:
-                prior = progress_doc["collections"].get(p.name) if resume else None
-                found = [diff_from_doc(d) for d in (prior or {}).get("diffs", [])]
-                if prior:
-                    res.checked, res.chunks = prior["checked"], prior["chunks"]
-                    res.rechecked = prior["rechecked"]
-                if prior and prior.get("done"):
-                    diffs = found
-                else:
-                    diffs = v.full(
-                        p,
-                        res,
-                        sample_pct=sample_pct,
-                        chunk_size=chunk_size or v.mapping.backfill.chunk_size,
-                        rnd=rnd,
-                        workers=workers,
-                        after=decode_key(prior["after"]) if prior else None,
-                        found=found,
-                        checkpoint=checkpoint if mode == "full" else None,
-                    )
-                    if mode == "full":
-                        checkpoint(p.name, [], res, diffs, done=True)
-            if repair and diffs:
-                before = len(diffs)
-                diffs = v.repair(p, diffs, res)
-                result.repaired += before - len(diffs)
-            for d in diffs:
-                setattr(res, d.kind, getattr(res, d.kind) + 1)
-                res.behind += d.cdc_behind
-            tracked[p.name] = (diffs, reopened)
-            result.differences += diffs[: max(0, v.limit - len(result.differences))]
-            result.collections.append(res)
-        result.seconds = time.monotonic() - t0
+    def finish(
+        self, plans: list[CollectionPlan], tracked: dict[str, tuple[list[Difference], list[Any]]]
+    ) -> VerifyResult:
+        v, result = self.v, self.result
+        result.seconds = time.monotonic() - self.t0
         track_open_differences(v.state, result, tracked, v.limit)
-        if mode == "full":
+        if self.mode == "full":
             v.state.delete_meta_doc("verify_progress")
-            repaired_from = op_start if v.toward_mysql and not resume else None
+            repaired_from = self.op_start if v.toward_mysql and not self.resumed else None
             settle_full_run(v.state, result, [p.name for p in plans], repaired_from)
-        record_run(v.state, result, covers=mode == "full" or (mode == "changed" and since is None))
-    finally:
-        if verifier is None:
-            v.close()
-    return result
+        covers = self.mode == "full" or (self.mode == "changed" and self.since is None)
+        record_run(v.state, result, covers=covers)
+        return result
 
 
 def _shared(
