@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
 from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError
 
 from migrator.cdc.cascade import Cascades, Effect, Place, Rule
 from migrator.cdc.lookup import SourceLookup
@@ -39,6 +37,7 @@ from migrator.cdc.upkeep import (
     sweep_dangling,
     sweep_pending,
 )
+from migrator.cdc.writer import OpWriter, Tagged
 from migrator.errors import ConnectError, ConversionError, MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.keys import id_key
@@ -80,13 +79,6 @@ class Pending:
             "child_key": encode_key(self.child_key),
             "at": now(),
         }
-
-
-@dataclass
-class _Tagged:
-    op: Op
-    event: ChangeEvent | None
-    position: Position
 
 
 @dataclass
@@ -210,7 +202,7 @@ class _Batch:
     def __init__(self, applier: Applier, result: BatchResult) -> None:
         self.a = applier
         self.result = result
-        self.ops: dict[str, list[_Tagged]] = {}
+        self.ops: dict[str, list[Tagged]] = {}
         self.exists: dict[str, set[Hashable]] = {}
         self.new_pending: list[Pending] = []
         self.stored_pending: dict[str, dict[Hashable, list[dict[str, Any]]]] = {}
@@ -231,7 +223,7 @@ class _Batch:
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
-        self.ops.setdefault(collection, []).append(_Tagged(op, ev, pos))
+        self.ops.setdefault(collection, []).append(Tagged(op, ev, pos))
         self.last_root.pop(collection, None)
 
     def rebuild_add(self, plan: CollectionPlan, doc_id: Any = None, key: Any = None) -> None:
@@ -255,11 +247,11 @@ class _Batch:
         ops = self.ops.setdefault(coll, [])
         if last is not None and last[0] == key and last[1] == len(ops) - 1:
             merged = merge_updates(last[2], update)
-            ops[-1] = _Tagged(UpdateOne({"_id": doc_id}, merged, upsert=True), ev, pos)
+            ops[-1] = Tagged(UpdateOne({"_id": doc_id}, merged, upsert=True), ev, pos)
             self.last_root[coll] = (key, len(ops) - 1, merged)
             self.result.coalesced += 1
             return
-        ops.append(_Tagged(UpdateOne({"_id": doc_id}, update, upsert=True), ev, pos))
+        ops.append(Tagged(UpdateOne({"_id": doc_id}, update, upsert=True), ev, pos))
         self.last_root[coll] = (key, len(ops) - 1, update)
 
     def dead(
@@ -868,19 +860,12 @@ class _Batch:
         if self.a.dry_run:
             self.result.operations += sum(len(t) for t in self.ops.values())
         else:
-            self._write_all(self.ops)
+            self._writer().write(self.ops)
         self.ops = {}
         self.last_root = {}
 
-    def _write_all(self, ops: dict[str, list[_Tagged]]) -> None:
-        # Collections hold different documents: their ordered bulks go in parallel.
-        if len(ops) > 1:
-            with ThreadPoolExecutor(max_workers=min(len(ops), 4)) as pool:
-                for f in [pool.submit(self._write, c, t) for c, t in ops.items()]:
-                    f.result()
-        else:
-            for coll, tagged in ops.items():
-                self._write(coll, tagged)
+    def _writer(self) -> OpWriter:
+        return OpWriter(self.a.db, self.a.state, self.result, self.dead)
 
     def _resolve_rebuild_where(self) -> None:
         for plan, values in self.rebuild_where:
@@ -926,7 +911,7 @@ class _Batch:
             return
         if self.rebuild or self.rebuild_where:
             self._rebuild_ops()
-        self._write_all(self.ops)
+        self._writer().write(self.ops)
         self.ops = {}
         state = self.a.state
         if self.new_pending:
@@ -945,40 +930,6 @@ class _Batch:
         for d in self.dead_letters:
             state.dead_letter(**d)
         self.result.dead_letters += len(self.dead_letters)
-
-    def _write(self, coll: str, tagged: list[_Tagged]) -> None:
-        """Ordered bulk; an op the server refuses becomes a dead letter and the rest goes on."""
-        self.result.operations += len(tagged)
-        if not self.a.dry_run:  # before they are sent: a resume must never count too few
-            self.a.state.note_deletes(coll, sum(isinstance(t.op, DeleteOne) for t in tagged))
-        start = 0
-        collection = self.a.db[coll]
-        while start < len(tagged):
-            chunk = tagged[start:]
-            try:
-                with_retry(partial(collection.bulk_write, [t.op for t in chunk], ordered=True))
-                return
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors:
-                    raise
-                bad = errors[0]["index"]
-                t = chunk[bad]
-                self.dead(
-                    t.event,
-                    t.position,
-                    f"MongoDB refused the write: {errors[0].get('errmsg', errors[0])}",
-                    coll,
-                )
-                start += bad + 1
-            except (DocumentTooLarge, InvalidDocument, WriteError):
-                # refused before it reached the server: find the op by writing one at a time
-                for t in chunk:
-                    try:
-                        with_retry(partial(collection.bulk_write, [t.op], ordered=True))
-                    except (BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError) as e2:
-                        self.dead(t.event, t.position, f"cannot apply: {e2}", coll)
-                return
 
 
 def rows_where(conn: Any, *, table: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
