@@ -8,9 +8,14 @@ On a throwaway MariaDB (orders + order_items, items embedded in orders) it print
   3. under a steady write load of 1k, 2k and 5k rows/s while CDC follows (dry run, so the sink
      is not the bottleneck): the achieved write rate, applied rows/s, and p50/p99 lag
      (commit -> applied, from a timestamp each transaction writes);
-  4. a real apply into the MongoDB server the stack gives (named), on a small burst.
+  4. a real apply into the MongoDB server the stack gives (named), on a small burst;
+  5. one transaction of many single-row statements (an ORM flushing row by row): how long a
+     catch-up takes to apply it, in the CDC process and with decoder processes (the reader's
+     pieces repeat each table's map once, so this grows with the statements, not faster;
+     test_cdc_parallel_decode.py checks the bytes handed on).
 
 Usage: .venv/bin/python bench/cdc.py [--burst 40000] [--seconds 10] [--rates 1000,2000,5000]
+                                     [--statements 20000]
 """
 
 from __future__ import annotations
@@ -143,12 +148,45 @@ def steady(rate: int, seconds: float, url: str, admin: Any, mapping: Any, state:
     )
 
 
+def many_statements(admin: Any, url: str, stack: Any, n: int) -> None:
+    cur = admin.cursor()
+    cur.execute("CREATE DATABASE bench_many")
+    cur.execute("CREATE TABLE bench_many.t (id INT PRIMARY KEY, v INT)")
+    cur.execute(
+        "CREATE PROCEDURE bench_many.fill(n INT) BEGIN DECLARE i INT DEFAULT 0; "
+        "START TRANSACTION; WHILE i < n DO INSERT INTO bench_many.t VALUES (i, i); "
+        "SET i = i + 1; END WHILE; COMMIT; END"
+    )
+    murl = url_with_database(stack.mysql_url, "bench_many")
+    mapping = parse_mapping(
+        f'version: 1\nsource: {{url: "{murl}"}}\n'
+        f'target: {{url: "{stack.mongo_url}", database: bench_many}}\n'
+        "state: {database: _bench_many}\ncollections:\n  - {name: t, from: t}\n",
+        "many.yaml",
+    )
+    state = StateStore(mongo_connect(stack.mongo_url), "_bench_many")
+    backfill(mapping, workers=1)  # records where CDC starts: before the transaction
+    cur.execute(f"CALL bench_many.fill({n})")
+    admin.commit()
+    for decoders in (0, default_decoders()):
+        # each run applies the whole transaction from the backfill's position
+        state.meta.delete_many({"_id": {"$in": ["cdc_checkpoint", "cdc_status"]}})
+        s = runner.run_cdc(mapping, mode="until-caught-up", decoders=decoders)
+        print(
+            f"one transaction of {n:,} statements, {decoders} decoder process(es): applied "
+            f"{s.events:,} events in {s.seconds:.1f} s"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--burst", type=int, default=40_000, help="row changes in the burst")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each steady load")
     ap.add_argument("--rates", default="1000,2000,5000")
     ap.add_argument("--real-txns", type=int, default=1000, help="transactions for the real apply")
+    ap.add_argument(
+        "--statements", type=int, default=20_000, help="statements of the one big transaction"
+    )
     args = ap.parse_args()
 
     stack = start_stack()
@@ -200,6 +238,9 @@ def main() -> None:
             f"real apply into {stack.mongo_kind}: {s.events} events in {s.seconds:.1f} s = "
             f"{s.events_per_sec:,.0f} events/s"
         )
+
+        # 5: one transaction of many statements (a procedure looping, one INSERT each)
+        many_statements(admin, url, stack, args.statements)
     finally:
         stack.stop()
 

@@ -7,7 +7,9 @@ integration test errors loudly: nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -25,13 +27,23 @@ from migrator.source.connection import connect
 REPO = Path(__file__).resolve().parents[2]
 
 
+def discard(stack: Stack) -> None:
+    """Stop a throwaway stack at once: its data is deleted with it, so its servers are
+    killed (a clean MariaDB shutdown takes two seconds)."""
+    for p in stack.procs:
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+    stack.stop()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     s = start_stack()
     try:
         yield s
     finally:
-        s.stop()
+        discard(s)
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +114,10 @@ class Env:
 @pytest.fixture
 def own_env(tmp_path: Path) -> Iterator[Env]:
     """A stack of its own, for tests that restart, stop or purge their servers."""
-    import contextlib
-
     own = start_stack()
     conn = connect(parse_mysql_url(own.mysql_url), database=False)
-    client: MongoClient[Any] = MongoClient(own.mongo_url)
+    # a test may leave its MongoDB server dead: closing the client must not wait 30 s for it
+    client: MongoClient[Any] = MongoClient(own.mongo_url, serverSelectionTimeoutMS=2000)
     e = Env(own, conn, client, tmp_path)
     try:
         yield e
@@ -114,7 +125,7 @@ def own_env(tmp_path: Path) -> Iterator[Env]:
         with contextlib.suppress(Exception):
             e.admin.close()
         client.close()
-        own.stop()
+        discard(own)
 
 
 @pytest.fixture

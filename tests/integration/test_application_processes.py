@@ -1,14 +1,13 @@
 """Application processes writing through the SDK while an operator walks every phase, switches
-writes to MongoDB, rolls back from write_mongo and goes forward again to done (issue 10's
-end-to-end check): every acknowledged write is in both stores, hot rows hold a value a
-serial order allows, verify is clean and nothing is left frozen."""
+writes to MongoDB, rolls back from write_mongo and goes forward again to done (the cutover end
+to end): every acknowledged write is in both stores, hot rows hold a value a serial order
+allows, verify is clean and nothing is left frozen."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -19,7 +18,7 @@ from migrator.state.store import StateStore
 from migrator.verify.engine import verify
 
 from .conftest import REPO, migrator_cmd
-from .test_cutover import ready, step
+from .helpers import ready, start_cdc, step, wait_until
 
 PROCESSES = 3
 
@@ -27,10 +26,9 @@ PROCESSES = 3
 def test_application_processes_through_every_phase_a_rollback_and_forward_again(env, tmp_path):
     path = ready(env, orders=20)
     log, stop = tmp_path / "acks.jsonl", tmp_path / "stop"
-    cdc = subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log.touch()
+    cdc = start_cdc(env, path)
+    # the application processes (not the CLI): each writes through its own DualWriter
     app = [sys.executable, "-m", "tests.integration.app_process", str(path), str(log)]
     apps = [
         subprocess.Popen(
@@ -43,8 +41,21 @@ def test_application_processes_through_every_phase_a_rollback_and_forward_again(
         for w in range(PROCESSES)
     ]
     walked = []
+
+    def acknowledged() -> int:
+        return len(log.read_text().splitlines())
+
+    def more_writes(n: int) -> None:
+        """Wait until the applications have acknowledged `n` more writes (in this phase)."""
+        start = acknowledged()
+        wait_until(
+            lambda: acknowledged() >= start + n or any(a.poll() is not None for a in apps),
+            f"{n} more acknowledged writes",
+        )
+        assert not [a.args for a in apps if a.poll() is not None], "an application died"
+
     try:
-        time.sleep(2)
+        more_writes(20)
         plan = ["backfill", "sync", "dual_write", "read_mongo", "write_mongo", "rollback",
                 "write_mongo", "done"]  # fmt: skip
         for target in plan:
@@ -52,10 +63,14 @@ def test_application_processes_through_every_phase_a_rollback_and_forward_again(
                 # as the cdc_lag gate has it: the switch is taken once CDC keeps up
                 m = load_mapping(path)
                 state = StateStore.open(env.mongo, m)
-                deadline = time.monotonic() + 90
-                while (lag := cdc_lag_seconds(m, state)) is None or lag > 1.0:
-                    assert time.monotonic() < deadline, "CDC never caught up under the load"
-                    time.sleep(0.2)
+                wait_until(
+                    lambda m=m, state=state: (
+                        (lag := cdc_lag_seconds(m, state)) is not None and lag <= 1.0
+                    ),
+                    "CDC to catch up under the load",
+                    timeout=90,
+                    every=0.2,
+                )
             if target == "rollback":
                 r = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "drill",
                                  "--actor", "test@ci", "--json", check=0)  # fmt: skip
@@ -63,15 +78,14 @@ def test_application_processes_through_every_phase_a_rollback_and_forward_again(
                 r = step(path, "--to", target, "--force", "--reason", "walk")
             assert r.returncode == 0, (target, r.stdout, r.stderr)
             walked.append(json.loads(r.stdout)["to"])
-            time.sleep(2)
+            more_writes(20)
     finally:
         stop.touch()
         errors = []
         for a in apps:
             a.wait(timeout=120)
             errors.append(a.stderr.read() if a.returncode else "")
-        cdc.terminate()
-        cdc.wait(timeout=60)
+        cdc.stop()
     assert not any(errors), errors
     assert walked[-1] == "done" and "read_mongo" in walked[5:]
 

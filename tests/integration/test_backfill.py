@@ -7,40 +7,31 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
 from migrator.backfill.copy import backfill
-from migrator.devtools.shop import SCHEMA, create_shop, shop_mapping
+from migrator.devtools.shop import SCHEMA
 from migrator.model.settings import load_mapping
 from migrator.model.urls import parse_mysql_url
+from migrator.sink.mongo import DocumentWriter
 from migrator.source.connection import connect
+from migrator.state.store import StateStore
 
-from .conftest import REPO, migrator_cmd
-from .shop_oracle import expected_orders
-
-
-def make_shop(env, orders=120, chunk_size=10):
-    conn = connect(parse_mysql_url(env.stack.mysql_url), database=False)
-    create_shop(conn, env.db, customers=30, products=10, orders=orders)
-    conn.close()
-    text = shop_mapping(
-        env.url, env.stack.mongo_url, target_db=env.db, state_db=env.state_db, chunk_size=chunk_size
-    )
-    path = env.tmp / "shop.yaml"
-    path.write_text(text)
-    return path
-
-
-def assert_orders_exact(env):
-    expected = expected_orders(env.admin, env.db)
-    got = {d["_id"]: d for d in env.target.orders.find()}
-    assert sorted(got) == sorted(expected)
-    for k, want in expected.items():
-        assert got[k] == want, f"order {k}"
+from .conftest import migrator_cmd
+from .helpers import (
+    alive,
+    assert_orders_exact,
+    children,
+    cli_process,
+    cmdline,
+    make_shop,
+    start_cdc,
+    to_read_mongo,
+    wait_until,
+    walk_to,
+)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -70,40 +61,30 @@ def test_rerun_after_completion_copies_nothing(env):
     backfill(load_mapping(path), workers=1)
     again = backfill(load_mapping(path), workers=1)
     assert again.rows == 0
+    assert len(again.collections) == 3
     assert all(c.chunks_skipped == c.chunks_total for c in again.collections)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_then_rerun_resumes_and_leaves_exact_documents(env, workers):
-    path = make_shop(env, orders=3000, chunk_size=100)
-    cmd = [
-        sys.executable,
-        "-m",
-        "migrator.cli.main",
-        "backfill",
-        "-m",
-        str(path),
-        "--json",
-        "--workers",
-        str(workers),
-        "--max-rows-per-sec",
-        "1000",
-        "--collection",
-        "orders",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if env.state.chunks.count_documents({"collection": "orders", "done": True}) >= 4:
-            break
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    path = make_shop(env, orders=1000, chunk_size=50)
+    args = ["--json", "--workers", str(workers), "--max-rows-per-sec", "300"]
+    with cli_process("backfill", "-m", str(path), *args, "--collection", "orders") as proc:
+        wait_until(
+            lambda: (
+                env.state.chunks.count_documents({"collection": "orders", "done": True}) >= 4
+                or proc.poll() is not None
+            ),
+            "4 chunks copied",
+        )
+        assert proc.poll() is None, proc.log_tail()
+        workers_before = children(proc.pid)
+        proc.kill9()
     done_before = env.state.chunks.count_documents({"collection": "orders", "done": True})
     total = env.state.chunks.count_documents({"collection": "orders"})
     assert 4 <= done_before < total
-    time.sleep(1.5)  # orphaned workers notice their parent is gone and stop
+    # orphaned worker processes notice their parent is gone and stop
+    wait_until(lambda: not [c for c in workers_before if alive(c)], "the workers to stop")
     p = migrator_cmd("backfill", "-m", str(path), "--json", "--workers", str(workers), check=0)
     summary = json.loads(p.stdout)
     orders = next(c for c in summary["collections"] if c["name"] == "orders")
@@ -147,10 +128,14 @@ def test_backfill_pauses_while_the_source_is_busy(env, stack):
     )
     path.write_text(text)
     busy = connect(parse_mysql_url(stack.mysql_url), database=False)
-    # long enough that even a slow start of the backfill meets the busy server
-    t = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(6)"))
+    t = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(3)"))
     t.start()
-    time.sleep(0.3)
+    wait_until(  # the server is busy before the backfill starts
+        lambda: env.sql(
+            "SELECT id FROM information_schema.processlist WHERE info = 'SELECT SLEEP(3)'"
+        ),
+        "the busy query to run",
+    )
     try:
         summary = backfill(load_mapping(path), workers=1)
     finally:
@@ -241,18 +226,12 @@ def test_a_conflict_on_another_unique_index_fails_the_chunk_loudly(env):
     assert env.target.orders.find_one({"_id": 5}) is None
 
 
-def _backfill_proc(path, *extra):
-    cmd = [sys.executable, "-m", "migrator.cli.main", "backfill", "-m", str(path), "--json"]
-    return subprocess.Popen(
-        [*cmd, *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 def test_two_backfills_at_once_share_one_plan_and_copy_each_chunk_once(env):
     """As N machines of a Kubernetes indexed Job: the first plans, the other joins; chunks are
     claimed with leases, so each is copied by exactly one of them."""
-    path = make_shop(env, orders=2000, chunk_size=100)
-    procs = [_backfill_proc(path, "--workers", "1", "--max-rows-per-sec", "2500") for _ in "ab"]
+    path = make_shop(env, orders=600, chunk_size=30)
+    args = ("backfill", "-m", str(path), "--json", "--workers", "1", "--max-rows-per-sec", "600")
+    procs = [cli_process(*args, pipe=True) for _ in "ab"]
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
@@ -270,28 +249,29 @@ def test_two_backfills_at_once_share_one_plan_and_copy_each_chunk_once(env):
 def test_a_killed_backfill_s_chunks_are_claimed_by_the_other(env):
     """A backfill killed while it holds a chunk: the other copies that chunk again (a dead
     process of this host at once; another machine's when the lease expires) and the rest once."""
-    path = make_shop(env, orders=2000, chunk_size=100)
-    cmd = [sys.executable, "-m", "migrator.cli.main", "backfill", "-m", str(path), "--json"]
-    victim = subprocess.Popen(
-        [*cmd, "--workers", "1"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "MIGRATOR_FAULT_PAUSE": "chunk-copied:60"},  # holds its 1st chunk
-    )
-    deadline = time.monotonic() + 60
-    while env.state.chunks.count_documents({"worker": {"$exists": True}}) < 1:
-        assert time.monotonic() < deadline and victim.poll() is None
-        time.sleep(0.05)
-    survivor = _backfill_proc(path, "--workers", "2")
-    while env.state.chunks.count_documents({"done": False}) > 1:  # all but the victim's
-        assert time.monotonic() < deadline + 60 and survivor.poll() is None
-        time.sleep(0.05)
-    assert survivor.poll() is None  # it waits for the chunk the victim holds
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    _out, err = survivor.communicate(timeout=120)
-    assert survivor.returncode == 0, err
+    path = make_shop(env, orders=600, chunk_size=30)
+    cmd = ("backfill", "-m", str(path), "--json")
+    # the victim holds its first chunk (a fault point pauses it there)
+    with cli_process(*cmd, "--workers", "1", pause="chunk-copied:60") as victim:
+        wait_until(
+            lambda: (
+                env.state.chunks.count_documents({"worker": {"$exists": True}}) >= 1
+                or victim.poll() is not None
+            ),
+            "the victim to take a chunk",
+        )
+        assert victim.poll() is None, victim.log_tail()
+        with cli_process(*cmd, "--workers", "2") as survivor:
+            wait_until(  # all but the victim's
+                lambda: (
+                    env.state.chunks.count_documents({"done": False}) <= 1
+                    or survivor.poll() is not None
+                ),
+                "the survivor to copy every other chunk",
+            )
+            assert survivor.poll() is None  # it waits for the chunk the victim holds
+            victim.kill9()
+            assert survivor.wait(120) == 0, survivor.log_tail()
     assert env.state.chunks.count_documents({"done": False}) == 0
     claims = sorted(c.get("claims", 0) for c in env.state.chunks.find({}))
     assert claims[:-1] == [1] * (len(claims) - 1) and claims[-1] == 2
@@ -351,13 +331,10 @@ def test_a_rerun_after_a_rollback_is_not_refused_for_documents_the_application_d
     deletes their rows. After a rollback (to read_mongo) those are not a copy that lost its
     data: a rerun of `backfill` (`sync` runs one) must not stop and ask for `--restart`, which
     is refused past sync anyway."""
-    from .test_cutover import step
-    from .test_write_fence import start_cdc, to_read_mongo, wait_until
-
     path, pb = to_read_mongo(env, tmp_path)
     cdc = start_cdc(env, path)
     try:
-        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        walk_to(path, "write_mongo", pb)  # the switch, in process (CDC running)
         env.target.orders.delete_one({"_id": 3})  # the application, MongoDB-first
         wait_until(
             lambda: env.sql("SELECT COUNT(*) FROM orders WHERE id = 3")[0][0] == 0,
@@ -366,7 +343,95 @@ def test_a_rerun_after_a_rollback_is_not_refused_for_documents_the_application_d
         migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
         assert env.state.control.find_one({"_id": "control"})["phase"] == "read_mongo"
     finally:
-        cdc.terminate()
-        cdc.wait(60)
+        cdc.stop()
     p = migrator_cmd("backfill", "-m", str(path))
     assert p.returncode == 0, p.stderr
+
+
+def test_a_killed_worker_process_ends_the_backfill_and_frees_the_copy(env):
+    """One of the --workers processes dies (OOM killer, kill -9) holding a chunk: the
+    coordinator does not wait for its result for ever, nor renew that chunk's lease and the
+    copy membership for ever (no other machine could reclaim the chunk, CDC would stay
+    paused): the backfill ends, and the copy is over."""
+    path = make_shop(env, orders=300, chunk_size=100)
+    with cli_process("backfill", "-m", str(path), "--workers", "2", pause="chunk-copied:4") as bf:
+        wait_until(
+            lambda: (
+                env.state.chunks.count_documents({"worker": {"$exists": True}}) >= 1
+                or bf.poll() is not None
+            ),
+            "a worker to take a chunk",
+        )
+        assert bf.poll() is None, bf.log_tail()
+        # both workers hold a chunk (the coordinator hands out one per worker at a time)
+        wait_until(
+            lambda: (
+                env.state.chunks.count_documents({"worker": {"$exists": True}, "done": False}) >= 2
+            ),
+            "both workers to hold a chunk",
+        )
+        workers = [c for c in children(bf.pid) if "resource_tracker" not in cmdline(c)]
+        assert len(workers) == 2, [cmdline(c) for c in workers]
+        os.kill(workers[0], signal.SIGKILL)
+        try:
+            bf.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            copy = env.state.meta.find_one({"_id": "copy"})
+            left = list(env.state.chunks.find({"done": False}, {"worker": 1, "lease": 1}))
+            raise AssertionError(("still running after 120 s", copy, left)) from None
+    # it may fail, but then the chunk is free and CDC is not fenced off any more
+    assert StateStore(env.mongo, env.state_db).copy_in_progress() is None
+
+
+def test_insert_or_replace_converges_where_upsert_does_with_a_stale_unique_value(env):
+    """insert_or_replace's result is the same as upsert's: a stale document (a chunk retried
+    after a crash, the source changed meanwhile) holds a unique value that a NEW row of the
+    same batch now has; upsert (replace in order) frees it first, and insert_or_replace
+    converges too (a duplicate on the unique index is not re-raised as a failure)."""
+    coll = env.target.users
+    coll.create_index("email", unique=True)
+    coll.insert_one({"_id": 1, "email": "a@x"})  # stale: row 1's email was a@x when copied
+    docs = [{"_id": 1, "email": "c@x"}, {"_id": 2, "email": "a@x"}]  # what the source has now
+
+    ref = env.target.users_ref
+    ref.create_index("email", unique=True)
+    ref.insert_one({"_id": 1, "email": "a@x"})
+    DocumentWriter(ref).upsert(docs)  # the previous writer converges
+    assert list(ref.find().sort("_id")) == docs
+
+    try:
+        DocumentWriter(coll).insert_or_replace(docs)
+        err = None
+    except Exception as exc:
+        err = f"{type(exc).__name__}: {str(exc)[:300]}"
+    assert err is None, err
+    assert list(coll.find().sort("_id")) == docs
+
+
+def test_a_backfill_rerun_after_a_crash_converges_when_a_unique_value_moved(env):
+    """The same end to end: a backfill dies after writing a chunk (before marking it done);
+    the source moves a unique value from an old row to a new row of that chunk (CDC is not
+    running, or paused: the rerun must converge); every rerun succeeds and ends exact."""
+    env.sql(
+        "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(50) NOT NULL UNIQUE)",
+        "INSERT INTO users VALUES (1, 'a@x')",
+    )
+    path = env.mapping("  - {name: users, from: users}\n")
+    env.target.users.create_index("email", unique=True)
+    with cli_process("backfill", "-m", str(path), pause="chunk-copied:60") as victim:
+        wait_until(
+            lambda: env.target.users.count_documents({}) >= 1 or victim.poll() is not None,
+            "the chunk to be written",
+        )
+        assert victim.poll() is None, victim.log_tail()
+        victim.kill9()  # after writing the chunk, before marking it done
+    env.sql("UPDATE users SET email = 'c@x' WHERE id = 1", "INSERT INTO users VALUES (2, 'a@x')")
+    out = []
+    for _ in range(2):
+        p = migrator_cmd("backfill", "-m", str(path))
+        out.append((p.returncode, p.stderr.strip().splitlines()[-1:]))
+    assert [rc for rc, _ in out] == [0, 0], out
+    assert [(d["_id"], d["email"]) for d in env.target.users.find().sort("_id")] == [
+        (1, "c@x"),
+        (2, "a@x"),
+    ]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 
+import pytest
+
+from migrator.backfill.copy import backfill
 from migrator.devtools.sandbox import free_port
+from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
 
 from .conftest import migrator_cmd
+from .helpers import cli_process, wait_until
 
 
 def test_unknown_table_names_file_line_and_key(env):
@@ -93,3 +101,44 @@ def test_missing_mapping_file(tmp_path):
 def test_usage_error_exits_2():
     p = migrator_cmd("backfill", "--workers", "0", "-m", "x.yaml", check=2)
     assert "--workers" in p.stderr
+
+
+@pytest.mark.parametrize("server", ["mongodb", "mysql"])
+def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(own_env, server):
+    """A driver error in the middle of a run: one line naming the server and the setting,
+    exit 2, no traceback, no password."""
+    env = own_env
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "INSERT INTO t SELECT seq, 'x' FROM seq_1_to_1000",
+    )
+    path = env.mapping("  - {name: t, from: t}\n", backfill="{chunk_size: 50}")
+    # a short server selection: the test waits for the driver to give up
+    text = path.read_text().replace(
+        "directConnection=true", "directConnection=true&serverSelectionTimeoutMS=300"
+    )
+    path.write_text(text)
+    backfill(load_mapping(path), workers=1)
+    with cli_process("verify", "-m", str(path), "--max-rows-per-sec", "200", pipe=True) as proc:
+        # the server goes while verify is in the middle of the table
+        wait_until(
+            lambda: (
+                (env.state.meta.find_one({"_id": "verify_progress"}) or {}).get("collections")
+                or proc.poll() is not None
+            ),
+            "verify to start checking",
+        )
+        assert proc.poll() is None, proc.communicate()
+        names = ("secantusdb", "mongod") if server == "mongodb" else ("mariadb", "mysql")
+        victim = next(p for p in env.stack.procs if p.name in names)
+        os.kill(victim.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1, err
+    setting = "target.url" if server == "mongodb" else "source.url"
+    assert ("MongoDB at" if server == "mongodb" else "MySQL at") in lines[0]
+    assert setting in lines[0], lines[0]
+    password = parse_mysql_url(env.stack.mysql_url).password
+    assert password not in err and password not in out

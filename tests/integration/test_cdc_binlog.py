@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
+from migrator.errors import CheckFailed
 from migrator.model.settings import load_mapping
 from migrator.source.position import current_position
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
+from .helpers import make_shop
 
 
 def test_shop_changes_of_every_kind_converge(env):
@@ -245,3 +248,116 @@ def test_hot_row_updates_are_coalesced_and_end_right(env):
     doc = env.target.orders.find_one({"_id": 2})
     assert doc["note"] == "v999" and str(doc["total"]) == "999.50"
     assert_same_as_fresh_backfill(env, path)
+
+
+def test_merged_root_updates_equal_applying_them_one_by_one(env):
+    """Two changes of one order in one batch: the N:1 customer must survive the merge, and a
+    changed foreign key must bring the *new* customer."""
+    path = make_shop(env, orders=10)
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "INSERT INTO orders (id, order_no, customer_id, created_at) VALUES (5000, 'N', 3, NOW())",
+        "UPDATE orders SET note = 'after insert' WHERE id = 5000",
+        "UPDATE orders SET customer_id = 7 WHERE id = 1",
+        "UPDATE orders SET note = 'after fk change' WHERE id = 1",
+        "UPDATE orders SET customer_id = NULL WHERE id = 2",
+        "UPDATE orders SET note = 'after null' WHERE id = 2",
+        "UPDATE orders SET customer_id = 8, note = 'back' WHERE id = 2",
+        "UPDATE orders SET status = 'paid' WHERE id = 2",
+    )
+    run_cdc(load_mapping(path), mode="until-caught-up", batch_seconds=30)
+    assert env.target.orders.find_one({"_id": 5000})["customer"]["id"] == 3
+    assert env.target.orders.find_one({"_id": 1})["customer"]["id"] == 7
+    assert env.target.orders.find_one({"_id": 2})["customer"]["id"] == 8
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_transaction_of_many_rows_is_applied_in_bounded_pieces(env):
+    """A DELETE of a whole big table is one transaction: CDC applies it in pieces of at most
+    `max_events_in_memory` events, checkpointing only at the commit."""
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40))",
+        "INSERT INTO t SELECT seq, CONCAT('value ', seq) FROM seq_1_to_4000",
+    )
+    path = env.mapping("  - {name: t, from: t}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "START TRANSACTION",
+        "UPDATE t SET v = 'changed' WHERE id <= 2000",
+        "DELETE FROM t WHERE id > 1000",
+        "COMMIT",
+    )
+    seen: list[int] = []
+    summary = run_cdc(
+        load_mapping(path),
+        mode="until-caught-up",
+        max_events_in_memory=200,
+        on_batch=lambda stats: seen.append(stats.held_events),
+    )
+    assert summary.events == 5000 and summary.dead_letters == 0
+    assert len(seen) >= 25 and max(seen) <= 200  # 5,000 events in pieces of at most 200
+    assert env.target.t.count_documents({}) == 1000
+    assert env.target.t.count_documents({"v": "changed"}) == 1000
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_ddl_replayed_after_a_restart_still_fills_the_added_column(env):
+    """CDC started after an ADD COLUMN reads a schema that already has the column; replaying
+    the DDL with --on-ddl extend still fills the column's default into existing documents
+    (the columns added are read from the statement, not from comparing schemas)."""
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1), (2, 2)")
+    path = env.mapping("  - {name: t, from: t}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "ALTER TABLE t ADD COLUMN note VARCHAR(10) NULL DEFAULT 'n/a'",
+        "UPDATE t SET note = 'set' WHERE id = 2",
+    )
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "extend", check=0)
+    assert env.target.t.find_one({"_id": 1})["note"] == "n/a"
+    assert env.target.t.find_one({"_id": 2})["note"] == "set"
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_compressed_binlog_event_on_a_mapped_table_stops_cdc_before_it(env):
+    """MariaDB's log_bin_compress writes rows events over log_bin_compress_min_len bytes as
+    *_ROWS_COMPRESSED events, which the binlog library cannot decode: CDC stops before such an
+    event on a mapped table, naming the setting, and stays there on a rerun, with either
+    decoder (it does not skip it as if unmapped, moving the checkpoint past a lost row). The
+    plan blocks on the setting beforehand (test_plan_and_init)."""
+    env.sql("CREATE TABLE big (id INT PRIMARY KEY, v TEXT)")
+    path = env.mapping("  - {name: big, from: big}\n")
+    backfill(load_mapping(path), workers=1)
+    old = env.sql("SELECT @@GLOBAL.log_bin_compress")[0][0]
+    env.sql("SET GLOBAL log_bin_compress = ON")
+    try:
+        env.sql("INSERT INTO big VALUES (1, REPEAT('x', 5000))")
+    finally:
+        env.sql(f"SET GLOBAL log_bin_compress = {int(old)}")
+    for decoders in (0, 2):
+        with pytest.raises(CheckFailed, match="log_bin_compress"):
+            run_cdc(load_mapping(path), mode="until-caught-up", decoders=decoders)
+    assert env.mongo[env.db].big.count_documents({}) == 0
+
+
+def test_a_two_phase_xa_transaction_on_a_mapped_table_stops_cdc_before_it(env):
+    """MariaDB (10.5+) and MySQL (5.7+) binlog an XA transaction at XA PREPARE, as its own
+    event group (GTID, table maps, rows, `XA END`, XA_PREPARE_LOG_EVENT), and the XA COMMIT
+    later as another group holding only the `XA COMMIT` query. The binlog source does not
+    follow XA: CDC stops before such a transaction on a mapped table, saying so, with either
+    decoder, and stays there on a rerun (it does not drop the prepared rows at the next GTID
+    event and move its checkpoint past a committed row)."""
+    env.sql("CREATE TABLE xa_a (id INT PRIMARY KEY, v VARCHAR(20))")
+    path = env.mapping("  - {name: xa_a, from: xa_a}\n")
+    backfill(load_mapping(path), workers=1)
+    cur = env.admin.cursor()
+    cur.execute(f"USE `{env.db}`")
+    cur.execute("XA START 'rv1'")
+    cur.execute("INSERT INTO xa_a VALUES (1, 'prepared')")
+    cur.execute("XA END 'rv1'")
+    cur.execute("XA PREPARE 'rv1'")
+    cur.execute("XA COMMIT 'rv1'")
+    env.sql("INSERT INTO xa_a VALUES (2, 'plain')")
+    for decoders in (2, 0, 2):
+        with pytest.raises(CheckFailed, match="XA transaction changed mapped tables"):
+            run_cdc(load_mapping(path), mode="until-caught-up", decoders=decoders)
+    assert env.target.xa_a.count_documents({}) == 0  # stopped before it, not past it

@@ -6,22 +6,35 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
-import threading
-import time
 from typing import Any
 
+import pytest
+
 from migrator.backfill.copy import backfill
+from migrator.cdc.applier import Applier
+from migrator.cdc.lookup import SourceLookup
 from migrator.cdc.runner import run_cdc
 from migrator.devtools.sandbox import restart_mysql
+from migrator.errors import ConnectError
+from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.settings import load_mapping
+from migrator.model.transform import compile_transform
 from migrator.model.urls import parse_mysql_url
+from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
+from migrator.source.schema import introspect
+from migrator.state.store import StateStore
 
 from .cdc_helpers import assert_same_as_fresh_backfill
-from .conftest import REPO, Env, migrator_cmd
-from .test_backfill import make_shop
+from .conftest import Env, migrator_cmd
+from .helpers import (
+    CliProcess,
+    cdc_in_thread,
+    cli_process,
+    make_shop,
+    purge_binlogs,
+    wait_until,
+)
 
 
 def churn(env: Env, n: int, seed: int, start_id: int = 5000) -> None:
@@ -51,25 +64,28 @@ def churn(env: Env, n: int, seed: int, start_id: int = 5000) -> None:
         env.sql("START TRANSACTION", *stmts, "COMMIT")
 
 
-def cdc_process(path: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow", "--json"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+def cdc_process(path: Any) -> CliProcess:
+    return cli_process("cdc", "-m", str(path), "--follow", "--json", pipe=True)
 
 
 def test_kill_9_at_several_points_then_restart_converges(env):
     path = make_shop(env, orders=20)
     backfill(load_mapping(path), workers=1)
     for round_ in range(3):
-        proc = cdc_process(path)
-        churn(env, 8, seed=round_, start_id=5000 + round_ * 100)
-        # let it apply some, then kill it wherever it is
-        time.sleep(0.5 + round_ * 0.7)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        start = 5000 + round_ * 100
+        with cdc_process(path) as proc:
+            churn(env, 8, seed=round_, start_id=start)
+            # let it apply some (more each round: 1, 4, 7 of the round's orders), then kill
+            # it wherever it is
+            wait_until(
+                lambda start=start, n=1 + 3 * round_: (
+                    env.target.orders.count_documents({"_id": {"$gte": start, "$lt": start + 8}})
+                    >= n
+                ),
+                "CDC to apply some of the round",
+                every=0.02,
+            )
+            proc.kill9()
     p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--json", check=0)
     assert json.loads(p.stdout)["dead_letters"] == 0
     assert_same_as_fresh_backfill(env, path)
@@ -81,15 +97,11 @@ def test_kill_9_at_several_points_then_restart_converges(env):
 def test_sigterm_finishes_the_batch_checkpoints_and_exits_0(env):
     path = make_shop(env, orders=10)
     backfill(load_mapping(path), workers=1)
-    proc = cdc_process(path)
-    churn(env, 3, seed=9)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if env.target.orders.find_one({"_id": 5002}) is not None:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, errs = proc.communicate(timeout=60)
+    with cdc_process(path) as proc:
+        churn(env, 3, seed=9)
+        wait_until(lambda: env.target.orders.find_one({"_id": 5002}) is not None, "CDC to apply")
+        proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=60)
     assert proc.returncode == 0, errs
     summary = json.loads(out)
     assert summary["stopped"] == "stopped by signal" and summary["events"] > 0
@@ -101,25 +113,15 @@ def test_mariadb_restart_mid_stream_loses_and_duplicates_nothing(own_env):
     env = own_env
     path = make_shop(env, orders=10)
     backfill(load_mapping(path), workers=1)
-    stop = threading.Event()
-    result: dict[str, Any] = {}
-
-    def follow() -> None:
-        result["summary"] = run_cdc(load_mapping(path), mode="follow", stop=stop)
-
-    t = threading.Thread(target=follow)
-    t.start()
-    churn(env, 5, seed=1, start_id=7000)
-    time.sleep(1.0)
-    restart_mysql(env.stack)
-    env.admin = connect(parse_mysql_url(env.stack.mysql_url), database=False)
-    churn(env, 5, seed=2, start_id=7100)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and env.target.orders.find_one({"_id": 7104}) is None:
-        time.sleep(0.2)
-    stop.set()
-    t.join(timeout=60)
-    assert result["summary"].reconnects >= 1
+    with cdc_in_thread(path) as cdc:
+        churn(env, 5, seed=1, start_id=7000)
+        # the source restarts while CDC is in the middle of the stream
+        wait_until(lambda: env.target.orders.find_one({"_id": 7000}), "CDC to apply")
+        restart_mysql(env.stack)
+        env.admin = connect(parse_mysql_url(env.stack.mysql_url), database=False)
+        churn(env, 5, seed=2, start_id=7100)
+        wait_until(lambda: env.target.orders.find_one({"_id": 7104}), "CDC after the restart")
+    assert cdc.summary is not None and cdc.summary.reconnects >= 1
     run_cdc(load_mapping(path), mode="until-caught-up")
     assert_same_as_fresh_backfill(env, path)
 
@@ -128,14 +130,8 @@ def test_purged_binlog_stops_with_a_clear_message(own_env):
     env = own_env
     path = make_shop(env, orders=5)
     backfill(load_mapping(path), workers=1)
-    env.sql("UPDATE orders SET note = 'x' WHERE id = 1", "FLUSH BINARY LOGS")
-    current = env.sql("SHOW MASTER STATUS")[0][0]
-    # MariaDB keeps a binlog until its crash-recovery checkpoint moved on: purge until it goes
-    deadline = time.monotonic() + 30
-    while len(env.sql("SHOW BINARY LOGS")) > 1 and time.monotonic() < deadline:
-        env.sql(f"PURGE BINARY LOGS TO '{current}'")
-        time.sleep(0.2)
-    assert [r[0] for r in env.sql("SHOW BINARY LOGS")] == [current]
+    env.sql("UPDATE orders SET note = 'x' WHERE id = 1")
+    purge_binlogs(env)
     p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
     assert "purged" in p.stderr and "backfill --restart" in p.stderr
 
@@ -148,45 +144,88 @@ def test_metrics_endpoint_and_json_logs(env):
     path = make_shop(env, orders=5)
     backfill(load_mapping(path), workers=1)
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "migrator.cli.main",
-            "--log-format",
-            "json",
-            "cdc",
-            "-m",
-            str(path),
-            "--follow",
-            "--json",
-            "--metrics-port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    args = ("--log-format", "json", "cdc", "-m", str(path), "--follow", "--json")
+
+    def metrics() -> str:
+        """The metrics page once it counts the update ('' before)."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        except OSError:
+            return ""
+        return text if applied in text else ""
+
+    applied = 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0'
+    with cli_process(*args, "--metrics-port", str(port), pipe=True) as proc:
         env.sql("UPDATE orders SET note = 'metrics' WHERE id = 1")
-        deadline = time.monotonic() + 60
-        text = ""
-        while time.monotonic() < deadline:
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-            except OSError:
-                text = ""
-            if 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0' in text:
-                break
-            time.sleep(0.3)
-        assert 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0' in text
+        text = wait_until(metrics, "the metric", every=0.3)
         assert "migrator_cdc_lag_seconds" in text and "migrator_cdc_checkpoint_age_seconds" in text
-    finally:
         proc.send_signal(signal.SIGTERM)
         _out, errs = proc.communicate(timeout=60)
     assert proc.returncode == 0
-    lines = [json.loads(x) for x in errs.decode().splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in errs.splitlines() if x.startswith("{")]
     assert any(x["msg"] == "cdc starting" and x["level"] == "info" for x in lines)
-    assert any(x["msg"] == "cdc stopped" for x in lines)
+    assert any(x["msg"] == "cdc stopped" for x in lines), errs[-3000:]
     password = env.url.split("://migrator:", 1)[1].split("@", 1)[0]
-    assert password not in errs.decode()
+    assert password not in errs
+
+
+def test_table_ids_reused_after_a_server_restart_decode_the_right_table(own_env):
+    """Table ids are unique only while the server runs: a stream that crosses a restart
+    decodes each table by its own definition, not by a cached one of another table under a
+    reused id. CDC replays here from before the restart."""
+    env = own_env
+    env.sql(
+        "CREATE TABLE a (id INT PRIMARY KEY, s VARCHAR(20))",
+        "CREATE TABLE b (id INT PRIMARY KEY, t DATETIME(3), d DECIMAL(10,2), j JSON)",
+        "INSERT INTO a VALUES (1, 'one')",
+        "INSERT INTO b VALUES (1, '2024-01-01 10:00:00.123', 1.50, '{\"k\": 1}')",
+    )
+    path = env.mapping("  - {name: a, from: a}\n  - {name: b, from: b}\n")
+    backfill(load_mapping(path), workers=1)
+    env.sql("INSERT INTO a VALUES (2, 'two')", "INSERT INTO b VALUES (2, NOW(3), 2.25, '[]')")
+    restart_mysql(env.stack)
+    env.admin = connect(parse_mysql_url(env.stack.mysql_url), database=False)
+    # opened in the other order after the restart: each can get the id the other had
+    env.sql(
+        "INSERT INTO b VALUES (3, '2025-05-05 05:05:05.500', 3.75, '{\"x\": [1]}')",
+        "INSERT INTO a VALUES (3, 'three')",
+        "UPDATE b SET d = 9.99 WHERE id = 1",
+        "UPDATE a SET s = 'uno' WHERE id = 1",
+    )
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_a_server_away_fails_the_batch_instead_of_dead_lettering_its_events(own_env):
+    """An event whose apply reads the source (a primary-key change re-reads the aggregate)
+    while MariaDB is away fails the batch with the server's error (to be retried): it is not
+    a dead letter (which would lose it)."""
+    env = own_env
+    env.sql(
+        "CREATE TABLE p (id INT PRIMARY KEY, v INT)",
+        "CREATE TABLE c (pid INT, n INT, PRIMARY KEY (pid, n))",
+        "INSERT INTO p VALUES (1, 1)",
+    )
+    path = env.mapping(
+        "  - name: p\n    from: p\n    embed:\n      - {as: cs, from: c, on: {pid: id}}\n"
+    )
+    m = load_mapping(path)
+    backfill(m, workers=1)
+    conn = connect(parse_mysql_url(m.source.url))
+    transform = compile_transform(m, introspect(conn, m.source_database))
+    conn.close()
+    client = mongo_connect(m.target.url)
+    state = StateStore(client, m.state.database)
+    proc = next(p for p in env.stack.procs if p.name in ("mariadb", "mysql"))
+    proc.stop()
+    try:
+        lookup = SourceLookup(parse_mysql_url(m.source.url), patience=1.0)
+        applier = Applier(transform, client[m.target_database], state, lookup)
+        ev = ChangeEvent("p", "update", {"id": 1, "v": 1}, {"id": 2, "v": 1})
+        with pytest.raises(ConnectError):
+            applier.apply([Transaction([ev], Position("mysql-bin.000001", 4))])
+        assert state.dead_letters.count_documents({}) == 0
+    finally:
+        restart_mysql(env.stack)
+        client.close()

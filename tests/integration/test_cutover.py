@@ -4,32 +4,18 @@ lease, dry runs, forced steps, the write switch and its crash recovery."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
-from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
 from migrator.cutover.control import Control
+from migrator.cutover.gates import cdc_lag_seconds
+from migrator.model.phases import PHASES
 from migrator.model.settings import load_mapping
-from migrator.state.store import now
+from migrator.state.store import StateStore, now
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
-
-
-def ready(env, orders=20):
-    path = make_shop(env, orders=orders)
-    backfill(load_mapping(path), workers=1)
-    run_cdc(load_mapping(path), mode="until-caught-up")
-    verify(load_mapping(path))
-    return path
-
-
-def step(path, *args, check=0):
-    return migrator_cmd(
-        "cutover", "-m", str(path), *args, "--yes", "--actor", "test@ci", "--json", check=check
-    )
+from .helpers import ready, step, wait_until, walk_to
 
 
 def test_walk_forward_to_done_and_back(env):
@@ -58,14 +44,15 @@ def test_walk_forward_to_done_and_back(env):
 
 def test_gates_refuse_and_are_audited(env):
     path = ready(env)
-    step(path, "--to", "backfill")
-    step(path, "--to", "sync")
-    # lag: a change CDC has not applied, older than the threshold
+    walk_to(path, "sync")
+    # lag: a change CDC has not applied, older than the threshold (2 s)
     env.sql("UPDATE orders SET note = 'lagging' WHERE id = 1")
-    time.sleep(2.5)
+    m = load_mapping(path)
+    state = StateStore(env.mongo, m.state.database)
+    wait_until(lambda: (cdc_lag_seconds(m, state) or 0) > 2.5, "the lag to pass 2 s")
     # dirty verification, and a dead letter
     env.target.orders.update_one({"_id": 2}, {"$set": {"status": "tampered"}})
-    verify(load_mapping(path), recheck=0)
+    assert not verify(load_mapping(path), recheck=0).ok
     env.state.dead_letters.insert_one({"reason": "test", "at": now()})
     p = step(path, "--next", check=1)
     for text in ("cdc_lag is", "verify_clean is 2 differences", "dlq_empty is 1 dead letters"):
@@ -159,17 +146,17 @@ def test_a_crashed_write_switch_is_recovered_to_read_mongo_unfrozen(env):
 
 
 def test_rollback_works_from_every_phase(env):
-    from migrator.model.phases import PHASES
-
+    """`migrator rollback` from each phase goes one phase back (the steps forward, set-up, go
+    in process)."""
     path = ready(env, orders=5)
     for target in PHASES[1:]:
-        step(path, "--to", target, "--force", "--reason", "walk")
+        walk_to(path, target)
         rb = json.loads(
             migrator_cmd("rollback", "-m", str(path), "--yes", "--json", check=0).stdout
         )
         assert (rb["from"], rb["to"]) == (target, PHASES[PHASES.index(target) - 1])
-        step(path, "--to", target, "--force", "--reason", "walk")
-    assert Control(env.state.control).get()["phase"] == "done"
+        assert Control(env.state.control).get()["phase"] == rb["to"]
+    walk_to(path, "done")
     rb = json.loads(
         migrator_cmd(
             "rollback", "-m", str(path), "--to", "planned", "--yes", "--json", check=0
@@ -182,8 +169,7 @@ def test_rollback_works_from_every_phase(env):
 
 def test_a_failing_write_switch_unfreezes_and_stays_in_read_mongo(env):
     path = ready(env)
-    for target in ("backfill", "sync", "dual_write", "read_mongo"):
-        step(path, "--to", target, "--force", "--reason", "setup")
+    walk_to(path, "read_mongo")
     # a change CDC applied recently, then drift in MongoDB: the switch's re-verification fails
     env.sql("UPDATE orders SET note = 'recent' WHERE id = 6")
     run_cdc(load_mapping(path), mode="until-caught-up")

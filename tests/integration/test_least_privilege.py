@@ -267,7 +267,7 @@ def test_verify_with_the_readme_verify_grant_reports_a_difference_while_cdc_runs
     """README, Least privilege: verify needs `SELECT` on the mapped tables. A re-check that
     waits for a running CDC must not need more (SHOW MASTER STATUS needs REPLICATION CLIENT):
     the difference is reported, exit 1, not an error."""
-    from .test_write_fence import start_cdc
+    from .helpers import start_cdc
 
     env.sql(*PARENT_CHILD)
     env.sql(f"GRANT SELECT ON `{env.db}`.* TO {user.account}")
@@ -281,5 +281,4 @@ def test_verify_with_the_readme_verify_grant_reports_a_difference_while_cdc_runs
         assert p.returncode == 1, p.stderr[-2000:]
         assert [d["_id"] for d in json.loads(p.stdout)["differences"]] == [2]
     finally:
-        cdc.terminate()
-        cdc.wait(60)
+        cdc.stop()

@@ -12,7 +12,7 @@ from migrator.backfill.copy import backfill
 from migrator.model.settings import load_mapping
 
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
+from .helpers import make_shop
 
 
 def test_plan_on_the_shop_is_ready_and_describes_everything(env):

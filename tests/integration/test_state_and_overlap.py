@@ -4,26 +4,41 @@ past sync; CDC never writes while a backfill copies; an idle source still has a 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
+from datetime import timedelta
 
-from migrator.backfill.copy import backfill
+import pytest
+
+from migrator.backfill.copy import CopyFence, _wait_for_plan, backfill
 from migrator.cdc.runner import run_cdc
 from migrator.cutover.gates import evaluate
 from migrator.cutover.playbook import default_playbook
 from migrator.devtools.shop import ShopWriter
+from migrator.errors import CheckFailed
+from migrator.model.events import Position, reached
 from migrator.model.settings import load_mapping
 from migrator.model.urls import parse_mysql_url
+from migrator.progress import NullProgress
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
-from migrator.state.store import StateStore
+from migrator.source.position import master_position
+from migrator.state.store import StateStore, now
+from migrator.verify.engine import verify
 
 from .cdc_helpers import assert_same_as_fresh_backfill
-from .conftest import REPO, Env, migrator_cmd
-from .test_backfill import make_shop
+from .conftest import migrator_cmd
+from .helpers import (
+    cdc_in_thread,
+    cli_process,
+    make_shop,
+    purge_binlogs,
+    ready,
+    start_cdc,
+    step,
+    wait_until,
+    walk_to,
+)
 
 
 def test_a_second_migration_on_the_same_state_database_is_refused(env, tmp_path):
@@ -110,23 +125,13 @@ def test_an_empty_state_database_is_taken_by_the_first_mapping(env):
     assert ident is not None and ident["target"] == env.db
 
 
-def _purge(env: Env) -> None:
-    env.sql("FLUSH BINARY LOGS")
-    current = env.sql("SHOW MASTER STATUS")[0][0]
-    deadline = time.monotonic() + 30
-    while len(env.sql("SHOW BINARY LOGS")) > 1 and time.monotonic() < deadline:
-        env.sql(f"PURGE BINARY LOGS TO '{current}'")
-        time.sleep(0.2)
-    assert [r[0] for r in env.sql("SHOW BINARY LOGS")] == [current]
-
-
 def test_backfill_restart_after_a_purge_lets_cdc_start_again(own_env):
     env = own_env
     path = make_shop(env, orders=30)
     backfill(load_mapping(path), workers=1)
     run_cdc(load_mapping(path), mode="until-caught-up")  # CDC has a checkpoint of its own
     env.sql("UPDATE orders SET note = 'before purge' WHERE id = 1")
-    _purge(env)
+    purge_binlogs(env)
     p = migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=1)
     assert "purged" in p.stderr and "backfill --restart" in p.stderr
     migrator_cmd("backfill", "-m", str(path), "--restart", check=0)  # what the message says
@@ -138,11 +143,8 @@ def test_backfill_restart_after_a_purge_lets_cdc_start_again(own_env):
 
 
 def test_backfill_restart_is_refused_past_sync(env):
-    from .test_cutover import ready, step
-
     path = ready(env)
-    for _ in range(3):
-        step(path, "--next")  # backfill, sync, dual_write
+    walk_to(path, "dual_write")
     before = env.target.orders.count_documents({})
     p = migrator_cmd("backfill", "-m", str(path), "--restart", check=2)
     assert "dual_write" in p.stderr and "--restart" in p.stderr and "rollback" in p.stderr
@@ -152,7 +154,7 @@ def test_backfill_restart_is_refused_past_sync(env):
 def test_cdc_waits_while_a_backfill_copies_and_then_converges(env):
     """A chunk read before a change and written after CDC applied it would overwrite the newer
     document: CDC must not apply while a backfill copies (it waits, then resumes)."""
-    path = make_shop(env, orders=3000, chunk_size=100)
+    path = make_shop(env, orders=600, chunk_size=30)
     stop = threading.Event()
     writer = ShopWriter(connect(parse_mysql_url(env.url)), seed=3)
 
@@ -161,53 +163,36 @@ def test_cdc_waits_while_a_backfill_copies_and_then_converges(env):
             writer.step()
             time.sleep(0.005)
 
-    # the backfill records its position first; CDC is started while it copies
-    bf = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "migrator.cli.main",
-            "backfill",
-            "-m",
-            str(path),
-            "--max-rows-per-sec",
-            "1500",
-            "--workers",
-            "2",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # the backfill records its position first; CDC is started while it copies (slowly enough
+    # for CDC to start and acknowledge the copy before it ends)
     t = threading.Thread(target=write)
-    t.start()
-    cdc = None
-    try:
-        deadline = time.monotonic() + 60
-        while env.state.chunks.count_documents({"done": True}) < 3:
-            assert time.monotonic() < deadline and bf.poll() is None
-            time.sleep(0.05)
-        cdc = subprocess.Popen(
-            [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        saw_wait = False
-        while bf.poll() is None:
-            st = env.state.meta.find_one({"_id": "cdc_status"}) or {}
-            saw_wait = saw_wait or st.get("waiting_for") == "backfill"
-            time.sleep(0.1)
-        assert bf.returncode == 0, bf.stderr.read() if bf.stderr else ""
-        assert saw_wait
-        time.sleep(2)
-    finally:
-        stop.set()
-        t.join()
-        if cdc is not None:
-            cdc.send_signal(signal.SIGTERM)
-            cdc.communicate(timeout=60)
-    assert cdc.returncode == 0
+    saw_wait: list[bool] = []
+
+    def cdc_waits_or_copy_over() -> bool:
+        st = env.state.meta.find_one({"_id": "cdc_status"}) or {}
+        if st.get("waiting_for") == "backfill":
+            saw_wait.append(True)
+            return True
+        return bf.poll() is not None
+
+    with cli_process(
+        "backfill", "-m", str(path), "--max-rows-per-sec", "500", "--workers", "2"
+    ) as bf:
+        t.start()
+        try:
+            wait_until(
+                lambda: env.state.chunks.count_documents({"done": True}) >= 3 or bf.poll(),
+                "the backfill to copy",
+            )
+            assert bf.poll() is None, bf.log_tail()
+            with cli_process("cdc", "-m", str(path), "--follow") as cdc:
+                wait_until(cdc_waits_or_copy_over, "CDC to wait for the copy", 120, every=0.1)
+                assert bf.wait(120) == 0, bf.log_tail()
+                assert cdc.stop() == 0, cdc.log_tail()
+        finally:
+            stop.set()
+            t.join()
+    assert saw_wait, "CDC did not wait while the backfill copied"
     migrator_cmd("cdc", "-m", str(path), "--until-caught-up", check=0)
     assert_same_as_fresh_backfill(env, path)
 
@@ -240,18 +225,23 @@ def test_first_runs_started_together_on_a_fresh_state_database_are_all_accepted(
 def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
     path = make_shop(env, orders=10)
     backfill(load_mapping(path), workers=1)
-    stop = threading.Event()
-    t = threading.Thread(
-        target=lambda: run_cdc(load_mapping(path), mode="follow", stop=stop), daemon=True
-    )
-    t.start()
-    try:
-        # nothing changes in the mapped database; another database is busy
+    with cdc_in_thread(path, join=30):
+        # nothing changes in the mapped tables; an unmapped one is busy
         env.sql(f"CREATE TABLE `{env.db}`.unrelated (id INT PRIMARY KEY)")
         for i in range(30):
             env.sql(f"INSERT INTO unrelated VALUES ({i})")
             time.sleep(0.1)
-        time.sleep(2.5)
+        busy = master_position(env.admin)
+        # the status CDC publishes once it has read past the busy stretch
+        wait_until(
+            lambda: reached(
+                Position.from_dict(
+                    (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("position") or {}
+                ),
+                busy,
+            ),
+            "CDC to read past the unmapped writes",
+        )
         st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
         assert st["cdc"]["lag_seconds"] is not None and st["cdc"]["lag_seconds"] < 2, st["cdc"]
         assert st["cdc"]["alive"] is True
@@ -265,22 +255,15 @@ def test_an_idle_source_has_a_measured_lag_and_passes_the_lag_gate(env):
             client.close()
         lag = next(g for g in gates if g.name == "cdc_lag")
         assert lag.ok, lag
-    finally:
-        stop.set()
-        t.join(timeout=30)
 
 
 def test_an_idle_source_passes_the_lag_gate_while_cdc_follows(env):
     """No change since the backfill: `cdc --follow` alone (no --until-caught-up run before it)
     must make the lag measurable, and the gate pass, on a quiet source."""
-    from .test_cutover import step
-    from .test_write_fence import start_cdc, wait_until
-
     path = make_shop(env, orders=20)
-    migrator_cmd("backfill", "-m", str(path), check=0)
-    migrator_cmd("verify", "-m", str(path), check=0)
-    step(path, "--to", "backfill")
-    step(path, "--to", "sync")
+    backfill(load_mapping(path), workers=1)
+    assert verify(load_mapping(path)).ok
+    walk_to(path, "sync")
     cdc = start_cdc(env, path)
     try:
         wait_until(
@@ -294,17 +277,12 @@ def test_an_idle_source_passes_the_lag_gate_while_cdc_follows(env):
         lag = next(g for g in moved["gates"] if g["name"] == "cdc_lag")
         assert lag["ok"] and lag["measured"] == "0.0 s"
     finally:
-        cdc.terminate()
-        assert cdc.wait(30) == 0
+        assert cdc.stop() == 0, cdc.log_tail()
 
 
 def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_planned(env):
     """The creator resets (--restart), records the position and plans first; a joiner waits
     for that, and gives up with a clear error if the creator dies before it."""
-    from migrator.backfill.copy import CopyFence, _wait_for_plan
-    from migrator.errors import CheckFailed
-    from migrator.progress import NullProgress
-
     path = make_shop(env, orders=20)
     mapping = load_mapping(path)
     state = StateStore(env.mongo, env.state_db)
@@ -314,20 +292,11 @@ def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_plann
     plans = [type("P", (), {"name": c.name})() for c in mapping.collections]
     for p in plans:
         state.update_collection(p.name, planned=True)  # a plan from before a --restart
-    waited: list[float] = []
-
-    def join() -> None:
-        t0 = time.monotonic()
-        _wait_for_plan(state, joiner, plans)  # type: ignore[arg-type]
-        waited.append(time.monotonic() - t0)
-
-    t = threading.Thread(target=join)
-    t.start()
-    time.sleep(1.0)
-    assert t.is_alive()  # old planned flags are not the creator's word
+    # old planned flags are not the creator's word: the joiner waits (here until its bound)
+    with pytest.raises(CheckFailed, match=r"was not planned within 1 s"):
+        _wait_for_plan(state, joiner, plans, timeout=1)  # type: ignore[arg-type]
     state.mark_copy_planned(creator.copy_id)
-    t.join(timeout=10)
-    assert waited and waited[0] >= 1.0
+    _wait_for_plan(state, joiner, plans, timeout=1)  # type: ignore[arg-type]
     # the creator's copy ends with the joiner still in it: the copy lives on (CDC stays paused)
     creator.stop()
     assert state.copy_in_progress() is not None
@@ -339,9 +308,128 @@ def test_a_backfill_that_joins_a_copy_reads_nothing_before_its_creator_has_plann
     joiner = CopyFence(state, NullProgress()).start()
     creator.stop()
     try:
-        _wait_for_plan(state, joiner, plans, timeout=5)  # type: ignore[arg-type]
-        raise AssertionError("joined a copy nobody plans")
-    except CheckFailed as exc:
-        assert "stopped before it had planned" in exc.message
+        with pytest.raises(CheckFailed, match="stopped before it had planned"):
+            _wait_for_plan(state, joiner, plans, timeout=5)  # type: ignore[arg-type]
     finally:
         joiner.stop()
+
+
+def _plans(path):
+    return [type("P", (), {"name": c.name})() for c in load_mapping(path).collections]
+
+
+def _crash(state: StateStore, fence: CopyFence) -> None:
+    """The fence's process dies (another machine's: its lease runs out; no end_copy)."""
+    fence._ticker.stop()
+    state.meta.update_one(
+        {"_id": "copy"},
+        {"$set": {"members.$[m].expires": now() - timedelta(seconds=1)}},
+        array_filters=[{"m.owner": fence.owner}],
+    )
+
+
+def test_a_copy_taken_over_from_a_crashed_one_is_not_planned_before_its_new_creator_plans(env):
+    """A copy whose members all died keeps its document, `planned: True` included. The next
+    backfill takes it over (created=True, e.g. `--restart`); a joiner of the new copy waits
+    for the new creator to reset (chunks, target documents, the position) and plan: the old
+    copy's `planned` does not let it read at once."""
+    path = make_shop(env, orders=20)
+    state = StateStore(env.mongo, env.state_db)
+    plans = _plans(path)
+    for p in plans:
+        state.update_collection(p.name, planned=True)  # the crashed run's plan
+    crashed = CopyFence(state, NullProgress()).start()
+    state.mark_copy_planned(crashed.copy_id)
+    _crash(state, crashed)
+    assert state.copy_in_progress() is None
+
+    creator = CopyFence(state, NullProgress()).start()  # e.g. `backfill --restart`
+    joiner = CopyFence(state, NullProgress()).start()
+    try:
+        assert creator.created and not joiner.created and joiner.copy_id == creator.owner
+        # the creator has not reset nor planned yet: the joiner waits for it (to its bound)
+        with pytest.raises(CheckFailed, match=r"^the copy .* was not planned within 1 s"):
+            _wait_for_plan(state, joiner, plans, timeout=1)  # type: ignore[arg-type]
+    finally:
+        joiner.stop()
+        creator.stop()
+
+
+def test_a_joiner_does_not_take_a_stale_cdc_ack_for_a_pause(env):
+    """CDC acknowledges a copy by its creator's id, and leaves `acked_copy` in its status
+    after it resumes: a joiner's fence returns only once CDC is paused again, not on an ack
+    left over from before. Here: the copy's only member stalls past its lease (CDC resumes, as
+    designed), then its ticker renews the lease again (the member is still in the document),
+    and a second backfill joins the copy."""
+    path = make_shop(env, orders=20)
+    backfill(load_mapping(path), workers=1)
+    state = StateStore(env.mongo, env.state_db)
+    with cdc_in_thread(path, join=30):
+        wait_until(state.cdc_alive, "CDC to run")
+        creator = CopyFence(state, NullProgress()).start()  # CDC acks it and pauses
+        assert (state.cdc_status() or {}).get("waiting_for") == "backfill"
+        _crash(state, creator)  # stalls: its lease runs out
+        wait_until(
+            lambda: (state.cdc_status() or {}).get("waiting_for") != "backfill",
+            "CDC to resume (it applies again)",
+        )
+        state.renew_copy(creator.owner)  # the stalled process wakes: its ticker renews
+        joiner = CopyFence(state, NullProgress()).start()
+        st = state.cdc_status() or {}
+        joiner.stop()
+        creator.stop()
+        assert st.get("waiting_for") == "backfill", (
+            "the joiner's fence returned while CDC was not paused",
+            {k: st.get(k) for k in ("acked_copy", "waiting_for", "alive_at")},
+        )
+
+
+def test_a_member_s_lease_is_renewed_while_it_copies(env):
+    """renew_copy (array_filters, $max) moves the member's expiry on this server."""
+    make_shop(env, orders=5)
+    state = StateStore(env.mongo, env.state_db)
+    fence = CopyFence(state, NullProgress()).start()
+    try:
+        first = state.meta.find_one({"_id": "copy"})["members"][0]["expires"]
+        wait_until(
+            lambda: (
+                state.meta.find_one({"_id": "copy"})["members"][0]["expires"]
+                > first + timedelta(seconds=2)
+            ),
+            "the member's lease to be renewed",
+            timeout=30,
+        )
+    finally:
+        fence.stop()
+    assert state.meta.find_one({"_id": "copy"}) is None
+
+
+def test_a_backfill_starts_at_once_while_cdc_follows_an_idle_source(env):
+    """A backfill takes the copy lease and waits until a live CDC acknowledges it. A CDC
+    following a quiet source (the normal state between maintenance jobs) has no batch to
+    apply, and still acknowledges: the backfill goes ahead (it is not held until its
+    600 s bound and then failed with "CDC did not pause for the backfill")."""
+    path = make_shop(env, orders=5)
+    backfill(load_mapping(path), workers=1)
+    errors: list[BaseException] = []
+
+    def second_backfill() -> None:
+        try:
+            backfill(load_mapping(path), workers=1)  # e.g. a collection added to the mapping
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    bf = threading.Thread(target=second_backfill)
+    with cdc_in_thread(path):
+        # CDC is idle: it has published its status from reading heartbeats
+        wait_until(
+            lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("position"),
+            "CDC to be idle",
+        )
+        bf.start()
+        bf.join(timeout=30)
+        held = bf.is_alive()
+    if held:
+        bf.join(timeout=120)
+    assert not held, "the backfill was still waiting for an idle CDC after 30 s"
+    assert not errors, errors

@@ -6,20 +6,18 @@ import json
 
 import yaml
 
+from migrator.backfill.copy import backfill
 from migrator.cutover.sdk import DualWriter
 from migrator.model.settings import load_mapping
 
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
-from .test_cutover import step
-from .test_write_fence import start_cdc, wait_until
+from .helpers import make_shop, start_cdc, wait_until, walk_to
 
 
 def test_a_live_migration_s_whole_state_is_dumped_and_nothing_is_written(env):
     path = make_shop(env, orders=30, chunk_size=10)
-    migrator_cmd("backfill", "-m", str(path), check=0)
-    step(path, "--to", "backfill")
-    step(path, "--to", "sync")
+    backfill(load_mapping(path), workers=1)
+    walk_to(path, "sync")
     cdc = start_cdc(env, path)
     writer = DualWriter(load_mapping(path))
     try:
@@ -52,5 +50,4 @@ def test_a_live_migration_s_whole_state_is_dumped_and_nothing_is_written(env):
         assert yaml.safe_load(text)["control"]["phase"] == "sync"
     finally:
         writer.close()
-        cdc.terminate()
-        cdc.wait(60)
+        cdc.stop()

@@ -1,4 +1,5 @@
-"""Production connections: TLS to MariaDB and MongoDB, passwords from files, least privilege.
+"""Production connections: TLS to MariaDB and MongoDB, passwords from files, least privilege,
+a certificate for another host refused with a message naming the host.
 
 A MariaDB of its own serves TLS with a certificate made at test time and refuses plain TCP
 (require_secure_transport=ON, as managed MySQL services do); a SecantusDB of its own accepts
@@ -9,22 +10,31 @@ passwords in files, and afterwards no output, report or stored document holds ei
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pymysql
 import pytest
 from bson import json_util
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pymongo import MongoClient
 
+from migrator.cdc.binlog import BinlogSource
 from migrator.devtools import sandbox
 from migrator.devtools.shop import create_shop, shop_mapping
+from migrator.errors import ConnectError
+from migrator.model.events import Position
 from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import connect
+from migrator.source.position import current_position
+from migrator.source.schema import introspect
 
-from .certs import Certs, make_certs
+from .certs import Certs, _ca, _leaf, _write_key, make_certs
 from .conftest import migrator_cmd
 
 # Characters a URL must escape, so the password files exercise the quoting too.
@@ -129,7 +139,7 @@ def test_backfill_cdc_and_verify_run_over_tls_with_passwords_from_files(tls_stac
     assert plan["connections"]["source"]["ssl_mode"] == "VERIFY_IDENTITY"
     assert plan["connections"]["target"]["encrypted"] is True
     assert plan["connections"]["throttle.replicas[0]"]["encrypted"] is True
-    assert all(p["ok"] for p in plan["privileges"].values()), plan["privileges"]
+    assert plan["privileges"] and all(p["ok"] for p in plan["privileges"].values()), plan
 
     run("backfill", "-m", str(mapping), "--json")
     # changes after the copy reach MongoDB through the binlog stream, over TLS too
@@ -281,15 +291,6 @@ def test_init_writes_a_mapping_that_reads_passwords_from_files(tls_stack):
 def test_the_binlog_stream_checks_the_certificate_too(tls_stack):
     """The binlog stream is PyMySQL, not mysqlclient: it gets the same TLS options. With a
     wrong CA it refuses the server; with the right one its socket is TLS."""
-    import ssl
-
-    import pymysql
-
-    from migrator.cdc.binlog import BinlogSource
-    from migrator.model.events import Position
-    from migrator.source.position import current_position
-    from migrator.source.schema import introspect
-
     s = tls_stack
     good = parse_mysql_url(s.source_url("shop", s.verified())).with_password(MYSQL_PASSWORD)
     conn = connect(good)
@@ -453,3 +454,70 @@ def test_a_password_from_a_file_or_a_variable_reaches_both_servers_unchanged(env
     everything = "".join(outputs) + init_yaml.read_text()
     for form in (ODD_PASSWORD, quote(ODD_PASSWORD, safe=""), "ab%41:/@cd"):
         assert form not in everything
+
+
+def _other_host_certs(d: Path) -> dict[str, Path]:
+    """A CA and a server certificate it signed for db.example (the tests connect by IP)."""
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = _ca("other-host CA")
+    leaf, key = _leaf("db.example", ca, ca_key, server=True, names=[x509.DNSName("db.example")])
+    pem = serialization.Encoding.PEM
+    out = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    out["ca"].write_bytes(ca.public_bytes(pem))
+    out["cert"].write_bytes(leaf.public_bytes(pem))
+    _write_key(key, out["key"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
+    """A MariaDB of its own serving TLS with a certificate for another host (db.example)."""
+    tmp = tmp_path_factory.mktemp("other-host")
+    certs = _other_host_certs(tmp / "certs")
+    url, proc = sandbox.start_mysql(tmp / "mysql", tls=certs)
+    try:
+        admin = connect(parse_mysql_url(url + "?ssl-mode=REQUIRED"), database=False)
+        cur = admin.cursor()
+        cur.execute("CREATE DATABASE shop")
+        cur.execute("CREATE TABLE shop.t (id INT PRIMARY KEY)")
+        admin.close()
+        yield url, certs
+    finally:
+        proc.stop()
+
+
+def test_verify_identity_refuses_a_certificate_for_another_host(other_host):
+    """VERIFY_IDENTITY against a server whose certificate is signed by the right CA but names
+    another host: mysqlclient and the binlog stream (PyMySQL) both refuse it, for the name
+    (and without ssl-ca, for a CA the system does not trust); REQUIRED connects."""
+    url, certs = other_host
+    required = parse_mysql_url(url + "shop?ssl-mode=REQUIRED")
+    conn = connect(required)
+    schema = introspect(conn, "shop")
+    start = Position(gtid=current_position(conn)["gtid"])
+    conn.close()
+    strict = parse_mysql_url(url + f"shop?ssl-mode=VERIFY_IDENTITY&ssl-ca={certs['ca']}")
+    with pytest.raises(ConnectError, match=r"certificate of MySQL at .* does not match the host"):
+        connect(strict)
+    stream = BinlogSource(strict, schema, {"t"}, start)._open()
+    try:
+        with pytest.raises(pymysql.err.OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
+            stream._BinLogStreamReader__connect_to_stream()
+    finally:
+        stream.close()
+    # no ssl-ca: the system CAs, which do not hold this test CA
+    with pytest.raises(ConnectError, match="certificate of MySQL at"):
+        connect(parse_mysql_url(url + "shop?ssl-mode=VERIFY_IDENTITY"))
+
+
+def test_a_host_name_mismatch_names_the_host_not_the_ca_file(other_host):
+    """The CA is right; the certificate names db.example and the URL 127.0.0.1: the message
+    says the host name does not match, and does not send the user to replace a correct CA
+    file ("ssl-ca must be the CA that signed the server's certificate")."""
+    url, certs = other_host
+    strict = parse_mysql_url(url + f"shop?ssl-mode=VERIFY_IDENTITY&ssl-ca={certs['ca']}")
+    with pytest.raises(ConnectError) as exc:
+        connect(strict)
+    message = str(exc.value)
+    assert "ssl-ca must be the CA" not in message, message
+    assert "db.example" in message or "host name" in message or "hostname" in message, message

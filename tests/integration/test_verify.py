@@ -1,6 +1,7 @@
 """`migrator verify` against the real servers: clean copies pass; every kind of tampering is
-found with its _id and field; --repair fixes; --changed checks only what CDC touched; a live
-write load gives no false differences; JSON and JUnit agree."""
+found with its _id and field, and rows that do not convert are differences too; --repair fixes
+(toward the phase's source of truth, and stops when that moves under it); --changed checks
+only what CDC touched; a live write load gives no false differences; JSON and JUnit agree."""
 
 from __future__ import annotations
 
@@ -9,19 +10,26 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
+import pytest
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
 from migrator.backfill.copy import backfill
 from migrator.cdc.runner import run_cdc
+from migrator.cutover.machine import Machine
+from migrator.cutover.playbook import default_playbook
+from migrator.cutover.sdk import DualWriter
 from migrator.devtools.shop import ShopWriter
+from migrator.errors import CheckFailed
 from migrator.model.settings import load_mapping
 from migrator.model.urls import parse_mysql_url
+from migrator.progress import NullProgress
 from migrator.source.connection import connect
+from migrator.verify import engine
 from migrator.verify.engine import verify
 
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
+from .helpers import cdc_in_thread, cli_process, make_shop, tamper, wait_until, walk_to
 
 
 def test_clean_copy_exits_0_with_json_and_junit(env, tmp_path):
@@ -82,7 +90,7 @@ def test_every_kind_of_tampering_is_found_then_repaired(env, tmp_path):
 def test_changed_checks_only_keys_cdc_touched(env):
     path = make_shop(env, orders=20)
     backfill(load_mapping(path), workers=1)
-    verify(load_mapping(path))  # a clean full run: --changed starts after it
+    assert verify(load_mapping(path)).ok  # a clean full run: --changed starts after it
     env.sql(
         "UPDATE orders SET note = 'touched' WHERE id = 3",
         "INSERT INTO order_items VALUES (4, 50, 1, 1, 1.00)",
@@ -104,7 +112,7 @@ def test_changed_starts_after_the_last_run_that_covered_each_collection(env):
     other collections, or a sample): a document touched before those runs is still checked."""
     path = make_shop(env, orders=20)
     backfill(load_mapping(path), workers=1)
-    verify(load_mapping(path))  # clean and full: --changed starts after it
+    assert verify(load_mapping(path)).ok  # clean and full: --changed starts after it
     env.sql("UPDATE customers SET name = 'touched' WHERE id = 5")
     run_cdc(load_mapping(path), mode="until-caught-up")
     assert env.state.touched.count_documents({"c": "customers"}) >= 1
@@ -124,7 +132,6 @@ def test_live_writes_while_verifying_give_no_false_differences(env, stack):
     conn = connect(parse_mysql_url(env.url))
     writer = ShopWriter(conn, first_order=5000)
     stop = threading.Event()
-    cdc_stop = threading.Event()
 
     def write() -> None:
         # a rate the test's MongoDB server (mongoeco, ~60 writes/s) lets CDC keep up with
@@ -132,27 +139,23 @@ def test_live_writes_while_verifying_give_no_false_differences(env, stack):
             writer.step()
             time.sleep(0.3)
 
-    cdc = threading.Thread(target=lambda: run_cdc(load_mapping(path), mode="follow", stop=cdc_stop))
     w = threading.Thread(target=write)
-    cdc.start()
-    w.start()
-    try:
-        time.sleep(1.0)
-        res = verify(load_mapping(path), recheck=10, recheck_delay=0.5)
-    finally:
-        stop.set()
-        w.join()
-        time.sleep(2)
-        cdc_stop.set()
-        cdc.join()
-        conn.close()
-    assert writer.transactions >= 3  # writes really happened while verifying
+    with cdc_in_thread(path):
+        w.start()
+        try:
+            wait_until(lambda: writer.transactions >= 1, "the writes to start")
+            before = writer.transactions
+            res = verify(load_mapping(path), recheck=10, recheck_delay=0.5)
+            during = writer.transactions - before
+        finally:
+            stop.set()
+            w.join()
+            conn.close()
+    assert during >= 1  # writes really happened while verifying
     assert res.ok, [(d.collection, d.id, d.kind, d.fields) for d in res.differences]
 
 
 def test_an_interrupted_verification_resumes_from_its_checkpoint(env):
-    from migrator.progress import NullProgress
-
     path = make_shop(env, orders=30)
     backfill(load_mapping(path), workers=1)
     env.target.orders.update_one({"_id": 3}, {"$set": {"status": "tampered"}})
@@ -170,8 +173,6 @@ def test_an_interrupted_verification_resumes_from_its_checkpoint(env):
         def note(self, message: str) -> None:
             self.notes.append(message)
 
-    import pytest
-
     with pytest.raises(KeyboardInterrupt):
         verify(load_mapping(path), chunk_size=5, progress=CrashAfter(3), recheck=0)
     saved = env.state.meta.find_one({"_id": "verify_progress"})
@@ -188,73 +189,25 @@ def test_an_interrupted_verification_resumes_from_its_checkpoint(env):
 
 
 def test_follow_reports_rows_that_stay_different(env):
-    import signal
-    import subprocess
-    import sys
-
-    from .conftest import REPO
-
     path = make_shop(env, orders=10)
     backfill(load_mapping(path), workers=1)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "migrator.cli.main",
-            "verify",
-            "-m",
-            str(path),
-            "--follow",
-            "--settle",
-            "1",
-            "--json",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    args = ("verify", "-m", str(path), "--follow", "--settle", "1", "--json")
+    with cli_process(*args, pipe=True) as proc:
         # follow verifies what changes after it started: wait for its first (empty) pass
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not env.state.verify_runs.find_one({}):
-            time.sleep(0.2)
+        wait_until(lambda: env.state.verify_runs.find_one({}), "the first pass")
         env.sql("UPDATE orders SET note = 'followed' WHERE id = 4")
         run_cdc(load_mapping(path), mode="until-caught-up")
         env.target.orders.update_one({"_id": 4}, {"$set": {"note": "drifted after CDC"}})
-        deadline = time.monotonic() + 60  # each pass stores its summary: wait for the report
-        while time.monotonic() < deadline and not env.state.verify_runs.find_one(
-            {"differences._id": 4}
-        ):
-            time.sleep(0.5)
-        time.sleep(1.5)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        # each pass stores its summary, then prints it (SIGTERM ends the loop after that)
+        wait_until(
+            lambda: env.state.verify_runs.find_one({"differences._id": 4}), "the report of 4"
+        )
+        assert proc.stop() == 1
         out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
     passes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(
         d["_id"] == 4 and d["fields"][0]["path"] == "note" for p in passes for d in p["differences"]
-    )
-
-
-def tamper(env, seed: int, orders: int, *, count: int = 15, customer: bool = True) -> None:
-    """Seeded random tampering of random orders (deleted, a field changed, an item dropped),
-    an extra document, and optionally a deleted customer."""
-    import random
-
-    t, rnd = env.target, random.Random(seed)
-    for i in rnd.sample(range(1, orders + 1), count):
-        r = rnd.random()
-        if r < 0.3:
-            t.orders.delete_one({"_id": i})
-        elif r < 0.6:
-            t.orders.update_one({"_id": i}, {"$set": {"status": f"t{i}"}})
-        else:
-            t.orders.update_one({"_id": i}, {"$pop": {"items": 1}})
-    t.orders.insert_one({"_id": 7777, "orderNo": "ghost"})
-    if customer:
-        t.customers.delete_one({"_id": rnd.randint(1, 30)})
+    ), err
 
 
 def test_worker_processes_find_exactly_what_one_worker_finds(env):
@@ -273,3 +226,58 @@ def test_worker_processes_find_exactly_what_one_worker_finds(env):
     one, two = run(1), run(2)
     assert one == two
     assert len(one[0]) >= 10 and ("orders", "7777", "extra") in one[0]
+
+
+def test_rows_that_do_not_convert_are_differences_not_skipped(env):
+    env.sql(
+        "CREATE TABLE big (id INT PRIMARY KEY, d DECIMAL(40,0))",
+        "INSERT INTO big VALUES (1, 1), (2, 1234567890123456789012345678901234567890), (3, 3)",
+    )
+    path = env.mapping("  - {name: big, from: big}\n")
+    backfill(load_mapping(path), workers=1)  # row 2 goes to the dead-letter collection
+    p = migrator_cmd("verify", "-m", str(path), "--json", check=1)
+    data = json.loads(p.stdout)
+    assert data["ok"] is False and data["totals"]["unconvertible"] == 1
+    (d,) = data["differences"]
+    assert d["_id"] == 2 and d["kind"] == "unconvertible" and "34 significant digits" in d["reason"]
+
+
+def test_a_verify_repair_running_across_the_write_switch_stops_before_repairing_backwards(
+    env, monkeypatch
+):
+    """`verify --repair` repairs toward the phase's source of truth. A full repair started in
+    read_mongo (hours on a big database) that is still running at the write switch stops,
+    saying the source of truth moved: it does not rebuild a document from MySQL's row, which
+    lacks a MongoDB-first write made after the switch (reverse sync has not written it yet),
+    over the authoritative document. The switch and the SDK write happen here when the
+    repair reaches its first difference."""
+    path = make_shop(env, orders=8)
+    backfill(load_mapping(path), workers=1)
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    walk_to(path, "read_mongo")
+    env.target.orders.update_one({"_id": 5}, {"$set": {"status": "cancelled"}})  # a difference
+    original = engine.Verifier.repair
+    fired = []
+
+    def slow_repair(self, plan, diffs, res):
+        if not fired:
+            fired.append(1)
+            mm = Machine(load_mapping(path), default_playbook(), actor="switch@ci")
+            try:
+                mm.step("write_mongo", force=True, reason="the switch, while verify runs")
+            finally:
+                mm.close()
+            w = DualWriter(load_mapping(path))
+            try:
+                w.update("orders", {"id": 5}, {"note": "written after the switch"})  # acked
+            finally:
+                w.close()
+        return original(self, plan, diffs, res)
+
+    monkeypatch.setattr(engine.Verifier, "repair", slow_repair)
+    with pytest.raises(CheckFailed, match="source of truth moved"):
+        verify(load_mapping(path), repair=True, recheck=0)
+    assert fired
+    assert env.state.control.find_one({"_id": "control"})["phase"] == "write_mongo"
+    doc = env.target.orders.find_one({"_id": 5})
+    assert doc.get("note") == "written after the switch", doc.get("note")

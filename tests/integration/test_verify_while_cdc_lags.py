@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 
+from migrator.backfill.copy import backfill
 from migrator.cutover.gates import verification_gate
 from migrator.model.settings import load_mapping
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.state.store import StateStore
 
 from .conftest import migrator_cmd
-from .test_backfill import make_shop
-from .test_write_fence import start_cdc, wait_until
+from .helpers import make_shop, start_cdc, wait_until
 
 
 def _gate(path) -> tuple[bool, str]:
@@ -27,13 +27,12 @@ def _gate(path) -> tuple[bool, str]:
 
 
 def _stop(cdc) -> None:
-    cdc.terminate()
-    cdc.wait(60)
+    cdc.stop()
 
 
 def test_a_recheck_waits_until_a_lagging_cdc_has_applied_the_change(env):
     path = make_shop(env, orders=20)
-    migrator_cmd("backfill", "-m", str(path), check=0)
+    backfill(load_mapping(path), workers=1)
     cdc = start_cdc(env, path, pause="cdc_apply:4")  # every batch waits 4 s before it applies
     try:
         env.sql("UPDATE orders SET note = 'lagging' WHERE id = 3")
@@ -48,8 +47,8 @@ def test_a_recheck_waits_until_a_lagging_cdc_has_applied_the_change(env):
 
 def test_the_bound_is_said_and_a_later_clean_check_settles_the_run(env):
     path = make_shop(env, orders=20)
-    migrator_cmd("backfill", "-m", str(path), check=0)
-    cdc = start_cdc(env, path, pause="cdc_apply:12")
+    backfill(load_mapping(path), workers=1)
+    cdc = start_cdc(env, path, pause="cdc_apply:7")  # longer than the verify below
     try:
         env.sql("UPDATE orders SET note = 'lagging' WHERE id = 3")
         p = migrator_cmd("verify", "-m", str(path), "--recheck-wait", "1", "--json", check=1)
@@ -71,7 +70,7 @@ def test_the_bound_is_said_and_a_later_clean_check_settles_the_run(env):
 
 def test_a_real_difference_still_blocks_until_repaired(env):
     path = make_shop(env, orders=20)
-    migrator_cmd("backfill", "-m", str(path), check=0)
+    backfill(load_mapping(path), workers=1)
     env.target.orders.update_one({"_id": 5}, {"$set": {"status": "tampered"}})
     migrator_cmd("verify", "-m", str(path), check=1)
     # re-checked by every later --changed run, and still different: the gate stays shut
@@ -86,7 +85,7 @@ def test_a_real_difference_still_blocks_until_repaired(env):
 
 def test_more_differences_than_a_run_lists_need_a_new_full_run(env):
     path = make_shop(env, orders=20)
-    migrator_cmd("backfill", "-m", str(path), check=0)
+    backfill(load_mapping(path), workers=1)
     from migrator.verify.engine import verify
 
     original = {d["_id"]: d["status"] for d in env.target.orders.find()}
@@ -121,7 +120,7 @@ def test_a_collection_taken_out_of_the_mapping_leaves_no_open_differences(env):
         "INSERT INTO b VALUES (1, 1), (2, 2)",
     )
     both = env.mapping("  - {name: a, from: a}\n  - {name: b, from: b}\n", name="both.yaml")
-    migrator_cmd("backfill", "-m", str(both), check=0)
+    backfill(load_mapping(both), workers=1)
     env.target.b.update_one({"_id": 2}, {"$set": {"v": 99}})
     migrator_cmd("verify", "-m", str(both), check=1)
     # the team decides b is not migrated after all: the mapping keeps a only

@@ -5,36 +5,33 @@ live writer acknowledges, one operator at a time, and one SDK instance shared by
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from datetime import datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 
 from migrator.cdc.runner import run_cdc
 from migrator.cutover.control import Control
+from migrator.cutover.fence import Fence, Registration
 from migrator.cutover.sdk import DualWriter
 from migrator.model.settings import load_mapping
+from migrator.model.urls import parse_mysql_url
+from migrator.source.connection import connect
 from migrator.state.store import now
 from migrator.verify.engine import verify
 
-from .conftest import REPO, migrator_cmd
-from .test_cutover import ready, step
-
-FREEZE = 4.0  # the playbook's freeze timeout in these tests (default 10 s)
-
-
-def to_read_mongo(env, tmp_path, orders=20):
-    path = ready(env, orders=orders)
-    for target in ("backfill", "sync", "dual_write", "read_mongo"):
-        step(path, "--to", target, "--force", "--reason", "setup")
-    pb = tmp_path / "playbook.yaml"
-    pb.write_text(f"version: 1\ndefaults: {{freeze_timeout_seconds: {FREEZE}}}\n")
-    return path, pb
+from .conftest import migrator_cmd
+from .helpers import (
+    FREEZE,
+    cdc_caught_up,
+    cli_process,
+    start_cdc,
+    step,
+    to_read_mongo,
+    wait_until,
+    walk_to,
+)
 
 
 def control(env):
@@ -42,53 +39,40 @@ def control(env):
 
 
 def start_switch(path, pb, *, pause: str = "", to: str = "write_mongo"):
-    env = {**os.environ, "MIGRATOR_FAULT_PAUSE": pause}
-    return subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cutover", "-m", str(path), "--to", to,
-         "--force", "--reason", "fence test", "--yes", "--actor", "switch@ci", "--json",
-         "--playbook", str(pb)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    """`migrator cutover --to TO` (the write switch by default) as its own process."""
+    return cli_process(
+        "cutover", "-m", str(path), "--to", to, "--force", "--reason", "fence test", "--yes",
+        "--actor", "switch@ci", "--json", "--playbook", str(pb), pause=pause, pipe=True,
     )  # fmt: skip
 
 
-def start_cdc(env, path, *args, pause: str = ""):
-    """`migrator cdc --follow` as its own process, once it is running (its log in
-    `cdc.log`: a pipe nobody reads could fill and stall it); `pause` is a fault point."""
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process object)
-    cdc = subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow", *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True,
-        env={**os.environ, "MIGRATOR_FAULT_PAUSE": pause},
-    )  # fmt: skip
-    cdc.log = log
-    wait_until(
-        lambda: (env.state.meta.find_one({"_id": "cdc_status"}) or {}).get("pid") == cdc.pid,
-        "CDC to run",
-    )
-    return cdc
-
-
-def wait_until(cond, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def frozen_waits(w: DualWriter) -> float:
+    """The SDK's own count of writes that met the write switch's freeze."""
+    for line in generate_latest(w.registry).decode().splitlines():
+        if line.startswith("migrator_sdk_frozen_waits_total "):
+            return float(line.split()[1])
+    raise AssertionError("no migrator_sdk_frozen_waits_total")
 
 
 def test_a_switch_killed_at_any_stage_never_holds_writes_past_the_freeze_timeout(env, tmp_path):
+    """How long the application's writes wait after a killed switch is bench/cutover.py's
+    ("outage after a killed switch"); here: they meet the freeze, and go by themselves once
+    it is over (the SDK would give up with WritesFrozen 2 s after the freeze timeout)."""
     path, pb = to_read_mongo(env, tmp_path)
-    w = DualWriter(load_mapping(path), control_ttl=0.2, freeze_wait=30)
+    short = tmp_path / "short-freeze.yaml"  # the killed switches' freeze: 2 s
+    short.write_text("version: 1\ndefaults: {freeze_timeout_seconds: 2}\n")
+    w = DualWriter(load_mapping(path), control_ttl=0.2, freeze_wait=FREEZE + 2)
     try:
         for n, stage in enumerate(["fence", "catch_up", "reverify"]):
-            proc = start_switch(path, pb, pause=f"{stage}:60")
-            wait_until(lambda s=stage: (control(env).get("switch") or {}).get("stage") == s, stage)
-            proc.kill()
-            proc.wait()
+            with start_switch(path, short, pause=f"{stage}:60") as proc:
+                wait_until(
+                    lambda s=stage: (control(env).get("switch") or {}).get("stage") == s, stage
+                )
+                proc.kill9()
             # nobody runs a command: the application's next write waits out the freeze only
-            t0 = time.monotonic()
+            waits = frozen_waits(w)
             w.update("orders", {"id": 1}, {"note": f"after a dead switch {n}"})
-            waited = time.monotonic() - t0
-            assert 0.5 < waited < FREEZE + 1.5, (stage, waited)
+            assert frozen_waits(w) == waits + 1, stage  # it met the freeze, and went
             note = f"after a dead switch {n}"
             assert env.sql("SELECT note FROM orders WHERE id = 1")[0][0] == note
             assert env.target.orders.find_one({"_id": 1})["note"] == note
@@ -99,14 +83,14 @@ def test_a_switch_killed_at_any_stage_never_holds_writes_past_the_freeze_timeout
             assert "switch@ci" in sw["holder"] and "writes unfrozen" in sw["left"]
             run_cdc(load_mapping(path), mode="until-caught-up")
         # killed right after the flip: the flip and the unfreeze are one change
-        proc = start_switch(path, pb, pause="flipped:60")
-        wait_until(lambda: control(env)["phase"] == "write_mongo", "the flip")
-        proc.kill()
-        proc.wait()
+        with start_switch(path, pb, pause="flipped:60") as proc:
+            wait_until(lambda: control(env)["phase"] == "write_mongo", "the flip")
+            proc.kill9()
         assert control(env)["freeze"] is False
-        t0 = time.monotonic()
+        # no freeze holds the next write: it goes although this writer now gives a freeze
+        # only half a second before WritesFrozen
+        w.freeze_wait = 0.5
         w.update("orders", {"id": 1}, {"note": "after the flip"})
-        assert time.monotonic() - t0 < 0.5
         assert env.target.orders.find_one({"_id": 1})["note"] == "after the flip"
         # a retried switch works at once: the dead operator's lease is taken over (reverse
         # sync first carries the write made after the flip to MySQL, or the rollback waits)
@@ -114,7 +98,7 @@ def test_a_switch_killed_at_any_stage_never_holds_writes_past_the_freeze_timeout
         assert env.sql("SELECT note FROM orders WHERE id = 1")[0][0] == "after the flip"
         migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "again", check=0)
         run_cdc(load_mapping(path), mode="until-caught-up")
-        verify(load_mapping(path))
+        assert verify(load_mapping(path)).ok
         step(path, "--to", "write_mongo", "--force", "--reason", "retry", "--playbook", str(pb))
         assert control(env)["phase"] == "write_mongo"
     finally:
@@ -185,28 +169,30 @@ def test_no_write_runs_under_the_old_order_after_the_flip(env, tmp_path):
 
     threads = [threading.Thread(target=app, args=(shared, k)) for k in range(3)]
     threads.append(threading.Thread(target=app, args=(alone, 3)))
-    cdc = subprocess.Popen(
-        [sys.executable, "-m", "migrator.cli.main", "cdc", "-m", str(path), "--follow"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+
+    def more_writes(n: int) -> None:
+        """Wait for `n` more acknowledged writes (each thread writes in every phase)."""
+        start = len(log)
+        wait_until(lambda: len(log) >= start + n, f"{n} more application writes")
+
+    cdc = start_cdc(env, path)
     for t in threads:
         t.start()
     try:
-        time.sleep(2)
-        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        more_writes(20)
+        walk_to(path, "write_mongo", pb)  # the switch, in process (CDC running)
         flip = control(env)["updated_at"]
-        time.sleep(1)
+        more_writes(20)
         migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "back", check=0)
         back = control(env)["updated_at"]
-        time.sleep(1)
+        more_writes(20)
     finally:
         stop.set()
         for t in threads:
             t.join()
         shared.close()
         alone.close()
-        cdc.terminate()
-        cdc.wait(timeout=60)
+        cdc.stop()
     eps = timedelta(milliseconds=2)  # MongoDB keeps milliseconds
     assert {o for o, _, _ in log} == {"mysql", "mongo"}
     for order, start, end in log:
@@ -220,25 +206,21 @@ def test_no_write_runs_under_the_old_order_after_the_flip(env, tmp_path):
 
 def test_two_operators_at_once_end_in_one_audited_state(env, tmp_path):
     path, pb = to_read_mongo(env, tmp_path)
-    proc = start_switch(path, pb, pause="fence:2")
-    wait_until(lambda: (control(env).get("switch") or {}).get("stage") == "fence", "the fence")
-    p = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "panic", check=1)
-    assert "another operation holds the cutover lease" in p.stderr
-    _out, err = proc.communicate(timeout=120)
+    with start_switch(path, pb, pause="fence:2") as proc:
+        wait_until(lambda: (control(env).get("switch") or {}).get("stage") == "fence", "the fence")
+        p = migrator_cmd("rollback", "-m", str(path), "--yes", "--reason", "panic", check=1)
+        assert "another operation holds the cutover lease" in p.stderr
+        _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert control(env)["phase"] == "write_mongo"
     audit = [(a["kind"], a["outcome"]) for a in env.state.audit.find({}).sort("at", 1)]
     assert audit[-2:] == [("rollback", "refused"), ("cutover", "done")]
     # both at the very same moment: whatever wins, the phase is what the audit says happened
-    procs = [
-        start_switch(path, pb, to="done"),
-        subprocess.Popen(
-            [sys.executable, "-m", "migrator.cli.main", "rollback", "-m", str(path), "--yes",
-             "--reason", "race", "--actor", "rollback@ci"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ),
-    ]  # fmt: skip
-    codes = [p.wait(timeout=120) for p in procs]
+    rollback = ("rollback", "-m", str(path), "--yes", "--reason", "race", "--actor", "rollback@ci")
+    with start_switch(path, pb, to="done") as switch, cli_process(*rollback, pipe=True) as back:
+        for p in (switch, back):
+            p.communicate(timeout=120)
+    codes = [switch.returncode, back.returncode]
     entries = list(env.state.audit.find({}).sort("at", 1))[len(audit) :]
     assert len(entries) == 2 and all(c in (0, 1, 2) for c in codes)
     done = [e for e in entries if e["outcome"] == "done"]
@@ -248,8 +230,8 @@ def test_two_operators_at_once_end_in_one_audited_state(env, tmp_path):
 
 
 def test_one_sdk_instance_shared_by_threads_keeps_documents_right(env, tmp_path):
-    """Before: the row before the change was kept on the instance, outside the lock, so one
-    thread's update could carry another thread's row and move an item between orders."""
+    """Threads share one SDK instance: each update carries its own row (read under the write
+    lock), never another thread's, so no item moves between orders."""
     path, _ = to_read_mongo(env, tmp_path)
     migrator_cmd("rollback", "-m", str(path), "--to", "dual_write", "--yes", check=0)
     m = load_mapping(path)
@@ -284,14 +266,22 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
     path, pb = to_read_mongo(env, tmp_path)
     cdc = start_cdc(env, path)
     try:
-        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        walk_to(path, "write_mongo", pb)  # the switch, in process (CDC running)
         env.target.orders.update_one({"_id": 3}, {"$set": {"note": "newer, in MongoDB"}})
         wait_until(
             lambda: env.sql("SELECT note FROM orders WHERE id = 3")[0][0] == "newer, in MongoDB",
             "reverse sync",
         )
         env.sql("UPDATE orders SET note = 'older, in MySQL' WHERE id = 3")
-        time.sleep(3)  # a CDC still applying MySQL's changes would have written it by now
+        # the same process goes on carrying MongoDB's changes (and not MySQL's): one made
+        # after the MySQL change reaches MySQL
+        env.target.orders.update_one({"_id": 13}, {"$set": {"note": "a later MongoDB change"}})
+        wait_until(
+            lambda: (
+                env.sql("SELECT note FROM orders WHERE id = 13")[0][0] == "a later MongoDB change"
+            ),
+            "reverse sync",
+        )
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
         st = json.loads(migrator_cmd("status", "-m", str(path), "--json", check=0).stdout)
         assert st["cdc"]["alive"] and st["reverse_sync"]["lag_seconds"] == 0
@@ -328,7 +318,7 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         # would have gone back in time until CDC caught up), only the change made after it
         cp = env.state.meta.find_one({"_id": "cdc_checkpoint"})["position"]
         assert (cp["file"], cp["pos"]) >= (restart["file"], restart["pos"])
-        time.sleep(1.5)  # the status is published at most once a second
+        cdc_caught_up(env, status=True)  # the status (published once a second) is of now
         applied = env.state.meta.find_one({"_id": "cdc_status"})["events"] - events
         assert applied == 1, applied
         assert env.target.orders.find_one({"_id": 14})["note"] == "in MongoDB 14"
@@ -341,9 +331,7 @@ def test_after_the_switch_cdc_applies_nothing_from_mysql_until_a_rollback(env, t
         assert env.target.orders.find_one({"_id": 4})["note"] == "older, in MySQL"
         assert env.target.orders.find_one({"_id": 3})["note"] == "newer, in MongoDB"
     finally:
-        cdc.terminate()
-        cdc.wait(timeout=60)
-    assert cdc.returncode == 0
+        assert cdc.stop() == 0, cdc.log_tail()
 
 
 @pytest.mark.parametrize("restarted", [False, True], ids=["same-cdc", "cdc-restarted"])
@@ -358,11 +346,10 @@ def test_a_mapped_table_altered_while_mongodb_was_the_truth_is_met_after_the_rol
     path, pb = to_read_mongo(env, tmp_path)
     cdc = start_cdc(env, path, "--on-ddl", "extend")
     try:
-        step(path, "--to", "write_mongo", "--force", "--reason", "t", "--playbook", str(pb))
+        walk_to(path, "write_mongo", pb)  # the switch, in process (CDC running)
         env.sql("ALTER TABLE orders ADD COLUMN extra INT NULL DEFAULT 7")
         if restarted:
-            cdc.terminate()
-            cdc.wait(timeout=60)
+            cdc.stop()
             cdc = start_cdc(env, path, "--on-ddl", "extend")
         env.target.orders.update_one({"_id": 3}, {"$set": {"note": "in MongoDB"}})
         wait_until(
@@ -375,22 +362,19 @@ def test_a_mapped_table_altered_while_mongodb_was_the_truth_is_met_after_the_rol
             lambda: env.target.orders.find_one({"_id": 2}).get("note") == "after" or cdc.poll(),
             "CDC to apply the change made after the rollback",
         )
-        assert cdc.poll() is None, cdc.log.seek(0) or cdc.log.read()[-2000:]
+        assert cdc.poll() is None, cdc.log_tail()
         doc = env.target.orders.find_one({"_id": 2})
         assert doc["note"] == "after" and doc["extra"] == 5, doc
         assert env.target.orders.find_one({"_id": 4}).get("extra") == 7  # the DDL was met
         assert env.target.orders.find_one({"_id": 3})["note"] == "in MongoDB"
     finally:
-        cdc.terminate()
-        cdc.wait(timeout=60)
+        cdc.stop()
 
 
 def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(env):
     """Before the freeze the switch tells live writers from dead ones. A writer seen to beat
     once is live for the rest of the survey: requiring every writer to have just beaten at
     the same look made a survey with several writers run to its timeout every time."""
-    from migrator.cutover.fence import Fence, Registration
-
     writers = env.state["writers"]
     regs = [Registration(writers) for _ in range(8)]
     dead = Registration(writers)
@@ -418,12 +402,9 @@ def test_the_survey_tells_each_live_writer_once_and_a_dead_one_by_its_silence(en
 def test_a_write_stuck_in_mysql_keeps_its_writer_alive_and_the_switch_does_not_flip(env, tmp_path):
     """An SDK write waits on a MySQL row lock for longer than the switch's writer timeout
     (3 s). Its writer must keep beating (alive) without acknowledging: the switch waits for
-    it and gives up at its deadline. Before, the beat thread itself waited for the writer's
-    lock, the writer looked gone after 3 s, and the switch flipped while that write could
-    still finish under the old order (MySQL first)."""
-    from migrator.model.urls import parse_mysql_url
-    from migrator.source.connection import connect
-
+    it and gives up at its deadline (a beat that waited for the write's lock would make the
+    writer look gone after 3 s, and the switch flip while that write could still finish under
+    the old order, MySQL first)."""
     path, _ = to_read_mongo(env, tmp_path)
     pb = tmp_path / "slow.yaml"
     pb.write_text("version: 1\ndefaults: {freeze_timeout_seconds: 8}\n")
@@ -436,9 +417,16 @@ def test_a_write_stuck_in_mysql_keeps_its_writer_alive_and_the_switch_does_not_f
     stuck = threading.Thread(target=w.update, args=("orders", {"id": 1}, {"note": "stuck"}))
     try:
         stuck.start()
-        time.sleep(1.0)  # the write is in flight, waiting for the row lock
-        proc = start_switch(path, pb)
-        out, err = proc.communicate(timeout=60)
+        wait_until(  # the write is in flight, waiting for the row lock
+            lambda: env.sql(
+                "SELECT id FROM information_schema.processlist WHERE info LIKE 'UPDATE %%' "
+                "AND db = %s AND id <> CONNECTION_ID()",
+                args=(env.db,),
+            ),
+            "the SDK's UPDATE to wait for the row lock",
+        )
+        with start_switch(path, pb) as proc:
+            out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, (out, err)
         assert "did not acknowledge the write freeze" in err, err
         assert control(env)["phase"] == "read_mongo" and control(env)["freeze"] is False

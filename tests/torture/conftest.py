@@ -12,8 +12,10 @@ from migrator.devtools.sandbox import Stack, start_stack
 
 @pytest.fixture(scope="session")
 def torture_stack() -> Iterator[Stack]:
+    from tests.integration.conftest import discard
+
     s = start_stack(mongo_sync_on_commit=True)
     try:
         yield s
     finally:
-        s.stop()
+        discard(s)

@@ -159,7 +159,8 @@ def run_seed(
     say: Any = print,
     keep: bool = False,
 ) -> Result:
-    """One seeded run; a given stack is shared (MariaDB restarts and Debezium need their own)."""
+    """One seeded run; a given stack is shared (for Debezium: one started with Kafka and a
+    Debezium-compatible MariaDB; a stack without Kafka is not used for it)."""
     res = Result(seed, source)
     res.replay = (
         f".venv/bin/python -m tests.torture.harness --seed {seed} --seconds {seconds:g}"
@@ -171,7 +172,7 @@ def run_seed(
     if source == "debezium":
         # the connector owns its own position: restarts and DDL are out of its scope here
         faults = [f for f in faults if f not in ("restart_mysql", "ddl")]
-    own = stack is None or source == "debezium"
+    own = stack is None or (source == "debezium" and not stack.kafka_bootstrap)
     if own:
         stack = start_stack(
             with_kafka=source == "debezium",

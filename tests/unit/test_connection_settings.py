@@ -1,4 +1,5 @@
-"""TLS options, password files, Kafka security and grants: the pure logic behind production
+"""TLS options (in the forms users write), password files (with the mappings `init` writes),
+Kafka security and grants (as SHOW GRANTS prints them): the pure logic behind production
 connections (the integration tests run them against real TLS servers)."""
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, ConnectError
 from migrator.model.settings import KafkaSecuritySpec, parse_mapping
 from migrator.model.tls import TLSOptions
 from migrator.model.urls import parse_mysql_url, redact
+from migrator.sink.mongo import connect
 from migrator.source.privileges import check_phases, parse_grants
 
 
@@ -283,3 +285,111 @@ def test_a_target_password_in_the_url_and_in_a_file_is_refused(tmp_path, monkeyp
         connect("mongodb://app:other-pass@127.0.0.1:1/", timeout_ms=100)
     with pytest.raises(Exception, match="names no user"):
         connect("mongodb://127.0.0.1:1/", timeout_ms=100)
+
+
+# -- the mappings `migrator init` writes, with password files; grants as SHOW GRANTS prints them
+
+# What `migrator init` writes (scaffold._secretless): the passwords as ${MIGRATOR_*_PASSWORD}.
+SCAFFOLDED = """\
+version: 1
+source:
+  url: mysql://app:${MIGRATOR_SOURCE_PASSWORD}@127.0.0.1:3306/shop
+target:
+  url: mongodb://app:${MIGRATOR_TARGET_PASSWORD}@127.0.0.1:1/shop?serverSelectionTimeoutMS=300
+collections:
+  - {name: t, from: t}
+"""
+
+
+def _phase(text: list[str], phase: str, db: str = "shop", tables: tuple[str, ...] = ("t",)):
+    return {p.phase: p for p in check_phases(parse_grants(text), db, list(tables))}[phase]
+
+
+def test_init_mapping_with_MIGRATOR_SOURCE_PASSWORD_FILE_gives_the_password(tmp_path, monkeypatch):
+    """README: "`${NAME}` reads the file `$NAME_FILE` names when NAME is unset, so the mappings
+    init writes (${MIGRATOR_SOURCE_PASSWORD}) work with either": with
+    MIGRATOR_SOURCE_PASSWORD_FILE set, ${MIGRATOR_SOURCE_PASSWORD} is read from that file and
+    is the source's password (the URL's password and the file are the same one, not two)."""
+    pw = tmp_path / "src-pw"
+    pw.write_text("S3cret@src/1\n")
+    monkeypatch.delenv("MIGRATOR_SOURCE_PASSWORD", raising=False)
+    monkeypatch.delenv("MIGRATOR_TARGET_PASSWORD", raising=False)
+    monkeypatch.setenv("MIGRATOR_SOURCE_PASSWORD_FILE", str(pw))
+    monkeypatch.setenv("MIGRATOR_TARGET_PASSWORD", "unused-target-pw")
+    mapping = parse_mapping(SCAFFOLDED, "m.yaml")
+    assert mapping.source_url.password == "S3cret@src/1"
+
+
+def test_init_mapping_with_MIGRATOR_TARGET_PASSWORD_FILE_connects(tmp_path, monkeypatch):
+    """Same for the target: ${MIGRATOR_TARGET_PASSWORD} comes from MIGRATOR_TARGET_PASSWORD_FILE,
+    and connecting does not refuse the URL for it ("give the password once"): the only
+    failure is "cannot reach" (nothing listens on port 1)."""
+    pw = tmp_path / "tgt-pw"
+    pw.write_text("M0ngo@tgt/2\n")
+    monkeypatch.delenv("MIGRATOR_TARGET_PASSWORD", raising=False)
+    monkeypatch.delenv("MIGRATOR_SOURCE_PASSWORD_FILE", raising=False)
+    monkeypatch.setenv("MIGRATOR_SOURCE_PASSWORD", "unused-source-pw")
+    monkeypatch.setenv("MIGRATOR_TARGET_PASSWORD_FILE", str(pw))
+    mapping = parse_mapping(SCAFFOLDED, "m.yaml")
+    with pytest.raises(ConnectError) as exc:
+        connect(mapping.target.url, timeout_ms=300)
+    assert "give the password once" not in str(exc.value)
+    assert "cannot reach" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "secret", ["p@ss/w:rd?#x", "100%sure", "with space", "ünïcødé€", "a&b=c;d", "tab\there"]
+)
+def test_file_password_in_userinfo_round_trips(tmp_path: Path, secret: str):
+    """${file:} in a URL's user-info survives every URL-special character."""
+    f = tmp_path / "pw"
+    f.write_text(secret + "\r\n")
+    text = SCAFFOLDED.replace("${MIGRATOR_SOURCE_PASSWORD}", f"${{file:{f}}}").replace(
+        "${MIGRATOR_TARGET_PASSWORD}", "x"
+    )
+    mapping = parse_mapping(text, "m.yaml")
+    u = mapping.source_url
+    assert (u.password, u.user, u.host, u.port, u.database) == (
+        secret,
+        "app",
+        "127.0.0.1",
+        3306,
+        "shop",
+    )
+
+
+def test_a_mysql8_partial_revoke_takes_the_privileges_away():
+    """MySQL 8 with partial_revokes=ON: a global grant minus a schema. SHOW GRANTS prints the
+    REVOKE line, and the write phases are reported as missing INSERT/UPDATE/DELETE (not ok:
+    the SDK's writes would fail at dual_write)."""
+    grants = [
+        "GRANT SELECT, INSERT, UPDATE, DELETE, REPLICATION SLAVE, REPLICATION CLIENT ON *.* "
+        "TO `app`@`%`",
+        "REVOKE INSERT, UPDATE, DELETE ON `shop`.* FROM `app`@`%`",
+    ]
+    assert _phase(grants, "verify").ok  # SELECT is not revoked
+    assert not _phase(grants, "sdk writes").ok, "INSERT/UPDATE/DELETE are revoked on shop"
+
+
+def test_a_grant_on_a_database_whose_name_has_a_dot():
+    """`my.shop` is a legal database name; SHOW GRANTS prints GRANT SELECT ON `my.shop`.* ...:
+    the level is split at the dot outside the quotes, and SELECT is found."""
+    grants = [
+        "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `app`@`%`",
+        "GRANT SELECT ON `my.shop`.* TO `app`@`%`",
+    ]
+    assert _phase(grants, "verify", db="my.shop").ok
+    assert _phase(grants, "backfill", db="my.shop").ok
+
+
+def test_a_grant_on_a_database_whose_name_has_a_space():
+    grants = ["GRANT SELECT ON `my shop`.* TO `app`@`%`"]
+    assert _phase(grants, "verify", db="my shop").ok
+
+
+def test_jdbc_requireSSL_true_requires_tls():
+    """JDBC's `requireSSL=true` (a form users write, not starting with ssl/tls) means
+    REQUIRED: it is not kept as an unknown parameter and ignored (plain text, no error)."""
+    u = parse_mysql_url("mysql://u:pw@h:3306/db?requireSSL=true")
+    assert u.tls.required and u.tls.effective_mode == "REQUIRED", (u.params, u.tls)
+    assert "requireSSL" not in u.params

@@ -57,14 +57,33 @@ def test_the_configmap_mapping_is_valid_with_its_secret_files(tmp_path: Path):
     )
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+WORKLOADS = ("Job", "Deployment", "CronJob")
+# the manifests that run the tool (the others: the ConfigMap, the Secret, RBAC...)
+RUNNING = [p for p in MANIFESTS if any(d["kind"] in WORKLOADS for d in _docs(p))]
+
+
+def test_the_tool_runs_as_a_backfill_job_a_cdc_deployment_and_verify_jobs():
+    """The manifests that run the tool are these four, so the check of their arguments below
+    covers each of them (and none is left out for want of a container)."""
+    kinds = {(p.name, d["kind"]) for p in RUNNING for d in _docs(p) if d["kind"] in WORKLOADS}
+    assert kinds == {
+        ("backfill-job.yaml", "Job"),
+        ("cdc-deployment.yaml", "Deployment"),
+        ("verify-cronjob.yaml", "CronJob"),
+        ("verify-job.yaml", "Job"),
+    }
+
+
+@pytest.mark.parametrize("path", RUNNING, ids=lambda p: p.name)
 def test_container_arguments_are_accepted_by_the_cli(path: Path, tmp_path: Path):
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text("version: 1\n")
-    for doc in _docs(path):
-        if doc["kind"] not in ("Job", "Deployment", "CronJob"):
-            continue
-        for c in _containers(doc):
+    workloads = [d for d in _docs(path) if d["kind"] in WORKLOADS]
+    assert workloads
+    for doc in workloads:
+        containers = _containers(doc)
+        assert containers, doc["metadata"]["name"]
+        for c in containers:
             args = [
                 mapping.as_posix() if a == "/etc/migrator/mapping.yaml" else a for a in c["args"]
             ]
