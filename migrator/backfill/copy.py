@@ -27,6 +27,7 @@ from pymongo.errors import CollectionInvalid
 
 from migrator.errors import CheckFailed, ConfigError, MigratorError
 from migrator.faults import fault_point
+from migrator.model.placement import discovery_indexes
 from migrator.model.schema import Schema
 from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan, Transform
@@ -853,17 +854,26 @@ def _record_target_identity(db: Any, state: StateStore, plans: list[CollectionPl
 
 
 def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:
-    """Indexes CDC needs to find documents by an embedded row's key (fan-out, array updates)."""
+    """Indexes CDC needs to find documents by an embedded row's key (fan-out, array updates,
+    rows of nested trees)."""
     from migrator.sink.mongo import with_retry
 
     for p in plans:
-        for e in p.embeds:
-            if e.many:
-                continue  # children are found through their parent's _id
-            paths = []
-            for c in e.child_columns:
-                f = e.view.field_for(c)
-                if f is not None:
-                    paths.append(f"{e.name}.{f.name}")
-            if paths:
-                with_retry(partial(db[p.name].create_index, [(x, 1) for x in paths]))
+        for keys in target_indexes(p):
+            with_retry(partial(db[p.name].create_index, [(x, 1) for x in keys]))
+
+
+def target_indexes(p: CollectionPlan) -> list[list[str]]:
+    """The indexes `backfill` creates on a collection (plan lists them)."""
+    out: list[list[str]] = []
+    for e in p.embeds:
+        if e.many or not e.simple:
+            continue  # children are found through their parent's _id; trees below
+        paths = []
+        for c in e.child_columns:
+            f = e.view.field_for(c)
+            if f is not None:
+                paths.append(f"{e.name}.{f.name}")
+        if paths:
+            out.append(paths)
+    return out + [k for k in discovery_indexes(p) if k not in out]

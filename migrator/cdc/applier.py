@@ -41,10 +41,17 @@ from migrator.cdc.writer import OpWriter, Tagged
 from migrator.errors import ConnectError, ConversionError, MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.keys import id_key
+from migrator.model.placement import TreeRole, holder_filters
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import param_value
 from migrator.sink.mongo import find_by_ids, with_retry
-from migrator.source.rebuild import id_from_params, key_params, rebuild_ops, source_value
+from migrator.source.rebuild import (
+    id_from_params,
+    key_params,
+    rebuild_ops,
+    root_keys,
+    source_value,
+)
 from migrator.state.store import StateStore, encode_key, now, storable
 
 Op = Any  # a pymongo write model
@@ -184,7 +191,7 @@ def parent_id(cr: ChildRole, child: dict[str, Any]) -> Any:
     """The _id of the document whose array holds this child row (None: a NULL reference)."""
     p, e = cr.plan, cr.embed
     row: list[Any] = [None] * len(p.root.columns)
-    for ccol, rcol in zip(e.child_columns, e.root_columns, strict=True):
+    for ccol, rcol in zip(e.child_columns, e.parent_columns, strict=True):
         if child.get(ccol) is None:
             return None
         row[p.root.index[rcol]] = child[ccol]
@@ -216,6 +223,10 @@ class _Batch:
         self.derived: list[Rule] = []  # cascade rules followed through rows documents held
         # (collection, {root column: value}): documents whose root row matches, rebuilt
         self.rebuild_where: list[tuple[CollectionPlan, dict[str, Any]]] = []
+        # documents found in MongoDB by these filters, rebuilt (nested rows, tree.py)
+        self.rebuild_found: list[tuple[CollectionPlan, dict[str, Any]]] = []
+        # (collection, node, columns) -> enclosing-row values: root keys read from MySQL
+        self.rebuild_chain: dict[tuple[Any, ...], tuple[TreeRole, list[dict[str, Any]]]] = {}
 
     def touch(self, collection: str, doc_id: Any, ev: ChangeEvent | None) -> None:
         at = (ev.commit_time if ev is not None else None) or now()
@@ -393,6 +404,30 @@ class _Batch:
                 self.child(cr, ev, pos)
         for pr in roles.parents:
             self.parent(pr, ev, pos)
+        for tr in roles.trees:
+            self.tree(tr, ev)
+
+    def tree(self, tr: TreeRole, ev: ChangeEvent) -> None:
+        """A row of a nested node: every document that holds it (its old place) or should
+        hold it (its new place) is read again from the source at the end of the batch."""
+        for img in (ev.before, ev.after):
+            if img is not None:
+                self.tree_image(tr, img)
+
+    def tree_image(self, tr: TreeRole, img: dict[str, Any]) -> None:
+        """Queue the documents whose tree holds (or should hold) this row of the node."""
+        p, e = tr.plan, tr.node
+        if len(tr.chain) == 1 and sorted(e.parent_columns) == sorted(p.pk):
+            by_col = dict(zip(e.parent_columns, e.child_columns, strict=True))
+            key = tuple(img.get(by_col[c]) for c in p.pk)
+            if all(v is not None for v in key):
+                self.rebuild_add(p, key=key)
+            return
+        filters, enclosing = holder_filters(tr, img)
+        self.rebuild_found += [(p, flt) for flt in filters]
+        if enclosing is not None:
+            slot = (p.name, e.slot, tuple(sorted(enclosing)))
+            self.rebuild_chain.setdefault(slot, (tr, []))[1].append(enclosing)
 
     # Events of different tables out of commit order (a topic per table): an array built
     # from them in arrival order could miss a child whose event came before its parent's
@@ -408,7 +443,7 @@ class _Batch:
                 self.rebuild_add(p, doc_id)
 
     def resync_child(self, cr: ChildRole, ev: ChangeEvent) -> None:
-        pairs = list(zip(cr.embed.child_columns, cr.embed.root_columns, strict=True))
+        pairs = list(zip(cr.embed.child_columns, cr.embed.parent_columns, strict=True))
         for img in (ev.before, ev.after):
             if img is None:
                 continue
@@ -442,9 +477,14 @@ class _Batch:
             exists.discard(id_key(old_id))
             self._end_wait(p, old_id)
         rejoined = ev.before is not None and any(
-            ev.before.get(c) != ev.after.get(c) for e in p.embeds if e.many for c in e.root_columns
+            ev.before.get(c) != ev.after.get(c)
+            for e in p.embeds
+            if e.many or not e.simple
+            for c in e.parent_columns
         )
-        if p.spec.filter or rekeyed or rejoined:
+        # a new root with a nested tree is read whole (its rows may be there already)
+        trees = ev.before is None and any(not e.simple for e in p.embeds)
+        if p.spec.filter or rekeyed or rejoined or trees:
             # Read the aggregate again from the source at the end of the batch: only the
             # server can say whether a row passes the collection's SQL filter (and one entering
             # it needs its embedded parts); a primary-key change moved its children by ON
@@ -465,8 +505,10 @@ class _Batch:
             unset = {k: v for k, v in unset.items() if k in tops}
         on_insert: dict[str, Any] = {}
         for e in p.embeds:
+            if not e.simple:
+                continue  # unchanged links (a change is rebuilt above)
             changed = ev.before is None or any(
-                ev.before.get(c) != ev.after.get(c) for c in e.root_columns
+                ev.before.get(c) != ev.after.get(c) for c in e.parent_columns
             )
             if e.many:
                 on_insert[e.name] = []
@@ -483,7 +525,7 @@ class _Batch:
             # MySQL (rows no document holds: written before their parent, waiting or not,
             # whatever the join) are its elements, or reverse sync would delete them
             for e in p.embeds:
-                if e.many:
+                if e.many and e.simple:
                     value = self.a.lookup.embedded(p, e, row)
                     if value:
                         self.add(
@@ -518,7 +560,7 @@ class _Batch:
 
     def _parent_of(self, p: CollectionPlan, e: EmbedPlan, row: tuple[Any, ...]) -> Any:
         """The N:1 sub-document for a root row, read once per key and batch."""
-        key = (p.name, e.name, p.root.values(row, e.root_columns))
+        key = (p.name, e.name, p.root.values(row, e.parent_columns))
         if key not in self.n1_cache:
             self.n1_cache[key] = self.a.lookup.embedded(p, e, row)
         return self.n1_cache[key]
@@ -532,7 +574,7 @@ class _Batch:
                     values = {
                         rc: img.get(cc)
                         for cc, rc in zip(
-                            cr.embed.child_columns, cr.embed.root_columns, strict=True
+                            cr.embed.child_columns, cr.embed.parent_columns, strict=True
                         )
                     }
                     if all(v is not None for v in values.values()):
@@ -568,7 +610,7 @@ class _Batch:
         values = [img.get(c) for c in e.child_columns]
         if any(v is None for v in values):
             return None
-        return (self._field_filter(p, e.root_columns, values), element, match)
+        return (self._field_filter(p, e.parent_columns, values), element, match)
 
     def _upsert_element(
         self, cr: ChildRole, loc: tuple[Any, ...], ev: ChangeEvent, pos: Position
@@ -661,7 +703,7 @@ class _Batch:
             if any(v is None for v in values):
                 return None
             try:
-                return self._field_filter(p, e.root_columns, values)
+                return self._field_filter(p, e.parent_columns, values)
             except MigratorError:  # the root's FK is not mapped: use the embedded key
                 return self._field_filter(
                     p, e.child_columns, values, prefix=f"{e.name}.", view=e.view
@@ -741,10 +783,13 @@ class _Batch:
             child = self.a.transform.schema.tables[fk.table]
             for place in cas.places.get(fk.table, ()):
                 e = place.embed
-                if e is None:
+                if place.kind == "nested":
+                    if e is not None and set(e.child_columns) <= set(cond):
+                        self.tree_image(TreeRole(place.plan, place.chain), cond)
+                elif e is None:
                     self.rebuild_where.append((place.plan, cond))
                 elif place.kind == "element" and set(e.child_columns) <= set(cond):
-                    pairs = zip(e.child_columns, e.root_columns, strict=True)
+                    pairs = zip(e.child_columns, e.parent_columns, strict=True)
                     self.rebuild_where.append((place.plan, {rc: cond[cc] for cc, rc in pairs}))
             if any(r.on == "update" for r in cas.rules.get(fk.table, ())):
                 rows = self.a.lookup.run(partial(rows_where, table=child, values=cond))
@@ -756,6 +801,9 @@ class _Batch:
     ) -> list[dict[str, Any]] | None:
         """Queue the documents of `place` that hold rows matching the effect for a rebuild;
         return those rows' values of `need` (None when this place does not hold them all)."""
+        if place.kind == "nested":
+            self._discover_nested(place, eff, rebuild)
+            return None
         cas = self.a.cascades
         p, e = place.plan, place.embed
         outer: dict[str, Any] = {}
@@ -794,7 +842,8 @@ class _Batch:
                     and set(e.child_columns) <= set(new)
                 ):
                     root_values = {
-                        rc: new[cc] for cc, rc in zip(e.child_columns, e.root_columns, strict=True)
+                        rc: new[cc]
+                        for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)
                     }
                     self.rebuild_where.append((p, root_values))
         for doc in self.a.db[p.name].find(flt):
@@ -821,6 +870,26 @@ class _Batch:
                     self._moved(place, eff, values)
         return rows if have_all else None
 
+    def _discover_nested(self, place: Place, eff: Effect, rebuild: bool) -> None:
+        """The documents holding the rows of a nested node the effect changed, rebuilt; an
+        update that moves them (their link columns) also rebuilds where they went."""
+        if not rebuild:
+            return
+        p = place.plan
+        flt: dict[str, Any] = {}
+        for col, v in eff.cond.items():
+            loc = self.a.cascades.locate(place, col)
+            if loc is None:
+                raise _Unmapped(f"{eff.table}.{col} is not mapped there")
+            flt[loc[1]] = None if v is None else loc[2](v)
+        for doc in with_retry(partial(_found_ids, self.a.db[p.name], flt)):
+            self.rebuild_add(p, doc["_id"])
+        e = place.embed
+        if eff.kind == "update" and e is not None and set(eff.changes) & set(e.child_columns):
+            new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
+            if set(e.child_columns) <= set(new):
+                self.tree_image(TreeRole(p, place.chain), new)
+
     def _moved(self, place: Place, eff: Effect, old: dict[str, Any]) -> None:
         """An update that changes a document's key (or which document an element belongs to)
         also rebuilds where the rows went."""
@@ -838,7 +907,7 @@ class _Batch:
             return
         new_root = {
             rc: eff.changes.get(cc, old.get(cc))
-            for cc, rc in zip(e.child_columns, e.root_columns, strict=True)
+            for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)
         }
         if any(v is None for v in new_root.values()):
             return
@@ -872,6 +941,28 @@ class _Batch:
             for key in self.a.lookup.run(partial(keys_where, plan=plan, values=values)):
                 self.rebuild_add(plan, key=key)
         self.rebuild_where = []
+        self._resolve_nested()
+
+    def _resolve_nested(self) -> None:
+        """The documents nested rows reach: found in MongoDB, or their root keys in MySQL."""
+        found: dict[str, tuple[CollectionPlan, dict[str, dict[str, Any]]]] = {}
+        for plan, flt in self.rebuild_found:
+            found.setdefault(plan.name, (plan, {}))[1][repr(sorted(flt.items()))] = flt
+        self.rebuild_found = []
+        for plan, unique in found.values():
+            filters = list(unique.values())
+            for i in range(0, len(filters), 200):
+                q = {"$or": filters[i : i + 200]}
+                docs: list[dict[str, Any]] = with_retry(
+                    partial(_found_ids, self.a.db[plan.name], q)
+                )
+                for doc in docs:
+                    self.rebuild_add(plan, doc["_id"])
+        for tr, rows in self.rebuild_chain.values():
+            find = partial(root_keys, plan=tr.plan, chain=tr.chain[:-1], rows=rows)
+            for key in self.a.lookup.run(find):
+                self.rebuild_add(tr.plan, key=key)
+        self.rebuild_chain = {}
 
     def _rebuild_ops(self) -> None:
         """The aggregates queued for a rebuild, read from the source now, written last."""
@@ -909,7 +1000,7 @@ class _Batch:
         if self.a.dry_run:
             self.result.operations += sum(len(t) for t in self.ops.values())
             return
-        if self.rebuild or self.rebuild_where:
+        if self.rebuild or self.rebuild_where or self.rebuild_found or self.rebuild_chain:
             self._rebuild_ops()
         self._writer().write(self.ops)
         self.ops = {}
@@ -972,6 +1063,10 @@ def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> li
         tuple(param_value(plan.table.column(c), v) for c, v in zip(plan.pk, r, strict=True))
         for r in rows
     ]
+
+
+def _found_ids(coll: Any, flt: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(coll.find(flt, {"_id": 1}))
 
 
 def _rebuild_with(conn: Any, *, plan: CollectionPlan, keys: list[Any], bad: Any) -> list[Any]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from migrator.model.events import ChangeEvent
+from migrator.model.placement import TreeRole, findable_in_documents
+from migrator.model.placement import locate as tree_locate
 from migrator.model.schema import ForeignKey
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 
@@ -45,9 +47,10 @@ class Rule:
 class Place:
     """Where a table's rows live in the documents."""
 
-    kind: Literal["root", "element", "subdoc"]
+    kind: Literal["root", "element", "subdoc", "nested"]
     plan: CollectionPlan
     embed: EmbedPlan | None = None
+    chain: tuple[EmbedPlan, ...] = ()  # nested: the top-level embed down to `embed`
 
     def columns(self) -> list[str]:
         return self.plan.root.columns if self.embed is None else self.embed.view.columns
@@ -55,6 +58,8 @@ class Place:
     def describe(self) -> str:
         if self.embed is None:
             return f"collection {self.plan.name!r}"
+        if self.kind == "nested":
+            return f"{self.plan.name}.{'.'.join(e.name for e in self.chain)} (nested)"
         what = "array" if self.kind == "element" else "sub-document"
         return f"{self.plan.name}.{self.embed.name} ({what})"
 
@@ -87,6 +92,9 @@ class Cascades:
         for p in transform.collections:
             self.places.setdefault(p.table.name, []).append(Place("root", p))
             for e in p.embeds:
+                if not e.simple:
+                    self._nested_places(p, (e,))
+                    continue
                 kind: Literal["element", "subdoc"] = "element" if e.many else "subdoc"
                 self.places.setdefault(e.view.table.name, []).append(Place(kind, p, e))
         # tables whose rows, or whose cascade descendants' rows, are in some document
@@ -98,6 +106,12 @@ class Cascades:
                 if ref not in self.relevant and any(r.fk.table in self.relevant for r in rules):
                     self.relevant.add(ref)
                     grew = True
+
+    def _nested_places(self, p: CollectionPlan, chain: tuple[EmbedPlan, ...]) -> None:
+        e = chain[-1]
+        self.places.setdefault(e.view.table.name, []).append(Place("nested", p, e, chain))
+        for sub in e.embeds:
+            self._nested_places(p, (*chain, sub))
 
     def triggers(self, table: str) -> bool:
         return any(r.fk.table in self.relevant for r in self.rules.get(table, ()))
@@ -216,26 +230,48 @@ class Cascades:
         primary-key change, reads it again whole."""
         if place.embed is None or eff.trigger is None or eff.rule is None:
             return False
+        if place.kind == "nested":
+            return self._under_trigger(place, eff.rule.fk, eff.trigger)
         if place.plan.table.name != eff.trigger:
             return False
         fk, e = eff.rule.fk, place.embed
-        joined = set(zip(e.child_columns, e.root_columns, strict=True))
+        joined = set(zip(e.child_columns, e.parent_columns, strict=True))
         if joined != set(zip(fk.columns, fk.ref_columns, strict=True)):
             return False
         if eff.rule.on == "delete":
             return True  # the parent document is deleted with its row
         return sorted(fk.ref_columns) == sorted(place.plan.pk)
 
+    @staticmethod
+    def _under_trigger(place: Place, fk: ForeignKey, trigger: str) -> bool:
+        """A nested row changed because the row embedded under it (by this very foreign key)
+        was deleted or changed: that row's own event rebuilds the documents holding it, which
+        are the ones holding these rows, as long as MongoDB can find them (MySQL no longer
+        links them)."""
+        assert place.embed is not None
+        pairs = set(zip(fk.columns, fk.ref_columns, strict=True))
+        for sub in place.embed.embeds:
+            if sub.view.table.name != trigger:
+                continue
+            if set(zip(sub.parent_columns, sub.child_columns, strict=True)) != pairs:
+                continue
+            if findable_in_documents(TreeRole(place.plan, (*place.chain, sub))):
+                return True
+        return False
+
     def locate(self, place: Place, col: str) -> tuple[str, str, Any] | None:
         """(where, document path, converter) of a column in a place: where is "root" (the
         document) or "inner" (inside the element / sub-document); None if not mapped."""
         p, e = place.plan, place.embed
+        if place.kind == "nested":
+            found = tree_locate(p, place.chain, col)
+            return None if found is None else ("doc", found[0], found[1])
         if e is not None:
             f = e.view.field_for(col)
             if f is not None:
                 return ("inner", f.name, f.convert)
             if col in e.child_columns:
-                rc = e.root_columns[e.child_columns.index(col)]
+                rc = e.parent_columns[e.child_columns.index(col)]
                 return self._root_path(p, rc)
             return None
         return self._root_path(p, col)
@@ -290,8 +326,8 @@ class Cascades:
                         "changes (map the column, or leave it out of `exclude`)"
                     )
                     continue
-                if all(self.locate(place, c) is not None for c in need):
-                    row_source = True
+                if place.kind != "nested" and all(self.locate(place, c) is not None for c in need):
+                    row_source = True  # nested places are rebuilt, not read for rows
             rows: list[dict[str, Any]] | None = [dict.fromkeys(need, 0)] if row_source else None
             nxt, problems = self.follow(eff, rows)
             found += [f"{via}: {p}" for p in problems]

@@ -52,11 +52,10 @@ class SourceLookup:
         self.conn = None
 
     def embedded(self, plan: CollectionPlan, e: EmbedPlan, root_row: Row) -> Any:
-        """The embed's current value for a root row: a list (1:N) or a sub-document or None."""
-        rows = self.run(lambda c: ChunkReader(c, plan).read_embed(e, [root_row]))
-        if e.many:
-            return e.elements(rows)
-        return e.view.build(rows[0]) if rows else None
+        """A top-level embed's current value for a root row (its whole subtree): an array, a
+        sub-document or None."""
+        children = self.run(lambda c: ChunkReader(c, plan).read_embeds([root_row], [e]))
+        return plan.embedded(e, root_row, children)
 
     def close(self) -> None:
         if self.conn is not None:

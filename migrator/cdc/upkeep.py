@@ -153,7 +153,7 @@ def _child_exists(a: ApplierView, d: dict[str, Any]) -> bool:
     where = " AND ".join(f"{q(c)} = %s" for c in table.primary_key)
     sql = f"SELECT {', '.join(q(c) for c in e.child_columns)} FROM {q(table.name)} WHERE {where}"
     parent_sql = f"SELECT 1 FROM {q(plan.table.name)} WHERE " + " AND ".join(
-        f"{q(c)} = %s" for c in e.root_columns
+        f"{q(c)} = %s" for c in e.parent_columns
     )
 
     def orphan(conn: Any) -> bool:
@@ -313,8 +313,16 @@ def fill_added_columns(a: ApplierView, defaults: dict[str, dict[str, Any]]) -> N
     if a.dry_run:
         return
     for p in a.transform.collections:
+        if any(
+            view.field_for(col) is not None
+            for e in p.nodes()
+            if not e.simple
+            for view in [e.view]
+            for col in defaults.get(view.table.name, {})
+        ):
+            _rebuild_all(a, p)  # a nested copy of the rows: read the documents again
         places: list[tuple[Any, str | None, bool]] = [(p.root, None, False)]
-        places += [(e.view, e.name, e.many) for e in p.embeds]
+        places += [(e.view, e.name, e.many) for e in p.embeds if e.simple]
         for view, embed, many in places:
             sets: dict[str, Any] = {}
             for col, raw in defaults.get(view.table.name, {}).items():
@@ -334,3 +342,25 @@ def fill_added_columns(a: ApplierView, defaults: dict[str, dict[str, Any]]) -> N
             if embed is not None:
                 flt = {embed: {"$type": "array"}} if many else {embed: {"$type": "object"}}
             with_retry(partial(a.db[p.name].update_many, flt, {"$set": sets}))
+
+
+def _rebuild_all(a: ApplierView, plan: Any, batch: int = 500) -> None:
+    """Every document of a collection read again from the source, `batch` at a time (a DDL
+    added a column to a table its trees copy; the binlog carries no row of it)."""
+    last: Any = None
+    coll = a.db[plan.name]
+    while True:
+        flt = {} if last is None else {"_id": {"$gt": last}}
+        ids: list[Any] = with_retry(partial(_ids_after, coll, flt, batch))
+        if not ids:
+            return
+        keys = [key_params(plan, i) for i in ids]
+        current = a.lookup.run(partial(_current, plan=plan, keys=keys))
+        ops = [ReplaceOne({"_id": i}, doc, upsert=True) for i, doc in current if doc is not None]
+        if ops:
+            with_retry(partial(coll.bulk_write, ops, ordered=False))
+        last = ids[-1]
+
+
+def _ids_after(coll: Any, flt: dict[str, Any], batch: int) -> list[Any]:
+    return [d["_id"] for d in coll.find(flt, {"_id": 1}).sort("_id", 1).limit(batch)]

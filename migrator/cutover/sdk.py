@@ -357,7 +357,7 @@ class DualWriter:
                     f = e.view.field_for(c)
                     if f is not None:
                         match[f.name] = f.convert(raw[c])
-                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
+                for cc, rc in zip(e.child_columns, e.parent_columns, strict=True):
                     if cc in raw and rc in plan.pk:  # the parent document's own key
                         i = plan.pk.index(rc)
                         path = "_id" if len(plan.pk) == 1 else f"_id.{rc}"
@@ -389,7 +389,7 @@ class DualWriter:
         (MySQL stays the home of such columns: reverse sync never writes them)."""
 
         parent = e.view.table.name
-        values = plan.root.values(root_row, e.root_columns)
+        values = plan.root.values(root_row, e.parent_columns)
         if any(v is None for v in values):
             return None
         db = self.client[self.mapping.target_database]
@@ -437,7 +437,7 @@ class DualWriter:
             if plan.table.name == table:
                 if plan.spec.filter:
                     why = why or f"collection {plan.name!r} has a filter"
-                joins = {c for e in plan.embeds if e.many for c in e.root_columns}
+                joins = {c for e in plan.embeds if e.many for c in e.parent_columns}
                 if set(values) & joins:
                     why = why or f"it changes a column {plan.name!r} embeds rows by"
             for e in plan.embeds:
@@ -445,7 +445,7 @@ class DualWriter:
                     continue
                 if set(values) & set(e.child_columns):
                     why = why or f"it moves the row to another {plan.name!r} document"
-                if sorted(e.root_columns) != sorted(plan.pk):
+                if sorted(e.parent_columns) != sorted(plan.pk):
                     why = why or (
                         f"{plan.name!r} embeds {table} by a column that is not its key, "
                         "so the documents are rebuilt from MySQL"

@@ -5,8 +5,9 @@ Field rules in a nutshell (the README has the full format):
   every other column is kept under its own name unless `exclude` lists it or `all_columns`
   is false. A dotted field name (`address.city`) builds a sub-document.
 - `embed` puts rows of another table inside each document: `on` maps the embedded table's
-  columns to the root table's columns; `many: true` makes an array (1:N), `many: false` a
-  sub-document (N:1).
+  columns to the enclosing table's columns; `many: true` makes an array (1:N), `many: false` a
+  sub-document (N:1). An embed may hold `embed`, to any depth; `merge: true` puts a one-row
+  embed's fields into the enclosing document; `values: field` makes an array of one field.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -78,24 +80,87 @@ class Projection(_Model):
 
 
 class EmbedSpec(Projection):
-    as_: str = Field(alias="as")
+    """Rows of another table inside the enclosing document or element, to any depth."""
+
+    as_: str | None = Field(
+        None, alias="as", description="the field the embedded rows go in (not with merge)"
+    )
     from_: str = Field(alias="from")
-    on: dict[str, str] = Field(description="embedded table column -> root table column")
+    on: dict[str, str] = Field(description="embedded table column -> enclosing table column")
     many: bool = True
     order_by: list[str] = Field(default_factory=list)
+    merge: bool = Field(
+        False, description="many: false only: the row's fields go into the enclosing document"
+    )
+    values: str | None = Field(
+        None, description="many: true only: the array holds this field of each element"
+    )
+    embed: list[EmbedSpec] = Field(default_factory=list)
 
     @field_validator("on")
     @classmethod
     def _on_not_empty(cls, v: dict[str, str]) -> dict[str, str]:
         if not v:
-            raise ValueError("`on` needs at least one pair {embedded_column: root_column}")
+            raise ValueError("`on` needs at least one pair {embedded_column: enclosing_column}")
         return v
 
-    @model_validator(mode="after")
-    def _order_by_needs_many(self) -> EmbedSpec:
-        if self.order_by and not self.many:
+    @field_validator("order_by")
+    @classmethod
+    def _order_by_needs_many(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and info.data.get("many") is False:
             raise ValueError("order_by applies only to many: true embeds")
+        return v
+
+    @field_validator("merge")
+    @classmethod
+    def _merge_is_one_row(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("many") is not False:
+            raise ValueError(
+                "merge: true needs many: false (one row's fields go into the enclosing "
+                "document; an array cannot be merged)"
+            )
+        if v and info.data.get("as_") is not None:
+            raise ValueError(
+                "merge: true takes no `as` (the fields go into the enclosing document, not "
+                "under a name): remove `as` or merge"
+            )
+        return v
+
+    @field_validator("values")
+    @classmethod
+    def _values_of_an_array(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("many") is False:
+            raise ValueError("values needs many: true (it makes an array of one field)")
+        if v is not None and (not v or v.startswith(("$", ".")) or ".." in v or v.endswith(".")):
+            raise ValueError(f"values {v!r} is not a field path")
+        return v
+
+    @field_validator("embed")
+    @classmethod
+    def _unique_embeds(cls, v: list[EmbedSpec]) -> list[EmbedSpec]:
+        return unique_embed_names(v)
+
+    @model_validator(mode="after")
+    def _named(self) -> EmbedSpec:
+        if self.as_ is None and not self.merge:
+            raise ValueError("`as` is required: the field the embedded rows go in")
         return self
+
+    @property
+    def label(self) -> str:
+        """How messages name this embed: its field, or the merged table."""
+        return self.as_ if self.as_ is not None else f"(merged {self.from_})"
+
+
+def unique_embed_names(embeds: list[EmbedSpec]) -> list[EmbedSpec]:
+    seen: set[str] = set()
+    for e in embeds:
+        if e.as_ is None:
+            continue
+        if e.as_ in seen:
+            raise ValueError(f"two embeds are named {e.as_!r}")
+        seen.add(e.as_)
+    return embeds
 
 
 class CollectionSpec(Projection):
@@ -105,14 +170,10 @@ class CollectionSpec(Projection):
     nulls: Literal["keep", "omit"] = "keep"
     embed: list[EmbedSpec] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique_embeds(self) -> CollectionSpec:
-        seen: set[str] = set()
-        for e in self.embed:
-            if e.as_ in seen:
-                raise ValueError(f"two embeds are named {e.as_!r}")
-            seen.add(e.as_)
-        return self
+    @field_validator("embed")
+    @classmethod
+    def _unique_embeds(cls, v: list[EmbedSpec]) -> list[EmbedSpec]:
+        return unique_embed_names(v)
 
 
 class TLSSpec(_Model):
@@ -306,6 +367,16 @@ class Mapping(_Model):
         line = line_for(self.lines, tuple(key))
         loc = f"{self.path}:{line}" if line else self.path
         return f"{loc} {format_key(key)}" if key else loc
+
+    def trees(self) -> list[str]:
+        """The embeds that nest (an embed inside an embed, merged rows, arrays of values):
+        `collection.embed` names, for messages."""
+        return [
+            f"{c.name}.{e.label}"
+            for c in self.collections
+            for e in c.embed
+            if e.embed or e.merge or e.values is not None
+        ]
 
     def collection(self, name: str) -> CollectionSpec:
         for c in self.collections:

@@ -7,13 +7,13 @@ returns (see typerules); compile-time checks name the mapping file, line and key
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from migrator.errors import ConversionError, SchemaError
-from migrator.model.bsonorder import sorter
+from migrator.model.bsonorder import sort_key, sorter
 from migrator.model.schema import Schema, Table
 from migrator.model.settings import CollectionSpec, EmbedSpec, Mapping, Projection
 from migrator.model.typerules import (
@@ -147,19 +147,45 @@ def _compile_builder(
 
 @dataclass
 class EmbedPlan:
+    """One node of a collection's embed tree: rows of `view.table` inside the enclosing
+    document or element (its parent node; at the top, the root row)."""
+
     spec: EmbedSpec
     view: TableView
     child_columns: list[str]  # columns of the embedded table, in `on` order
-    root_columns: list[str]  # the root table's columns they match
+    parent_columns: list[str]  # the enclosing table's columns they match
     order_by: list[str]  # embedded-table columns (many: order_by then primary key)
+    embeds: list[EmbedPlan] = field(default_factory=list)  # nested, to any depth
+    slot: str = ""  # this node's unique name in the tree (its rows' key in a chunk's children)
+    path: tuple[str, ...] = ()  # the document path of this node's rows ("items", "product")
+    values_path: tuple[str, ...] | None = None
+    # the node and field an array of values takes each value from (None: a sub-document)
+    values_source: tuple[EmbedPlan, FieldPlan] | None = None
+    order_converters: list[tuple[int, Converter]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return self.spec.as_
+        return self.spec.label
 
     @property
     def many(self) -> bool:
         return self.spec.many
+
+    @property
+    def merge(self) -> bool:
+        return self.spec.merge
+
+    @property
+    def simple(self) -> bool:
+        """A one-level embed of whole rows, which CDC keeps with element-wise operations;
+        anything deeper (or merged, or values) CDC rebuilds from the source."""
+        return not self.embeds and not self.merge and self.values_path is None
+
+    def walk(self) -> Iterator[EmbedPlan]:
+        """This node and every node below it, parents first."""
+        yield self
+        for e in self.embeds:
+            yield from e.walk()
 
     @cached_property
     def sort_fields(self) -> list[tuple[str, ...]]:
@@ -173,7 +199,7 @@ class EmbedPlan:
         return paths
 
     def elements(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
-        """An array's elements, in MongoDB's $sort order of their converted fields."""
+        """A one-level array's elements, in MongoDB's $sort order of their converted fields."""
         docs = [self.view.build(r) for r in rows]
         self._sort(docs)
         return docs
@@ -181,6 +207,88 @@ class EmbedPlan:
     @cached_property
     def _sort(self) -> Callable[[list[dict[str, Any]]], None]:
         return sorter(self.sort_fields)
+
+    @cached_property
+    def _row_order(self) -> Callable[[Row], tuple[Any, ...]]:
+        """A tree array's order: order_by then the key, by the converted column values (an
+        element may not keep them all: a join row's key can come back merged from its far
+        table), compared as MongoDB compares them."""
+        plan = self.order_converters
+
+        def key(row: Row) -> tuple[Any, ...]:
+            return tuple(sort_key(None if row[i] is None else conv(row[i])) for i, conv in plan)
+
+        return key
+
+    def value(self, enclosing: TableView, row: Row, groups: Groups) -> Any:
+        """This node's value in the document or element built from `row` (of `enclosing`):
+        an array, a sub-document, or None (a merge node's fields: see `fill`)."""
+        key = enclosing.values(row, self.parent_columns)
+        found = groups[self.slot].get(key) if None not in key else None
+        if not self.many:
+            return self.element(found, groups) if found is not None else None
+        rows = found or []
+        if self.simple:
+            return self.elements(rows)
+        if len(rows) > 1:
+            rows = sorted(rows, key=self._row_order)
+        elements = [self.element(r, groups) for r in rows]
+        if self.values_path is not None:
+            return [_get(el, self.values_path) for el in elements]
+        return elements
+
+    def element(self, row: Row, groups: Groups) -> dict[str, Any]:
+        doc = self.view.build(row)
+        fill(doc, self.view, row, self.embeds, groups)
+        return doc
+
+    def merged(self, enclosing: TableView, row: Row, groups: Groups) -> dict[str, Any]:
+        """A merge node's fields for the enclosing row: the row's, or each one null (left out
+        with `nulls: omit`) when there is no row."""
+        key = enclosing.values(row, self.parent_columns)
+        found = groups[self.slot].get(key) if None not in key else None
+        if found is None:
+            found = (None,) * len(self.view.columns)
+        return self.element(found, groups)
+
+
+Groups = dict[str, dict[tuple[Any, ...], Any]]  # slot -> enclosing key -> row (or rows)
+
+
+def fill(
+    doc: dict[str, Any], view: TableView, row: Row, embeds: list[EmbedPlan], groups: Groups
+) -> None:
+    """Put the embeds of `row` (a row of `view`) into the document or element built from it."""
+    for e in embeds:
+        if e.merge:
+            for k, v in e.merged(view, row, groups).items():
+                doc.setdefault(k, v)  # an `on` column merged over its equal: the same value
+        else:
+            doc[e.name] = e.value(view, row, groups)
+
+
+def group_rows(embeds: Iterable[EmbedPlan], children: dict[str, list[Row]]) -> Groups:
+    """Each node's rows (read for a whole chunk) by the enclosing key they belong under."""
+    groups: Groups = {}
+    for top in embeds:
+        for e in top.walk():
+            g: dict[tuple[Any, ...], Any] = {}
+            for r in children.get(e.slot, ()):
+                key = e.view.values(r, e.child_columns)
+                if e.many:
+                    g.setdefault(key, []).append(r)
+                else:
+                    g[key] = r
+            groups[e.slot] = g
+    return groups
+
+
+def _get(doc: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
 
 
 @dataclass
@@ -208,57 +316,49 @@ class CollectionPlan:
     def table(self) -> Table:
         return self.root.table
 
+    def nodes(self) -> Iterator[EmbedPlan]:
+        """Every embed of the tree, parents first."""
+        for e in self.embeds:
+            yield from e.walk()
+
     def doc_id(self, row: Row) -> Any:
         idx = self.root.index
         if len(self.pk) == 1:
             return self.id_converters[0](row[idx[self.pk[0]]])
         return {c: conv(row[idx[c]]) for c, conv in zip(self.pk, self.id_converters, strict=True)}
 
-    def document(self, row: Row, embedded: dict[str, Any]) -> dict[str, Any]:
+    def document(self, row: Row, groups: Groups) -> dict[str, Any]:
         try:
             doc: dict[str, Any] = self._fast_root(row)
         except Exception:  # the slow path names the column that failed
             doc = {"_id": self.doc_id(row)}
             doc.update(self.root.build(row))
-        for e in self.embeds:
-            val = embedded.get(e.name)
-            if e.many:
-                doc[e.name] = e.elements(val or ())
-            else:
-                doc[e.name] = e.view.build(val) if val is not None else None
+        fill(doc, self.root, row, self.embeds, groups)
         return doc
 
     def documents(
         self, rows: Iterable[Row], children: dict[str, list[Row]], on_error: Any = None
     ) -> list[dict[str, Any]]:
-        """Build documents for a chunk; `children` holds each embed's rows for the whole chunk.
+        """Build documents for a chunk; `children` holds each node's rows for the whole chunk
+        (by slot, see ChunkReader.read_embeds).
 
         A row that cannot be converted is passed to `on_error(row, exc)` (the dead-letter path)
         instead of failing the chunk; without a handler the error propagates.
         """
-        groups: dict[str, dict[tuple[Any, ...], Any]] = {}
-        for e in self.embeds:
-            g: dict[tuple[Any, ...], Any] = {}
-            for r in children.get(e.name, ()):
-                key = e.view.values(r, e.child_columns)
-                if e.many:
-                    g.setdefault(key, []).append(r)
-                else:
-                    g[key] = r
-            groups[e.name] = g
+        groups = group_rows(self.embeds, children)
         docs = []
         for row in rows:
-            embedded = {
-                e.name: groups[e.name].get(self.root.values(row, e.root_columns))
-                for e in self.embeds
-            }
             try:
-                docs.append(self.document(row, embedded))
+                docs.append(self.document(row, groups))
             except ConversionError as exc:
                 if on_error is None:
                     raise
                 on_error(row, exc)
         return docs
+
+    def embedded(self, e: EmbedPlan, row: Row, children: dict[str, list[Row]]) -> Any:
+        """One top-level embed's value for a root row, from its subtree's rows."""
+        return e.value(self.root, row, group_rows([e], children))
 
 
 @dataclass
@@ -339,101 +439,26 @@ def _view(
 def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
     """Check the mapping against the schema and build the Transform; errors name file:line key."""
     plans = []
+    zone = zone_for(mapping.source.timezone)
     for ci, coll in enumerate(mapping.collections):
         key: tuple[str | int, ...] = ("collections", ci)
-        if coll.from_ not in schema.tables:
-            known = ", ".join(sorted(schema.tables)) or "(none)"
-            raise SchemaError(
-                f"{mapping.where(*key, 'from')}: table {coll.from_!r} does not exist "
-                f"in database {schema.database!r} (tables: {known})"
-            )
-        table = schema.tables[coll.from_]
+        table = _table(mapping, schema, coll.from_, key)
         if not table.primary_key:
             raise SchemaError(
                 f"{mapping.where(*key, 'from')}: table {coll.from_!r} has no primary key",
                 hint="backfill pages by primary key and CDC matches rows by it: add one "
                 "(ALTER TABLE … ADD PRIMARY KEY) or leave the table out",
             )
-        root_extra = set(table.primary_key)
-        embeds = []
-        for ei, emb in enumerate(coll.embed):
-            ekey = (*key, "embed", ei)
-            if emb.from_ not in schema.tables:
-                raise SchemaError(
-                    f"{mapping.where(*ekey, 'from')}: table {emb.from_!r} does not "
-                    f"exist in database {schema.database!r}"
-                )
-            child = schema.tables[emb.from_]
-            for ccol, rcol in emb.on.items():
-                if not child.has_column(ccol):
-                    raise SchemaError(
-                        f"{mapping.where(*ekey, 'on', ccol)}: table {emb.from_!r} "
-                        f"has no column {ccol!r}"
-                    )
-                if not table.has_column(rcol):
-                    raise SchemaError(
-                        f"{mapping.where(*ekey, 'on', ccol)}: root table "
-                        f"{coll.from_!r} has no column {rcol!r}"
-                    )
-            for oi, ocol in enumerate(emb.order_by):
-                if not child.has_column(ocol):
-                    raise SchemaError(
-                        f"{mapping.where(*ekey, 'order_by', oi)}: table "
-                        f"{emb.from_!r} has no column {ocol!r}"
-                    )
-            if emb.many and not child.primary_key:
-                raise SchemaError(
-                    f"{mapping.where(*ekey, 'from')}: embedded table {emb.from_!r} "
-                    "has no primary key; CDC matches array elements by it"
-                )
-            order = list(emb.order_by) + [c for c in child.primary_key if c not in emb.order_by]
-            view = _view(
-                mapping,
-                schema,
-                emb.from_,
-                emb,
-                ekey,
-                [*emb.on.keys(), *order, *child.primary_key],
-                omit_nulls=False,
-            )
-            if emb.many:
-                for oi, ocol in enumerate(emb.order_by):
-                    if view.field_for(ocol) is None and ocol not in emb.on:
-                        raise SchemaError(
-                            f"{mapping.where(*ekey, 'order_by', oi)}: column {ocol!r} is "
-                            "excluded from the elements; CDC keeps the array in order by "
-                            "sorting on the elements' own fields, so an order_by column "
-                            "must stay in them"
-                        )
-                # Within one parent's array the `on` columns are constant; the rest of the
-                # child's key tells elements apart.
-                for c in [k for k in child.primary_key if k not in emb.on]:
-                    if view.field_for(c) is None:
-                        raise SchemaError(
-                            f"{mapping.where(*ekey)}: the primary key column {c!r} of "
-                            f"{emb.from_!r} must stay in the embedded elements "
-                            "(CDC finds an element by it); do not exclude it"
-                        )
-            root_extra |= set(emb.on.values())
-            embeds.append(
-                EmbedPlan(
-                    spec=emb,
-                    view=view,
-                    child_columns=list(emb.on.keys()),
-                    root_columns=list(emb.on.values()),
-                    order_by=order,
-                )
-            )
+        tree = _Tree(mapping, schema, coll.nulls == "omit", zone)
+        embeds = [
+            tree.node(emb, (*key, "embed", ei), table, (table.name,), (), "")
+            for ei, emb in enumerate(coll.embed)
+        ]
+        root_extra = set(table.primary_key) | {c for e in embeds for c in e.parent_columns}
         root = _view(
             mapping, schema, coll.from_, coll, key, root_extra, omit_nulls=coll.nulls == "omit"
         )
-        for e in embeds:
-            if e.name in {f.path[0] for f in root.fields}:
-                raise SchemaError(
-                    f"{mapping.where(*key, 'embed')}: embed {e.name!r} has the same "
-                    "name as a field of the collection"
-                )
-        zone = zone_for(mapping.source.timezone)
+        tree.check_names(root, embeds, key)
         id_conv = [default_converter(table.column(c), zone) for c in table.primary_key]
         plans.append(
             CollectionPlan(
@@ -445,3 +470,223 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
             )
         )
     return Transform(mapping=mapping, schema=schema, collections=plans)
+
+
+def _table(mapping: Mapping, schema: Schema, name: str, key: tuple[str | int, ...]) -> Table:
+    if name not in schema.tables:
+        known = ", ".join(sorted(schema.tables)) or "(none)"
+        raise SchemaError(
+            f"{mapping.where(*key, 'from')}: table {name!r} does not exist "
+            f"in database {schema.database!r} (tables: {known})"
+        )
+    return schema.tables[name]
+
+
+@dataclass
+class _Tree:
+    """Compiles one collection's embed tree, node by node, checking each against the schema."""
+
+    mapping: Mapping
+    schema: Schema
+    omit_nulls: bool
+    zone: Any
+
+    def where(self, key: tuple[str | int, ...], *more: str | int) -> str:
+        return self.mapping.where(*key, *more)
+
+    def node(
+        self,
+        emb: EmbedSpec,
+        key: tuple[str | int, ...],
+        parent: Table,
+        chain: tuple[str, ...],
+        path: tuple[str, ...],
+        parent_slot: str,
+    ) -> EmbedPlan:
+        child = _table(self.mapping, self.schema, emb.from_, key)
+        if len(chain) > 1 and emb.from_ in chain:
+            loop = " > ".join([*chain, emb.from_])
+            raise SchemaError(
+                f"{self.where(key, 'from')}: the tree loops back: {emb.from_!r} is embedded "
+                f"inside itself ({loop}); a document cannot hold its own table again below it"
+            )
+        self._check_columns(emb, key, child, parent)
+        # a top-level embed's slot is its name (stored records name it); merges are numbered
+        label = emb.as_ if emb.as_ is not None else f"+{emb.from_}#{key[-1]}"
+        slot = f"{parent_slot}/{label}" if parent_slot else label
+        here = path if emb.merge else (*path, emb.label)
+        subs = [
+            self.node(sub, (*key, "embed", i), child, (*chain, emb.from_), here, slot)
+            for i, sub in enumerate(emb.embed)
+        ]
+        order = list(emb.order_by) + [c for c in child.primary_key if c not in emb.order_by]
+        extra = [*emb.on.keys(), *order, *child.primary_key]
+        extra += [c for s in subs for c in s.parent_columns]
+        view = _view(
+            self.mapping,
+            self.schema,
+            emb.from_,
+            emb,
+            key,
+            extra,
+            omit_nulls=self.omit_nulls and emb.merge,
+        )
+        self.check_names(view, subs, key)
+        plan = EmbedPlan(
+            spec=emb,
+            view=view,
+            child_columns=list(emb.on.keys()),
+            parent_columns=list(emb.on.values()),
+            order_by=order,
+            embeds=subs,
+            slot=slot,
+            path=here,
+            order_converters=[(view.index[c], _order_converter(view, c, self.zone)) for c in order],
+        )
+        if emb.values is not None:
+            plan.values_path = self._values_path(plan, key)
+            plan.values_source = _source_of(plan, plan.values_path)
+        if emb.many and plan.simple:
+            self._check_simple_array(plan, key)
+        return plan
+
+    def _check_columns(
+        self, emb: EmbedSpec, key: tuple[str | int, ...], child: Table, parent: Table
+    ) -> None:
+        for ccol, pcol in emb.on.items():
+            if not child.has_column(ccol):
+                raise SchemaError(
+                    f"{self.where(key, 'on', ccol)}: table {emb.from_!r} has no column {ccol!r}"
+                )
+            if not parent.has_column(pcol):
+                raise SchemaError(
+                    f"{self.where(key, 'on', ccol)}: the enclosing table {parent.name!r} "
+                    f"has no column {pcol!r}"
+                )
+        for oi, ocol in enumerate(emb.order_by):
+            if not child.has_column(ocol):
+                raise SchemaError(
+                    f"{self.where(key, 'order_by', oi)}: table {emb.from_!r} has no column {ocol!r}"
+                )
+        if emb.many and not child.primary_key:
+            raise SchemaError(
+                f"{self.where(key, 'from')}: embedded table {emb.from_!r} has no primary "
+                "key; array elements are told apart and ordered by it"
+            )
+
+    def _check_simple_array(self, e: EmbedPlan, key: tuple[str | int, ...]) -> None:
+        """A one-level array is kept by CDC element by element: its elements must keep the
+        columns that order them and tell them apart."""
+        for oi, ocol in enumerate(e.spec.order_by):
+            if e.view.field_for(ocol) is None and ocol not in e.spec.on:
+                raise SchemaError(
+                    f"{self.where(key, 'order_by', oi)}: column {ocol!r} is "
+                    "excluded from the elements; CDC keeps the array in order by "
+                    "sorting on the elements' own fields, so an order_by column "
+                    "must stay in them"
+                )
+        # Within one parent's array the `on` columns are constant; the rest of the child's
+        # key tells elements apart.
+        for c in [k for k in e.view.table.primary_key if k not in e.spec.on]:
+            if e.view.field_for(c) is None:
+                raise SchemaError(
+                    f"{self.where(key)}: the primary key column {c!r} of "
+                    f"{e.spec.from_!r} must stay in the embedded elements "
+                    "(CDC finds an element by it); do not exclude it"
+                )
+
+    def check_names(
+        self, view: TableView, embeds: list[EmbedPlan], key: tuple[str | int, ...]
+    ) -> None:
+        """Every name in a document or element comes from one place: its own fields, an
+        embed, or a merged row (an `on` column merged over its equal excepted)."""
+        owner: dict[str, tuple[str, Any]] = {}
+        for f in view.fields:
+            owner.setdefault(f.path[0], (f"field {f.name!r}", (view.table.name, f.column)))
+        for i, e in enumerate(embeds):
+            ekey = (*key, "embed", i)
+            if not e.merge:
+                self._claim(owner, e.name, (f"embed {e.name!r}", None), ekey, "as")
+                continue
+            equal = {(e.view.table.name, c): (view.table.name, p) for c, p in e.spec.on.items()}
+            for name, (what, source) in _names(e).items():
+                first = owner.get(name)
+                if first is not None and source is not None and equal.get(source) == first[1]:
+                    continue  # the `on` column and its equal: one value
+                self._claim(
+                    owner, name, (f"{what} merged from {e.spec.from_!r}", source), ekey, "merge"
+                )
+
+    def _claim(
+        self,
+        owner: dict[str, tuple[str, Any]],
+        name: str,
+        what: tuple[str, Any],
+        key: tuple[str | int, ...],
+        at: str,
+    ) -> None:
+        first = owner.setdefault(name, what)
+        if first is not what:
+            raise SchemaError(
+                f"{self.where(key, at)}: {name!r} is given twice in one document: by "
+                f"{first[0]} and by {what[0]}; rename one (fields: {{new_name: column}})"
+            )
+
+    def _values_path(self, e: EmbedPlan, key: tuple[str | int, ...]) -> tuple[str, ...]:
+        assert e.spec.values is not None
+        path = tuple(e.spec.values.split("."))
+        if path not in _paths(e):
+            have = ", ".join(".".join(p) for p in sorted(_paths(e)) if len(p) <= 3) or "(none)"
+            raise SchemaError(
+                f"{self.where(key, 'values')}: the elements have no field {e.spec.values!r} "
+                f"(they have: {have})"
+            )
+        return path
+
+
+def _order_converter(view: TableView, column: str, zone: Any) -> Converter:
+    f = view.field_for(column)
+    return f.convert if f is not None else default_converter(view.table.column(column), zone)
+
+
+def _names(e: EmbedPlan) -> dict[str, tuple[str, Any]]:
+    """The top-level names a node puts in its element (a merge node: in the enclosing one)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for f in e.view.fields:
+        out.setdefault(f.path[0], (f"field {f.name!r}", (e.view.table.name, f.column)))
+    for sub in e.embeds:
+        if sub.merge:
+            out.update({k: v for k, v in _names(sub).items() if k not in out})
+        else:
+            out.setdefault(sub.name, (f"embed {sub.name!r}", None))
+    return out
+
+
+def _source_of(e: EmbedPlan, path: tuple[str, ...]) -> tuple[EmbedPlan, FieldPlan] | None:
+    """The node and field a path into one element of `e` reads (None: a sub-document)."""
+    for f in e.view.fields:
+        if f.path == path:
+            return (e, f)
+    for sub in e.embeds:
+        if sub.merge:
+            found = _source_of(sub, path)
+            if found is not None:
+                return found
+        elif not sub.many and path[0] == sub.name and len(path) > 1:
+            return _source_of(sub, path[1:])
+    return None
+
+
+def _paths(e: EmbedPlan) -> set[tuple[str, ...]]:
+    """Every path into one element of `e` that holds a value (not through an array)."""
+    out: set[tuple[str, ...]] = set()
+    for f in e.view.fields:
+        out |= {f.path[:i] for i in range(1, len(f.path) + 1)}
+    for sub in e.embeds:
+        if sub.merge:
+            out |= _paths(sub)
+        else:
+            out.add((sub.name,))
+            if not sub.many:
+                out |= {(sub.name, *p) for p in _paths(sub)}
+    return out

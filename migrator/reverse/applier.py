@@ -140,7 +140,7 @@ class ReverseApplier:
         key = tuple(f(v) for f, v in zip(inv.id_inv, ident, strict=True))
         root_row = None
         if any(e.many for e in plan.embeds):
-            cols = sorted({rc for e in plan.embeds if e.many for rc in e.root_columns})
+            cols = sorted({rc for e in plan.embeds if e.many for rc in e.parent_columns})
             cur.execute(
                 f"SELECT {', '.join(q(c) for c in cols)} FROM {q(plan.table.name)} WHERE "
                 + " AND ".join(f"{q(c)} = %s" for c in plan.pk),
@@ -150,7 +150,7 @@ class ReverseApplier:
             root_row = dict(zip(cols, found, strict=True)) if found else None
         for e in plan.embeds:
             if e.many and root_row is not None:
-                pairs = zip(e.child_columns, e.root_columns, strict=True)
+                pairs = zip(e.child_columns, e.parent_columns, strict=True)
                 scope = {cc: root_row[rc] for cc, rc in pairs}
                 cur.execute(
                     f"DELETE FROM {q(e.view.table.name)} WHERE "

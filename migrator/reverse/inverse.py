@@ -231,7 +231,7 @@ class DocumentInverse:
                 ]
             else:
                 # a sub-document stands for the parent row the root's columns point at
-                for cc, rc in zip(e.child_columns, e.root_columns, strict=True):
+                for cc, rc in zip(e.child_columns, e.parent_columns, strict=True):
                     if rc in values:
                         continue  # mapped at the root as well: that value wins
                     f = e.view.field_for(cc)
@@ -244,13 +244,13 @@ class DocumentInverse:
 
     @staticmethod
     def _scope(e: EmbedPlan, root: dict[str, Any]) -> dict[str, Any]:
-        missing = [rc for rc in e.root_columns if rc not in root]
+        missing = [rc for rc in e.parent_columns if rc not in root]
         if missing:
             raise ConversionError(
                 f"array {e.name!r}: the root column(s) {', '.join(missing)} it joins on are not "
                 "in the document, so its rows cannot be matched to this parent"
             )
-        return {cc: root[rc] for cc, rc in zip(e.child_columns, e.root_columns, strict=True)}
+        return {cc: root[rc] for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)}
 
 
 class _ViewInverse:

@@ -125,15 +125,33 @@ class ChunkReader:
                 return
             lo = self.key_params(tuple(rows[-1][self.plan.root.index[c]] for c in self.pk))
 
-    def read_embeds(self, rows: Sequence[Row]) -> dict[str, list[Row]]:
-        return {e.name: self.read_embed(e, rows) for e in self.plan.embeds}
+    def read_embeds(
+        self, rows: Sequence[Row], embeds: Sequence[EmbedPlan] | None = None
+    ) -> dict[str, list[Row]]:
+        """Every node's rows for these root rows, by slot: one query per node of the tree,
+        each level keyed by the rows of the level above (never a query per row)."""
+        out: dict[str, list[Row]] = {}
+        for e in self.plan.embeds if embeds is None else embeds:
+            self._read_node(e, self.plan.root, rows, out)
+        return out
 
-    def read_embed(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row]:
-        root: TableView = self.plan.root
-        ranged = self._dense_range(e, rows)
+    def _read_node(
+        self, e: EmbedPlan, enclosing: TableView, rows: Sequence[Row], out: dict[str, list[Row]]
+    ) -> None:
+        found = self.read_embed(e, rows, enclosing) if rows else []
+        out[e.slot] = found
+        for sub in e.embeds:
+            self._read_node(sub, e.view, found, out)
+
+    def read_embed(
+        self, e: EmbedPlan, rows: Sequence[Row], enclosing: TableView | None = None
+    ) -> list[Row]:
+        """The rows of one node under these enclosing rows (root rows by default)."""
+        outer: TableView = self.plan.root if enclosing is None else enclosing
+        ranged = self._dense_range(e, rows, outer)
         if ranged is not None:
             return ranged
-        keys = {root.params(r, e.root_columns) for r in rows}
+        keys = {outer.params(r, e.parent_columns) for r in rows}
         keys = {k for k in keys if all(v is not None for v in k)}
         if not keys:
             return []
@@ -157,16 +175,16 @@ class ChunkReader:
         # arrays are sorted after conversion (EmbedPlan.elements), as $sort orders them
         return self._fetch(f"{select} WHERE {cond}", args)
 
-    def _dense_range(self, e: EmbedPlan, rows: Sequence[Row]) -> list[Row] | None:
+    def _dense_range(self, e: EmbedPlan, rows: Sequence[Row], outer: TableView) -> list[Row] | None:
         """Children joined by one integer column to dense integer keys (a chunk's ids): one
         range read, filtered here, instead of an IN list of thousands of values."""
         if len(e.child_columns) != 1:
             return None
-        root, view = self.plan.root, e.view
-        rcol, ccol = e.root_columns[0], e.child_columns[0]
-        if not (root.table.column(rcol).is_integer and view.table.column(ccol).is_integer):
+        view = e.view
+        rcol, ccol = e.parent_columns[0], e.child_columns[0]
+        if not (outer.table.column(rcol).is_integer and view.table.column(ccol).is_integer):
             return None
-        i = root.index[rcol]
+        i = outer.index[rcol]
         keys = {int(r[i]) for r in rows if r[i] is not None}
         if not keys:
             return []

@@ -17,7 +17,9 @@ from pymongo import DeleteOne, ReplaceOne
 
 from migrator.errors import ConversionError, MigratorError
 from migrator.model.keys import id_key
-from migrator.model.transform import CollectionPlan
+from migrator.model.transform import CollectionPlan, EmbedPlan
+from migrator.model.typerules import param_value
+from migrator.source.connection import quote_ident
 from migrator.source.reader import ChunkReader
 
 Key = tuple[Any, ...]
@@ -98,3 +100,55 @@ def rebuild_ops(
         else DeleteOne({"_id": doc_id})
         for doc_id, doc in rebuild_docs(conn, plan, keys, on_error)
     ]
+
+
+def root_keys_sql(
+    p: CollectionPlan, chain: Sequence[EmbedPlan], columns: Sequence[str], n: int
+) -> str:
+    """SELECT of the root keys whose tree holds an enclosing row (the node at the end of
+    `chain`) with `columns` equal to one of `n` value tuples: the tree's tables joined from
+    the root down."""
+    names = [f"t{i}" for i in range(len(chain) + 1)]
+    sql = f"SELECT DISTINCT {', '.join(f't0.{quote_ident(c)}' for c in p.pk)} "
+    sql += f"FROM {quote_ident(p.table.name)} t0"
+    for i, e in enumerate(chain, start=1):
+        on = " AND ".join(
+            f"t{i}.{quote_ident(cc)} = t{i - 1}.{quote_ident(pc)}"
+            for cc, pc in zip(e.child_columns, e.parent_columns, strict=True)
+        )
+        sql += f" JOIN {quote_ident(e.view.table.name)} {names[i]} ON {on}"
+    last = names[-1]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    cols = ", ".join(f"{last}.{quote_ident(c)}" for c in columns)
+    return f"{sql} WHERE ({cols}) IN ({', '.join([one] * n)})"
+
+
+def root_keys(
+    conn: Any,
+    *,
+    plan: CollectionPlan,
+    chain: Sequence[EmbedPlan],
+    rows: Iterable[dict[str, Any]],
+) -> list[tuple[Any, ...]]:
+    """Primary keys of the root rows whose tree holds an enclosing row (end of `chain`) with
+    one of these column values, read from the source now."""
+    rows = list(rows)
+    if not rows:
+        return []
+    columns = sorted(rows[0])
+    table = chain[-1].view.table if chain else plan.table
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(rows), 500):
+        part = rows[i : i + 500]
+        args = [param_value(table.column(c), r[c]) for r in part for c in columns]
+        cur = conn.cursor()
+        try:
+            cur.execute(root_keys_sql(plan, chain, columns, len(part)), args)
+            found = cur.fetchall()
+        finally:
+            cur.close()
+        out += [
+            tuple(param_value(plan.table.column(c), v) for c, v in zip(plan.pk, r, strict=True))
+            for r in found
+        ]
+    return out

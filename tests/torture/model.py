@@ -1,9 +1,15 @@
 """A seeded random schema and the mapping of it, as plain data the oracle reads.
 
 Tables come in 3-level foreign-key trees (root -> child -> grandchild), plus lookup tables the
-roots point at (embedded N:1). Keys are INT (negative and zero included), BIGINT UNSIGNED (above
-2^63), VARCHAR, or composite; every foreign-key action appears (CASCADE, SET NULL, RESTRICT on
-delete and update); payload columns come from the type corpus below. The mapping embeds children
+roots point at (embedded N:1). A nested model (most seeds) adds, from its own random stream so
+the flat part stays what it was: far lookups the lookups point at (a chain of parents), lookup
+references from children (a sub-document in each element), grandchildren as arrays inside the
+children's elements, and join tables between roots and lookups (many-to-many: join rows with
+the lookup merged in, and arrays of one lookup field).
+
+Keys are INT (negative and zero included), BIGINT UNSIGNED (above 2^63), VARCHAR, or
+composite; every foreign-key action appears (CASCADE, SET NULL, RESTRICT on delete and
+update); payload columns come from the type corpus below. The mapping embeds children
 as arrays and lookups as sub-documents, gives some tables collections of their own, renames,
 excludes, nests (dotted names) and overrides a type now and then.
 """
@@ -85,7 +91,7 @@ class Table:
     pk: list[str]
     key_kind: str
     fks: list[FK] = field(default_factory=list)
-    role: str = "root"  # root | child | grandchild | lookup
+    role: str = "root"  # root | child | grandchild | lookup | far | join
     parent: str | None = None  # the table the identifying FK points at
 
     def col(self, name: str) -> Col:
@@ -115,12 +121,15 @@ class Projection:
 
 @dataclass
 class Embed:
-    as_: str
+    as_: str | None  # None: merged into the enclosing document
     table: str
-    on: dict[str, str]  # embedded column -> root column
+    on: dict[str, str]  # embedded column -> enclosing table's column
     many: bool
     order_by: list[str]
     proj: Projection
+    embeds: list[Embed] = field(default_factory=list)
+    merge: bool = False
+    values: str | None = None  # an array of this field of each element
 
 
 @dataclass
@@ -139,7 +148,7 @@ class Model:
     colls: list[Coll]
 
     def create_order(self) -> list[Table]:
-        order = {"lookup": 0, "root": 1, "child": 2, "grandchild": 3}
+        order = {"far": -1, "lookup": 0, "root": 1, "child": 2, "grandchild": 3, "join": 4}
         return sorted(self.tables.values(), key=lambda t: order[t.role])
 
     def mapping_yaml(self, mysql_url: str, mongo_url: str, target_db: str, state_db: str) -> str:
@@ -151,17 +160,7 @@ class Model:
             if c.nulls != "keep":
                 d["nulls"] = c.nulls
             if c.embeds:
-                d["embed"] = [
-                    {
-                        "as": e.as_,
-                        "from": e.table,
-                        "on": dict(e.on),
-                        "many": e.many,
-                        **({"order_by": e.order_by} if e.order_by else {}),
-                        **_proj(e.proj),
-                    }
-                    for e in c.embeds
-                ]
+                d["embed"] = [_embed(e) for e in c.embeds]
             colls.append(d)
         doc = {
             "version": 1,
@@ -172,6 +171,21 @@ class Model:
             "collections": colls,
         }
         return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _embed(e: Embed) -> dict[str, Any]:
+    d: dict[str, Any] = {} if e.as_ is None else {"as": e.as_}
+    d.update({"from": e.table, "on": dict(e.on), "many": e.many})
+    if e.order_by:
+        d["order_by"] = e.order_by
+    if e.merge:
+        d["merge"] = True
+    if e.values is not None:
+        d["values"] = e.values
+    d.update(_proj(e.proj))
+    if e.embeds:
+        d["embed"] = [_embed(x) for x in e.embeds]
+    return d
 
 
 def _proj(p: Projection) -> dict[str, Any]:
@@ -205,7 +219,17 @@ def _key_cols(rnd: random.Random, kind: str, prefix: str) -> list[Col]:
     return [Col(f"{prefix}_id", kind, False)]
 
 
-def generate(seed: int) -> Model:
+def generate(seed: int, nested: bool | None = None) -> Model:
+    """The seed's model; `nested` None: the seed decides (most seeds nest)."""
+    model = _flat(seed)
+    if nested is None:
+        nested = random.Random(seed * 7 + 3).random() < 0.7
+    if nested:
+        _nest(random.Random(seed * 104729 + 11), model)
+    return model
+
+
+def _flat(seed: int) -> Model:
     rnd = random.Random(seed)
     tables: dict[str, Table] = {}
 
@@ -378,3 +402,171 @@ def _mapping(rnd: random.Random, tables: dict[str, Table]) -> list[Coll]:
         if rnd.random() < 0.5:
             colls.append(Coll(f"col_{lk.name}", lk.name, _projection(rnd, lk, set())))
     return colls
+
+
+# ------------------------------------------------------------------------------ nesting
+def _fk_to(rnd: random.Random, name: str, t: Table, ref: Table, nullable: bool) -> Col:
+    """A nullable reference column from `t` to `ref`'s key, with a random action."""
+    key = ref.col(ref.pk[0])
+    col = Col(f"ref_{ref.name}", key.kind, True)
+    t.cols.append(col)
+    actions = ["CASCADE", "RESTRICT", "SET NULL"] if nullable else ["CASCADE", "RESTRICT"]
+    t.fks.append(
+        FK(name, [col.name], ref.name, [key.name], rnd.choice(actions), rnd.choice(actions))
+    )
+    return col
+
+
+def _lookup_embed(rnd: random.Random, model: Model, lk: Table, ref_col: str, as_: str) -> Embed:
+    """A lookup as a sub-document (or merged), with its far lookup nested when it has one."""
+    proj = _projection(rnd, lk, set())
+    if rnd.random() < 0.3:
+        proj = Projection(only=[lk.pk[0], lk.payload[0].name])
+    e = Embed(as_, lk.name, {lk.pk[0]: ref_col}, False, [], proj)
+    far = [fk for fk in lk.fks if model.tables[fk.ref].role == "far"]
+    if far and rnd.random() < 0.8:
+        fk = far[0]
+        ft = model.tables[fk.ref]
+        merged = rnd.random() < 0.35 and proj.only is None
+        e.embeds.append(
+            Embed(
+                None if merged else f"far_{ft.name}",
+                ft.name,
+                {ft.pk[0]: fk.cols[0]},
+                False,
+                [],
+                _merged(_projection(rnd, ft, set()), ft.name),
+                merge=merged,
+            )
+        )
+    return e
+
+
+def _merged(p: Projection, table: str) -> Projection:
+    """A merged row's fields share the enclosing document: its dotted renames get a sub-document
+    of their own (two `nest.` parents would be one name given twice)."""
+    p.rename = {c: n.replace("nest.", f"n_{table}.", 1) for c, n in p.rename.items()}
+    return p
+
+
+def _field_name(proj: Projection, col: str) -> str | None:
+    if col in proj.exclude or (proj.only is not None and col not in proj.only):
+        return None
+    return proj.rename.get(col, col)
+
+
+def _nest(rnd: random.Random, model: Model) -> None:
+    tables = model.tables
+    lookups = [t for t in tables.values() if t.role == "lookup"]
+    # far lookups: a chain of parents (root -> lookup -> far)
+    for i, lk in enumerate(lookups):
+        if rnd.random() < 0.7:
+            far = Table(f"far{i}", [Col(f"far{i}_id", "int", False)], [f"far{i}_id"], "int")
+            far.role = "far"
+            far.cols += [Col(f"w{i}{j}_{k}", k, True) for j, k in enumerate(["varchar", "int"])]
+            tables[far.name] = far
+            _fk_to(rnd, f"fk_{lk.name}_{far.name}", lk, far, True)
+    by_coll = {c.table: c for c in model.colls}
+    for root in [t for t in tables.values() if t.role == "root"]:
+        coll = by_coll.get(root.name)
+        if coll is None:
+            continue
+        # lookups already embedded at the top gain their far lookup
+        for i, e in enumerate(coll.embeds):
+            if not e.many and rnd.random() < 0.8:
+                lk = tables[e.table]
+                coll.embeds[i] = _lookup_embed(
+                    rnd, model, lk, next(iter(e.on.values())), e.as_ or ""
+                )
+                if rnd.random() < 0.25 and coll.embeds[i].proj.only is None:
+                    coll.embeds[i].as_, coll.embeds[i].merge = None, True
+                    _merged(coll.embeds[i].proj, lk.name)
+                    coll.embeds[i].embeds = [x for x in coll.embeds[i].embeds if not x.merge]
+        for e in [e for e in coll.embeds if e.many]:
+            child = tables[e.table]
+            # each element carries a lookup of its own
+            if rnd.random() < 0.6:
+                lk = rnd.choice(lookups)
+                col = _fk_to(rnd, f"fk_{child.name}_{lk.name}", child, lk, True)
+                e.embeds.append(_lookup_embed(rnd, model, lk, col.name, f"one_{lk.name}"))
+            # ... and its grandchildren as an array inside it
+            for g in [g for g in tables.values() if g.parent == child.name]:
+                if rnd.random() < 0.7:
+                    fk = g.fks[0]
+                    e.embeds.append(
+                        Embed(
+                            f"arr_{g.name}",
+                            g.name,
+                            dict(zip(fk.cols, fk.ref_cols, strict=True)),
+                            True,
+                            [],
+                            _projection(rnd, g, set()),
+                        )
+                    )
+        if rnd.random() < 0.8:
+            _join(rnd, model, root, coll, rnd.choice(lookups))
+
+
+def _join(rnd: random.Random, model: Model, root: Table, coll: Coll, lk: Table) -> None:
+    """A join table between a root and a lookup, embedded as join rows with the lookup merged
+    in and as an array of one lookup field."""
+    name = f"j_{root.name}_{lk.name}"
+    side = [Col(f"jr_{k}", root.col(k).kind, False) for k in root.pk]
+    far = Col("jl_id", lk.col(lk.pk[0]).kind, False)
+    t = Table(
+        name,
+        [*side, far, Col("jp_int", "int", True)],
+        [c.name for c in side] + ["jl_id"],
+        "composite",
+        role="join",
+    )
+    t.fks.append(
+        FK(
+            f"fk_{name}_r",
+            [c.name for c in side],
+            root.name,
+            list(root.pk),
+            rnd.choice(["CASCADE", "RESTRICT"]),
+            rnd.choice(["CASCADE", "RESTRICT"]),
+        )
+    )
+    t.fks.append(
+        FK(
+            f"fk_{name}_l",
+            ["jl_id"],
+            lk.name,
+            [lk.pk[0]],
+            rnd.choice(["CASCADE", "RESTRICT"]),
+            rnd.choice(["CASCADE", "RESTRICT"]),
+        )
+    )
+    model.tables[name] = t
+    on = {c.name: k for c, k in zip(side, root.pk, strict=True)}
+    if rnd.random() < 0.8:
+        merged = _merged(_projection(rnd, lk, set()), lk.name)
+        coll.embeds.append(
+            Embed(
+                f"links_{lk.name}",
+                name,
+                on,
+                True,
+                [],
+                Projection(exclude=[c.name for c in side]),
+                embeds=[Embed(None, lk.name, {lk.pk[0]: "jl_id"}, False, [], merged, merge=True)],
+            )
+        )
+    lproj = _projection(rnd, lk, set())
+    names = [n for c in lk.payload if (n := _field_name(lproj, c.name)) is not None]
+    if names and rnd.random() < 0.7:
+        coll.embeds.append(
+            Embed(
+                f"names_{lk.name}",
+                name,
+                on,
+                True,
+                [],
+                Projection(),
+                embeds=[Embed("lk", lk.name, {lk.pk[0]: "jl_id"}, False, [], lproj)],
+                values="lk." + rnd.choice(names),
+            )
+        )

@@ -158,32 +158,66 @@ def expected(conn: Any, model: Model) -> dict[str, dict[Any, Any]]:
     for c in model.colls:
         out[c.name] = {}
         t = model.tables[c.table]
+        omit = c.nulls == "omit"
         for row in rows[c.table]:
             doc = {"_id": _doc_id(t, row)}
-            doc.update(_fields(t, c.proj, row, c.nulls == "omit"))
-            for e in c.embeds:
-                doc[e.as_] = _embedded(model, e, row, rows[e.table])
+            doc.update(_fields(t, c.proj, row, omit))
+            _fill(model, doc, row, c.embeds, rows, omit)
             out[c.name][canon(doc["_id"])] = canon(doc)
     return out
 
 
-def _embedded(model: Model, e: Embed, root_row: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
-    t = model.tables[e.table]
-    match = [
-        r
-        for r in rows
-        if all(r[cc] is not None and r[cc] == root_row[rc] for cc, rc in e.on.items())
-        and all(root_row[rc] is not None for rc in e.on.values())
-    ]
-    if not e.many:
-        return _fields(t, e.proj, match[0], False) if match else None
-    order = list(e.order_by) + [k for k in t.pk if k not in e.order_by]
-    match.sort(
-        key=lambda r: tuple(
-            _sort_key(convert(t.col(k).kind, r[k], e.proj.types.get(k))) for k in order
-        )
-    )
-    return [_fields(t, e.proj, r, False) for r in match]
+def _fill(
+    model: Model,
+    doc: dict[str, Any],
+    row: dict[str, Any],
+    embeds: list[Embed],
+    rows: dict[str, list[dict[str, Any]]],
+    omit: bool,
+) -> None:
+    """A document's or element's embeds, to any depth: arrays, sub-documents, arrays of
+    values, and rows merged in (each field null, or left out with nulls: omit, when the row
+    is missing; a name already there keeps its value)."""
+    for e in embeds:
+        t = model.tables[e.table]
+        match = [
+            r
+            for r in rows[e.table]
+            if all(row[pc] is not None and r[cc] == row[pc] for cc, pc in e.on.items())
+        ]
+        if e.merge:
+            one = match[0] if match else dict.fromkeys(c.name for c in t.cols)
+            for k, v in _element(model, e, one, rows, omit).items():
+                doc.setdefault(k, v)
+        elif not e.many:
+            doc[e.as_ or ""] = _element(model, e, match[0], rows, omit) if match else None
+        else:
+            order = list(e.order_by) + [k for k in t.pk if k not in e.order_by]
+            match.sort(
+                key=lambda r, t=t, e=e: tuple(
+                    _sort_key(convert(t.col(k).kind, r[k], e.proj.types.get(k))) for k in order
+                )
+            )
+            elements = [_element(model, e, r, rows, omit) for r in match]
+            if e.values is not None:
+                doc[e.as_ or ""] = [_at(el, e.values) for el in elements]
+            else:
+                doc[e.as_ or ""] = elements
+
+
+def _element(
+    model: Model, e: Embed, row: dict[str, Any], rows: dict[str, list[Any]], omit: bool
+) -> dict[str, Any]:
+    # only merged rows follow the collection's `nulls: omit`; elements keep their nulls
+    d = _fields(model.tables[e.table], e.proj, row, omit and e.merge)
+    _fill(model, d, row, e.embeds, rows, omit)
+    return d
+
+
+def _at(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
 
 
 def canon(v: Any) -> Any:

@@ -99,7 +99,7 @@ class Workload:
 
     def load(self, per_root: int = 40) -> None:
         for t in self.model.create_order():
-            if t.role == "lookup":
+            if t.role in ("far", "lookup"):
                 for _ in range(8):
                     self._txn(lambda cur, t=t: self._insert(cur, t))
         for _ in range(per_root):
@@ -175,9 +175,40 @@ class Workload:
                 time.sleep(0.2)
 
     # -- operations -------------------------------------------------------------------------
+    def _joins(self, root: Table | None = None) -> list[Table]:
+        return [
+            t
+            for t in self.model.tables.values()
+            if t.role == "join" and (root is None or t.fks[0].ref == root.name)
+        ]
+
+    def _link(self, cur: Any, j: Table, root_row: dict[str, Any] | None = None) -> None:
+        """A many-to-many link: a join row between a root row and a lookup row."""
+        rfk, lfk = j.fks
+        if root_row is None:
+            got = self._some(cur, self.model.tables[rfk.ref], rfk.ref_cols)
+            if not got:
+                return
+            root_row = dict(zip(rfk.ref_cols, got[0], strict=True))
+        far = self._some(cur, self.model.tables[lfk.ref], lfk.ref_cols)
+        if not far:
+            return
+        row = {c: root_row[r] for c, r in zip(rfk.cols, rfk.ref_cols, strict=True)}
+        row[lfk.cols[0]] = far[0][0]
+        row["jp_int"] = None if self.rnd.random() < 0.2 else self.rnd.randint(-5, 5)
+        cols = list(row)
+        cur.execute(
+            f"INSERT IGNORE INTO `{j.name}` ({', '.join(f'`{c}`' for c in cols)}) "
+            f"VALUES ({', '.join(['%s'] * len(cols))})",
+            [row[c] for c in cols],
+        )
+
     def _new_aggregate(self, cur: Any) -> None:
         root = self.rnd.choice([t for t in self.model.tables.values() if t.role == "root"])
         row = self._insert(cur, root)
+        for j in self._joins(root):
+            for _ in range(self.rnd.randint(0, 3)):
+                self._link(cur, j, row)
         for ch in self._children(root):
             fk = ch.fks[0]
             for _ in range(self.rnd.randint(0, 4)):
@@ -280,6 +311,7 @@ class Workload:
     def step(self) -> None:
         tables = list(self.model.tables.values())
         t = self.rnd.choice(tables)
+        joins = self._joins()
         ops = [
             (25, self._new_aggregate),
             (25, lambda cur: self._update_payload(cur, t, self.rnd.randint(1, 3))),
@@ -289,6 +321,7 @@ class Workload:
             (3, self._orphan_first),
             (2, self._large),
             (3, self._hot),
+            (8, lambda cur: self._link(cur, self.rnd.choice(joins)) if joins else None),
             (
                 8,
                 lambda cur: (

@@ -157,7 +157,7 @@ def test_conversion_errors_go_to_the_handler_and_the_rest_is_kept():
         (
             "  - {name: x, from: orders, embed: "
             "[{as: i, from: order_items, on: {order_id: nope}}]}\n",
-            "root table 'orders' has no column 'nope'",
+            "enclosing table 'orders' has no column 'nope'",
         ),
         (
             "  - {name: x, from: orders, embed: [{as: i, from: order_items, on: {order_id: id}, "
@@ -167,7 +167,7 @@ def test_conversion_errors_go_to_the_handler_and_the_rest_is_kept():
         (
             "  - {name: x, from: orders, embed: "
             "[{as: city, from: customers, on: {id: customer_id}, many: false}]}\n",
-            "embed 'city' has the same name as a field",
+            "'city' is given twice in one document: by field 'city' and by embed 'city'",
         ),
     ],
 )

@@ -1,0 +1,192 @@
+"""Where a nested row lives: how to find the documents that hold (or should hold) a row of
+any node of a collection's embed tree. Pure: paths and filters, no I/O.
+
+A one-level embed of whole rows is kept by CDC element by element. Everything deeper, merged
+rows and arrays of values are kept by rebuilding the documents a change reaches from the
+source: the applier asks this module which documents those are, backfill which indexes make
+finding them cheap.
+
+A row of node N sits under the enclosing row whose `parent_columns` equal the row's
+`child_columns`. The documents holding that enclosing row are found in MongoDB by the
+enclosing row's fields (at the top, the root's `_id` or fields) — which finds a document
+whether or not N's row is in it yet (a first element, a parent that was missing). Where the
+enclosing row keeps no such field, they are found in MySQL by joining the tree's tables from
+the root down, and in MongoDB by N's own copy of the columns (a copy the document still holds
+after MySQL deleted the rows that led to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from migrator.model.transform import CollectionPlan, EmbedPlan, FieldPlan, TableView, Transform
+from migrator.model.typerules import Converter
+
+
+@dataclass(frozen=True)
+class TreeRole:
+    """A table's rows at one node of a collection's tree (one the applier rebuilds)."""
+
+    plan: CollectionPlan
+    chain: tuple[EmbedPlan, ...]  # the top-level embed down to the node
+
+    @property
+    def node(self) -> EmbedPlan:
+        return self.chain[-1]
+
+    @property
+    def enclosing(self) -> TableView:
+        return self.chain[-2].view if len(self.chain) > 1 else self.plan.root
+
+    def describe(self) -> str:
+        return f"{self.plan.name}.{'.'.join(e.name for e in self.chain)}"
+
+
+def tree_roles(transform: Transform) -> list[TreeRole]:
+    """Every node CDC keeps by rebuilding: all nodes of a tree that is not a one-level embed
+    of whole rows."""
+    return [r for p in transform.collections for r in tree_roles_of(p)]
+
+
+def tree_roles_of(p: CollectionPlan) -> list[TreeRole]:
+    out: list[TreeRole] = []
+    for top in p.embeds:
+        if top.simple:
+            continue
+        stack: list[tuple[EmbedPlan, ...]] = [(top,)]
+        while stack:
+            chain = stack.pop()
+            out.append(TreeRole(p, chain))
+            stack += [(*chain, sub) for sub in chain[-1].embeds]
+    return out
+
+
+def root_path(p: CollectionPlan, col: str) -> tuple[str, Converter] | None:
+    """A root column's document path (its `_id` part for a key column) and converter."""
+    if col in p.pk:
+        i = p.pk.index(col)
+        return ("_id" if len(p.pk) == 1 else f"_id.{col}", p.id_converters[i])
+    f = p.root.field_for(col)
+    return (f.name, f.convert) if f is not None else None
+
+
+def locate(
+    p: CollectionPlan, chain: Sequence[EmbedPlan], col: str, own: bool = True
+) -> tuple[str, Converter] | None:
+    """The document path of a column of the node at the end of `chain` (the root if empty):
+    its own field (`own`), else through its `on` pair the enclosing row's. None if neither is
+    in the documents (an array of values keeps no element fields)."""
+    if not chain:
+        return root_path(p, col)
+    e = chain[-1]
+    if own and all(n.values_path is None for n in chain):
+        f = e.view.field_for(col)
+        if f is not None:
+            return (".".join((*e.path, f.name)), f.convert)
+    if col in e.child_columns:
+        return locate(p, chain[:-1], e.parent_columns[e.child_columns.index(col)])
+    return None
+
+
+def holder_filters(
+    role: TreeRole, image: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """How to find the documents holding the row `image` of the role's node: MongoDB filters,
+    and enclosing-row values to search the root keys for in MySQL (None: not needed). The
+    enclosing row's fields are enough when the documents keep them; otherwise the node's own
+    copy of its link columns and, in an array of values, the value itself find what the
+    documents hold, and MySQL where the row belongs now. A NULL link: in no document."""
+    e = role.node
+    values = [image.get(c) for c in e.child_columns]
+    if any(v is None for v in values):
+        return [], None
+    enclosing = dict(zip(e.parent_columns, values, strict=True))
+    by_enclosing = _filter(role.plan, role.chain[:-1], enclosing)
+    if by_enclosing is not None:
+        return [by_enclosing], None
+    return copies(role, image), enclosing
+
+
+def copies(role: TreeRole, image: dict[str, Any]) -> list[dict[str, Any]]:
+    """Filters for the documents holding a copy of this row: by its own link fields, or by
+    the value an array of values took from it."""
+    e, out = role.node, []
+    own = _own_paths(role.chain)
+    values = [image.get(c) for c in e.child_columns]
+    if own is not None and all(v is not None for v in values):
+        out.append({path: conv(v) for (path, conv), v in zip(own, values, strict=True)})
+    for path, f in _value_paths(role):
+        raw = image.get(f.column)
+        if raw is not None:
+            out.append({path: f.convert(raw)})
+    return out
+
+
+def findable_in_documents(role: TreeRole) -> bool:
+    """Whether the documents holding this node's rows can be found in MongoDB alone (rows a
+    cascade deleted or unlinked in MySQL can be found nowhere else)."""
+    e = role.node
+    if all(locate(role.plan, role.chain[:-1], c) is not None for c in e.parent_columns):
+        return True
+    return _own_paths(role.chain) is not None or bool(_value_paths(role))
+
+
+def _own_paths(chain: Sequence[EmbedPlan]) -> list[tuple[str, Converter]] | None:
+    """The document paths of the node's own copies of its link columns (None: not kept)."""
+    e = chain[-1]
+    if any(n.values_path is not None for n in chain):
+        return None
+    out = []
+    for col in e.child_columns:
+        f = e.view.field_for(col)
+        if f is None:
+            return None
+        out.append((".".join((*e.path, f.name)), f.convert))
+    return out
+
+
+def _value_paths(role: TreeRole) -> list[tuple[str, FieldPlan]]:
+    """Arrays of values (above the node, none above them) made of a field of the node."""
+    out = []
+    for i, v in enumerate(role.chain):
+        source = v.values_source
+        if source is None or source[0] is not role.node:
+            continue
+        if all(n.values_path is None for n in role.chain[:i]):
+            out.append((".".join(v.path), source[1]))
+    return out
+
+
+def _filter(
+    p: CollectionPlan, chain: Sequence[EmbedPlan], values: dict[str, Any]
+) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for col, v in values.items():
+        loc = locate(p, chain, col)
+        if loc is None:
+            return None
+        out[loc[0]] = loc[1](v)
+    return out
+
+
+def discovery_indexes(p: CollectionPlan) -> list[list[str]]:
+    """The document paths CDC finds nested rows by (each list one index), `_id` left out."""
+    out: list[list[str]] = []
+    for role in tree_roles_of(p):
+        e = role.node
+        paths: list[list[str]] = []
+        enclosing = [locate(p, role.chain[:-1], c) for c in e.parent_columns]
+        if all(loc is not None for loc in enclosing):
+            paths.append([loc[0] for loc in enclosing if loc is not None])
+        else:
+            own = _own_paths(role.chain)
+            if own is not None:
+                paths.append([path for path, _conv in own])
+            paths += [[path] for path, _f in _value_paths(role)]
+        for keys in paths:
+            keys = [k for k in keys if k != "_id" and not k.startswith("_id.")]
+            if keys and keys not in out:
+                out.append(keys)
+    return out
