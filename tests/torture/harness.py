@@ -158,6 +158,7 @@ def run_seed(
     stack: Stack | None = None,
     say: Any = print,
     keep: bool = False,
+    nested: bool | None = None,
 ) -> Result:
     """One seeded run; a given stack is shared (for Debezium: one started with Kafka and a
     Debezium-compatible MariaDB; a stack without Kafka is not used for it)."""
@@ -165,9 +166,10 @@ def run_seed(
     res.replay = (
         f".venv/bin/python -m tests.torture.harness --seed {seed} --seconds {seconds:g}"
         + (" --source debezium" if source == "debezium" else "")
+        + ("" if nested is None else (" --nested" if nested else " --flat"))
     )
     rnd = random.Random(seed * 7919 + 1)
-    model = generate(seed)
+    model = generate(seed, nested)
     faults = [f for f in FAULTS if rnd.random() < 0.45]
     if source == "debezium":
         # the connector owns its own position: restarts and DDL are out of its scope here
@@ -498,13 +500,29 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=0.0, help="run seeds from --seed on")
     ap.add_argument("--source", choices=["binlog", "debezium", "both"], default="binlog")
     ap.add_argument("--keep", action="store_true", help="leave a failed run's servers up")
+    shape = ap.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--nested",
+        dest="nested",
+        action="store_true",
+        default=None,
+        help="nested mappings only (default: the seed decides, most nest)",
+    )
+    shape.add_argument(
+        "--flat",
+        dest="nested",
+        action="store_false",
+        help="one-level mappings only (the model seeds had before nesting)",
+    )
     args = ap.parse_args()
     sources = ["binlog", "debezium"] if args.source == "both" else [args.source]
     end = time.monotonic() + args.minutes * 60
     seed, runs, failed = args.seed, 0, []
     while True:
         for source in sources:
-            r = run_seed(seed, source=source, seconds=args.seconds, keep=args.keep)
+            r = run_seed(
+                seed, source=source, seconds=args.seconds, keep=args.keep, nested=args.nested
+            )
             runs += 1
             print(r.summary(), flush=True)
             if not r.ok:

@@ -8,18 +8,34 @@ import pytest
 
 from .harness import run_seed
 
-BINLOG_SEEDS = [4, 5, 8, 10]  # each found a bug once (pinned by the integration tests)
+# one-level mappings, as these seeds were when each found a bug (pinned by integration tests)
+BINLOG_SEEDS = [4, 5, 8, 10]
 DEBEZIUM_SEED = 11
+# nested mappings: arrays in arrays, chains of parents, many-to-many merged and as values
+NESTED_BINLOG_SEED = 1
+NESTED_DEBEZIUM_SEED = 2
 
 
 @pytest.mark.parametrize("seed", BINLOG_SEEDS)
 def test_a_binlog_seed_converges(seed, torture_stack):
-    r = run_seed(seed, source="binlog", seconds=8, stack=torture_stack)
+    r = run_seed(seed, source="binlog", seconds=8, stack=torture_stack, nested=False)
     assert r.ok, r.summary()
 
 
 def test_a_debezium_seed_converges(debezium_stack):
-    r = run_seed(DEBEZIUM_SEED, source="debezium", seconds=10, stack=debezium_stack)
+    r = run_seed(DEBEZIUM_SEED, source="debezium", seconds=10, stack=debezium_stack, nested=False)
+    assert r.ok, r.summary()
+
+
+def test_a_nested_binlog_seed_converges(torture_stack):
+    r = run_seed(NESTED_BINLOG_SEED, source="binlog", seconds=8, stack=torture_stack, nested=True)
+    assert r.ok, r.summary()
+
+
+def test_a_nested_debezium_seed_converges(debezium_stack):
+    r = run_seed(
+        NESTED_DEBEZIUM_SEED, source="debezium", seconds=10, stack=debezium_stack, nested=True
+    )
     assert r.ok, r.summary()
 
 

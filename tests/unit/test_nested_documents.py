@@ -203,7 +203,11 @@ def test_a_missing_merged_row_gives_null_fields_or_none_with_nulls_omit() -> Non
     from: orders
     NULLS
     embed:
-      - {from: customers, on: {id: customer_id}, many: false, merge: true, exclude: [id, address_id]}
+      - from: customers
+        on: {id: customer_id}
+        many: false
+        merge: true
+        exclude: [id, address_id]
 """
     keep = documents(compile_one(body.replace("NULLS", "nulls: keep")))
     assert keep[0] == {"_id": 1, "id": 1, "customer_id": 7, "name": "ann"}
@@ -223,7 +227,12 @@ def test_an_on_column_merged_over_its_equal_is_not_a_collision() -> None:
         on: {post_id: id}
         many: true
         embed:
-          - {from: tags, on: {id: tag_id}, many: false, merge: true, fields: {tag_id: id}, exclude: [id]}
+          - from: tags
+            on: {id: tag_id}
+            many: false
+            merge: true
+            fields: {tag_id: id}
+            exclude: [id]
 """
     )
     assert documents(plan)[0]["tags"][0] == {"post_id": 1, "tag_id": 5, "name": "db"}
