@@ -41,7 +41,7 @@ from migrator.cdc.writer import OpWriter, Tagged
 from migrator.errors import ConnectError, ConversionError, MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.keys import id_key
-from migrator.model.placement import TreeRole, holder_filters
+from migrator.model.placement import TreeRole, holder_filters, rows_in
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import param_value
 from migrator.sink.mongo import find_by_ids, with_retry
@@ -802,8 +802,7 @@ class _Batch:
         """Queue the documents of `place` that hold rows matching the effect for a rebuild;
         return those rows' values of `need` (None when this place does not hold them all)."""
         if place.kind == "nested":
-            self._discover_nested(place, eff, rebuild)
-            return None
+            return self._discover_nested(place, eff, need, rebuild)
         cas = self.a.cascades
         p, e = place.plan, place.embed
         outer: dict[str, Any] = {}
@@ -870,21 +869,38 @@ class _Batch:
                     self._moved(place, eff, values)
         return rows if have_all else None
 
-    def _discover_nested(self, place: Place, eff: Effect, rebuild: bool) -> None:
-        """The documents holding the rows of a nested node the effect changed, rebuilt; an
-        update that moves them (their link columns) also rebuilds where they went."""
-        if not rebuild:
-            return
-        p = place.plan
+    def _discover_nested(
+        self, place: Place, eff: Effect, need: list[str], rebuild: bool
+    ) -> list[dict[str, Any]] | None:
+        """The documents holding the rows of a nested node the effect changed, rebuilt (an
+        update that moves them also rebuilds where they went); those rows' values of `need`
+        (None when the documents do not show them all)."""
+        p, cas = place.plan, self.a.cascades
         flt: dict[str, Any] = {}
+        match: dict[str, Any] = {}
         for col, v in eff.cond.items():
-            loc = self.a.cascades.locate(place, col)
+            loc = cas.locate(place, col)
             if loc is None:
                 raise _Unmapped(f"{eff.table}.{col} is not mapped there")
-            flt[loc[1]] = None if v is None else loc[2](v)
-        for doc in with_retry(partial(_found_ids, self.a.db[p.name], flt)):
-            self.rebuild_add(p, doc["_id"])
-        e = place.embed
+            flt[loc[1]] = match[col] = None if v is None else loc[2](v)
+        want = [c for c in need if c not in eff.cond]
+        have_all = all(cas.locate(place, c) is not None for c in want)
+        rows: list[dict[str, Any]] = []
+        docs = with_retry(partial(_found, self.a.db[p.name], flt, rebuild or bool(want)))
+        for doc in docs:
+            if rebuild:
+                self.rebuild_add(p, doc["_id"])
+            if want and have_all:
+                for row in rows_in(doc, p, place.chain, [*match, *want]):
+                    if all(id_key(row.get(c)) == id_key(v) for c, v in match.items()):
+                        rows.append({c: source_value(row[c]) for c in row})
+        self._moved_nested(place, eff, rebuild)
+        return rows if have_all else None
+
+    def _moved_nested(self, place: Place, eff: Effect, rebuild: bool) -> None:
+        if not rebuild:
+            return
+        p, e = place.plan, place.embed
         if eff.kind == "update" and e is not None and set(eff.changes) & set(e.child_columns):
             new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
             if set(e.child_columns) <= set(new):
@@ -1067,6 +1083,10 @@ def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> li
 
 def _found_ids(coll: Any, flt: dict[str, Any]) -> list[dict[str, Any]]:
     return list(coll.find(flt, {"_id": 1}))
+
+
+def _found(coll: Any, flt: dict[str, Any], whole: bool) -> list[dict[str, Any]]:
+    return list(coll.find(flt) if whole else coll.find(flt, {"_id": 1}))
 
 
 def _rebuild_with(conn: Any, *, plan: CollectionPlan, keys: list[Any], bad: Any) -> list[Any]:

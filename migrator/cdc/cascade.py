@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from migrator.model.events import ChangeEvent
-from migrator.model.placement import TreeRole, findable_in_documents
+from migrator.model.placement import TreeRole, findable_in_documents, held_columns
 from migrator.model.placement import locate as tree_locate
 from migrator.model.schema import ForeignKey
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
@@ -219,6 +219,11 @@ class Cascades:
 
     # -- where the documents are -------------------------------------------------------------
     def affected(self, place: Place, eff: Effect) -> bool:
+        """Whether the effect can change what the place's documents hold (a change of columns
+        none of them keeps changes nothing)."""
+        if place.kind == "nested":
+            held = held_columns(place.chain)
+            return bool(held) and (eff.kind == "delete" or bool(set(eff.changes) & held))
         if eff.kind == "delete":
             return True
         if place.kind == "root" and place.plan.spec.filter:
@@ -311,6 +316,8 @@ class Cascades:
             need = self.needs_rows(eff)
             row_source = False
             for place in self.places.get(eff.table, ()):
+                if not self.affected(place, eff):
+                    continue  # it changes nothing these documents hold
                 if self.skipped(place, eff):
                     # its documents go with the triggering row, but discovery still reads
                     # the rows they hold for the next level (Applier.cascade)
@@ -326,8 +333,8 @@ class Cascades:
                         "changes (map the column, or leave it out of `exclude`)"
                     )
                     continue
-                if place.kind != "nested" and all(self.locate(place, c) is not None for c in need):
-                    row_source = True  # nested places are rebuilt, not read for rows
+                if all(self.locate(place, c) is not None for c in need):
+                    row_source = True
             rows: list[dict[str, Any]] | None = [dict.fromkeys(need, 0)] if row_source else None
             nxt, problems = self.follow(eff, rows)
             found += [f"{via}: {p}" for p in problems]

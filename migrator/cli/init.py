@@ -39,6 +39,12 @@ from migrator.source.schema import introspect
 @click.option("--table", "tables", multiple=True, help="Only these tables (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option(
+    "--documents",
+    is_flag=True,
+    help="Propose documents from the foreign keys (children nested, small parents copied, "
+    "join tables as many-to-many arrays) instead of one collection per table.",
+)
+@click.option(
     "--source-password-file",
     type=click.Path(dir_okay=False),
     help="Read the source password from this file; the mapping says ${file:PATH}.",
@@ -55,13 +61,17 @@ def init_cmd(
     output: str | None,
     tables: tuple[str, ...],
     force: bool,
+    documents: bool,
     source_password_file: str | None,
     target_password_file: str | None,
 ) -> None:
-    """Introspect the source schema and write a one-table-one-collection mapping.
+    """Introspect the source schema and write a one-table-one-collection mapping, or with
+    --documents the documents a designer would draw from the foreign keys.
 
     Every column is listed; comments mark types that need a decision and foreign keys that
-    could become embeds. Passwords are replaced by ${MIGRATOR_SOURCE_PASSWORD} and
+    could become embeds. With --documents, children nest in their parent (to any depth),
+    small parents are copied in, join tables become many-to-many arrays, and every choice
+    that could go either way is a comment. Passwords are replaced by ${MIGRATOR_SOURCE_PASSWORD} and
     ${MIGRATOR_TARGET_PASSWORD} (either may also come from a file named by
     $MIGRATOR_SOURCE_PASSWORD_FILE / $MIGRATOR_TARGET_PASSWORD_FILE), or by ${file:PATH} with
     --source-password-file / --target-password-file. TLS options in the URLs are kept.
@@ -69,6 +79,8 @@ def init_cmd(
     \b
     Examples:
       migrator init --source mysql://app:pw@db:3306/shop \\
+                    --target mongodb://mongo:27017 -o shop.yaml
+      migrator init --documents --source mysql://app:pw@db:3306/shop \\
                     --target mongodb://mongo:27017 -o shop.yaml
       migrator init --source 'mysql://app@db:3306/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem' \\
                     --source-password-file /run/secrets/mysql \\
@@ -111,6 +123,7 @@ def init_cmd(
             list(tables) or None,
             source_password_file=source_password_file,
             target_password_file=target_password_file,
+            documents=documents,
         )
     finally:
         conn.close()

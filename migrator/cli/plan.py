@@ -6,7 +6,7 @@ import click
 
 from migrator.cli import render
 from migrator.cli.common import handle_errors, json_option, load, mapping_option, out, print_json
-from migrator.preflight.plan import preflight
+from migrator.preflight.plan import PlanReport, preflight
 
 _STYLE = {
     "ok": "[green]ok[/]",
@@ -58,6 +58,7 @@ def plan_cmd(mapping_path: str, as_json: bool, no_samples: bool) -> None:
                 ],
             )
         )
+        _trees(report)
         if not no_samples:
             for c in report.collections:
                 if c.sample is not None:
@@ -68,3 +69,30 @@ def plan_cmd(mapping_path: str, as_json: bool, no_samples: bool) -> None:
         else:
             out.print("[green]ready:[/] no blocking problems")
     raise SystemExit(1 if report.blocked else 0)
+
+
+def _trees(report: PlanReport) -> None:
+    """Each collection's document tree, and per embedded table: its largest array and how
+    many documents one change of a row touches (plan measures both)."""
+    for c in report.collections:
+        if not c.nodes:
+            continue
+        out.rule(f"document tree: {c.name}")
+        for line in c.tree:
+            out.print(line, markup=False, highlight=False)
+        out.print(
+            render.table(
+                "",
+                ["node", "table", "kind", "largest array", "documents per row change (avg / max)"],
+                [
+                    [
+                        n["path"],
+                        n["table"],
+                        n["kind"],
+                        "-" if n["largest_array"] is None else f"{n['largest_array']:,}",
+                        f"{n['docs_per_change_avg']:g} / {n['docs_per_change_max']:,}",
+                    ]
+                    for n in c.nodes
+                ],
+            )
+        )

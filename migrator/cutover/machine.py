@@ -241,14 +241,6 @@ class Machine:
                 f"a jump from {cur!r} to {target!r} is refused: cutover moves one "
                 f"phase at a time (next: {next_phase(cur)!r})"
             )
-        trees = self.mapping.trees()
-        if target == "write_mongo" and trees:
-            # reverse sync writes one-level documents back; a nested one it would mangle
-            raise CheckFailed(
-                f"{cur} -> write_mongo refused: {', '.join(trees)} nest documents, and reverse "
-                "sync (MongoDB -> MySQL after the switch) does not write nested documents back "
-                "yet; stay in read_mongo (MySQL stays the truth, CDC keeps MongoDB right)"
-            )
         res = StepResult(cur, target)
         res.gates = evaluate(target, self.mapping, self.state, self.playbook)
         return res

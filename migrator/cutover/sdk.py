@@ -434,12 +434,21 @@ class DualWriter:
         if set(values) & set(t.primary_key):
             why = "it changes the primary key"
         for plan in self.transform.collections:
+            copies = [n for n in plan.nodes() if not n.simple and n.view.table.name == table]
+            if copies:
+                where = ", ".join(f"{plan.name}.{'.'.join(n.path) or n.name}" for n in copies)
+                why = why or (
+                    f"{table} rows are nested in {where} (read-only copies, or arrays "
+                    "inside arrays), which the SDK would rebuild from MySQL"
+                )
             if plan.table.name == table:
                 if plan.spec.filter:
                     why = why or f"collection {plan.name!r} has a filter"
-                joins = {c for e in plan.embeds if e.many for c in e.parent_columns}
+                joins = {c for e in plan.embeds if e.many or not e.simple for c in e.parent_columns}
                 if set(values) & joins:
                     why = why or f"it changes a column {plan.name!r} embeds rows by"
+                if op == "insert" and any(not e.simple for e in plan.embeds):
+                    why = why or f"a new {plan.name!r} document nests rows read from MySQL"
             for e in plan.embeds:
                 if e.view.table.name != table or not e.many:
                     continue
@@ -505,9 +514,19 @@ class DualWriter:
 
     @property
     def _mapped(self) -> set[str]:
-        return {p.table.name for p in self.transform.collections} | {
-            e.view.table.name for p in self.transform.collections for e in p.embeds
-        }
+        """Tables whose rows documents hold (after the switch their truth is MongoDB's): roots,
+        one-level embeds, and arrays of rows at any depth. A table only copied (a nested
+        sub-document, merged fields, an array of values) keeps its truth in MySQL."""
+        out = set()
+        for p in self.transform.collections:
+            out.add(p.table.name)
+            out |= {e.view.table.name for e in p.embeds if e.simple}
+            out |= {
+                n.view.table.name
+                for n in p.nodes()
+                if n.many and not n.merge and n.values_path is None
+            }
+        return out
 
     def _predict(
         self,

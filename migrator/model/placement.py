@@ -190,3 +190,102 @@ def discovery_indexes(p: CollectionPlan) -> list[list[str]]:
             if keys and keys not in out:
                 out.append(keys)
     return out
+
+
+def held_columns(chain: Sequence[EmbedPlan]) -> set[str]:
+    """The columns of the node at the end of `chain` whose change can change a document: all
+    it reads, unless it sits in an array of values, which keeps only its values (then: the
+    links and order that make the array, and the path down to the value's column)."""
+    e = chain[-1]
+    for v in chain:
+        if v.values_path is None:
+            continue
+        source = v.values_source
+        route = _route(v, source[0]) if source is not None else None
+        if route is None or e not in route:
+            return set(e.child_columns) if e is v else set()
+        held = set(e.child_columns)
+        if e is v:
+            held |= set(v.order_by)
+        nxt = route.index(e) + 1
+        if nxt < len(route):
+            held |= set(route[nxt].parent_columns)
+        elif source is not None:
+            held.add(source[1].column)
+        return held
+    return set(e.view.columns)
+
+
+def _route(top: EmbedPlan, target: EmbedPlan) -> list[EmbedPlan] | None:
+    """The nodes from `top` down to `target` (both included), or None."""
+    if top is target:
+        return [top]
+    for sub in top.embeds:
+        found = _route(sub, target)
+        if found is not None:
+            return [top, *found]
+    return None
+
+
+def rows_in(
+    doc: dict[str, Any], p: CollectionPlan, chain: Sequence[EmbedPlan], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The rows of the node at the end of `chain` a document holds, each as the document
+    values of `columns` (its own fields, or through its `on` pairs the enclosing rows'); a
+    column it cannot show is left out. Nothing from inside an array of values."""
+    if any(n.values_path is not None for n in chain):
+        return []
+    out: list[dict[str, Any]] = []
+
+    def walk(part: dict[str, Any], depth: int, parts: list[dict[str, Any]]) -> None:
+        e = chain[depth]
+        if e.merge:
+            found = [part]
+        elif e.many:
+            found = [x for x in part.get(e.name) or [] if isinstance(x, dict)]
+        else:
+            sub = part.get(e.name)
+            found = [sub] if isinstance(sub, dict) else []
+        for q in found:
+            if depth + 1 < len(chain):
+                walk(q, depth + 1, [*parts, q])
+                continue
+            row = {}
+            for c in columns:
+                v = _value_of(p, chain, [*parts, q], len(chain), c)
+                if v is not _ABSENT:
+                    row[c] = v
+            out.append(row)
+
+    walk(doc, 0, [doc])
+    return out
+
+
+_ABSENT = object()
+
+
+def _value_of(
+    p: CollectionPlan, chain: Sequence[EmbedPlan], parts: list[dict[str, Any]], k: int, col: str
+) -> Any:
+    """A column of the row at level k (0: the root) from the document parts down to it."""
+    if k == 0:
+        if col in p.pk:
+            ident = parts[0].get("_id")
+            return ident if len(p.pk) == 1 else (ident or {}).get(col, _ABSENT)
+        f = p.root.field_for(col)
+        return _at(parts[0], f.path) if f is not None else _ABSENT
+    e = chain[k - 1]
+    f = e.view.field_for(col)
+    if f is not None:
+        return _at(parts[k], f.path)
+    if col in e.child_columns:
+        return _value_of(p, chain, parts, k - 1, e.parent_columns[e.child_columns.index(col)])
+    return _ABSENT
+
+
+def _at(doc: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict) or part not in doc:
+            return _ABSENT
+        doc = doc[part]
+    return doc

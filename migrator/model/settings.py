@@ -368,15 +368,16 @@ class Mapping(_Model):
         loc = f"{self.path}:{line}" if line else self.path
         return f"{loc} {format_key(key)}" if key else loc
 
-    def trees(self) -> list[str]:
-        """The embeds that nest (an embed inside an embed, merged rows, arrays of values):
-        `collection.embed` names, for messages."""
-        return [
-            f"{c.name}.{e.label}"
-            for c in self.collections
-            for e in c.embed
-            if e.embed or e.merge or e.values is not None
-        ]
+    def tables(self) -> set[str]:
+        """Every table the documents read: roots and embedded tables at any depth."""
+        out: set[str] = set()
+        stack = [e for c in self.collections for e in c.embed]
+        out |= {c.from_ for c in self.collections}
+        while stack:
+            e = stack.pop()
+            out.add(e.from_)
+            stack += e.embed
+        return out
 
     def collection(self, name: str) -> CollectionSpec:
         for c in self.collections:

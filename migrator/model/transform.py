@@ -357,8 +357,15 @@ class CollectionPlan:
         return docs
 
     def embedded(self, e: EmbedPlan, row: Row, children: dict[str, list[Row]]) -> Any:
-        """One top-level embed's value for a root row, from its subtree's rows."""
-        return e.value(self.root, row, group_rows([e], children))
+        """One top-level embed's value for one root row, from its subtree's rows (read for
+        that row alone). The root row may come from an event, typed otherwise than the
+        SELECT's raw values (and a collation matches 'ab' to 'AB'): every top-level row read
+        belongs to it."""
+        groups = group_rows([e], children)
+        top = children.get(e.slot, [])
+        key = self.root.values(row, e.parent_columns)
+        groups[e.slot] = {key: (top if e.many else top[0])} if top else {}
+        return e.value(self.root, row, groups)
 
 
 @dataclass

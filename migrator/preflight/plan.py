@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 
-from migrator.backfill.copy import BSON_MAX
+from migrator.backfill.copy import BSON_MAX, target_indexes
 from migrator.errors import MigratorError
 from migrator.model.schema import Schema
 from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV
@@ -20,6 +20,7 @@ from migrator.model.settings import Mapping, with_password_file
 from migrator.model.transform import CollectionPlan, Transform
 from migrator.model.typerules import loss_notes
 from migrator.model.urls import MySQLURL, parse_mysql_url
+from migrator.preflight import trees
 from migrator.reverse.inverse import lossy
 from migrator.runtime import Migration, opened
 from migrator.sink.mongo import host_of, uses_tls
@@ -49,6 +50,10 @@ class CollectionReport:
     embeds: list[str]
     max_document_bytes_estimate: int | None = None
     sample: Any = None
+    tree: list[str] = field(default_factory=list)  # the embed tree, drawn
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # per node: arrays, fan-out
+    indexes: list[list[str]] = field(default_factory=list)  # created by backfill for CDC
+    read_only_copies: list[str] = field(default_factory=list)  # after the write switch
 
 
 @dataclass
@@ -197,10 +202,7 @@ def _privilege_checks(conn: Any, mapping: Mapping, report: PlanReport) -> None:
     """Each phase's source privileges against the user's grants: the copy, CDC, verify and the
     switch cannot run without theirs (block); writes back to MySQL are needed only from
     dual_write on (warn)."""
-    tables = sorted(
-        {c.from_ for c in mapping.collections}
-        | {e.from_ for c in mapping.collections for e in c.embed}
-    )
+    tables = sorted(mapping.tables())
     db = mapping.source_database
     try:
         grants = read_grants(conn)
@@ -259,9 +261,7 @@ def _tls_checks(conn: Any, src: MySQLURL, report: PlanReport) -> None:
 
 
 def _pk_checks(mapping: Mapping, schema: Schema, report: PlanReport) -> None:
-    mapped = {c.from_ for c in mapping.collections} | {
-        e.from_ for c in mapping.collections for e in c.embed
-    }
+    mapped = mapping.tables()
     for name in sorted(mapped):
         t = schema.tables.get(name)
         if t is not None and not t.primary_key:
@@ -284,7 +284,13 @@ def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> 
                     for e in p.embeds
                 ],
             )
-            rep.max_document_bytes_estimate = _max_doc_estimate(conn, p)
+            stats = trees.node_stats(conn, p)
+            rep.tree = trees.draw(p)
+            rep.nodes = [s.to_dict() for s in stats]
+            rep.indexes = target_indexes(p)
+            rep.read_only_copies = trees.copies(p)
+            rep.max_document_bytes_estimate = trees.document_size(p, stats)
+            _tree_checks(p, stats, rep, report)
             if rep.max_document_bytes_estimate and rep.max_document_bytes_estimate > BSON_MAX // 2:
                 report.add(
                     "document_size",
@@ -308,22 +314,34 @@ def _collection_reports(conn: Any, transform: Transform, report: PlanReport) -> 
         raw.close()
 
 
-def _max_doc_estimate(conn: Any, p: CollectionPlan) -> int:
-    size = max(p.table.avg_row_length, 64)
-    for e in p.embeds:
-        child = e.view.table
-        if not e.many:
-            size += max(child.avg_row_length, 64)
-            continue
-        cols = ", ".join(map(quote_ident, e.child_columns))
-        rows = query(
-            conn,
-            f"SELECT MAX(n) FROM (SELECT COUNT(*) n FROM {quote_ident(child.name)} "
-            f"GROUP BY {cols}) t",
+def _tree_checks(
+    p: CollectionPlan, stats: list[trees.NodeStats], rep: CollectionReport, report: PlanReport
+) -> None:
+    for s in stats:
+        if (s.largest_array or 0) > trees.BIG_ARRAY:
+            report.add(
+                "array_size",
+                "warn",
+                f"{p.name}.{s.path}: up to {s.largest_array:,} elements in one array "
+                f"({s.table}); each change of one rewrites part of a large document: "
+                "consider a collection of its own",
+            )
+    if rep.indexes:
+        report.add(
+            "indexes",
+            "info",
+            f"{p.name}: backfill creates indexes on "
+            + "; ".join(", ".join(k) for k in rep.indexes)
+            + " (CDC finds the documents holding an embedded row by them)",
         )
-        most = int(rows[0][0] or 0) if rows else 0
-        size += most * max(child.avg_row_length, 64)
-    return size
+    if rep.read_only_copies:
+        report.add(
+            "copies",
+            "info",
+            f"{p.name}: read-only after the write switch (their truth is their own table; "
+            "reverse sync does not write them back and the SDK refuses what it cannot keep): "
+            + ", ".join(rep.read_only_copies),
+        )
 
 
 def _cascade_checks(transform: Transform, schema: Schema, report: PlanReport) -> None:
@@ -389,9 +407,13 @@ def _reverse_checks(transform: Transform, report: PlanReport) -> None:
     for p in transform.collections:
         places = [(p.root, p.name, set(p.pk))]
         places += [
-            (e.view, f"{p.name}.{e.name}", set(e.view.table.primary_key) | set(e.child_columns))
-            for e in p.embeds
-            if e.many
+            (
+                e.view,
+                f"{p.name}.{'.'.join(e.path)}",
+                set(e.view.table.primary_key) | set(e.child_columns),
+            )
+            for e in p.nodes()
+            if e.many and not e.merge and e.values_path is None
         ]
         for view, where, keys in places:
             held = {f.column for f in view.fields} | keys
@@ -416,7 +438,9 @@ def _reverse_checks(transform: Transform, report: PlanReport) -> None:
 
 def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:
     for p in transform.collections:
-        views = [(p.root, p.name)] + [(e.view, f"{p.name}.{e.name}") for e in p.embeds]
+        views = [(p.root, p.name)] + [
+            (e.view, f"{p.name}.{'.'.join(e.path)}" if e.path else p.name) for e in p.nodes()
+        ]
         for view, where in views:
             for f in view.fields:
                 col = view.table.column(f.column)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from migrator.model.schema import Schema, Table
 from migrator.model.typerules import loss_notes
 from migrator.model.urls import mongo_database_from_url
+from migrator.preflight.propose import analyse, yaml_lines
 from migrator.source.connection import query, quote_ident
 
 SOURCE_PASSWORD_ENV = "MIGRATOR_SOURCE_PASSWORD"
@@ -64,6 +65,7 @@ def generate_mapping(
     *,
     source_password_file: str | None = None,
     target_password_file: str | None = None,
+    documents: bool = False,
 ) -> tuple[str, list[str]]:
     """Return (YAML text, notes for the user)."""
     notes: list[str] = []
@@ -91,6 +93,20 @@ def generate_mapping(
         "collections:",
     ]
     names = tables or sorted(schema.tables)
+    if documents:
+        out[1:4] = [
+            "# Documents proposed from the foreign keys: children nested in their parent,",
+            "# small parents copied in, join tables as many-to-many arrays. Comments mark",
+            "# choices to make. Every column is kept (`exclude: [...]` drops some, `fields:`",
+            "# renames); `migrator plan` draws the trees and what each change touches.",
+        ]
+        prop = analyse(schema, names)
+        notes += [
+            f"{t} has no primary key and was left out"
+            for t in names
+            if not schema.table(t).primary_key
+        ]
+        return "\n".join(out + yaml_lines(schema, prop)) + "\n", notes
     for name in names:
         t = schema.table(name)
         if not t.primary_key:

@@ -6,10 +6,13 @@ MySQL's rows for that document end equal to what the document says. Per document
 
 - the root row is upserted (mapped columns only; columns the mapping leaves out keep MySQL's
   values), or deleted when the document is;
-- every array's child rows are made exactly the elements: rows of this parent that are not in
-  the array are deleted, the others upserted;
-- a sub-document (N:1) only gives the root its reference; the parent row is the parent's own
-  collection's business.
+- every array's child rows, at any depth, are made exactly the elements: rows of that parent
+  that are not in the array are deleted (with the rows nested under them), the others
+  upserted;
+- a sub-document or merged row (a copy) only gives the enclosing row its reference; the copied
+  row is its own table's business. A copy that differs from that row (someone edited it) is
+  not written back: the change says so, naming the field, and the rest of it is applied;
+- an array of values is a copy too: nothing is written from it.
 
 Foreign-key checks are off in this session: documents arrive one collection at a time, in the
 order MongoDB committed them, not in the order the foreign keys need (MySQL replicas apply row
@@ -25,7 +28,7 @@ from MySQLdb import DataError, IntegrityError, MySQLError, OperationalError, Pro
 
 from migrator.errors import ConversionError
 from migrator.model.keys import id_key
-from migrator.model.transform import CollectionPlan, Transform
+from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import default_converter
 from migrator.reverse.inverse import DocumentInverse, RowImage
 from migrator.source.connection import quote_ident as q
@@ -37,6 +40,7 @@ class ReverseChange:
     op: str  # "upsert" | "delete"
     doc_id: Any
     document: dict[str, Any] | None = None
+    changed: tuple[str, ...] | None = None  # an update's changed paths (update description)
 
 
 # Server errors that refuse a value, not the connection: strict mode's incorrect value (1366),
@@ -51,6 +55,8 @@ class ReverseResult:
     rows_written: int = 0
     rows_deleted: int = 0
     problems: list[tuple[ReverseChange, str]] = field(default_factory=list)
+    # (collection, _id, paths): copied fields a document changed, not written back
+    edited_copies: list[tuple[str, Any, list[str]]] = field(default_factory=list)
 
 
 class ReverseApplier:
@@ -60,6 +66,9 @@ class ReverseApplier:
         self.conn = conn
         tz = transform.mapping.source.timezone
         self.inverses = {p.name: DocumentInverse(p, tz) for p in transform.collections}
+        homes = {p.table.name for p in transform.collections if not p.spec.filter}
+        for inv in self.inverses.values():
+            inv.homes = homes
         cur = conn.cursor()
         cur.execute("SET SESSION foreign_key_checks = 0")
 
@@ -79,7 +88,7 @@ class ReverseApplier:
                     if ch.op == "delete" or ch.document is None:
                         self._delete(cur, plan, ch.doc_id, res)
                     else:
-                        self._upsert(cur, plan, ch.document, res)
+                        self._upsert(cur, plan, ch.document, res, ch.changed)
                     cur.execute("RELEASE SAVEPOINT one")
                     res.applied += 1
                 except ConversionError as exc:
@@ -112,53 +121,76 @@ class ReverseApplier:
         return res
 
     # -- one document ------------------------------------------------------------------------
-    def _upsert(self, cur: Any, plan: CollectionPlan, doc: dict[str, Any], res: Any) -> None:
+    def _upsert(
+        self,
+        cur: Any,
+        plan: CollectionPlan,
+        doc: dict[str, Any],
+        res: Any,
+        changed: tuple[str, ...] | None = None,
+    ) -> None:
+        """The rows of `doc`; `changed`: the paths an update changed (edits of copies are
+        reported, not written)."""
         rows = self.inverses[plan.name].rows(doc)
         self._upsert_row(cur, rows.root, plan.pk)
         res.rows_written += 1
-        for e in plan.embeds:
-            if not e.many:
-                continue
-            child = e.view.table
-            scope = rows.scopes[e.name]
-            keep = rows.children[e.name]
+        for arr in rows.arrays:  # parents first: a nested array's scope is its element's row
+            child = arr.node.view.table
             pk = child.primary_key
             norm = self._normalizers(child.name, pk)
-            have = self._keys_where(cur, child.name, pk, scope)
-            wanted = {self._norm(norm, tuple(r.values.get(c) for c in pk)) for r in keep}
+            have = self._keys_where(cur, child.name, pk, arr.scope)
+            wanted = {self._norm(norm, tuple(r.values.get(c) for c in pk)) for r in arr.rows}
             for k in have:
                 if self._norm(norm, k) not in wanted:
-                    self._delete_key(cur, child.name, pk, k)
-                    res.rows_deleted += 1
-            for r in keep:
+                    res.rows_deleted += self._delete_rows(
+                        cur, arr.node, dict(zip(pk, k, strict=True))
+                    )
+            for r in arr.rows:
                 self._upsert_row(cur, r, pk)
                 res.rows_written += 1
+        edited = [
+            path for p in changed or () for c in rows.copies if (path := c.holds(p)) is not None
+        ]
+        if edited:
+            res.edited_copies.append((plan.name, doc.get("_id"), sorted(set(edited))))
 
     def _delete(self, cur: Any, plan: CollectionPlan, doc_id: Any, res: Any) -> None:
         inv = self.inverses[plan.name]
         ident = [doc_id] if len(plan.pk) == 1 else [doc_id[c] for c in plan.pk]
         key = tuple(f(v) for f, v in zip(inv.id_inv, ident, strict=True))
-        root_row = None
-        if any(e.many for e in plan.embeds):
-            cols = sorted({rc for e in plan.embeds if e.many for rc in e.parent_columns})
+        where = dict(zip(plan.pk, key, strict=True))
+        res.rows_deleted += self._delete_tree(cur, plan.table.name, plan.embeds, where)
+
+    def _delete_rows(self, cur: Any, node: EmbedPlan, where: dict[str, Any]) -> int:
+        """Rows of an array's table (and every array nested under them)."""
+        return self._delete_tree(cur, node.view.table.name, node.embeds, where)
+
+    def _delete_tree(
+        self, cur: Any, table: str, embeds: list[EmbedPlan], where: dict[str, Any]
+    ) -> int:
+        """Delete the rows of `table` matching `where` and, first, the rows of the arrays
+        nested under them (their own rows; copies and arrays of values are other tables')."""
+        arrays = [e for e in embeds if e.many and not e.merge and e.values_path is None]
+        deleted = 0
+        if arrays:
+            cols = sorted({pc for e in arrays for pc in e.parent_columns})
             cur.execute(
-                f"SELECT {', '.join(q(c) for c in cols)} FROM {q(plan.table.name)} WHERE "
-                + " AND ".join(f"{q(c)} = %s" for c in plan.pk),
-                key,
+                f"SELECT {', '.join(q(c) for c in cols)} FROM {q(table)} WHERE "
+                + " AND ".join(f"{q(c)} = %s" for c in where),
+                tuple(where.values()),
             )
-            found = cur.fetchone()
-            root_row = dict(zip(cols, found, strict=True)) if found else None
-        for e in plan.embeds:
-            if e.many and root_row is not None:
-                pairs = zip(e.child_columns, e.parent_columns, strict=True)
-                scope = {cc: root_row[rc] for cc, rc in pairs}
-                cur.execute(
-                    f"DELETE FROM {q(e.view.table.name)} WHERE "
-                    + " AND ".join(f"{q(c)} = %s" for c in scope),
-                    tuple(scope.values()),
-                )
-                res.rows_deleted += cur.rowcount
-        res.rows_deleted += self._delete_key(cur, plan.table.name, plan.pk, key)
+            for found in cur.fetchall():
+                row = dict(zip(cols, found, strict=True))
+                for e in arrays:
+                    pairs = zip(e.child_columns, e.parent_columns, strict=True)
+                    scope = {cc: row[pc] for cc, pc in pairs}
+                    if all(v is not None for v in scope.values()):
+                        deleted += self._delete_rows(cur, e, scope)
+        cur.execute(
+            f"DELETE FROM {q(table)} WHERE " + " AND ".join(f"{q(c)} = %s" for c in where),
+            tuple(where.values()),
+        )
+        return deleted + int(cur.rowcount)
 
     def _normalizers(self, table: str, cols: list[str]) -> list[Any]:
         t = self.transform.schema.tables[table]

@@ -38,12 +38,45 @@ class RowImage:
 
 
 @dataclass
+class ArrayRows:
+    """One array of a document, at any depth: exactly the rows of `node`'s table that belong
+    to one enclosing row (those whose columns equal `scope`)."""
+
+    node: EmbedPlan
+    scope: dict[str, Any]
+    rows: list[RowImage]
+    path: str  # where the array is, for messages ("items[2].tracks")
+
+
+@dataclass
+class Copy:
+    """A read-only copy in the document (a sub-document of another table's row, merged
+    fields, an array of values): its truth is its own table, which reverse sync never writes
+    from here. `paths`: the document paths it occupies, dotted as MongoDB's update
+    descriptions name them ("items.1.product", "tag_names")."""
+
+    node: EmbedPlan
+    paths: list[str]
+
+    def holds(self, changed: str) -> str | None:
+        """The copy's path a changed path edits (a field inside it; for an array of values
+        the array itself), or None. A sub-document replaced whole is a changed reference."""
+        for p in self.paths:
+            inside = changed.startswith(p + ".")
+            if inside or (changed == p and (self.node.merge or self.node.values_path)):
+                return changed
+        return None
+
+
+@dataclass
 class DocumentRows:
     root: RowImage
-    # embed name -> the child rows of this parent (arrays), all of them
+    # top-level embed name -> the child rows of this parent (arrays), all of them
     children: dict[str, list[RowImage]] = field(default_factory=dict)
-    # embed name -> {child column: value}: which child rows belong to this parent
+    # top-level embed name -> {child column: value}: which child rows belong to this parent
     scopes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arrays: list[ArrayRows] = field(default_factory=list)  # every array, parents first
+    copies: list[Copy] = field(default_factory=list)
 
 
 def _number(v: Any) -> Decimal:
@@ -192,6 +225,14 @@ def lossy(col: Column, type_name: str) -> str | None:
     return None
 
 
+def merged_names(e: EmbedPlan) -> list[str]:
+    """The top-level names a merged row puts in the enclosing document or element."""
+    names = {f.path[0] for f in e.view.fields}
+    for sub in e.embeds:
+        names |= set(merged_names(sub)) if sub.merge else {sub.name}
+    return sorted(names)
+
+
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         if not isinstance(doc, dict) or part not in doc:
@@ -201,7 +242,9 @@ def _get(doc: Any, path: tuple[str, ...]) -> Any:
 
 
 class DocumentInverse:
-    """The inverse of one collection's plan, compiled once."""
+    """The inverse of one collection's plan, compiled once: rows for the document's own
+    fields and for every array at any depth; a sub-document or merged row only gives the
+    enclosing row its reference columns (it is a copy); an array of values gives nothing."""
 
     def __init__(self, plan: CollectionPlan, timezone: str = "UTC") -> None:
         self.plan = plan
@@ -209,7 +252,10 @@ class DocumentInverse:
         t = plan.table
         self.id_inv = [default_inverse(t.column(c), zone) for c in plan.pk]
         self.root = _ViewInverse(plan.root, zone)
-        self.embeds = [(e, _ViewInverse(e.view, zone)) for e in plan.embeds]
+        self.views = {e.slot: _ViewInverse(e.view, zone) for e in plan.nodes()}
+        # tables with a collection of their own: copies of them are the application's to
+        # keep (it updates them with the row's document); others have no MongoDB home
+        self.homes: set[str] = set()
 
     def rows(self, doc: dict[str, Any]) -> DocumentRows:
         plan = self.plan
@@ -221,36 +267,79 @@ class DocumentInverse:
             for c, inv in zip(plan.pk, self.id_inv, strict=True):
                 values[c] = inv(ident[c])
         out = DocumentRows(RowImage(plan.table.name, values))
-        for e, view in self.embeds:
-            sub = doc.get(e.name)
-            if e.many:
-                scope = self._scope(e, values)
-                out.scopes[e.name] = scope
-                out.children[e.name] = [
-                    RowImage(e.view.table.name, {**view.values(el), **scope}) for el in sub or []
-                ]
-            else:
-                # a sub-document stands for the parent row the root's columns point at
-                for cc, rc in zip(e.child_columns, e.parent_columns, strict=True):
-                    if rc in values:
-                        continue  # mapped at the root as well: that value wins
-                    f = e.view.field_for(cc)
-                    if sub is None:
-                        values[rc] = None
-                    elif f is not None and _get(sub, f.path) is not _MISSING:
-                        v = _get(sub, f.path)
-                        values[rc] = None if v is None else view.inverse[cc](v)
+        self._walk(plan.embeds, doc, values, "", out)
+        for a in out.arrays:
+            if a.node in plan.embeds:
+                out.scopes[a.node.name] = a.scope
+                out.children[a.node.name] = a.rows
         return out
 
+    def _walk(
+        self,
+        embeds: list[EmbedPlan],
+        part: dict[str, Any],
+        values: dict[str, Any],
+        path: str,
+        out: DocumentRows,
+        dotted: str = "",
+    ) -> None:
+        """The arrays and copies under one document or element (`part`, whose row has
+        `values`); a reference a copy stands for goes into `values`."""
+        for e in embeds:
+            here = f"{path}.{e.name}" if path else e.name
+            if e.merge or not e.many:
+                sub = part if e.merge else part.get(e.name)
+                if not isinstance(sub, dict):
+                    sub = None
+                self._reference(e, sub, values)
+                if e.simple or e.view.table.name in self.homes:
+                    continue
+                if e.merge:
+                    base = f"{dotted}." if dotted else ""
+                    out.copies.append(Copy(e, [base + n for n in merged_names(e)]))
+                else:
+                    out.copies.append(Copy(e, [f"{dotted}.{e.name}" if dotted else e.name]))
+                continue
+            if e.values_path is not None:  # an array of values: a copy, nothing to write
+                if e.view.table.name not in self.homes:
+                    out.copies.append(Copy(e, [f"{dotted}.{e.name}" if dotted else e.name]))
+                continue
+            scope = self._scope(e, values, path)
+            view = self.views[e.slot]
+            elements = part.get(e.name) or []
+            rows = []
+            for i, el in enumerate(elements):
+                if not isinstance(el, dict):
+                    raise ConversionError(f"{here}[{i}] is not a document: it names no row")
+                rows.append(RowImage(e.view.table.name, {**view.values(el), **scope}))
+            out.arrays.append(ArrayRows(e, scope, rows, here))
+            for i, (el, row) in enumerate(zip(elements, rows, strict=True)):
+                inner = f"{dotted}.{e.name}.{i}" if dotted else f"{e.name}.{i}"
+                self._walk(e.embeds, el, row.values, f"{here}[{i}]", out, inner)
+
+    def _reference(self, e: EmbedPlan, sub: dict[str, Any] | None, values: dict[str, Any]) -> None:
+        """A copied row stands for the reference the enclosing row holds to it."""
+        view = self.views[e.slot]
+        for cc, pc in zip(e.child_columns, e.parent_columns, strict=True):
+            if pc in values:
+                continue  # mapped in the enclosing row as well: that value wins
+            f = e.view.field_for(cc)
+            if sub is None:
+                values[pc] = None
+            elif f is not None and _get(sub, f.path) is not _MISSING:
+                v = _get(sub, f.path)
+                values[pc] = None if v is None else view.inverse[cc](v)
+
     @staticmethod
-    def _scope(e: EmbedPlan, root: dict[str, Any]) -> dict[str, Any]:
-        missing = [rc for rc in e.parent_columns if rc not in root]
+    def _scope(e: EmbedPlan, enclosing: dict[str, Any], path: str) -> dict[str, Any]:
+        missing = [pc for pc in e.parent_columns if pc not in enclosing]
         if missing:
+            where = f"{path}.{e.name}" if path else e.name
             raise ConversionError(
-                f"array {e.name!r}: the root column(s) {', '.join(missing)} it joins on are not "
-                "in the document, so its rows cannot be matched to this parent"
+                f"array {where!r}: the column(s) {', '.join(missing)} it joins on are not "
+                "in the document, so its rows cannot be matched to their parent"
             )
-        return {cc: root[rc] for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)}
+        return {cc: enclosing[pc] for cc, pc in zip(e.child_columns, e.parent_columns, strict=True)}
 
 
 class _ViewInverse:

@@ -139,7 +139,9 @@ def _change(ev: dict[str, Any]) -> ReverseChange | None:
     if op in ("insert", "update", "replace"):
         # the document as it is now (None: deleted since; its delete event follows)
         doc = ev.get("fullDocument")
-        return ReverseChange(coll, "upsert", key, doc) if doc is not None else None
+        desc = ev.get("updateDescription") or {}
+        changed = (*(desc.get("updatedFields") or {}), *(desc.get("removedFields") or ()))
+        return ReverseChange(coll, "upsert", key, doc, changed) if doc is not None else None
     if op == "delete":
         return ReverseChange(coll, "delete", key)
     return None  # drop, rename, invalidate: nothing row-shaped
@@ -293,6 +295,20 @@ def _apply_fenced(
                 key=ch.doc_id,
                 reason=f"cannot write the document back to MySQL: {why}",
                 payload=ch.document,
+                position=None,
+            )
+            summary.dead_letters += 1
+        for coll, doc_id, paths in res.edited_copies:
+            state.dead_letter(
+                source="reverse",
+                collection=coll,
+                key=doc_id,
+                reason=(
+                    f"{', '.join(paths[:5])}: edits of read-only copies (their truth is their "
+                    "own table); not written back, the rest of the document was: change the "
+                    "copied table's row instead"
+                ),
+                payload=None,
                 position=None,
             )
             summary.dead_letters += 1

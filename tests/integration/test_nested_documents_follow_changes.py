@@ -194,3 +194,44 @@ def test_cascades_the_binlog_does_not_carry_reach_nested_rows(env, shop):
     assert_converged(env, shop)
     assert [i["line_no"] for i in env.target.orders.find_one({"_id": 1})["items"]] == [1]
     assert env.target.posts.find_one({"_id": 1})["tag_names"] == ["db"]
+
+
+def test_a_cascade_through_nested_rows_reaches_the_rows_below_them(env):
+    """Deleting an order cascades to its items (nested, each with its product) and from them
+    to the items' notes (a collection of their own): the notes' keys come from the items the
+    orders' documents held, so the notes' documents go too."""
+    env.sql(
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE orders (id INT PRIMARY KEY)",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT NOT NULL, product_id INT,"
+        " FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE)",
+        "CREATE TABLE notes (id INT PRIMARY KEY, item_id INT NOT NULL, text VARCHAR(20),"
+        " FOREIGN KEY (item_id) REFERENCES items (id) ON DELETE CASCADE)",
+        "INSERT INTO products VALUES (1, 'p1')",
+        "INSERT INTO orders VALUES (1), (2)",
+        "INSERT INTO items VALUES (10, 1, 1), (11, 1, NULL), (20, 2, 1)",
+        "INSERT INTO notes VALUES (100, 10, 'a'), (110, 11, 'b'), (200, 20, 'c')",
+    )
+    path = env.mapping(
+        "  - name: orders\n    from: orders\n    embed:\n"
+        "      - as: items\n        from: items\n        on: {order_id: id}\n"
+        "        embed: [{as: product, from: products, on: {id: product_id}, many: false}]\n"
+        "  - {name: notes, from: notes}\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    env.sql("DELETE FROM orders WHERE id = 1")
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0, [d["reason"] for d in env.state.dead_letters.find()]
+    assert sorted(d["_id"] for d in env.target.notes.find()) == [200]
+    assert_same_as_fresh_backfill(env, path)
+
+
+def test_verify_names_a_nested_difference_by_its_path_and_repair_rebuilds_it(env, shop):
+    env.target.orders.update_one({"_id": 1}, {"$set": {"items.1.product.brand.name": "fake"}})
+    env.target.posts.update_one({"_id": 1}, {"$set": {"tag_names": ["db"]}})
+    res = verify(load_mapping(shop))
+    paths = sorted(f["path"] for d in res.differences for f in d.fields)
+    assert paths == ["items[1].product.brand.name", "tag_names"], paths
+    verify(load_mapping(shop), repair=True)
+    assert {d["_id"]: d for d in env.target.orders.find()} == expected_orders(env)
+    assert verify(load_mapping(shop)).ok

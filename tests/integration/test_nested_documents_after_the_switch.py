@@ -1,0 +1,154 @@
+"""After the write switch MongoDB is the truth and reverse sync writes nested documents back:
+arrays at any depth become child and join rows again (an element removed takes the rows
+nested under it along), sub-documents and merged rows give the enclosing row its reference,
+and copies (sub-documents of other tables' rows, merged fields, arrays of values) are never
+written back: an edit of a copy whose table has no collection of its own is a dead letter
+naming its path. The SDK refuses the writes it
+could only make by reading MySQL, which lags behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrator.backfill.copy import backfill
+from migrator.cdc.runner import run_cdc
+from migrator.cutover.sdk import DualWriter
+from migrator.errors import MigratorError
+from migrator.model.settings import load_mapping
+
+from .helpers import switch
+from .test_nested_documents_follow_changes import MAPPING, SCHEMA
+
+MUSIC = [
+    "CREATE TABLE artists (id INT PRIMARY KEY, name VARCHAR(30) NOT NULL)",
+    "CREATE TABLE albums (id INT PRIMARY KEY, artist_id INT NOT NULL, title VARCHAR(30),"
+    " KEY (artist_id))",
+    "CREATE TABLE tracks (id INT PRIMARY KEY, album_id INT NOT NULL, name VARCHAR(30),"
+    " KEY (album_id))",
+    "INSERT INTO artists VALUES (1, 'ann'), (2, 'bob')",
+    "INSERT INTO albums VALUES (10, 1, 'first'), (11, 1, 'second'), (20, 2, 'third')",
+    "INSERT INTO tracks VALUES (100, 10, 'a'), (101, 10, 'b'), (110, 11, 'c'), (111, 11, 'd'),"
+    " (200, 20, 'e')",
+]
+
+MUSIC_MAPPING = """\
+  - name: artists
+    from: artists
+    embed:
+      - as: albums
+        from: albums
+        on: {artist_id: id}
+        many: true
+        embed:
+          - {as: tracks, from: tracks, on: {album_id: id}, many: true}
+"""
+
+
+def caught_up(env):
+    summary = run_cdc(load_mapping(env.path), mode="until-caught-up")
+    return summary, [d["reason"] for d in env.state.dead_letters.find()]
+
+
+@pytest.fixture
+def music(env):
+    env.sql(*MUSIC)
+    env.path = env.mapping(MUSIC_MAPPING)
+    backfill(load_mapping(env.path), workers=1)
+    switch(env.path)
+    return env
+
+
+def test_arrays_inside_arrays_become_rows_again_and_a_removed_element_takes_its_rows(music):
+    env = music
+    doc = env.target.artists.find_one({"_id": 1})
+    second = next(a for a in doc["albums"] if a["id"] == 11)
+    doc["albums"] = [a for a in doc["albums"] if a["id"] != 11]  # album 11 and its tracks go
+    doc["albums"][0]["tracks"].append({"id": 102, "album_id": 10, "name": "new"})
+    doc["albums"].append(
+        {
+            "id": 12,
+            "artist_id": 1,
+            "title": "third",
+            "tracks": [
+                {"id": 120, "album_id": 12, "name": "x"},
+                {"id": 121, "album_id": 12, "name": "y"},
+            ],
+        }
+    )
+    env.target.artists.replace_one({"_id": 1}, doc)
+    # another artist takes the removed album's place in MongoDB: a move between documents
+    env.target.artists.update_one({"_id": 2}, {"$push": {"albums": {**second, "artist_id": 2}}})
+    env.target.artists.delete_one({"_id": 2})
+    _summary, dead = caught_up(env)
+    assert dead == [], dead
+    assert env.sql("SELECT id FROM albums ORDER BY id") == [(10,), (12,)]
+    assert env.sql("SELECT id, album_id FROM tracks ORDER BY id") == [
+        (100, 10),
+        (101, 10),
+        (102, 10),
+        (120, 12),
+        (121, 12),
+    ]
+    assert env.sql("SELECT id FROM artists") == [(1,)]
+
+
+def test_copies_give_references_and_an_edited_copy_is_a_dead_letter_naming_its_path(env):
+    env.sql(*SCHEMA)
+    env.path = env.mapping(MAPPING)
+    backfill(load_mapping(env.path), workers=1)
+    switch(env.path)
+    orders, posts = env.target.orders, env.target.posts
+    cord = {"sku": "C", "name": "cord", "brand": {"id": 2, "name": "globex"}}
+    orders.update_one(
+        {"_id": 1},
+        {"$push": {"items": {"line_no": 3, "product_id": 12, "qty": 7, "product": cord}}},
+    )
+    orders.update_one({"_id": 3}, {"$pull": {"items": {"line_no": 1}}})
+    orders.update_one({"_id": 2}, {"$set": {"items.0.product.name": "hacked", "customer": "b"}})
+    posts.update_one({"_id": 1}, {"$push": {"tags": {"tag_id": 7, "id": 7, "name": "sql"}}})
+    posts.update_one({"_id": 2}, {"$pull": {"tags": {"tag_id": 6}}})
+    posts.update_one({"_id": 3}, {"$set": {"tag_names": ["made", "up"]}})  # a copy: ignored
+    orders.delete_one({"_id": 4})
+    _summary, dead = caught_up(env)
+    assert env.sql("SELECT order_id, line_no, product_id, qty FROM order_items"
+                   " WHERE order_id IN (1, 3) ORDER BY 1, 2") == [
+        (1, 1, 10, 1), (1, 2, 11, 2), (1, 3, 12, 7), (3, 2, 10, 5)
+    ]  # fmt: skip
+    assert env.sql("SELECT COUNT(*) FROM order_items WHERE order_id = 4") == [(0,)]
+    assert env.sql("SELECT customer FROM orders WHERE id = 2") == [("b",)]  # the rest applied
+    assert env.sql("SELECT name FROM products WHERE id = 10") == [("anvil",)]  # not the copy's
+    # products and tags have no collection of their own: copies of them are read-only
+    assert len(dead) == 2, dead
+    assert any("items.0.product.name" in d for d in dead), dead
+    assert any("tag_names" in d for d in dead), dead
+    assert env.sql("SELECT post_id, tag_id FROM post_tags ORDER BY 1, 2") == [
+        (1, 5),
+        (1, 6),
+        (1, 7),
+        (2, 7),
+    ]
+    assert env.sql("SELECT name FROM tags ORDER BY id") == [("db",), ("mongodb",), ("sql",)]
+
+
+def test_the_sdk_refuses_what_it_could_only_write_by_reading_mysql(env):
+    """Rows of a nested array are MongoDB's after the switch, but the SDK could only place
+    them by reading MySQL: refused. A table only copied keeps its truth in MySQL: written
+    there, and its copies stay as they are (read-only, never refreshed from it)."""
+    env.sql(*SCHEMA)
+    env.path = env.mapping(MAPPING)
+    backfill(load_mapping(env.path), workers=1)
+    switch(env.path)
+    w = DualWriter.from_file(str(env.path))
+    try:
+        with pytest.raises(MigratorError, match=r"nested in orders\.items"):
+            w.update("order_items", {"order_id": 1, "line_no": 1}, {"qty": 9})
+        with pytest.raises(MigratorError, match="nests rows read from MySQL"):
+            w.insert("orders", {"id": 9, "customer": "zed"})
+        w.update("orders", {"id": 1}, {"customer": "ann-marie"})  # its own field: fine
+        w.update("products", {"id": 10}, {"name": "renamed"})  # only copied: MySQL's
+    finally:
+        w.close()
+    assert env.target.orders.find_one({"_id": 1})["customer"] == "ann-marie"
+    assert env.target.orders.find_one({"_id": 1})["items"][0]["product"]["name"] == "anvil"
+    assert env.sql("SELECT name FROM products WHERE id = 10") == [("renamed",)]
+    assert env.sql("SELECT qty FROM order_items WHERE order_id = 1 AND line_no = 1") == [(1,)]
