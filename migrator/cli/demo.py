@@ -92,9 +92,15 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
     )
     out.rule("sample: orders")
     out.print(render.document(res.samples.get("orders")))
+    out.rule("sample: products (categories many-to-many, each with its department)")
+    out.print(render.document(res.samples.get("products")))
     out.print(
-        f"[green]demo finished in {res.seconds:.1f} s.[/] Next: `migrator init` writes a "
-        f"mapping for your database; `migrator plan -m` checks it; the README explains "
+        "catalog edits in MySQL while CDC ran: "
+        + ", ".join(f"{k} {v}" for k, v in res.catalog.items())
+    )
+    out.print(
+        f"[green]demo finished in {res.seconds:.1f} s.[/] Next: `migrator init --documents` "
+        f"proposes documents for your database; `migrator plan -m` checks it; the README explains "
         f"backfill, cdc, verify, cutover and rollback. This run's mapping: {res.mapping_path}"
     )
     if keep:

@@ -21,7 +21,7 @@ from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import default_playbook
 from migrator.cutover.sdk import DualWriter
 from migrator.devtools.sandbox import Stack, start_stack, url_with_database
-from migrator.devtools.shop import AppLoad, create_shop, shop_mapping
+from migrator.devtools.shop import AppLoad, CatalogLoad, create_shop, shop_mapping
 from migrator.model.settings import Mapping, parse_mapping
 from migrator.model.urls import parse_mysql_url
 from migrator.preflight.plan import PlanReport, preflight
@@ -41,6 +41,7 @@ class DemoResult:
     backfill: BackfillSummary
     documents: dict[str, int] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
+    catalog: dict[str, int] = field(default_factory=dict)  # the back office's MySQL edits
     seconds: float = 0.0
     cdc: CdcSummary | None = None
     app_writes: int = 0
@@ -101,7 +102,10 @@ def run_demo(
         mapping_path = work / "shop.yaml"
         mapping_path.write_text(
             shop_mapping(
-                url_with_database(stack.mysql_url, "shop"), stack.mongo_url, chunk_size=100
+                url_with_database(stack.mysql_url, "shop"),
+                stack.mongo_url,
+                chunk_size=100,
+                catalog=True,
             )
         )
         mapping = parse_mapping(mapping_path.read_text(), str(mapping_path))
@@ -135,6 +139,21 @@ def run_demo(
         threads.append(threading.Thread(target=run_app, daemon=True))
         threads[-1].start()
         say("the application is writing through the dual-write SDK")
+        # the back office edits the catalog in MySQL until the write switch: shared rows
+        # renamed, nested rows moved to other parents, many-to-many links added and removed
+        catalog = CatalogLoad(
+            mysql_connect(parse_mysql_url(url_with_database(stack.mysql_url, "shop"))),
+            rows["products"],
+        )
+        stop_catalog = threading.Event()
+
+        def run_catalog() -> None:
+            while not stop_catalog.is_set():
+                catalog.step()
+                time.sleep(0.05)
+
+        catalog_thread = threading.Thread(target=run_catalog, daemon=True)
+        catalog_thread.start()
         forward("start the copy")
         summary = backfill(mapping, workers=workers, progress=progress or NullProgress())
         cdc_result: dict[str, CdcSummary] = {}
@@ -150,6 +169,11 @@ def run_demo(
         verify(mapping, recheck=10, recheck_delay=0.5)
         forward("verified")  # -> dual_write
         forward()  # -> read_mongo
+        _wait_caught_up(mapping, machine)
+        stop_catalog.set()  # MySQL stops being written directly: MongoDB is next
+        catalog_thread.join(timeout=30)
+        catalog.conn.close()
+        say("catalog edits in MySQL: " + ", ".join(f"{k} {v}" for k, v in catalog.counts.items()))
         _wait_caught_up(mapping, machine)
         verify(mapping, since=None, recheck=10, recheck_delay=0.5)
         switch = forward("the write switch")  # -> write_mongo
@@ -188,6 +212,8 @@ def run_demo(
         result.samples["orders"] = db.orders.find_one(
             {"items.1": {"$exists": True}, "customer": {"$ne": None}}
         )
+        result.samples["products"] = db.products.find_one({"categories.1": {"$exists": True}})
+        result.catalog = dict(catalog.counts)
         result.samples["status"] = {
             k: v
             for k, v in machine.status().items()

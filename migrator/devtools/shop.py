@@ -1,5 +1,6 @@
-"""The demo shop database: customers, products, orders, order_items (used by the demo, the
-tests and the benchmarks)."""
+"""The demo shop database: customers, products, orders, order_items, and a catalog
+(departments, categories, product_categories: a many-to-many) (used by the demo, the tests and
+the benchmarks)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,57 @@ SCHEMA = [
         CONSTRAINT fk_items_order FOREIGN KEY (order_id) REFERENCES orders(id) ON DELETE CASCADE,
         CONSTRAINT fk_items_product FOREIGN KEY (product_id) REFERENCES products(id)
     ) ENGINE=InnoDB""",
+    """CREATE TABLE departments (
+        id INT PRIMARY KEY,
+        name VARCHAR(60) NOT NULL
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE categories (
+        id INT PRIMARY KEY,
+        name VARCHAR(60) NOT NULL,
+        department_id INT NULL,
+        CONSTRAINT fk_categories_department FOREIGN KEY (department_id)
+            REFERENCES departments(id) ON DELETE SET NULL
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE product_categories (
+        product_id INT NOT NULL,
+        category_id INT NOT NULL,
+        PRIMARY KEY (product_id, category_id),
+        KEY (category_id),
+        CONSTRAINT fk_pc_product FOREIGN KEY (product_id) REFERENCES products(id)
+            ON DELETE CASCADE,
+        CONSTRAINT fk_pc_category FOREIGN KEY (category_id) REFERENCES categories(id)
+            ON DELETE CASCADE
+    ) ENGINE=InnoDB""",
 ]
+
+# The demo's catalog: each product with its categories (a many-to-many through
+# product_categories, the category merged into each element, its department nested in it) and
+# the category names as an array of values.
+CATALOG = """\
+  - name: products
+    from: products
+    embed:
+      - as: categories
+        from: product_categories
+        on: {{product_id: id}}
+        many: true
+        exclude: [product_id]
+        embed:
+          - from: categories
+            on: {{id: category_id}}
+            many: false
+            merge: true
+            exclude: [id]
+            embed:
+              - {{as: department, from: departments, on: {{id: department_id}}, many: false}}
+      - as: category_names
+        from: product_categories
+        on: {{product_id: id}}
+        many: true
+        values: category.name
+        embed:
+          - {{as: category, from: categories, on: {{id: category_id}}, many: false}}
+"""
 
 MAPPING = """\
 # The demo shop: one document per order, its items embedded, its customer as a sub-document.
@@ -163,13 +214,41 @@ def create_shop(
             "VALUES (%s, %s, %s, %s, %s)",
             item_rows,
         )
+    links = _catalog(cur, products, random.Random(seed + 1))
     conn.commit()
     return {
         "customers": customers,
         "products": products,
         "orders": orders,
         "order_items": len(item_rows),
+        "product_categories": links,
     }
+
+
+DEPARTMENTS = ["Home", "Garden", "Kitchen"]
+CATEGORIES = ["Lamps", "Chairs", "Tools", "Seeds", "Pots", "Knives", "Pans", "Gifts"]
+
+
+def _catalog(cur: Any, products: int, rnd: random.Random) -> int:
+    """Departments, categories and 0-3 categories per product (its own random stream: the
+    rest of the shop stays what it was)."""
+    cur.executemany(
+        "INSERT INTO departments VALUES (%s, %s)", list(enumerate(DEPARTMENTS, start=1))
+    )
+    cur.executemany(
+        "INSERT INTO categories VALUES (%s, %s, %s)",
+        [(i, name, (i - 1) % len(DEPARTMENTS) + 1) for i, name in enumerate(CATEGORIES, 1)],
+    )
+    links = sorted(
+        {
+            (p, rnd.randrange(1, len(CATEGORIES) + 1))
+            for p in range(1, products + 1)
+            for _ in range(rnd.randrange(0, 4))
+        }
+    )
+    if links:
+        cur.executemany("INSERT INTO product_categories VALUES (%s, %s)", links)
+    return len(links)
 
 
 def shop_mapping(
@@ -179,14 +258,60 @@ def shop_mapping(
     target_db: str = "shop",
     state_db: str = "_migrator",
     chunk_size: int = 100,
+    catalog: bool = False,
 ) -> str:
-    return MAPPING.format(
+    """The shop's mapping; `catalog`: products nest their categories (the demo's)."""
+    text = MAPPING
+    if catalog:
+        text = text.replace("  - name: products\n    from: products\n", CATALOG)
+    return text.format(
         mysql_url=mysql_url,
         mongo_url=mongo_url,
         target_db=target_db,
         state_db=state_db,
         chunk_size=chunk_size,
     )
+
+
+class CatalogLoad:
+    """The shop's back office, writing MySQL before the write switch: categories renamed (one
+    row copied into many products), moved to another department (a nested row's parent
+    changes), products linked to and unlinked from categories, a link moved to another
+    product."""
+
+    def __init__(self, conn: Any, products: int, *, seed: int = 17) -> None:
+        self.conn = conn
+        self.products = products
+        self.rnd = random.Random(seed)
+        self.counts = {"renamed": 0, "moved": 0, "linked": 0, "unlinked": 0, "relinked": 0}
+
+    def step(self) -> None:
+        rnd, cur = self.rnd, self.conn.cursor()
+        cat = rnd.randrange(1, len(CATEGORIES) + 1)
+        product = rnd.randrange(1, self.products + 1)
+        kind = rnd.choice(list(self.counts))
+        if kind == "renamed":
+            cur.execute(
+                "UPDATE categories SET name = %s WHERE id = %s",
+                (f"{CATEGORIES[cat - 1]} {rnd.randrange(100)}", cat),
+            )
+        elif kind == "moved":
+            cur.execute(
+                "UPDATE categories SET department_id = %s WHERE id = %s",
+                (rnd.randrange(1, len(DEPARTMENTS) + 1), cat),
+            )
+        elif kind == "linked":
+            cur.execute("INSERT IGNORE INTO product_categories VALUES (%s, %s)", (product, cat))
+        elif kind == "unlinked":
+            cur.execute("DELETE FROM product_categories WHERE product_id = %s LIMIT 1", (product,))
+        else:
+            cur.execute(
+                "UPDATE IGNORE product_categories SET product_id = %s WHERE product_id = %s "
+                "LIMIT 1",
+                (product, rnd.randrange(1, self.products + 1)),
+            )
+        self.conn.commit()
+        self.counts[kind] += cur.rowcount > 0
 
 
 class ShopWriter:

@@ -255,6 +255,16 @@ def test_demo_walks_every_phase_with_a_live_application_and_ends_clean():
     assert {c[0] for c in counts} == {"orders", "customers", "products"}
     assert all(rows == docs for _, rows, docs in counts), counts
     assert '"items": [' in out and "demo finished" in out
+    # the catalog: nested and many-to-many, edited in MySQL while CDC ran (shared rows renamed,
+    # rows moved to other parents, links added and removed), and still clean at the end
+    assert '"categories": [' in out and '"department": {' in out and '"category_names": [' in out
+    edits = dict(
+        re.findall(
+            r"(renamed|moved|linked|unlinked|relinked) (\d+)",
+            out.split("catalog edits in MySQL while CDC ran:", 1)[1].splitlines()[0],
+        )
+    )
+    assert all(int(edits[k]) > 0 for k in ("renamed", "moved", "linked", "unlinked")), edits
     assert re.search(r"MongoDB mongodb://\S+ \((secantusdb|mongod|testcontainers)\)", p.stderr)
 
 
