@@ -37,6 +37,7 @@ from migrator.sink.mongo import DocumentWriter, with_retry
 from migrator.source.position import current_position
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.throttle import LoadMonitor, RateLimiter
+from migrator.state.records import ChunkRecord
 from migrator.state.store import StateStore, decode_key, now, process_owner
 from migrator.ticker import Ticker
 
@@ -556,11 +557,11 @@ def _plan_chunks(
 
 def _save_plan(
     state: StateStore | None, p: CollectionPlan, bounds: list[tuple[Any, Any]], chunk_size: int
-) -> list[dict[str, Any]]:
+) -> list[ChunkRecord]:
     """A new collection plan's chunks (saved, unless this is a dry run), all pending."""
     if state is None:
         return [
-            {"_id": f"{p.name}/{i:09d}", "seq": i, "lo": lo, "hi": hi}
+            ChunkRecord(_id=f"{p.name}/{i:09d}", seq=i, lo=lo, hi=hi)
             for i, (lo, hi) in enumerate(bounds)
         ]
     state.save_chunk_plan(p.name, bounds)

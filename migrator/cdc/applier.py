@@ -1,4 +1,7 @@
 """The applier: ChangeEvents -> idempotent MongoDB operations, in binlog order per collection.
+This module turns events into operations; the batch's other jobs have their own modules:
+rebuilds (`rebuilds.py`), children waiting for a parent (`pending.py`), writing the operations
+(`writer.py`) and the upkeep between batches (`upkeep.py`).
 
 - A root row is an upsert of the document's own fields (`$set`), never of its embedded parts;
   its delete deletes the document. A primary-key change re-reads the aggregate.
@@ -7,13 +10,10 @@
   on delete. Replaying any of these converges: no duplicate element, no stale array copy.
 - An N:1 parent is a sub-document in every document that points at it: `update_many`.
 - Consecutive root updates of one document merge into one write that equals applying them all.
-- Foreign-key cascades, which the binlog never carries, are found and their documents rebuilt
-  from the source (`cascade.py`, `rebuild.py`); so is an aggregate that one batch changes
-  element by element in bulk (one read and one write instead of thousands of array updates).
-- A child whose parent document does not exist yet waits: first in the batch (its parent may
-  come later in it), then in the state store (`pending`), shared by every consumer. When the
-  parent appears the aggregate is rebuilt; when the parent is deleted the wait ends; past a
-  bound the change goes to the dead-letter collection.
+- A row of a nested tree (deeper than one level, merged, or in an array of values), a
+  foreign-key cascade the binlog never carries, and an aggregate one batch changes element by
+  element in bulk are rebuilt from the source (`rebuilds.py`).
+- A child whose parent document does not exist yet waits (`pending.py`).
 - An event that cannot be applied goes to the dead-letter collection with the reason.
 """
 
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.database import Database
 
-from migrator.cdc.cascade import Cascades, Effect, Place, Rule
+from migrator.cdc.cascade import Cascades, Rule
 from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.pending import Pending, Waiting
+from migrator.cdc.rebuilds import Rebuilds, value_at
 from migrator.cdc.roles import ChildRole, ParentRole, TableRoles, table_roles
 from migrator.cdc.upkeep import (
     fill_added_columns,
@@ -37,79 +37,23 @@ from migrator.cdc.upkeep import (
     sweep_dangling,
     sweep_pending,
 )
-from migrator.cdc.writer import OpWriter, Tagged
+from migrator.cdc.writer import BatchResult, OpWriter, Tagged
 from migrator.errors import ConnectError, ConversionError, MigratorError
 from migrator.model.events import ChangeEvent, Position, Transaction
 from migrator.model.keys import id_key
-from migrator.model.placement import TreeRole, holder_filters, rows_in
+from migrator.model.placement import TreeRole
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import param_value
 from migrator.sink.mongo import find_by_ids, with_retry
-from migrator.source.rebuild import (
-    id_from_params,
-    key_params,
-    rebuild_ops,
-    root_keys,
-    source_value,
-)
-from migrator.state.store import StateStore, encode_key, now, storable
+from migrator.state.store import StateStore, now, storable
 
 Op = Any  # a pymongo write model
 # More element changes than this for one document in one batch: rebuild it instead.
 BULK_ELEMENTS = 32
 
 
-@dataclass
-class Pending:
-    """A child change waiting for its parent document."""
-
-    collection: str
-    parent_id: Any
-    embed: str
-    kind: str  # upsert | remove
-    element: dict[str, Any] | None
-    match: dict[str, Any]
-    position: dict[str, Any]
-    child_table: str = ""
-    child_key: list[Any] = field(default_factory=list)  # the child row's primary key
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "collection": self.collection,
-            "parent_id": self.parent_id,
-            "embed": self.embed,
-            "kind": self.kind,
-            "element": self.element,
-            "match": self.match,
-            "position": self.position,
-            "child_table": self.child_table,
-            "child_key": encode_key(self.child_key),
-            "at": now(),
-        }
-
-
-@dataclass
-class BatchResult:
-    events: int = 0
-    applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (table, op) -> count
-    dead_letters: int = 0
-    pending: int = 0
-    resolved_pending: int = 0
-    operations: int = 0
-    coalesced: int = 0
-    rebuilt: int = 0
-    cascades: int = 0
-    seconds: float = 0.0
-
-
 def _row(view_columns: Sequence[str], values: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(map(values.get, view_columns))
-
-
-def _get(doc: Any, path: str | tuple[str, ...]) -> Any:
-    for p in path.split(".") if isinstance(path, str) else path:
-        doc = doc.get(p) if isinstance(doc, dict) else None
-    return doc
 
 
 class Applier:
@@ -198,13 +142,11 @@ def parent_id(cr: ChildRole, child: dict[str, Any]) -> Any:
     return p.doc_id(row)
 
 
-class _Unmapped(Exception):
-    pass
-
-
-class _Batch:
+class _Batch(Rebuilds, Waiting):
     """Turns one batch of events into ordered operations per collection, simulating which
     parent documents exist as it goes, then executes them."""
+
+    a: Applier
 
     def __init__(self, applier: Applier, result: BatchResult) -> None:
         self.a = applier
@@ -236,17 +178,6 @@ class _Batch:
     def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
         self.ops.setdefault(collection, []).append(Tagged(op, ev, pos))
         self.last_root.pop(collection, None)
-
-    def rebuild_add(self, plan: CollectionPlan, doc_id: Any = None, key: Any = None) -> None:
-        """Rebuild this document from the source at the end of the batch."""
-        if key is None:
-            key = key_params(plan, doc_id)
-        if doc_id is None:
-            doc_id = id_from_params(plan, key)
-        self.rebuild.setdefault(plan.name, {})[id_key(doc_id)] = (doc_id, key)
-
-    def rebuilding(self, plan: CollectionPlan, doc_id: Any) -> bool:
-        return id_key(doc_id) in self.rebuild.get(plan.name, {})
 
     def _root_update(
         self, coll: str, doc_id: Any, update: dict[str, Any], ev: ChangeEvent, pos: Position
@@ -407,28 +338,6 @@ class _Batch:
         for tr in roles.trees:
             self.tree(tr, ev)
 
-    def tree(self, tr: TreeRole, ev: ChangeEvent) -> None:
-        """A row of a nested node: every document that holds it (its old place) or should
-        hold it (its new place) is read again from the source at the end of the batch."""
-        for img in (ev.before, ev.after):
-            if img is not None:
-                self.tree_image(tr, img)
-
-    def tree_image(self, tr: TreeRole, img: dict[str, Any]) -> None:
-        """Queue the documents whose tree holds (or should hold) this row of the node."""
-        p, e = tr.plan, tr.node
-        if len(tr.chain) == 1 and sorted(e.parent_columns) == sorted(p.pk):
-            by_col = dict(zip(e.parent_columns, e.child_columns, strict=True))
-            key = tuple(img.get(by_col[c]) for c in p.pk)
-            if all(v is not None for v in key):
-                self.rebuild_add(p, key=key)
-            return
-        filters, enclosing = holder_filters(tr, img)
-        self.rebuild_found += [(p, flt) for flt in filters]
-        if enclosing is not None:
-            slot = (p.name, e.slot, tuple(sorted(enclosing)))
-            self.rebuild_chain.setdefault(slot, (tr, []))[1].append(enclosing)
-
     # Events of different tables out of commit order (a topic per table): an array built
     # from them in arrival order could miss a child whose event came before its parent's
     # re-creation. So a document with arrays that an event touches is read again from the
@@ -534,30 +443,6 @@ class _Batch:
         exists.add(id_key(new_id))
         self._release_waiting(p, new_id, pos)
 
-    def _release_waiting(self, p: CollectionPlan, doc_id: Any, pos: Position) -> None:
-        """The parent document exists now: the children that waited for it (earlier in this
-        batch, or in earlier batches, maybe another consumer's) land by reading the aggregate
-        whole at the end of the batch. Replaying their images could bring back a state a
-        later change (a cascade, a newer event elsewhere) already replaced. ("adopt": the
-        new document read them from the source already, see root.)"""
-        k = id_key(doc_id)
-        mine = [x for x in self.new_pending if x.collection == p.name and id_key(x.parent_id) == k]
-        stored = self.stored_pending.get(p.name, {}).pop(k, [])
-        if mine or stored:
-            self.new_pending = [x for x in self.new_pending if x not in mine]
-            if self.a.stored_pending != "adopt":
-                self.rebuild_add(p, doc_id)
-            self.drop_pending += [d["_id"] for d in stored]
-            self.result.resolved_pending += len(mine) + len(stored)
-
-    def _end_wait(self, p: CollectionPlan, doc_id: Any) -> None:
-        """The parent is gone: its waiting children have nothing to wait for."""
-        k = id_key(doc_id)
-        self.new_pending = [
-            x for x in self.new_pending if not (x.collection == p.name and id_key(x.parent_id) == k)
-        ]
-        self.drop_pending += [d["_id"] for d in self.stored_pending.get(p.name, {}).pop(k, [])]
-
     def _parent_of(self, p: CollectionPlan, e: EmbedPlan, row: tuple[Any, ...]) -> Any:
         """The N:1 sub-document for a root row, read once per key and batch."""
         key = (p.name, e.name, p.root.values(row, e.parent_columns))
@@ -601,7 +486,7 @@ class _Batch:
         for c in cr.match_columns:
             f = e.view.field_for(c)
             assert f is not None  # compile_transform guarantees key columns stay mapped
-            match[f.name] = _get(element, f.path)
+            match[f.name] = value_at(element, f.path)
         if cr.parent_is_pk:
             pid = self._parent_id(cr, img)
             if pid is None:
@@ -717,228 +602,6 @@ class _Batch:
             element = e.view.build(_row(e.view.columns, ev.after))
             self.add(p.name, UpdateMany(new, {"$set": {e.name: element}}), ev, pos)
 
-    # -- foreign-key cascades ----------------------------------------------------------------
-    def cascade(self, effects: list[Effect], ev: ChangeEvent, pos: Position) -> None:
-        """Find the documents holding the rows MySQL changed silently, to any depth, and
-        rebuild them from the source at the end of the batch."""
-        self.result.cascades += 1
-        if self.a.dry_run:
-            return
-        self.flush_writes()  # discovery must see what the events before this one wrote
-        cas = self.a.cascades
-        for e in effects:
-            # documents may be older than the event (no order across tables), or MySQL may
-            # have matched a text key through its collation ('us' = 'US'): the rule also gets
-            # a sweep for references the documents still hold
-            if e.rule is not None and (
-                self.a.unordered or any(isinstance(v, str | bytes) for v in e.cond.values())
-            ):
-                self.derived.append(e.rule)
-        queue, seen = list(effects), set()
-        while queue:
-            eff = queue.pop(0)
-            if eff.key() in seen:
-                continue
-            seen.add(eff.key())
-            need = cas.needs_rows(eff)
-            rows: list[dict[str, Any]] | None = None
-            for place in cas.places.get(eff.table, ()):
-                # the triggering row's own aggregate is rebuilt by its root event; it is only
-                # read here, for the keys of rows the next level needs
-                skipped = cas.skipped(place, eff)
-                if (skipped and not need) or not cas.affected(place, eff):
-                    continue
-                try:
-                    found = self._discover(place, eff, need, rebuild=not skipped)
-                except _Unmapped as exc:
-                    via = eff.rule.describe() if eff.rule else eff.table
-                    self.dead(
-                        ev,
-                        pos,
-                        f"cannot follow {via} into {place.describe()}: {exc}",
-                        place.plan.name,
-                    )
-                    continue
-                if found is not None:
-                    rows = (rows or []) + found
-            nxt, problems = cas.follow(eff, rows if need else None, self.derived)
-            for problem in problems:
-                self.dead(ev, pos, f"cannot follow the cascade: {problem}")
-            queue += nxt
-
-    def followers_of(self, table: str, row: dict[str, Any], depth: int = 0) -> None:
-        """Documents of rows that reference this row through ON UPDATE CASCADE, to any depth,
-        read again from the source (their keys come from the source too)."""
-        cas = self.a.cascades
-        if depth > 16:
-            return
-        for rule in cas.rules.get(table, ()):
-            fk = rule.fk
-            if rule.on != "update" or rule.action != "CASCADE" or fk.table not in cas.relevant:
-                continue
-            values = [row.get(r) for r in fk.ref_columns]
-            if any(v is None for v in values):
-                continue
-            cond = dict(zip(fk.columns, values, strict=True))
-            child = self.a.transform.schema.tables[fk.table]
-            for place in cas.places.get(fk.table, ()):
-                e = place.embed
-                if place.kind == "nested":
-                    if e is not None and set(e.child_columns) <= set(cond):
-                        self.tree_image(TreeRole(place.plan, place.chain), cond)
-                elif e is None:
-                    self.rebuild_where.append((place.plan, cond))
-                elif place.kind == "element" and set(e.child_columns) <= set(cond):
-                    pairs = zip(e.child_columns, e.parent_columns, strict=True)
-                    self.rebuild_where.append((place.plan, {rc: cond[cc] for cc, rc in pairs}))
-            if any(r.on == "update" for r in cas.rules.get(fk.table, ())):
-                rows = self.a.lookup.run(partial(rows_where, table=child, values=cond))
-                for r in rows:
-                    self.followers_of(fk.table, r, depth + 1)
-
-    def _discover(
-        self, place: Place, eff: Effect, need: list[str], *, rebuild: bool = True
-    ) -> list[dict[str, Any]] | None:
-        """Queue the documents of `place` that hold rows matching the effect for a rebuild;
-        return those rows' values of `need` (None when this place does not hold them all)."""
-        if place.kind == "nested":
-            return self._discover_nested(place, eff, need, rebuild)
-        cas = self.a.cascades
-        p, e = place.plan, place.embed
-        outer: dict[str, Any] = {}
-        inner: dict[str, Any] = {}
-        for col, v in eff.cond.items():
-            loc = cas.locate(place, col)
-            if loc is None:
-                raise _Unmapped(f"{eff.table}.{col} is not mapped there")
-            where, path, conv = loc
-            (outer if where == "root" else inner)[path] = None if v is None else conv(v)
-        flt = dict(outer)
-        if e is not None and inner:
-            if place.kind == "element":
-                flt[e.name] = {"$elemMatch": inner}
-            else:
-                flt.update({f"{e.name}.{k}": v for k, v in inner.items()})
-        want = [c for c in need if c not in eff.cond]
-        joined = e.child_columns if e is not None else p.pk  # where the rows go on a change
-        locs = {c: cas.locate(place, c) for c in {*want, *eff.cond, *joined}}
-        have_all = all(locs[c] is not None for c in want)
-        rows: list[dict[str, Any]] = []
-        moves = set(eff.changes) & set(p.pk if e is None else e.child_columns)
-        if rebuild and eff.kind == "update" and (self.a.unordered or p.spec.filter or moves):
-            # Rows where the change put them may have no document to find: rows it brings
-            # into the collection's filter; with events out of order, rows whose insert comes
-            # after this event; rows moved to a new key whose old documents a sweep (which
-            # reads the source ahead of the stream) already removed. They are read from the
-            # source where they are now.
-            new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
-            if all(v is not None for v in new.values()):
-                if e is None:
-                    self.rebuild_where.append((p, new))
-                elif (
-                    place.kind == "element"
-                    and (self.a.unordered or moves)
-                    and set(e.child_columns) <= set(new)
-                ):
-                    root_values = {
-                        rc: new[cc]
-                        for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)
-                    }
-                    self.rebuild_where.append((p, root_values))
-        for doc in self.a.db[p.name].find(flt):
-            if rebuild:
-                self.rebuild_add(p, doc["_id"])
-            inners = [doc]
-            if place.kind == "element" and e is not None:
-                inners = [
-                    el
-                    for el in doc.get(e.name) or []
-                    if all(id_key(_get(el, k)) == id_key(v) for k, v in inner.items())
-                ]
-            elif e is not None:
-                inners = [doc.get(e.name) or {}]
-            for inner_doc in inners:
-                values: dict[str, Any] = {}
-                for c, loc in locs.items():
-                    if loc is None:
-                        continue
-                    src = doc if loc[0] == "root" else inner_doc
-                    values[c] = source_value(_get(src, loc[1]))
-                rows.append(values)
-                if rebuild:
-                    self._moved(place, eff, values)
-        return rows if have_all else None
-
-    def _discover_nested(
-        self, place: Place, eff: Effect, need: list[str], rebuild: bool
-    ) -> list[dict[str, Any]] | None:
-        """The documents holding the rows of a nested node the effect changed, rebuilt (an
-        update that moves them also rebuilds where they went); those rows' values of `need`
-        (None when the documents do not show them all)."""
-        p, cas = place.plan, self.a.cascades
-        flt: dict[str, Any] = {}
-        match: dict[str, Any] = {}
-        for col, v in eff.cond.items():
-            loc = cas.locate(place, col)
-            if loc is None:
-                raise _Unmapped(f"{eff.table}.{col} is not mapped there")
-            flt[loc[1]] = match[col] = None if v is None else loc[2](v)
-        want = [c for c in need if c not in eff.cond]
-        have_all = all(cas.locate(place, c) is not None for c in want)
-        rows: list[dict[str, Any]] = []
-        docs = with_retry(partial(_found, self.a.db[p.name], flt, rebuild or bool(want)))
-        for doc in docs:
-            if rebuild:
-                self.rebuild_add(p, doc["_id"])
-            if want and have_all:
-                for row in rows_in(doc, p, place.chain, [*match, *want]):
-                    if all(id_key(row.get(c)) == id_key(v) for c, v in match.items()):
-                        rows.append({c: source_value(row[c]) for c in row})
-        self._moved_nested(place, eff, rebuild)
-        return rows if have_all else None
-
-    def _moved_nested(self, place: Place, eff: Effect, rebuild: bool) -> None:
-        if not rebuild:
-            return
-        p, e = place.plan, place.embed
-        if eff.kind == "update" and e is not None and set(eff.changes) & set(e.child_columns):
-            new = {c: eff.changes.get(c, v) for c, v in eff.cond.items()}
-            if set(e.child_columns) <= set(new):
-                self.tree_image(TreeRole(p, place.chain), new)
-
-    def _moved(self, place: Place, eff: Effect, old: dict[str, Any]) -> None:
-        """An update that changes a document's key (or which document an element belongs to)
-        also rebuilds where the rows went."""
-        if eff.kind != "update":
-            return
-        p, e = place.plan, place.embed
-        if e is None:
-            if not set(eff.changes) & set(p.pk):
-                return
-            key = tuple(eff.changes.get(c, old.get(c)) for c in p.pk)
-            if all(v is not None for v in key):
-                self.rebuild_add(p, key=key)
-            return
-        if place.kind != "element" or not set(eff.changes) & set(e.child_columns):
-            return
-        new_root = {
-            rc: eff.changes.get(cc, old.get(cc))
-            for cc, rc in zip(e.child_columns, e.parent_columns, strict=True)
-        }
-        if any(v is None for v in new_root.values()):
-            return
-        if sorted(new_root) == sorted(p.pk):
-            self.rebuild_add(p, key=tuple(new_root[c] for c in p.pk))
-            return
-        flt = {}
-        for rc, v in new_root.items():
-            loc = Cascades._root_path(p, rc)
-            if loc is None:
-                return
-            flt[loc[1]] = loc[2](v)
-        for doc in self.a.db[p.name].find(flt, {"_id": 1}):
-            self.rebuild_add(p, doc["_id"])
-
     # -- execution ---------------------------------------------------------------------------
     def flush_writes(self) -> None:
         """Write the operations built so far (in order), keeping the rest of the batch's work."""
@@ -951,66 +614,6 @@ class _Batch:
 
     def _writer(self) -> OpWriter:
         return OpWriter(self.a.db, self.a.state, self.result, self.dead)
-
-    def _resolve_rebuild_where(self) -> None:
-        for plan, values in self.rebuild_where:
-            for key in self.a.lookup.run(partial(keys_where, plan=plan, values=values)):
-                self.rebuild_add(plan, key=key)
-        self.rebuild_where = []
-        self._resolve_nested()
-
-    def _resolve_nested(self) -> None:
-        """The documents nested rows reach: found in MongoDB, or their root keys in MySQL."""
-        found: dict[str, tuple[CollectionPlan, dict[str, dict[str, Any]]]] = {}
-        for plan, flt in self.rebuild_found:
-            found.setdefault(plan.name, (plan, {}))[1][repr(sorted(flt.items()))] = flt
-        self.rebuild_found = []
-        for plan, unique in found.values():
-            filters = list(unique.values())
-            for i in range(0, len(filters), 200):
-                q = {"$or": filters[i : i + 200]}
-                docs: list[dict[str, Any]] = with_retry(
-                    partial(_found_ids, self.a.db[plan.name], q)
-                )
-                for doc in docs:
-                    self.rebuild_add(plan, doc["_id"])
-        for tr, rows in self.rebuild_chain.values():
-            find = partial(root_keys, plan=tr.plan, chain=tr.chain[:-1], rows=rows)
-            for key in self.a.lookup.run(find):
-                self.rebuild_add(tr.plan, key=key)
-        self.rebuild_chain = {}
-
-    def _rebuild_ops(self) -> None:
-        """The aggregates queued for a rebuild, read from the source now, written last."""
-        self._resolve_rebuild_where()
-        for coll, entries in self.rebuild.items():
-            plan = self.a.transform.collection(coll)
-            keys = [k for _id, k in entries.values()]
-
-            def bad(doc_id: Any, reason: str, coll: str = coll) -> None:
-                self.dead(None, Position(), f"rebuilding {doc_id!r}: {reason}", coll)
-
-            ops: list[Any] = self.a.lookup.run(
-                partial(_rebuild_with, plan=plan, keys=keys, bad=bad)
-            )
-            for op in ops:
-                self.add(coll, op, None, Position())
-            for doc_id, _k in entries.values():
-                self.touch(coll, doc_id, None)
-            self.result.rebuilt += len(entries)
-            # children waiting for these parents are in the rebuilt documents now
-            waiting = [d for d, _k in entries.values()]
-            self.new_pending = [
-                x
-                for x in self.new_pending
-                if not (x.collection == coll and id_key(x.parent_id) in entries)
-            ]
-            if self.a.state.pending.find_one({}, {"_id": 1}) is not None:
-                for i in range(0, len(waiting), 500):
-                    q = {"collection": coll, "parent_id": {"$in": waiting[i : i + 500]}}
-                    self.drop_pending += [
-                        d["_id"] for d in self.a.state.pending.find(q, {"_id": 1})
-                    ]
 
     def execute(self) -> None:
         if self.a.dry_run:
@@ -1037,60 +640,6 @@ class _Batch:
         for d in self.dead_letters:
             state.dead_letter(**d)
         self.result.dead_letters += len(self.dead_letters)
-
-
-def rows_where(conn: Any, *, table: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of a table whose columns equal `values`, as column -> raw value."""
-    from migrator.source.connection import quote_ident
-
-    where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
-    cols = table.column_names
-    cur = conn.cursor()
-    try:
-        cur.execute(
-            f"SELECT {', '.join(map(quote_ident, cols))} FROM {quote_ident(table.name)} "
-            f"WHERE {where}",
-            [param_value(table.column(c), v) for c, v in values.items()],
-        )
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    return [
-        {c: param_value(table.column(c), v) for c, v in zip(cols, r, strict=True)} for r in rows
-    ]
-
-
-def keys_where(conn: Any, *, plan: CollectionPlan, values: dict[str, Any]) -> list[Any]:
-    """Primary keys of the root rows whose columns equal `values` (no filter applied)."""
-    from migrator.source.connection import quote_ident
-
-    where = " AND ".join(f"{quote_ident(c)} = %s" for c in values)
-    cols = ", ".join(map(quote_ident, plan.pk))
-    cur = conn.cursor()
-    try:
-        cur.execute(
-            f"SELECT {cols} FROM {quote_ident(plan.table.name)} WHERE {where}",
-            [param_value(plan.table.column(c), v) for c, v in values.items()],
-        )
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    return [
-        tuple(param_value(plan.table.column(c), v) for c, v in zip(plan.pk, r, strict=True))
-        for r in rows
-    ]
-
-
-def _found_ids(coll: Any, flt: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(coll.find(flt, {"_id": 1}))
-
-
-def _found(coll: Any, flt: dict[str, Any], whole: bool) -> list[dict[str, Any]]:
-    return list(coll.find(flt) if whole else coll.find(flt, {"_id": 1}))
-
-
-def _rebuild_with(conn: Any, *, plan: CollectionPlan, keys: list[Any], bad: Any) -> list[Any]:
-    return rebuild_ops(conn, plan, keys, bad)
 
 
 def merge_updates(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from datetime import timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pymongo import DeleteOne, ReplaceOne
 
@@ -45,6 +45,8 @@ class ApplierView(Protocol):
     cascades: Cascades
     dry_run: bool
     unordered: bool
+    # how a batch treats stored waiting children (see Applier)
+    stored_pending: Literal["rebuild", "adopt", "leave"]
     pending_bound: float
     pending_count: int
     expired: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,20 @@ Dead = Callable[[ChangeEvent | None, Position, str, str], None]
 
 
 @dataclass
+class BatchResult:
+    events: int = 0
+    applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (table, op) -> count
+    dead_letters: int = 0
+    pending: int = 0
+    resolved_pending: int = 0
+    operations: int = 0
+    coalesced: int = 0
+    rebuilt: int = 0
+    cascades: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class Tagged:
     """An operation and the change it comes from (for a dead letter, should it be refused)."""
 
@@ -34,7 +48,7 @@ class Tagged:
 class OpWriter:
     """Writes operations per collection, in order; counts them in `result.operations`."""
 
-    def __init__(self, db: Any, state: StateStore, result: Any, dead: Dead) -> None:
+    def __init__(self, db: Any, state: StateStore, result: BatchResult, dead: Dead) -> None:
         self.db, self.state, self.result, self.dead = db, state, result, dead
 
     def write(self, ops: dict[str, list[Tagged]]) -> None:

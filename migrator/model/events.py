@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -39,7 +40,7 @@ class Position:
         return {"file": self.file, "pos": self.pos, "gtid": self.gtid}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Position:
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Position:
         d = d or {}
         return cls(file=d.get("file"), pos=d.get("pos"), gtid=d.get("gtid") or None)
 

@@ -100,43 +100,44 @@ def generate_mapping(
             "# choices to make. Every column is kept (`exclude: [...]` drops some, `fields:`",
             "# renames); `migrator plan` draws the trees and what each change touches.",
         ]
-        prop = analyse(schema, names)
         notes += [
             f"{t} has no primary key and was left out"
             for t in names
             if not schema.table(t).primary_key
         ]
-        return "\n".join(out + yaml_lines(schema, prop)) + "\n", notes
+        return "\n".join(out + yaml_lines(schema, analyse(schema, names))) + "\n", notes
     for name in names:
-        t = schema.table(name)
-        if not t.primary_key:
-            out.append(
-                f"  # table {name!r} has no primary key: it cannot be copied or kept in sync"
-            )
-            out.append(f"  # until it has one (ALTER TABLE {quote_ident(name)} ADD PRIMARY KEY …).")
-            notes.append(f"table {name} has no primary key and was left out")
-            continue
-        out += [
-            f"  - name: {_y(name)}",
-            f"    from: {_y(name)}",
-            f"    # _id: {_id_comment(t)}",
-            "    fields:",
-        ]
-        for c in t.columns:
-            comments = loss_notes(c)
-            if (
-                c.is_bool
-                and c.data_type == "tinyint"
-                and _bool_column_has_other_values(conn, name, c.name)
-            ):
-                comments.append(
-                    "DECISION: holds values other than 0/1; use {type: int} to keep them"
-                )
-            for cm in comments:
-                out.append(f"      # {c.name}: {cm}")
-            out.append(f"      {_y(c.name)}: {_y(c.name)}  # {c.column_type}")
-        out += _embed_suggestions(schema, t)
+        out += _collection_lines(conn, schema, schema.table(name), notes)
     return "\n".join(out) + "\n", notes
+
+
+def _collection_lines(conn: Any, schema: Schema, t: Table, notes: list[str]) -> list[str]:
+    """One table's collection: every column listed, comments where its type needs a decision,
+    its foreign keys as commented embeds."""
+    name = t.name
+    if not t.primary_key:
+        notes.append(f"table {name} has no primary key and was left out")
+        return [
+            f"  # table {name!r} has no primary key: it cannot be copied or kept in sync",
+            f"  # until it has one (ALTER TABLE {quote_ident(name)} ADD PRIMARY KEY …).",
+        ]
+    out = [
+        f"  - name: {_y(name)}",
+        f"    from: {_y(name)}",
+        f"    # _id: {_id_comment(t)}",
+        "    fields:",
+    ]
+    for c in t.columns:
+        comments = loss_notes(c)
+        if (
+            c.is_bool
+            and c.data_type == "tinyint"
+            and _bool_column_has_other_values(conn, name, c.name)
+        ):
+            comments.append("DECISION: holds values other than 0/1; use {type: int} to keep them")
+        out += [f"      # {c.name}: {cm}" for cm in comments]
+        out.append(f"      {_y(c.name)}: {_y(c.name)}  # {c.column_type}")
+    return out + _embed_suggestions(schema, t)
 
 
 def _id_comment(t: Table) -> str:

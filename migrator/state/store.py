@@ -22,7 +22,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
@@ -32,6 +32,16 @@ from pymongo.errors import DuplicateKeyError
 from migrator.errors import CheckFailed, ConfigError
 from migrator.model.events import Position, reached
 from migrator.sink.mongo import with_retry
+from migrator.state.records import (
+    CdcCheckpoint,
+    CdcStatus,
+    ChunkRecord,
+    CollectionState,
+    DeadLetter,
+    PositionRecord,
+    RollbackPoint,
+    VerifyRun,
+)
 
 if TYPE_CHECKING:
     from migrator.model.settings import Mapping
@@ -378,8 +388,8 @@ class StateStore:
         with_retry(first)
         return self.backfill_position() or position
 
-    def collection_state(self, name: str) -> dict[str, Any] | None:
-        return self.backfill.find_one({"_id": name})
+    def collection_state(self, name: str) -> CollectionState | None:
+        return cast("CollectionState | None", self.backfill.find_one({"_id": name}))
 
     def update_collection(self, name: str, **fields: Any) -> None:
         with_retry(lambda: self.backfill.update_one({"_id": name}, {"$set": fields}, upsert=True))
@@ -404,8 +414,9 @@ class StateStore:
             batch = docs[i : i + 500]
             with_retry(partial(self.chunks.insert_many, batch, ordered=False))
 
-    def pending_chunks(self, collection: str) -> list[dict[str, Any]]:
-        return list(self.chunks.find({"collection": collection, "done": False}).sort("seq", 1))
+    def pending_chunks(self, collection: str) -> list[ChunkRecord]:
+        found = self.chunks.find({"collection": collection, "done": False}).sort("seq", 1)
+        return [cast("ChunkRecord", c) for c in found]
 
     def chunk_counts(self, collection: str) -> tuple[int, int]:
         total = self.chunks.count_documents({"collection": collection})
@@ -417,13 +428,16 @@ class StateStore:
     # their lease expires (at once when the owner is a dead process of this host).
     CHUNK_LEASE_SECONDS = 30.0
 
-    def claim_chunk(self, collections: list[str], owner: str) -> dict[str, Any] | None:
+    def claim_chunk(self, collections: list[str], owner: str) -> ChunkRecord | None:
         """The next chunk nobody holds, now leased to `owner`; None when none is free."""
-        return self.claim_leased(
-            self.chunks,
-            {"collection": {"$in": collections}},
-            owner,
-            sort=[("collection", ASCENDING), ("seq", ASCENDING)],
+        return cast(
+            "ChunkRecord | None",
+            self.claim_leased(
+                self.chunks,
+                {"collection": {"$in": collections}},
+                owner,
+                sort=[("collection", ASCENDING), ("seq", ASCENDING)],
+            ),
         )
 
     def renew_chunks(self, owner: str) -> None:
@@ -511,9 +525,12 @@ class StateStore:
         self.meta.delete_many({"_id": {"$in": ["backfill_position", "target_deletes"]}})
 
     # -- CDC checkpoint and lag ---------------------------------------------------------------
-    def cdc_checkpoint(self) -> dict[str, Any] | None:
-        doc = self.meta.find_one({"_id": "cdc_checkpoint"})
+    def cdc_checkpoint(self) -> PositionRecord | None:
+        doc = self.cdc_checkpoint_record()
         return doc["position"] if doc else None
+
+    def cdc_checkpoint_record(self) -> CdcCheckpoint | None:
+        return cast("CdcCheckpoint | None", self.meta.find_one({"_id": "cdc_checkpoint"}))
 
     def save_cdc_checkpoint(self, position: dict[str, Any], **info: Any) -> None:
         doc = {"_id": "cdc_checkpoint", "position": position, "saved_at": now(), **info}
@@ -555,7 +572,7 @@ class StateStore:
         doc = self.meta.find_one({"_id": "switch_schema"})
         return doc["fingerprint"] if doc else None
 
-    def cdc_rollback_point(self) -> dict[str, Any] | None:
+    def cdc_rollback_point(self) -> PositionRecord | None:
         """The source's position read by the last rollback to MySQL-first, inside its freeze
         and after reverse sync had caught up: every MySQL change before it is reverse sync
         writing MongoDB's own changes back (or was applied before the switch), so CDC resumes
@@ -564,10 +581,10 @@ class StateStore:
         doc = self.cdc_rollback()
         return doc["position"] if doc else None
 
-    def cdc_rollback(self) -> dict[str, Any] | None:
+    def cdc_rollback(self) -> RollbackPoint | None:
         """The last rollback's whole record: `position`, and `server_id`, the source whose
         binlog that position is in."""
-        return self.meta.find_one({"_id": "cdc_rollback_point"})
+        return cast("RollbackPoint | None", self.meta.find_one({"_id": "cdc_rollback_point"}))
 
     def save_cdc_status(self, **status: Any) -> None:
         doc = {"updated_at": now(), **status}  # liveness is the Liveness thread's
@@ -580,8 +597,8 @@ class StateStore:
             )
         )
 
-    def cdc_status(self) -> dict[str, Any] | None:
-        return self.meta.find_one({"_id": "cdc_status"})
+    def cdc_status(self) -> CdcStatus | None:
+        return cast("CdcStatus | None", self.meta.find_one({"_id": "cdc_status"}))
 
     # -- documents CDC touched ({c: collection, k: doc _id, at}), verification runs ----------
     def touch(self, keys: list[tuple[str, Any, Any]]) -> None:
@@ -683,21 +700,24 @@ class StateStore:
         over = [c for c in doc.get("collections", []) if collections is None or c in collections]
         return counts, over
 
-    def last_verify_run(self) -> dict[str, Any] | None:
-        return self.verify_runs.find_one({}, sort=[("finished", -1)])
+    def last_verify_run(self) -> VerifyRun | None:
+        return cast("VerifyRun | None", self.verify_runs.find_one({}, sort=[("finished", -1)]))
 
-    def last_covering_run(self, collection: str) -> dict[str, Any] | None:
+    def last_covering_run(self, collection: str) -> VerifyRun | None:
         """The last run that checked every document of `collection` touched up to its start:
         a full run or a `--changed` run over it (not a sample, not a `--since` window)."""
-        return self.verify_runs.find_one(
-            {
-                f"collections.{collection}": {"$exists": True},
-                "$or": [
-                    {"covers": True},
-                    {"covers": {"$exists": False}, "mode": {"$in": ["full", "changed"]}},
-                ],
-            },
-            sort=[("finished", -1)],
+        return cast(
+            "VerifyRun | None",
+            self.verify_runs.find_one(
+                {
+                    f"collections.{collection}": {"$exists": True},
+                    "$or": [
+                        {"covers": True},
+                        {"covers": {"$exists": False}, "mode": {"$in": ["full", "changed"]}},
+                    ],
+                },
+                sort=[("finished", -1)],
+            ),
         )
 
     # -- dead letters ------------------------------------------------------------------------
@@ -725,11 +745,12 @@ class StateStore:
     def dead_letter_count(self) -> int:
         return self.dead_letters.count_documents({})
 
-    def reverse_dead_letters(self, since: datetime) -> list[dict[str, Any]]:
+    def reverse_dead_letters(self, since: datetime) -> list[DeadLetter]:
         """MongoDB changes reverse sync could not write to MySQL since `since` and that no
         clean full verification has settled since (MySQL lacks them)."""
         q = {"source": "reverse", "at": {"$gte": since}, "settled": {"$ne": True}}
-        return list(self.dead_letters.find(q, {"payload": 0}).sort("at", 1).limit(5))
+        found = self.dead_letters.find(q, {"payload": 0}).sort("at", 1).limit(5)
+        return [cast("DeadLetter", d) for d in found]
 
     def settle_reverse_dead_letters(self, before: datetime) -> None:
         """A clean full verification that started at `before` found MySQL equal to MongoDB:
