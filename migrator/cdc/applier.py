@@ -590,9 +590,16 @@ class _Batch(Rebuilds, Waiting):
             try:
                 return self._field_filter(p, e.parent_columns, values)
             except MigratorError:  # the root's FK is not mapped: use the embedded key
+                pass
+            try:
                 return self._field_filter(
                     p, e.child_columns, values, prefix=f"{e.name}.", view=e.view
                 )
+            except MigratorError:
+                # the documents keep neither: the roots pointing at the row, read in MySQL,
+                # are rebuilt (a row they no longer point at went with their own change)
+                self.rebuild_where.append((p, dict(zip(e.parent_columns, values, strict=True))))
+                return None
 
         old = docs_pointing_at(ev.before) if ev.before is not None else None
         new = docs_pointing_at(ev.after) if ev.after is not None else None

@@ -256,6 +256,12 @@ def _sweep_rule(a: ApplierView, rule: Rule) -> int:
         pipeline: list[dict[str, Any]] = []
         if place.kind == "element" and e is not None:
             pipeline.append({"$unwind": f"${e.name}"})
+        # a nested place's paths go through every array above it: each one unwound
+        pipeline += [
+            {"$unwind": "$" + ".".join(n.path)}
+            for n in place.chain
+            if n.many and not n.merge and n.values_path is None
+        ]
         pipeline.append({"$group": {"_id": {f"k{i}": f"${p}" for i, p in enumerate(paths)}}})
         refs = []
         for d in a.db[place.plan.name].aggregate(pipeline):

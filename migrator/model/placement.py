@@ -118,9 +118,9 @@ def copies(role: TreeRole, image: dict[str, Any]) -> list[dict[str, Any]]:
     if own is not None and all(v is not None for v in values):
         out.append({path: conv(v) for (path, conv), v in zip(own, values, strict=True)})
     for path, f in _value_paths(role):
+        # a NULL value is a null element: the documents holding one are all candidates
         raw = image.get(f.column)
-        if raw is not None:
-            out.append({path: f.convert(raw)})
+        out.append({path: None if raw is None else f.convert(raw)})
     return out
 
 

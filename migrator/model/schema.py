@@ -36,11 +36,20 @@ class Column:
     scale: int | None = None
     fsp: int | None = None  # fractional seconds precision of TIME/DATETIME/TIMESTAMP
     charset: str | None = None
+    # text columns: how MySQL compares them ('A' = 'a' in *_ci). Left out of repr: the
+    # fingerprint a write switch saves is made of these reprs
+    collation: str | None = field(default=None, repr=False)
     has_default: bool = False  # DEFAULT, AUTO_INCREMENT: MySQL fills it when a write omits it
     generated: bool = False  # GENERATED ALWAYS AS (...): MySQL computes it, nobody writes it
     # ENUM/SET members in definition order, as written (column_type is lower-cased; a SET
     # value's members are listed in this order)
     members: tuple[str, ...] = ()
+
+    @property
+    def folds_case(self) -> bool:
+        """A text column MySQL compares case-insensitively (a `_ci` collation): a join on it
+        matches 'ACME' to 'acme'."""
+        return self.collation is not None and "_ci" in self.collation
 
     @property
     def unsigned(self) -> bool:

@@ -7,9 +7,10 @@ returns (see typerules); compile-time checks name the mapping file, line and key
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from migrator.errors import ConversionError, SchemaError
@@ -50,6 +51,12 @@ class TableView:
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.columns)}
         self._fast = _compile_builder(self.fields, self.omit_nulls)
+        self._folds: dict[str, Callable[[Any], Any]] = {}
+        for c in self.columns:
+            col = self.table.column(c)
+            if col.folds_case:
+                accents = col.collation is not None and "_as_" in col.collation
+                self._folds[c] = partial(_fold, accents=accents)
         self._by_column: dict[str, FieldPlan] = {}
         for f in self.fields:  # the first field a column feeds (CDC asks once per event)
             self._by_column.setdefault(f.column, f)
@@ -91,11 +98,33 @@ class TableView:
     def values(self, row: Row, columns: Sequence[str]) -> tuple[Any, ...]:
         return tuple(row[self.index[c]] for c in columns)
 
+    def join_key(self, row: Row, columns: Sequence[str]) -> tuple[Any, ...]:
+        """The values an embed joins on, as MySQL compares them: text of a case-insensitive
+        collation folded (its foreign key accepts 'acme' for 'ACME', and the join matches)."""
+        folds = self._folds
+        return tuple(
+            folds[c](row[self.index[c]]) if c in folds else row[self.index[c]] for c in columns
+        )
+
     def params(self, row: Row, columns: Sequence[str]) -> tuple[Any, ...]:
         return tuple(param_value(self.table.column(c), row[self.index[c]]) for c in columns)
 
     def field_for(self, column: str) -> FieldPlan | None:
         return self._by_column.get(column)
+
+
+def _fold(v: Any, accents: bool = False) -> Any:
+    """Text as a case-insensitive collation compares it (trailing spaces too; accents unless
+    the collation is accent-sensitive, `_as_`)."""
+    if isinstance(v, bytes | bytearray):
+        v = bytes(v).decode("utf-8", "surrogateescape")
+    if not isinstance(v, str):
+        return v
+    text = v.rstrip(" ").casefold()
+    if accents:
+        return text
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in plain if not unicodedata.combining(ch))
 
 
 def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -162,6 +191,7 @@ class EmbedPlan:
     # the node and field an array of values takes each value from (None: a sub-document)
     values_source: tuple[EmbedPlan, FieldPlan] | None = None
     order_converters: list[tuple[int, Converter]] = field(default_factory=list)
+    depth: int = 1  # 1: a top-level embed (enclosed by the root row)
 
     @property
     def name(self) -> str:
@@ -177,9 +207,10 @@ class EmbedPlan:
 
     @property
     def simple(self) -> bool:
-        """A one-level embed of whole rows, which CDC keeps with element-wise operations;
-        anything deeper (or merged, or values) CDC rebuilds from the source."""
-        return not self.embeds and not self.merge and self.values_path is None
+        """A one-level embed of whole rows (a top-level embed with none below it), which CDC
+        keeps with element-wise operations; anything deeper (or merged, or values), and every
+        node of a deeper tree, CDC rebuilds from the source."""
+        return self.depth == 1 and not self.embeds and not self.merge and self.values_path is None
 
     def walk(self) -> Iterator[EmbedPlan]:
         """This node and every node below it, parents first."""
@@ -223,7 +254,7 @@ class EmbedPlan:
     def value(self, enclosing: TableView, row: Row, groups: Groups) -> Any:
         """This node's value in the document or element built from `row` (of `enclosing`):
         an array, a sub-document, or None (a merge node's fields: see `fill`)."""
-        key = enclosing.values(row, self.parent_columns)
+        key = enclosing.join_key(row, self.parent_columns)
         found = groups[self.slot].get(key) if None not in key else None
         if not self.many:
             return self.element(found, groups) if found is not None else None
@@ -245,7 +276,7 @@ class EmbedPlan:
     def merged(self, enclosing: TableView, row: Row, groups: Groups) -> dict[str, Any]:
         """A merge node's fields for the enclosing row: the row's, or each one null (left out
         with `nulls: omit`) when there is no row."""
-        key = enclosing.values(row, self.parent_columns)
+        key = enclosing.join_key(row, self.parent_columns)
         found = groups[self.slot].get(key) if None not in key else None
         if found is None:
             found = (None,) * len(self.view.columns)
@@ -274,7 +305,7 @@ def group_rows(embeds: Iterable[EmbedPlan], children: dict[str, list[Row]]) -> G
         for e in top.walk():
             g: dict[tuple[Any, ...], Any] = {}
             for r in children.get(e.slot, ()):
-                key = e.view.values(r, e.child_columns)
+                key = e.view.join_key(r, e.child_columns)
                 if e.many:
                     g.setdefault(key, []).append(r)
                 else:
@@ -363,7 +394,7 @@ class CollectionPlan:
         belongs to it."""
         groups = group_rows([e], children)
         top = children.get(e.slot, [])
-        key = self.root.values(row, e.parent_columns)
+        key = self.root.join_key(row, e.parent_columns)
         groups[e.slot] = {key: (top if e.many else top[0])} if top else {}
         return e.value(self.root, row, groups)
 
@@ -549,6 +580,7 @@ class _Tree:
             slot=slot,
             path=here,
             order_converters=[(view.index[c], _order_converter(view, c, self.zone)) for c in order],
+            depth=len(chain),
         )
         if emb.values is not None:
             plan.values_path = self._values_path(plan, key)

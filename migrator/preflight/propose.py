@@ -62,11 +62,20 @@ def analyse(schema: Schema, tables: list[str]) -> Proposal:
         if len(identifying) == 1:
             prop.nested[n] = identifying[0]
         elif len(owners) == 1 and not identifying and n not in referenced:
-            prop.nested[n] = owners[0]
-            prop.notes.setdefault(n, []).append(
-                f"{n} has a key of its own and one parent ({owners[0].ref_table}): nested "
-                "under it; make it a collection of its own if it is read on its own"
-            )
+            fk = owners[0]
+            if any(t.column(c).nullable for c in fk.columns):
+                # a row without a parent would be in no document: keep it a collection
+                prop.notes.setdefault(n, []).append(
+                    f"{n} has one parent ({fk.ref_table}) but may have none ("
+                    f"{', '.join(fk.columns)} can be NULL): kept as a collection; nest it "
+                    "under its parent only if every row has one"
+                )
+            else:
+                prop.nested[n] = fk
+                prop.notes.setdefault(n, []).append(
+                    f"{n} has a key of its own and one parent ({fk.ref_table}): nested "
+                    "under it; make it a collection of its own if it is read on its own"
+                )
         elif len(owners) > 1:
             prop.notes.setdefault(n, []).append(
                 f"{n} points at {', '.join(sorted({fk.ref_table for fk in owners}))}: kept as "

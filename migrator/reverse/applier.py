@@ -30,8 +30,9 @@ from migrator.errors import ConversionError
 from migrator.model.keys import id_key
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import default_converter
-from migrator.reverse.inverse import DocumentInverse, RowImage
+from migrator.reverse.inverse import Copy, DocumentInverse, RowImage, get_path
 from migrator.source.connection import quote_ident as q
+from migrator.source.reader import ChunkReader
 
 
 @dataclass
@@ -134,25 +135,77 @@ class ReverseApplier:
         rows = self.inverses[plan.name].rows(doc)
         self._upsert_row(cur, rows.root, plan.pk)
         res.rows_written += 1
-        for arr in rows.arrays:  # parents first: a nested array's scope is its element's row
+        # every row first (parents first), updated in place where it is: a row an element
+        # moved to another place of the document keeps the columns the mapping leaves out
+        wanted: dict[str, set[Any]] = {}
+        unknown: set[int] = set()  # arrays with an element whose key the document lacks
+        for i, arr in enumerate(rows.arrays):
+            pk = arr.node.view.table.primary_key
+            norm = self._normalizers(arr.node.view.table.name, pk)
+            for r in arr.rows:
+                if any(r.values.get(c) is None for c in pk):
+                    # its key came from a copy of a row that does not exist (a dangling
+                    # reference): the row cannot be named, so MySQL keeps it as it is
+                    unknown.add(i)
+                    continue
+                self._upsert_row(cur, r, pk)
+                res.rows_written += 1
+                key = self._norm(norm, tuple(r.values.get(c) for c in pk))
+                wanted.setdefault(arr.node.slot, set()).add(key)
+        # then what each array's scope holds and no element of the document names any more
+        for i, arr in enumerate(rows.arrays):
+            if i in unknown:
+                continue  # which row the unnamed element is cannot be told: none is deleted
             child = arr.node.view.table
             pk = child.primary_key
             norm = self._normalizers(child.name, pk)
-            have = self._keys_where(cur, child.name, pk, arr.scope)
-            wanted = {self._norm(norm, tuple(r.values.get(c) for c in pk)) for r in arr.rows}
-            for k in have:
-                if self._norm(norm, k) not in wanted:
+            for k in self._keys_where(cur, child.name, pk, arr.scope):
+                if self._norm(norm, k) not in wanted.get(arr.node.slot, set()):
                     res.rows_deleted += self._delete_rows(
                         cur, arr.node, dict(zip(pk, k, strict=True))
                     )
-            for r in arr.rows:
-                self._upsert_row(cur, r, pk)
-                res.rows_written += 1
         edited = [
-            path for p in changed or () for c in rows.copies if (path := c.holds(p)) is not None
+            path
+            for c in rows.copies
+            if c.touched(changed)
+            for path in self._differs(cur, plan, rows.root.values, c)
         ]
         if edited:
             res.edited_copies.append((plan.name, doc.get("_id"), sorted(set(edited))))
+
+    def _differs(self, cur: Any, plan: CollectionPlan, root: dict[str, Any], c: Copy) -> list[str]:
+        """The paths where a copy the change may have written differs from its truth, read in
+        MySQL (its rows are the ones this transaction just wrote, where they are the
+        document's own): a copied row's fields, or a top-level array of values."""
+        e = c.node
+        if e.values_path is not None:
+            if c.depth != 1:
+                return []  # deeper arrays of values are not compared
+            reader = ChunkReader(self.conn, plan)
+            found_rows = reader.read_by_keys([tuple(root[k] for k in plan.pk)], False)
+            if not found_rows:
+                return []
+            truth = plan.embedded(e, found_rows[0], reader.read_embeds(found_rows, [e]))
+            same = id_key(truth) == id_key(c.part if c.part is not None else [])
+            return [] if same else [c.paths[0]]
+        if not isinstance(c.part, dict) or any(v is None for v in c.key.values()):
+            return []
+        view = e.view
+        cur.execute(
+            f"SELECT {', '.join(q(x) for x in view.columns)} FROM {q(view.table.name)} "
+            "WHERE " + " AND ".join(f"{q(x)} = %s" for x in c.key),
+            tuple(c.key.values()),
+        )
+        found = cur.fetchone()
+        if found is None:
+            return []  # a dangling reference: nothing to compare with
+        truth = view.build(found)
+        base = f"{c.where}." if c.where else ""
+        return [
+            base + f.name
+            for f in view.fields
+            if id_key(get_path(truth, f.path)) != id_key(get_path(c.part, f.path))
+        ]
 
     def _delete(self, cur: Any, plan: CollectionPlan, doc_id: Any, res: Any) -> None:
         inv = self.inverses[plan.name]

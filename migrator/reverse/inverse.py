@@ -57,15 +57,21 @@ class Copy:
 
     node: EmbedPlan
     paths: list[str]
+    part: Any = None  # the document part holding its fields (merged: the enclosing one)
+    key: dict[str, Any] = field(default_factory=dict)  # the copied row's `on` columns
+    depth: int = 1  # 1: a top-level embed; 2: deeper
+    where: str = ""  # the dotted path of `part` ("" for the document itself)
 
-    def holds(self, changed: str) -> str | None:
-        """The copy's path a changed path edits (a field inside it; for an array of values
-        the array itself), or None. A sub-document replaced whole is a changed reference."""
-        for p in self.paths:
-            inside = changed.startswith(p + ".")
-            if inside or (changed == p and (self.node.merge or self.node.values_path)):
-                return changed
-        return None
+    def touched(self, changed: tuple[str, ...] | None) -> bool:
+        """Whether a change may have written this copy: an insert or a replace (None), or an
+        update whose description names a path inside it, it, or a part above it."""
+        if changed is None:
+            return True
+        return any(
+            c == p or c.startswith(p + ".") or p.startswith(c + ".")
+            for c in changed
+            for p in self.paths
+        )
 
 
 @dataclass
@@ -225,6 +231,11 @@ def lossy(col: Column, type_name: str) -> str | None:
     return None
 
 
+def get_path(doc: Any, path: tuple[str, ...]) -> Any:
+    """The value at a path, or a marker no value equals when it is absent."""
+    return _get(doc, path)
+
+
 def merged_names(e: EmbedPlan) -> list[str]:
     """The top-level names a merged row puts in the enclosing document or element."""
     names = {f.path[0] for f in e.view.fields}
@@ -294,15 +305,22 @@ class DocumentInverse:
                 self._reference(e, sub, values)
                 if e.simple or e.view.table.name in self.homes:
                     continue
+                pairs = zip(e.child_columns, e.parent_columns, strict=True)
+                key = {cc: values.get(pc) for cc, pc in pairs}
+                depth = 2 if dotted else 1
                 if e.merge:
                     base = f"{dotted}." if dotted else ""
-                    out.copies.append(Copy(e, [base + n for n in merged_names(e)]))
+                    paths = [base + n for n in merged_names(e)]
+                    out.copies.append(Copy(e, paths, sub, key, depth, dotted))
                 else:
-                    out.copies.append(Copy(e, [f"{dotted}.{e.name}" if dotted else e.name]))
+                    at = f"{dotted}.{e.name}" if dotted else e.name
+                    out.copies.append(Copy(e, [at], sub, key, depth, at))
                 continue
             if e.values_path is not None:  # an array of values: a copy, nothing to write
                 if e.view.table.name not in self.homes:
-                    out.copies.append(Copy(e, [f"{dotted}.{e.name}" if dotted else e.name]))
+                    here_dotted = f"{dotted}.{e.name}" if dotted else e.name
+                    depth = 2 if dotted else 1
+                    out.copies.append(Copy(e, [here_dotted], part.get(e.name), {}, depth))
                 continue
             scope = self._scope(e, values, path)
             view = self.views[e.slot]
@@ -318,17 +336,20 @@ class DocumentInverse:
                 self._walk(e.embeds, el, row.values, f"{here}[{i}]", out, inner)
 
     def _reference(self, e: EmbedPlan, sub: dict[str, Any] | None, values: dict[str, Any]) -> None:
-        """A copied row stands for the reference the enclosing row holds to it."""
+        """A copied row stands for the reference the enclosing row holds to it. In a nested
+        tree a missing copy (null: the row it points at does not exist) says nothing about the
+        reference, which MySQL keeps; a one-level sub-document's null clears it, as always."""
         view = self.views[e.slot]
         for cc, pc in zip(e.child_columns, e.parent_columns, strict=True):
             if pc in values:
                 continue  # mapped in the enclosing row as well: that value wins
             f = e.view.field_for(cc)
-            if sub is None:
-                values[pc] = None
-            elif f is not None and _get(sub, f.path) is not _MISSING:
-                v = _get(sub, f.path)
-                values[pc] = None if v is None else view.inverse[cc](v)
+            v = _MISSING if sub is None or f is None else _get(sub, f.path)
+            if v is None or (sub is None and e.simple):
+                if e.simple:
+                    values[pc] = None
+            elif v is not _MISSING:
+                values[pc] = view.inverse[cc](v)
 
     @staticmethod
     def _scope(e: EmbedPlan, enclosing: dict[str, Any], path: str) -> dict[str, Any]:

@@ -139,8 +139,13 @@ def _change(ev: dict[str, Any]) -> ReverseChange | None:
     if op in ("insert", "update", "replace"):
         # the document as it is now (None: deleted since; its delete event follows)
         doc = ev.get("fullDocument")
-        desc = ev.get("updateDescription") or {}
-        changed = (*(desc.get("updatedFields") or {}), *(desc.get("removedFields") or ()))
+        desc = ev.get("updateDescription")
+        # an insert or a replace may have written anything: None (every copy is compared)
+        changed = (
+            None
+            if op != "update" or desc is None
+            else (*(desc.get("updatedFields") or {}), *(desc.get("removedFields") or ()))
+        )
         return ReverseChange(coll, "upsert", key, doc, changed) if doc is not None else None
     if op == "delete":
         return ReverseChange(coll, "delete", key)
@@ -304,9 +309,9 @@ def _apply_fenced(
                 collection=coll,
                 key=doc_id,
                 reason=(
-                    f"{', '.join(paths[:5])}: edits of read-only copies (their truth is their "
-                    "own table); not written back, the rest of the document was: change the "
-                    "copied table's row instead"
+                    f"{', '.join(paths[:5])}: read-only copies (their truth is their own "
+                    "table) written with values their table does not hold; not written back, "
+                    "the rest of the document was: change the copied table's row instead"
                 ),
                 payload=None,
                 position=None,

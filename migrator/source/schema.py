@@ -29,8 +29,8 @@ def introspect(conn: Any, database: str) -> Schema:
         conn,
         """
         SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION,
-               NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, ORDINAL_POSITION,
-               COLUMN_DEFAULT, EXTRA
+               NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, COLLATION_NAME,
+               ORDINAL_POSITION, COLUMN_DEFAULT, EXTRA
         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s
         ORDER BY TABLE_NAME, ORDINAL_POSITION""",
         (database,),
@@ -54,6 +54,7 @@ def introspect(conn: Any, database: str) -> Schema:
                 scale=r["numeric_scale"],
                 fsp=r["datetime_precision"],
                 charset=_s(r["character_set_name"]) if r["character_set_name"] else None,
+                collation=_s(r["collation_name"]) if r["collation_name"] else None,
                 has_default=r["column_default"] is not None or "auto_increment" in extra,
                 generated=any(g in extra for g in _GENERATED),
             )

@@ -152,3 +152,150 @@ def test_the_sdk_refuses_what_it_could_only_write_by_reading_mysql(env):
     assert env.target.orders.find_one({"_id": 1})["items"][0]["product"]["name"] == "anvil"
     assert env.sql("SELECT name FROM products WHERE id = 10") == [("renamed",)]
     assert env.sql("SELECT qty FROM order_items WHERE order_id = 1 AND line_no = 1") == [(1,)]
+
+
+MUSIC_PLAYS = [
+    "CREATE TABLE artists (id INT PRIMARY KEY, name VARCHAR(30) NOT NULL)",
+    "CREATE TABLE albums (id INT PRIMARY KEY, artist_id INT NOT NULL, title VARCHAR(30),"
+    " KEY (artist_id))",
+    "CREATE TABLE tracks (id INT PRIMARY KEY, album_id INT NOT NULL, name VARCHAR(30),"
+    " plays INT NOT NULL DEFAULT 0, KEY (album_id))",
+    "INSERT INTO artists VALUES (1, 'ann'), (2, 'bob')",
+    "INSERT INTO albums VALUES (10, 1, 'first'), (11, 1, 'second'), (20, 2, 'third')",
+    "INSERT INTO tracks VALUES (100, 10, 'a', 5), (101, 10, 'b', 6), (110, 11, 'c', 7),"
+    " (111, 11, 'd', 8), (200, 20, 'e', 9)",
+]
+
+PLAYS_MAPPING = """\
+  - name: artists
+    from: artists
+    embed:
+      - as: albums
+        from: albums
+        on: {artist_id: id}
+        many: true
+        embed:
+          - {as: tracks, from: tracks, on: {album_id: id}, many: true, exclude: [plays]}
+"""
+
+
+def test_a_track_moved_to_another_album_of_the_same_document_keeps_its_other_columns(env):
+    """A track moved from one album to another inside one artist's document is updated where it
+    is (every row of the document is written before any is deleted), so the columns the
+    mapping leaves out (`plays`) keep MySQL's values, whatever the order of the arrays."""
+    env.sql(*MUSIC_PLAYS)
+    path = env.mapping(PLAYS_MAPPING)
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    doc = env.target.artists.find_one({"_id": 1})
+    track = doc["albums"][0]["tracks"].pop()  # 101, from album 10
+    doc["albums"][1]["tracks"].append({**track, "album_id": 11})
+    env.target.artists.replace_one({"_id": 1}, doc)
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT id, album_id, name, plays FROM tracks ORDER BY id") == [
+        (100, 10, "a", 5),
+        (101, 11, "b", 6),
+        (110, 11, "c", 7),
+        (111, 11, "d", 8),
+        (200, 20, "e", 9),
+    ]
+
+
+def test_a_null_copy_of_a_dangling_reference_does_not_erase_the_reference(env):
+    """An item points at product 13, which does not exist: its copy is null. The items keep no
+    product_id of their own, so the null copy says nothing about the reference: a change of
+    the document elsewhere leaves product_id = 13 in MySQL."""
+    env.sql(
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(20))",
+        "CREATE TABLE order_items (order_id INT NOT NULL, line_no INT NOT NULL,"
+        " product_id INT NULL, qty INT, PRIMARY KEY (order_id, line_no))",
+        "INSERT INTO products VALUES (10, 'anvil')",
+        "INSERT INTO orders VALUES (1, 'ann')",
+        "INSERT INTO order_items VALUES (1, 1, 10, 1), (1, 2, 13, 2)",
+    )
+    path = env.mapping(
+        "  - name: orders\n    from: orders\n    embed:\n"
+        "      - as: items\n        from: order_items\n        on: {order_id: id}\n"
+        "        many: true\n        exclude: [order_id, product_id]\n"
+        "        embed: [{as: product, from: products, on: {id: product_id}, many: false}]\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    assert env.target.orders.find_one({"_id": 1})["items"][1]["product"] is None
+    switch(path)
+    env.target.orders.update_one({"_id": 1}, {"$set": {"customer": "ann-marie"}})
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT customer FROM orders WHERE id = 1") == [("ann-marie",)]
+    assert env.sql("SELECT line_no, product_id FROM order_items ORDER BY 1") == [(1, 10), (2, 13)]
+
+
+def test_a_join_row_whose_far_row_is_missing_does_not_stop_its_document_going_back(env):
+    """A join row naming a tag that does not exist has null merged fields and no key of its own
+    in the element: it cannot be named, so MySQL keeps it (and no row of that array is
+    deleted), and the rest of the document (the title) goes back."""
+    env.sql(
+        "CREATE TABLE tags (id INT PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(20))",
+        "CREATE TABLE post_tags (post_id INT NOT NULL, tag_id INT NOT NULL,"
+        " PRIMARY KEY (post_id, tag_id))",
+        "INSERT INTO tags VALUES (5, 'db')",
+        "INSERT INTO posts VALUES (1, 'hello')",
+        "INSERT INTO post_tags VALUES (1, 5), (1, 9)",
+    )
+    path = env.mapping(
+        "  - name: posts\n    from: posts\n    embed:\n"
+        "      - as: tags\n        from: post_tags\n        on: {post_id: id}\n        many: true\n"
+        "        exclude: [post_id, tag_id]\n"
+        "        embed: [{from: tags, on: {id: tag_id}, many: false, merge: true}]\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    env.target.posts.update_one({"_id": 1}, {"$set": {"title": "hello!"}})
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT title FROM posts WHERE id = 1") == [("hello!",)]
+    assert env.sql("SELECT post_id, tag_id FROM post_tags ORDER BY 1, 2") == [(1, 5), (1, 9)]
+
+
+def test_an_edited_copy_in_a_replaced_document_is_a_dead_letter(env):
+    """A document replaced whole with an edited copy of a product (products have no collection
+    of their own): the copy is compared with its row, not written back, and reported as a dead
+    letter naming its path; the rest of the document (the customer) goes back."""
+    env.sql(*SCHEMA)
+    path = env.mapping(MAPPING)
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    doc = env.target.orders.find_one({"_id": 2})
+    doc["customer"] = "bobby"
+    doc["items"][0]["product"]["name"] = "hacked"
+    env.target.orders.replace_one({"_id": 2}, doc)
+    dead = caught_up_at(env, path)
+    assert env.sql("SELECT customer FROM orders WHERE id = 2") == [("bobby",)]
+    assert env.sql("SELECT name FROM products WHERE id = 10") == [("anvil",)]
+    assert any("items.0.product.name" in d for d in dead), dead
+
+
+def test_an_edited_copy_in_a_pushed_element_is_a_dead_letter(env):
+    """A `$push` of a join element whose merged copy of tag 7 says 'SQL!!' (MySQL: 'sql'): the
+    update names the element (`tags.2`), above the copy's fields; the join row is written, the
+    copy is compared with its row and reported by path."""
+    env.sql(*SCHEMA)
+    path = env.mapping(MAPPING)
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    env.target.posts.update_one(
+        {"_id": 1}, {"$push": {"tags": {"tag_id": 7, "id": 7, "name": "SQL!!"}}}
+    )
+    dead = caught_up_at(env, path)
+    assert env.sql("SELECT post_id, tag_id FROM post_tags WHERE post_id = 1 ORDER BY 2") == [
+        (1, 5),
+        (1, 6),
+        (1, 7),
+    ]
+    assert env.sql("SELECT name FROM tags WHERE id = 7") == [("sql",)]
+    assert any("tags.2.name" in d for d in dead), dead
+
+
+def caught_up_at(env, path):
+    """Reverse sync until caught up; the dead letters' reasons."""
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    return [d["reason"] for d in env.state.dead_letters.find()]

@@ -136,6 +136,9 @@ def shop(env: Any) -> Any:
     backfill(load_mapping(path), workers=1)
     assert {d["_id"]: d for d in env.target.orders.find()} == expected_orders(env)
     assert {d["_id"]: d for d in env.target.posts.find()} == expected_posts(env)
+    # the paths CDC finds nested rows by are indexed
+    indexed = [[k for k, _ in i["key"]] for i in env.target.orders.index_information().values()]
+    assert ["items.product_id"] in indexed, indexed
     return path
 
 
@@ -235,3 +238,129 @@ def test_verify_names_a_nested_difference_by_its_path_and_repair_rebuilds_it(env
     verify(load_mapping(shop), repair=True)
     assert {d["_id"]: d for d in env.target.orders.find()} == expected_orders(env)
     assert verify(load_mapping(shop)).ok
+
+
+def test_documents_are_found_through_mysql_when_they_keep_no_link_column(env):
+    """`films` leave `language_id` out and keep only the language's name: no field of the
+    documents names the language, so CDC finds the films a language change reaches through
+    MySQL; and a film's own language change re-reads its nested language."""
+    env.sql(
+        "CREATE TABLE language (language_id INT PRIMARY KEY, name VARCHAR(20) NOT NULL)",
+        "CREATE TABLE film (film_id INT PRIMARY KEY, title VARCHAR(20) NOT NULL,"
+        " language_id INT NOT NULL, KEY (language_id))",
+        "INSERT INTO language VALUES (1, 'English'), (2, 'Italian')",
+        "INSERT INTO film VALUES (1, 'One', 1), (2, 'Two', 1), (3, 'Three', 2)",
+    )
+    path = env.mapping(
+        "  - name: films\n    from: film\n    exclude: [language_id]\n    embed:\n"
+        "      - {as: language, from: language, on: {language_id: language_id}, many: false,"
+        " all_columns: false, fields: {name: name}}\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    env.sql(
+        "UPDATE language SET name = 'British' WHERE language_id = 1",
+        "UPDATE film SET language_id = 2 WHERE film_id = 2",
+    )
+    summary = run_cdc(load_mapping(path), mode="until-caught-up")
+    assert summary.dead_letters == 0, [d["reason"] for d in env.state.dead_letters.find()]
+    names = {d["_id"]: d["language"]["name"] for d in env.target.films.find()}
+    assert names == {1: "British", 2: "Italian", 3: "Italian"}
+    assert_same_as_fresh_backfill(env, path)
+
+
+def dead_letters(env: Any) -> list[str]:
+    return [d["reason"] for d in env.state.dead_letters.find()]
+
+
+def caught_up(env: Any, path: Any) -> list[str]:
+    """CDC (before the switch) or reverse sync (after it) until caught up; the dead letters."""
+    run_cdc(load_mapping(path), mode="until-caught-up")
+    return dead_letters(env)
+
+
+def test_a_nested_parent_matched_through_the_collation_is_embedded(env):
+    """MySQL's foreign key accepts products.brand_code = 'acme' for brands.code = 'ACME' (a
+    case-insensitive collation) and its join matches them: the product nested in each item
+    carries its brand, as the join says."""
+    env.sql(
+        "CREATE TABLE brands (code VARCHAR(10) PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20), brand_code VARCHAR(10),"
+        " FOREIGN KEY (brand_code) REFERENCES brands(code))",
+        "CREATE TABLE orders (id INT PRIMARY KEY)",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
+        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
+        "INSERT INTO products VALUES (1, 'anvil', 'acme')",
+        "INSERT INTO orders VALUES (1)",
+        "INSERT INTO items VALUES (10, 1, 1)",
+    )
+    path = env.mapping(
+        "  - name: orders\n    from: orders\n    embed:\n"
+        "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
+        "        embed:\n"
+        "          - as: product\n            from: products\n            on: {id: product_id}\n"
+        "            many: false\n"
+        "            embed: [{as: brand, from: brands, on: {code: brand_code}, many: false}]\n"
+    )
+    # what MySQL itself says the item's product's brand is
+    assert env.sql(
+        "SELECT b.name FROM items i JOIN products p ON p.id = i.product_id"
+        " JOIN brands b ON b.code = p.brand_code WHERE i.id = 10"
+    ) == [("acme inc",)]
+    backfill(load_mapping(path), workers=1)
+    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
+    assert product["brand"] == {"code": "ACME", "name": "acme inc"}, product
+
+
+def test_a_cascade_deleting_an_element_whose_value_is_null_shrinks_the_array_of_values(env):
+    """An array of values holds a null (a product without a name). Deleting that product deletes
+    its item by ON DELETE CASCADE, which the binlog does not carry: the documents holding a null
+    value are rebuilt, and the array loses the element."""
+    env.sql(
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20) NULL)",
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(20))",
+        "CREATE TABLE order_items (order_id INT NOT NULL, line_no INT NOT NULL,"
+        " product_id INT NOT NULL, PRIMARY KEY (order_id, line_no),"
+        " FOREIGN KEY (product_id) REFERENCES products(id) ON DELETE CASCADE)",
+        "INSERT INTO products VALUES (10, 'anvil'), (11, NULL)",
+        "INSERT INTO orders VALUES (1, 'ann')",
+        "INSERT INTO order_items VALUES (1, 1, 10), (1, 2, 11)",
+    )
+    path = env.mapping(
+        "  - name: orders\n    from: orders\n    embed:\n"
+        "      - as: product_names\n        from: order_items\n        on: {order_id: id}\n"
+        "        many: true\n        values: product.name\n"
+        "        embed: [{as: product, from: products, on: {id: product_id}, many: false}]\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    assert env.target.orders.find_one({"_id": 1})["product_names"] == ["anvil", None]
+    env.sql("DELETE FROM products WHERE id = 11")  # order_items (1, 2) goes by cascade
+    assert caught_up(env, path) == []
+    assert env.target.orders.find_one({"_id": 1})["product_names"] == ["anvil"]
+
+
+def test_a_cascade_through_a_text_key_matched_by_collation_reaches_nested_join_rows(env):
+    """Deleting tag 'DB' cascades to the join row (1, 'db') (MySQL matches through the
+    collation): the sweep for references left dangling unwinds the nested arrays and finds it,
+    so post 1 loses the tag as MySQL did."""
+    env.sql(
+        "CREATE TABLE tags (name VARCHAR(20) PRIMARY KEY, color VARCHAR(10))",
+        "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(20))",
+        "CREATE TABLE post_tags (post_id INT NOT NULL, tag_name VARCHAR(20) NOT NULL,"
+        " PRIMARY KEY (post_id, tag_name),"
+        " FOREIGN KEY (tag_name) REFERENCES tags(name) ON DELETE CASCADE)",
+        "INSERT INTO tags VALUES ('DB', 'red'), ('sql', 'blue')",
+        "INSERT INTO posts VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO post_tags VALUES (1, 'db'), (1, 'sql'), (2, 'DB')",
+    )
+    path = env.mapping(
+        "  - name: posts\n    from: posts\n    embed:\n"
+        "      - as: tags\n        from: post_tags\n        on: {post_id: id}\n        many: true\n"
+        "        exclude: [post_id]\n"
+        "        embed: [{from: tags, on: {name: tag_name}, many: false, merge: true}]\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    env.sql("DELETE FROM tags WHERE name = 'DB'")
+    assert env.sql("SELECT post_id, tag_name FROM post_tags ORDER BY 1, 2") == [(1, "sql")]
+    assert caught_up(env, path) == []
+    assert env.target.posts.find_one({"_id": 2})["tags"] == []
+    assert [t["tag_name"] for t in env.target.posts.find_one({"_id": 1})["tags"]] == ["sql"]
