@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -90,17 +91,27 @@ class StateStore:
         }
 
     def holds_records(self) -> bool:
-        """Does this database hold any migration's records (whatever wrote them)?"""
+        """Does this database hold any migration's records (whatever wrote them)? An identity
+        alone is not one: a process claiming the database at the same time wrote it."""
         names = with_retry(self.db.list_collection_names)
-        return any(self.db[n].find_one({}, {"_id": 1}) is not None for n in names)
+        return any(
+            self.db[n].find_one({"_id": {"$ne": "identity"}} if n == "meta" else {}, {"_id": 1})
+            is not None
+            for n in names
+        )
 
     def identity_problem(self, mapping: Mapping) -> str | None:
         """Why this state database is not the mapping's (None when it is, or is new)."""
         doc = self.meta.find_one({"_id": "identity"})
         mine = self.identity_of(mapping)
         if doc is None and self.holds_records():
-            # another process may have claimed it meanwhile (its records are then behind it)
-            doc = self.meta.find_one({"_id": "identity"})
+            # another process may have claimed it meanwhile (its records are then behind it;
+            # a server can show them a moment before the identity they follow)
+            for _ in range(10):
+                doc = self.meta.find_one({"_id": "identity"})
+                if doc is not None:
+                    break
+                time.sleep(0.1)
         if doc is None:
             if not self.holds_records():
                 return None

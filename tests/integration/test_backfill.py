@@ -172,7 +172,10 @@ def test_oversized_and_unconvertible_rows_go_to_dead_letters(env):
 
 def test_schema_of_demo_is_created_in_order(admin):
     # guard: SCHEMA statements are ordered so FKs resolve (used by demo and tests)
-    assert [s.split()[2] for s in SCHEMA] == ["customers", "products", "orders", "order_items"]
+    assert [s.split()[2] for s in SCHEMA] == [
+        "customers", "products", "orders", "order_items", "departments", "categories",
+        "product_categories",
+    ]  # fmt: skip
 
 
 def test_a_dropped_source_connection_is_reconnected_mid_backfill(env, stack):

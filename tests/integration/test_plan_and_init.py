@@ -140,10 +140,13 @@ def test_init_writes_a_working_mapping_without_the_password(env, tmp_path):
     assert "# N:1 via fk_orders_customer" in text
     data = yaml.safe_load(text)
     assert [c["name"] for c in data["collections"]] == [
+        "categories",
         "customers",
+        "departments",
         "odd",
         "order_items",
         "orders",
+        "product_categories",
         "products",
     ]
     # the generated file backfills as it is, with the password from the environment
@@ -160,10 +163,13 @@ def test_init_writes_a_working_mapping_without_the_password(env, tmp_path):
         del os.environ["MIGRATOR_SOURCE_PASSWORD"]
     by = {c.name: c.documents for c in summary.collections}
     assert by == {
+        "categories": 8,
         "customers": 30,
+        "departments": 3,
         "odd": 1,
         "order_items": env.sql("SELECT COUNT(*) FROM order_items")[0][0],
         "orders": 20,
+        "product_categories": env.sql("SELECT COUNT(*) FROM product_categories")[0][0],
         "products": 10,
     }
     assert env.target.order_items.find_one()["_id"].keys() == {"order_id", "line_no"}
