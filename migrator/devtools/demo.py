@@ -83,24 +83,42 @@ def run_demo(
 ) -> DemoResult:
     t0 = time.monotonic()
     say("starting throwaway servers (MariaDB with a ROW binlog, a MongoDB wire server)…")
-    stack = start_stack()
-    stop_app, stop_cdc = threading.Event(), threading.Event()
-    threads: list[threading.Thread] = []
+    demo = _Demo(start_stack(), say)
     try:
+        demo.setup(orders)
+        result = demo.walk(workers, progress or NullProgress())
+        result.seconds = time.monotonic() - t0
+        return result
+    finally:
+        demo.stop_all()
+        if not keep:
+            demo.stack.stop()
+
+
+class _Demo:
+    """One demo run: the shop, the mapping, the phase machine, and the loops that write while
+    it walks (the application through the SDK, the back office in MySQL, CDC)."""
+
+    def __init__(self, stack: Stack, say: Any) -> None:
+        self.stack, self.say = stack, say
+        self.steps: list[dict[str, Any]] = []
+        self.loops: list[tuple[threading.Event, threading.Thread]] = []
+
+    def setup(self, orders: int) -> None:
+        stack, say = self.stack, self.say
         say(
             f"  MySQL   {parse_mysql_url(stack.mysql_url).address}\n"
             f"  MongoDB {stack.mongo_url} ({stack.mongo_kind})"
         )
         conn = mysql_connect(parse_mysql_url(stack.mysql_url), database=False)
-        customers = max(orders // 5, 10)
-        rows = create_shop(
-            conn, "shop", customers=customers, products=max(orders // 20, 5), orders=orders
+        self.customers = max(orders // 5, 10)
+        self.rows = create_shop(
+            conn, "shop", customers=self.customers, products=max(orders // 20, 5), orders=orders
         )
         conn.close()
-        say("created database shop: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
-        work = Path(tempfile.mkdtemp(prefix="migrator-demo-"))
-        mapping_path = work / "shop.yaml"
-        mapping_path.write_text(
+        say("created database shop: " + ", ".join(f"{k} {v:,}" for k, v in self.rows.items()))
+        self.mapping_path = Path(tempfile.mkdtemp(prefix="migrator-demo-")) / "shop.yaml"
+        self.mapping_path.write_text(
             shop_mapping(
                 url_with_database(stack.mysql_url, "shop"),
                 stack.mongo_url,
@@ -108,126 +126,135 @@ def run_demo(
                 catalog=True,
             )
         )
-        mapping = parse_mapping(mapping_path.read_text(), str(mapping_path))
-        say(f"mapping written to {mapping_path}")
-        plan = preflight(mapping)
-        machine = Machine(mapping, default_playbook(), actor="demo")
-        steps: list[dict[str, Any]] = []
+        self.mapping = parse_mapping(self.mapping_path.read_text(), str(self.mapping_path))
+        say(f"mapping written to {self.mapping_path}")
+        self.plan = preflight(self.mapping)
+        self.machine = Machine(self.mapping, default_playbook(), actor="demo")
 
-        def forward(note: str = "") -> dict[str, Any]:
-            res = machine.step(None, reason=f"demo{': ' + note if note else ''}")
-            st = machine.status()
-            entry = {**res.to_dict(), "lag": st["cdc"]["lag_seconds"]}
-            steps.append(entry)
-            say(
-                f"cutover {res.from_phase} -> {res.to_phase} ({res.seconds:.2f} s"
-                + (f", write pause {res.write_pause_ms:.0f} ms" if res.write_pause_ms else "")
-                + "); gates: "
-                + ", ".join(f"{g.name} {g.measured}" for g in res.gates)
-            )
-            return entry
+    def forward(self, note: str = "") -> dict[str, Any]:
+        res = self.machine.step(None, reason=f"demo{': ' + note if note else ''}")
+        st = self.machine.status()
+        entry = {**res.to_dict(), "lag": st["cdc"]["lag_seconds"]}
+        self.steps.append(entry)
+        self.say(
+            f"cutover {res.from_phase} -> {res.to_phase} ({res.seconds:.2f} s"
+            + (f", write pause {res.write_pause_ms:.0f} ms" if res.write_pause_ms else "")
+            + "); gates: "
+            + ", ".join(f"{g.name} {g.measured}" for g in res.gates)
+        )
+        return entry
 
+    def loop(self, step: Any, pause: float) -> threading.Event:
+        """Run `step` every `pause` seconds in a thread until the returned event is set."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                step()
+                time.sleep(pause)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.loops.append((stop, thread))
+        return stop
+
+    def stop_loop(self, stop: threading.Event) -> None:
+        stop.set()
+        for s, t in self.loops:
+            if s is stop:
+                t.join(timeout=60)
+
+    def stop_all(self) -> None:
+        for s, t in self.loops:
+            s.set()
+            t.join(timeout=30)
+
+    def caught_up(self) -> None:
+        _wait_caught_up(self.mapping, self.machine)
+
+    def walk(self, workers: int, progress: Progress) -> DemoResult:
+        mapping, say = self.mapping, self.say
         # the application: writes through the SDK all along, routed by the phase
         sdk = DualWriter(mapping, control_ttl=0.2, freeze_wait=5.0)
-        app = AppLoad(sdk, customers=customers)
-
-        def run_app() -> None:
-            while not stop_app.is_set():
-                app.step()
-                time.sleep(0.15)
-
-        threads.append(threading.Thread(target=run_app, daemon=True))
-        threads[-1].start()
+        app = AppLoad(sdk, customers=self.customers)
+        app_loop = self.loop(app.step, 0.15)
         say("the application is writing through the dual-write SDK")
         # the back office edits the catalog in MySQL until the write switch: shared rows
         # renamed, nested rows moved to other parents, many-to-many links added and removed
         catalog = CatalogLoad(
-            mysql_connect(parse_mysql_url(url_with_database(stack.mysql_url, "shop"))),
-            rows["products"],
+            mysql_connect(parse_mysql_url(url_with_database(self.stack.mysql_url, "shop"))),
+            self.rows["products"],
         )
-        stop_catalog = threading.Event()
-
-        def run_catalog() -> None:
-            while not stop_catalog.is_set():
-                catalog.step()
-                time.sleep(0.05)
-
-        catalog_thread = threading.Thread(target=run_catalog, daemon=True)
-        catalog_thread.start()
-        forward("start the copy")
-        summary = backfill(mapping, workers=workers, progress=progress or NullProgress())
+        catalog_loop = self.loop(catalog.step, 0.05)
+        self.forward("start the copy")
+        summary = backfill(mapping, workers=workers, progress=progress)
         cdc_result: dict[str, CdcSummary] = {}
+        stop_cdc = threading.Event()
 
         def run_cdc_thread() -> None:
             cdc_result["s"] = run_cdc(mapping, mode="follow", stop=stop_cdc)
 
-        threads.append(threading.Thread(target=run_cdc_thread, daemon=True))
-        threads[-1].start()
-        forward("copy done, CDC running")
-        _wait_caught_up(mapping, machine)
+        cdc_thread = threading.Thread(target=run_cdc_thread, daemon=True)
+        cdc_thread.start()
+        self.loops.append((stop_cdc, cdc_thread))
+        self.forward("copy done, CDC running")
+        self.caught_up()
         say("verifying every row while the application writes…")
         verify(mapping, recheck=10, recheck_delay=0.5)
-        forward("verified")  # -> dual_write
-        forward()  # -> read_mongo
-        _wait_caught_up(mapping, machine)
-        stop_catalog.set()  # MySQL stops being written directly: MongoDB is next
-        catalog_thread.join(timeout=30)
+        self.forward("verified")  # -> dual_write
+        self.forward()  # -> read_mongo
+        self.caught_up()
+        self.stop_loop(catalog_loop)  # MySQL stops being written directly: MongoDB is next
         catalog.conn.close()
         say("catalog edits in MySQL: " + ", ".join(f"{k} {v}" for k, v in catalog.counts.items()))
-        _wait_caught_up(mapping, machine)
+        self.caught_up()
         verify(mapping, since=None, recheck=10, recheck_delay=0.5)
-        switch = forward("the write switch")  # -> write_mongo
+        switch = self.forward("the write switch")  # -> write_mongo
         t_rb = time.monotonic()
-        rb = machine.rollback("read_mongo", reason="demo: rollback drill")
+        rb = self.machine.rollback("read_mongo", reason="demo: rollback drill")
         rollback_seconds = time.monotonic() - t_rb
         say(f"rollback write_mongo -> read_mongo in {rb.seconds:.2f} s")
-        _wait_caught_up(mapping, machine)
-        switch2 = forward("forward again")  # -> write_mongo
-        stop_app.set()
-        threads[0].join(timeout=30)
-        _wait_caught_up(mapping, machine)
+        self.caught_up()
+        switch2 = self.forward("forward again")  # -> write_mongo
+        self.stop_loop(app_loop)
+        self.caught_up()
         say("application stopped; final verification of every row…")
         final = verify(mapping, recheck=10, recheck_delay=0.5)
-        forward("done")  # -> done
-        stop_cdc.set()
-        threads[1].join(timeout=60)
-        client = mongo_connect(stack.mongo_url)
-        db = client[mapping.target_database]
+        self.forward("done")  # -> done
+        self.stop_loop(stop_cdc)
         result = DemoResult(
-            stack=stack,
-            mapping_path=mapping_path,
-            rows=_counts(stack.mysql_url),
-            plan=plan,
+            stack=self.stack,
+            mapping_path=self.mapping_path,
+            rows=_counts(self.stack.mysql_url),
+            plan=self.plan,
             backfill=summary,
             cdc=cdc_result.get("s"),
             app_writes=app.writes,
             app_retries=app.retries,
             verify=final,
-            steps=steps,
+            steps=self.steps,
             write_pause_ms=max(switch["write_pause_ms"] or 0, switch2["write_pause_ms"] or 0),
             rollback_seconds=rollback_seconds,
         )
-        for c in mapping.collections:
+        result.catalog = dict(catalog.counts)
+        self.collect(result)
+        sdk.close()
+        self.machine.close()
+        return result
+
+    def collect(self, result: DemoResult) -> None:
+        """Document counts, sample documents and the final status, for the summary."""
+        client = mongo_connect(self.stack.mongo_url)
+        db = client[self.mapping.target_database]
+        for c in self.mapping.collections:
             result.documents[c.name] = db[c.name].count_documents({})
         result.samples["orders"] = db.orders.find_one(
             {"items.1": {"$exists": True}, "customer": {"$ne": None}}
         )
         result.samples["products"] = db.products.find_one({"categories.1": {"$exists": True}})
-        result.catalog = dict(catalog.counts)
         result.samples["status"] = {
             k: v
-            for k, v in machine.status().items()
+            for k, v in self.machine.status().items()
             if k in ("phase", "reads_from", "writes_to", "freeze", "dead_letters", "reverse_sync")
         }
         client.close()
-        sdk.close()
-        machine.close()
-        result.seconds = time.monotonic() - t0
-        return result
-    finally:
-        stop_app.set()
-        stop_cdc.set()
-        for t in threads:
-            t.join(timeout=30)
-        if not keep:
-            stack.stop()
