@@ -212,6 +212,18 @@ class EmbedPlan:
         node of a deeper tree, CDC rebuilds from the source."""
         return self.depth == 1 and not self.embeds and not self.merge and self.values_path is None
 
+    def own_key(self, row: Row) -> tuple[Any, ...]:
+        """The key a row of this node is grouped under (its `on` columns)."""
+        if self.simple:  # exact, as CDC's element-wise operations match it
+            return self.view.values(row, self.child_columns)
+        return self.view.join_key(row, self.child_columns)
+
+    def enclosing_key(self, enclosing: TableView, row: Row) -> tuple[Any, ...]:
+        """The key an enclosing row finds this node's rows under."""
+        if self.simple:
+            return enclosing.values(row, self.parent_columns)
+        return enclosing.join_key(row, self.parent_columns)
+
     def walk(self) -> Iterator[EmbedPlan]:
         """This node and every node below it, parents first."""
         yield self
@@ -254,7 +266,7 @@ class EmbedPlan:
     def value(self, enclosing: TableView, row: Row, groups: Groups) -> Any:
         """This node's value in the document or element built from `row` (of `enclosing`):
         an array, a sub-document, or None (a merge node's fields: see `fill`)."""
-        key = enclosing.join_key(row, self.parent_columns)
+        key = self.enclosing_key(enclosing, row)
         found = groups[self.slot].get(key) if None not in key else None
         if not self.many:
             return self.element(found, groups) if found is not None else None
@@ -276,7 +288,7 @@ class EmbedPlan:
     def merged(self, enclosing: TableView, row: Row, groups: Groups) -> dict[str, Any]:
         """A merge node's fields for the enclosing row: the row's, or each one null (left out
         with `nulls: omit`) when there is no row."""
-        key = enclosing.join_key(row, self.parent_columns)
+        key = self.enclosing_key(enclosing, row)
         found = groups[self.slot].get(key) if None not in key else None
         if found is None:
             found = (None,) * len(self.view.columns)
@@ -305,7 +317,7 @@ def group_rows(embeds: Iterable[EmbedPlan], children: dict[str, list[Row]]) -> G
         for e in top.walk():
             g: dict[tuple[Any, ...], Any] = {}
             for r in children.get(e.slot, ()):
-                key = e.view.join_key(r, e.child_columns)
+                key = e.own_key(r)
                 if e.many:
                     g.setdefault(key, []).append(r)
                 else:
@@ -394,7 +406,7 @@ class CollectionPlan:
         belongs to it."""
         groups = group_rows([e], children)
         top = children.get(e.slot, [])
-        key = self.root.join_key(row, e.parent_columns)
+        key = e.enclosing_key(self.root, row)
         groups[e.slot] = {key: (top if e.many else top[0])} if top else {}
         return e.value(self.root, row, groups)
 
