@@ -18,23 +18,23 @@ NESTED_DEBEZIUM_SEED = 2
 
 @pytest.mark.parametrize("seed", BINLOG_SEEDS)
 def test_a_binlog_seed_converges(seed, torture_stack):
-    r = run_seed(seed, source="binlog", seconds=8, stack=torture_stack, nested=False)
+    r = run_seed(seed, source="binlog", seconds=5, stack=torture_stack, nested=False)
     assert r.ok, r.summary()
 
 
 def test_a_debezium_seed_converges(debezium_stack):
-    r = run_seed(DEBEZIUM_SEED, source="debezium", seconds=10, stack=debezium_stack, nested=False)
+    r = run_seed(DEBEZIUM_SEED, source="debezium", seconds=8, stack=debezium_stack, nested=False)
     assert r.ok, r.summary()
 
 
 def test_a_nested_binlog_seed_converges(torture_stack):
-    r = run_seed(NESTED_BINLOG_SEED, source="binlog", seconds=8, stack=torture_stack, nested=True)
+    r = run_seed(NESTED_BINLOG_SEED, source="binlog", seconds=6, stack=torture_stack, nested=True)
     assert r.ok, r.summary()
 
 
 def test_a_nested_debezium_seed_converges(debezium_stack):
     r = run_seed(
-        NESTED_DEBEZIUM_SEED, source="debezium", seconds=10, stack=debezium_stack, nested=True
+        NESTED_DEBEZIUM_SEED, source="debezium", seconds=8, stack=debezium_stack, nested=True
     )
     assert r.ok, r.summary()
 
