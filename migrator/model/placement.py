@@ -105,7 +105,14 @@ def holder_filters(
     enclosing = dict(zip(e.parent_columns, values, strict=True))
     by_enclosing = _filter(role.plan, role.chain[:-1], enclosing)
     if by_enclosing is not None:
-        return [by_enclosing], None
+        # text MySQL's collation matches otherwise than equality ('acme' = 'ACME'): the
+        # documents holding the other spellings are found through MySQL as well
+        table = role.enclosing.table
+        loose = any(
+            isinstance(v, str | bytes) and (table.column(c).folds_case or table.column(c).pads)
+            for c, v in enclosing.items()
+        )
+        return [by_enclosing], enclosing if loose else None
     return copies(role, image), enclosing
 
 

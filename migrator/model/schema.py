@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from migrator.errors import SchemaError
 
@@ -50,6 +52,21 @@ class Column:
         """A text column MySQL compares case-insensitively (a `_ci` collation): a join on it
         matches 'ACME' to 'acme'."""
         return self.collation is not None and "_ci" in self.collation
+
+    @property
+    def pads(self) -> bool:
+        """A text column whose collation ignores trailing spaces ('ACME ' = 'ACME'): every
+        PAD SPACE collation; MySQL 8's `_0900_` ones and MariaDB's `_nopad_` ones do not."""
+        c = self.collation or ""
+        return bool(c) and "nopad" not in c and "_0900_" not in c
+
+    def collate(self, v: Any) -> Any:
+        """A value as this column's collation compares it (text: case folded for `_ci`,
+        accents dropped unless `_as_`, trailing spaces ignored for PAD SPACE)."""
+        if not (self.folds_case or self.pads):
+            return v
+        accents = not self.folds_case or "_as_" in (self.collation or "")
+        return _fold(v, case=self.folds_case, accents=accents, pad=self.pads)
 
     @property
     def unsigned(self) -> bool:
@@ -295,3 +312,19 @@ def _names(item: list[Token], i: int) -> tuple[list[str], int]:
             names.append(item[i][1])
         i += 1
     return names, i + 1
+
+
+def _fold(v: Any, case: bool = True, accents: bool = False, pad: bool = True) -> Any:
+    """Text as its collation compares it: case folded (`_ci`), accents dropped unless the
+    collation keeps them, trailing spaces ignored (PAD SPACE)."""
+    if isinstance(v, bytes | bytearray):
+        v = bytes(v).decode("utf-8", "surrogateescape")
+    if not isinstance(v, str):
+        return v
+    text = v.rstrip(" ") if pad else v
+    if case:
+        text = text.casefold()
+    if accents:
+        return text
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in plain if not unicodedata.combining(ch))

@@ -7,10 +7,9 @@ returns (see typerules); compile-time checks name the mapping file, line and key
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 from migrator.errors import ConversionError, SchemaError
@@ -54,9 +53,8 @@ class TableView:
         self._folds: dict[str, Callable[[Any], Any]] = {}
         for c in self.columns:
             col = self.table.column(c)
-            if col.folds_case:
-                accents = col.collation is not None and "_as_" in col.collation
-                self._folds[c] = partial(_fold, accents=accents)
+            if col.folds_case or col.pads:
+                self._folds[c] = col.collate
         self._by_column: dict[str, FieldPlan] = {}
         for f in self.fields:  # the first field a column feeds (CDC asks once per event)
             self._by_column.setdefault(f.column, f)
@@ -111,20 +109,6 @@ class TableView:
 
     def field_for(self, column: str) -> FieldPlan | None:
         return self._by_column.get(column)
-
-
-def _fold(v: Any, accents: bool = False) -> Any:
-    """Text as a case-insensitive collation compares it (trailing spaces too; accents unless
-    the collation is accent-sensitive, `_as_`)."""
-    if isinstance(v, bytes | bytearray):
-        v = bytes(v).decode("utf-8", "surrogateescape")
-    if not isinstance(v, str):
-        return v
-    text = v.rstrip(" ").casefold()
-    if accents:
-        return text
-    plain = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in plain if not unicodedata.combining(ch))
 
 
 def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

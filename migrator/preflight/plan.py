@@ -121,6 +121,7 @@ def _preflight(mig: Migration, assume_rows_per_sec: float) -> PlanReport:
             _cascade_checks(transform, schema, report)
             _type_checks(conn, transform, report)
             _reverse_checks(transform, report)
+            _unnamed_elements(transform, report)
             _retention_check(conn, report, assume_rows_per_sec)
     finally:
         conn.close()
@@ -434,6 +435,28 @@ def _reverse_checks(transform: Transform, report: PlanReport) -> None:
                         "the write switch cannot become a row: reverse sync dead-letters it. "
                         "Map the column, or give it a default before the switch",
                     )
+
+
+def _unnamed_elements(transform: Transform, report: PlanReport) -> None:
+    """Arrays whose elements do not keep their row's key (nor a copy that gives it): after the
+    switch reverse sync cannot tell which row an element is (CDC, which rebuilds nested
+    arrays whole, does not need it)."""
+    for p in transform.collections:
+        for e in p.nodes():
+            if not e.many or e.merge or e.values_path is not None:
+                continue
+            given = {f.column for f in e.view.fields} | set(e.child_columns)
+            given |= {pc for sub in e.embeds if not sub.many for pc in sub.parent_columns}
+            missing = [c for c in e.view.table.primary_key if c not in given]
+            if missing:
+                report.add(
+                    "reverse",
+                    "warn",
+                    f"{p.name}.{'.'.join(e.path)}: the elements do not keep "
+                    f"{e.view.table.name}.{', '.join(missing)} (its key): after the write "
+                    "switch reverse sync cannot tell which row an element is, and a document "
+                    "changing it is a dead letter. Keep the key column in the elements",
+                )
 
 
 def _type_checks(conn: Any, transform: Transform, report: PlanReport) -> None:

@@ -42,7 +42,13 @@ def analyse(schema: Schema, tables: list[str]) -> Proposal:
     prop = Proposal()
     for n, t in chosen.items():
         pair = _join_pair(t, fks[n])
-        if pair is not None and n not in referenced:
+        if pair is not None and pair[0].ref_table == pair[1].ref_table:
+            # rows linking rows of one table (followers): a document cannot hold its own
+            # table again below it, so the links stay a collection
+            prop.notes.setdefault(n, []).append(
+                f"{n} links {pair[0].ref_table} rows to each other: kept as a collection"
+            )
+        elif pair is not None and n not in referenced:
             a, b = pair
             hub = (
                 (a, b)
@@ -170,7 +176,7 @@ def _embeds(
             continue
         c = schema.tables[child]
         order = [k for k in c.primary_key if k not in fk.columns]
-        out.append(f"{pad}  - as: {_q(child)}")
+        out.append(f"{pad}  - as: {_q(_unique(child, taken))}")
         out.append(f"{pad}    from: {_q(child)}")
         out.append(f"{pad}    on: {_on(fk.columns, fk.ref_columns)}")
         out.append(f"{pad}    many: true")
@@ -184,7 +190,10 @@ def _embeds(
         for mine, other, commented in ((near, far, False), (far, near, True)):
             if mine.ref_table != t.name or other.ref_table in chain or deep:
                 continue
-            out += _many_to_many(schema, join, mine, other, pad, commented)
+            name = far_name = schema.tables[other.ref_table].name
+            if not commented:
+                name = _unique(far_name, taken)
+            out += _many_to_many(schema, join, mine, other, pad, commented, name)
     return out
 
 
@@ -197,7 +206,13 @@ def _embed_block(lines: list[str], pad: str) -> list[str]:
 
 
 def _many_to_many(
-    schema: Schema, join: str, mine: ForeignKey, other: ForeignKey, pad: str, commented: bool
+    schema: Schema,
+    join: str,
+    mine: ForeignKey,
+    other: ForeignKey,
+    pad: str,
+    commented: bool,
+    name: str,
 ) -> list[str]:
     j, far = schema.tables[join], schema.tables[other.ref_table]
     kept = [c.name for c in j.columns if c.name not in mine.columns]
@@ -207,7 +222,7 @@ def _many_to_many(
     clash = [c.name for c in far.columns if c.name in kept and c.name not in same]
     lines = [
         f"# many-to-many through {join}: its rows, the {far.name} row merged into each",
-        f"- as: {_q(far.name)}",
+        f"- as: {_q(name)}",
         f"  from: {_q(join)}",
         f"  on: {_on(mine.columns, mine.ref_columns)}",
         "  many: true",
@@ -229,6 +244,15 @@ def _many_to_many(
 def _on(child: tuple[str, ...] | list[str], parent: tuple[str, ...] | list[str]) -> str:
     pairs = ", ".join(f"{_q(c)}: {_q(p)}" for c, p in zip(child, parent, strict=True))
     return "{" + pairs + "}"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, ... when a field or another embed of the document has it."""
+    base, n = name, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
 
 
 def _as(fk: ForeignKey, taken: set[str]) -> str:

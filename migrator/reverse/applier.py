@@ -139,15 +139,27 @@ class ReverseApplier:
         # moved to another place of the document keeps the columns the mapping leaves out
         wanted: dict[str, set[Any]] = {}
         unknown: set[int] = set()  # arrays with an element whose key the document lacks
+        homes = self.inverses[plan.name].homes
         for i, arr in enumerate(rows.arrays):
+            if not arr.node.simple and arr.node.view.table.name in homes:
+                # a nested array of a table with a collection of its own: copies of rows
+                # whose truth is that collection (it may hold newer values than this one)
+                unknown.add(i)
+                continue
             pk = arr.node.view.table.primary_key
             norm = self._normalizers(arr.node.view.table.name, pk)
-            for r in arr.rows:
-                if any(r.values.get(c) is None for c in pk):
+            for j, r in enumerate(arr.rows):
+                missing = {c for c in pk if r.values.get(c) is None}
+                if missing and missing <= r.dangling:
                     # its key came from a copy of a row that does not exist (a dangling
                     # reference): the row cannot be named, so MySQL keeps it as it is
                     unknown.add(i)
                     continue
+                if missing:
+                    raise ConversionError(
+                        f"{arr.path}[{j}] names no {arr.node.view.table.name} row: its key "
+                        f"column(s) {', '.join(sorted(missing))} are not in the element"
+                    )
                 self._upsert_row(cur, r, pk)
                 res.rows_written += 1
                 key = self._norm(norm, tuple(r.values.get(c) for c in pk))
@@ -247,13 +259,15 @@ class ReverseApplier:
 
     def _normalizers(self, table: str, cols: list[str]) -> list[Any]:
         t = self.transform.schema.tables[table]
-        return [default_converter(t.column(c)) for c in cols]
+        return [(default_converter(t.column(c)), t.column(c).collate) for c in cols]
 
     @staticmethod
     def _norm(convs: list[Any], key: tuple[Any, ...]) -> Any:
-        """A key read from MySQL (raw) and one written from a document compare equal."""
+        """A key read from MySQL (raw) and one written from a document compare equal, and as
+        the column's collation compares them ('db' is the row 'DB' names)."""
         return tuple(
-            None if v is None else id_key(conv(v)) for conv, v in zip(convs, key, strict=True)
+            None if v is None else id_key(collate(conv(v)))
+            for (conv, collate), v in zip(convs, key, strict=True)
         )
 
     # -- SQL ---------------------------------------------------------------------------------

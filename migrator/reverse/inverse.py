@@ -35,6 +35,8 @@ _MISSING = object()
 class RowImage:
     table: str
     values: dict[str, Any]  # column -> MySQL parameter (mapped columns and keys only)
+    # references only a missing copy could give (its row does not exist): MySQL keeps them
+    dangling: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -293,6 +295,7 @@ class DocumentInverse:
         path: str,
         out: DocumentRows,
         dotted: str = "",
+        dangling: set[str] | None = None,
     ) -> None:
         """The arrays and copies under one document or element (`part`, whose row has
         `values`); a reference a copy stands for goes into `values`."""
@@ -302,7 +305,7 @@ class DocumentInverse:
                 sub = part if e.merge else part.get(e.name)
                 if not isinstance(sub, dict):
                     sub = None
-                self._reference(e, sub, values)
+                self._reference(e, sub, values, dangling)
                 if e.simple or e.view.table.name in self.homes:
                     continue
                 pairs = zip(e.child_columns, e.parent_columns, strict=True)
@@ -333,9 +336,15 @@ class DocumentInverse:
             out.arrays.append(ArrayRows(e, scope, rows, here))
             for i, (el, row) in enumerate(zip(elements, rows, strict=True)):
                 inner = f"{dotted}.{e.name}.{i}" if dotted else f"{e.name}.{i}"
-                self._walk(e.embeds, el, row.values, f"{here}[{i}]", out, inner)
+                self._walk(e.embeds, el, row.values, f"{here}[{i}]", out, inner, row.dangling)
 
-    def _reference(self, e: EmbedPlan, sub: dict[str, Any] | None, values: dict[str, Any]) -> None:
+    def _reference(
+        self,
+        e: EmbedPlan,
+        sub: dict[str, Any] | None,
+        values: dict[str, Any],
+        dangling: set[str] | None = None,
+    ) -> None:
         """A copied row stands for the reference the enclosing row holds to it. In a nested
         tree a missing copy (null: the row it points at does not exist) says nothing about the
         reference, which MySQL keeps; a one-level sub-document's null clears it, as always."""
@@ -348,6 +357,8 @@ class DocumentInverse:
             if v is None or (sub is None and e.simple):
                 if e.simple:
                     values[pc] = None
+                elif dangling is not None:
+                    dangling.add(pc)
             elif v is not _MISSING:
                 values[pc] = view.inverse[cc](v)
 

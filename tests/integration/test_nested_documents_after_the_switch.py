@@ -15,6 +15,7 @@ from migrator.cdc.runner import run_cdc
 from migrator.cutover.sdk import DualWriter
 from migrator.errors import MigratorError
 from migrator.model.settings import load_mapping
+from migrator.preflight.plan import preflight
 
 from .helpers import switch
 from .test_nested_documents_follow_changes import MAPPING, SCHEMA
@@ -299,3 +300,83 @@ def caught_up_at(env, path):
     """Reverse sync until caught up; the dead letters' reasons."""
     run_cdc(load_mapping(path), mode="until-caught-up")
     return [d["reason"] for d in env.state.dead_letters.find()]
+
+
+def test_reverse_sync_keeps_a_join_row_whose_key_a_merged_copy_gives_in_another_case(env):
+    """A join row (1, 'db') is shown through a merged tag 'DB' (the element keeps no tag_name of
+    its own): a change of the post compares the keys as the collation does, and the join row
+    stays in MySQL."""
+    env.sql(
+        "CREATE TABLE tags (name VARCHAR(20) PRIMARY KEY, color VARCHAR(10))",
+        "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(20))",
+        "CREATE TABLE post_tags (post_id INT NOT NULL, tag_name VARCHAR(20) NOT NULL,"
+        " PRIMARY KEY (post_id, tag_name),"
+        " FOREIGN KEY (tag_name) REFERENCES tags(name) ON DELETE CASCADE)",
+        "INSERT INTO tags VALUES ('DB', 'red'), ('sql', 'blue')",
+        "INSERT INTO posts VALUES (1, 'a')",
+        "INSERT INTO post_tags VALUES (1, 'db'), (1, 'sql')",
+    )
+    path = env.mapping(
+        "  - name: posts\n    from: posts\n    embed:\n"
+        "      - as: tags\n        from: post_tags\n        on: {post_id: id}\n        many: true\n"
+        "        exclude: [post_id, tag_name]\n"
+        "        embed: [{from: tags, on: {name: tag_name}, many: false, merge: true}]\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    assert [t["name"] for t in env.target.posts.find_one({"_id": 1})["tags"]] == ["DB", "sql"]
+    switch(path)
+    env.target.posts.update_one({"_id": 1}, {"$set": {"title": "a!"}})
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT title FROM posts") == [("a!",)]
+    assert env.sql("SELECT post_id, tag_name FROM post_tags ORDER BY 2") == [
+        (1, "db"),
+        (1, "sql"),
+    ]
+
+
+def test_reverse_sync_writes_back_an_edit_of_a_nested_element_that_keeps_no_key(env):
+    """A nested array that leaves its key column out: plan warns, and after the switch an edit of
+    such an element cannot be told to a row: the change is a dead letter naming the element
+    (never skipped in silence)."""
+    env.sql(
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(20))",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT NOT NULL, product_id INT,"
+        " qty INT NOT NULL)",
+        "INSERT INTO products VALUES (1, 'anvil')",
+        "INSERT INTO orders VALUES (1, 'ann')",
+        "INSERT INTO items VALUES (10, 1, 1, 1), (11, 1, 1, 2)",
+    )
+    path = env.mapping(
+        "  - name: orders\n    from: orders\n    embed:\n"
+        "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
+        "        exclude: [id, order_id]\n"
+        "        embed: [{as: product, from: products, on: {id: product_id}, many: false}]\n"
+    )
+    report = preflight(load_mapping(path))
+    assert any("do not keep items.id" in c.message for c in report.checks), report.checks
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    env.target.orders.update_one({"_id": 1}, {"$set": {"items.0.qty": 5}})
+    dead = caught_up_at(env, path)
+    got = env.sql("SELECT id, qty FROM items ORDER BY id")
+    assert got == [(10, 5), (11, 2)] or dead, (got, dead)
+
+
+def test_reverse_sync_does_not_revert_a_row_with_a_stale_nested_copy_of_it(env):
+    """order_items is nested in orders.items (each item with its product) and is a collection of
+    its own: its truth after the switch is that collection. A later change of the order does
+    not write the order's older copy of the item back over it."""
+    env.sql(*SCHEMA)
+    path = env.mapping(MAPPING + "  - {name: items, from: order_items}\n")
+    backfill(load_mapping(path), workers=1)
+    switch(path)
+    key = {"order_id": 1, "line_no": 1}
+    env.target.items.update_one({"_id": key}, {"$set": {"qty": 9}})
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT qty FROM order_items WHERE order_id = 1 AND line_no = 1") == [(9,)]
+    env.target.orders.update_one({"_id": 1}, {"$set": {"customer": "ann-marie"}})
+    assert caught_up_at(env, path) == []
+    assert env.sql("SELECT customer FROM orders WHERE id = 1") == [("ann-marie",)]
+    assert env.target.items.find_one({"_id": key})["qty"] == 9
+    assert env.sql("SELECT qty FROM order_items WHERE order_id = 1 AND line_no = 1") == [(9,)]

@@ -364,3 +364,105 @@ def test_a_cascade_through_a_text_key_matched_by_collation_reaches_nested_join_r
     assert caught_up(env, path) == []
     assert env.target.posts.find_one({"_id": 2})["tags"] == []
     assert [t["tag_name"] for t in env.target.posts.find_one({"_id": 1})["tags"]] == ["sql"]
+
+
+COLLATED = [
+    "CREATE TABLE brands (code VARCHAR(10) PRIMARY KEY, name VARCHAR(20))",
+    "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20), brand_code VARCHAR(10),"
+    " FOREIGN KEY (brand_code) REFERENCES brands(code))",
+    "CREATE TABLE orders (id INT PRIMARY KEY)",
+    "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
+    "INSERT INTO brands VALUES ('ACME', 'acme inc')",
+    "INSERT INTO products VALUES (1, 'anvil', 'acme')",
+    "INSERT INTO orders VALUES (1)",
+    "INSERT INTO items VALUES (10, 1, 1)",
+]
+
+COLLATED_MAPPING = (
+    "  - name: orders\n    from: orders\n    embed:\n"
+    "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
+    "        embed:\n"
+    "          - as: product\n            from: products\n            on: {id: product_id}\n"
+    "            many: false\n"
+    "            embed: [{as: brand, from: brands, on: {code: brand_code}, many: false}]\n"
+)
+
+
+def test_cdc_reaches_a_nested_parent_matched_through_the_collation(env):
+    """A brand 'ACME' is nested under a product whose brand_code is 'acme' (MySQL's
+    case-insensitive collation matches them): renaming the brand reaches the document, found
+    through MySQL as well as by the exact value."""
+    env.sql(*COLLATED)
+    path = env.mapping(COLLATED_MAPPING)
+    backfill(load_mapping(path), workers=1)
+    env.sql("UPDATE brands SET name = 'ACME Corp' WHERE code = 'ACME'")
+    assert caught_up(env, path) == []
+    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
+    assert product["brand"] == {"code": "ACME", "name": "ACME Corp"}, product
+
+
+def test_verify_changed_rechecks_a_document_a_nested_change_reached(env):
+    """After a clean full verification the brand is renamed: CDC reaches the document
+    and marks it touched, so `verify --changed` re-checks it and finds it equal to MySQL."""
+    env.sql(*COLLATED)
+    path = env.mapping(COLLATED_MAPPING)
+    backfill(load_mapping(path), workers=1)
+    assert caught_up(env, path) == []
+    assert verify(load_mapping(path)).ok
+    env.sql("UPDATE brands SET name = 'ACME Corp' WHERE code = 'ACME'")
+    assert caught_up(env, path) == []
+    changed = verify(load_mapping(path), changed=True)
+    doc = env.target.orders.find_one({"_id": 1})
+    assert doc["items"][0]["product"]["brand"]["name"] == "ACME Corp"
+    assert changed.ok and sum(c.checked for c in changed.collections) >= 1, changed
+
+
+def test_a_nested_parent_matched_with_trailing_spaces_by_a_pad_space_collation(env):
+    """A PAD SPACE collation (MariaDB's utf8mb4_bin) matches 'ACME ' to 'ACME' in the foreign key
+    and the join: the nested brand is there, as the join says."""
+    env.sql(
+        "CREATE TABLE brands (code VARCHAR(10) COLLATE utf8mb4_bin PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20),"
+        " brand_code VARCHAR(10) COLLATE utf8mb4_bin,"
+        " FOREIGN KEY (brand_code) REFERENCES brands(code))",
+        "CREATE TABLE orders (id INT PRIMARY KEY)",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
+        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
+        "INSERT INTO products VALUES (1, 'anvil', 'ACME ')",
+        "INSERT INTO orders VALUES (1)",
+        "INSERT INTO items VALUES (10, 1, 1)",
+    )
+    path = env.mapping(COLLATED_MAPPING)
+    # what MySQL itself says the item's product's brand is
+    assert env.sql(
+        "SELECT b.name FROM items i JOIN products p ON p.id = i.product_id"
+        " JOIN brands b ON b.code = p.brand_code WHERE i.id = 10"
+    ) == [("acme inc",)]
+    backfill(load_mapping(path), workers=1)
+    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
+    assert product["brand"] == {"code": "ACME", "name": "acme inc"}, product
+
+
+def test_a_nested_join_on_a_no_pad_collation_keeps_trailing_spaces_apart(env):
+    """A NO PAD collation does not match 'acme ' to 'ACME': no brand is nested where MySQL's join
+    finds none, even when another product of the chunk brings the brand row in."""
+    env.sql(
+        "CREATE TABLE brands (code VARCHAR(10) COLLATE utf8mb4_general_nopad_ci PRIMARY KEY,"
+        " name VARCHAR(20))",
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20),"
+        " brand_code VARCHAR(10) COLLATE utf8mb4_general_nopad_ci)",
+        "CREATE TABLE orders (id INT PRIMARY KEY)",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
+        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
+        "INSERT INTO products VALUES (1, 'anvil', 'acme '), (2, 'bell', 'ACME')",
+        "INSERT INTO orders VALUES (1)",
+        "INSERT INTO items VALUES (10, 1, 1), (11, 1, 2)",
+    )
+    path = env.mapping(COLLATED_MAPPING)
+    assert env.sql(
+        "SELECT i.id, b.name FROM items i JOIN products p ON p.id = i.product_id"
+        " LEFT JOIN brands b ON b.code = p.brand_code ORDER BY i.id"
+    ) == [(10, None), (11, "acme inc")]
+    backfill(load_mapping(path), workers=1)
+    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
+    assert product["brand"] is None, product
