@@ -91,9 +91,12 @@ class Cascades:
         self.places: dict[str, list[Place]] = {}
         for p in transform.collections:
             self.places.setdefault(p.table.name, []).append(Place("root", p))
-            for e in p.embeds:
-                if not e.simple:
-                    self._nested_places(p, (e,))
+            for chain in p.chains():
+                e = chain[-1]
+                if not chain[0].simple:
+                    self.places.setdefault(e.view.table.name, []).append(
+                        Place("nested", p, e, chain)
+                    )
                     continue
                 kind: Literal["element", "subdoc"] = "element" if e.many else "subdoc"
                 self.places.setdefault(e.view.table.name, []).append(Place(kind, p, e))
@@ -106,12 +109,6 @@ class Cascades:
                 if ref not in self.relevant and any(r.fk.table in self.relevant for r in rules):
                     self.relevant.add(ref)
                     grew = True
-
-    def _nested_places(self, p: CollectionPlan, chain: tuple[EmbedPlan, ...]) -> None:
-        e = chain[-1]
-        self.places.setdefault(e.view.table.name, []).append(Place("nested", p, e, chain))
-        for sub in e.embeds:
-            self._nested_places(p, (*chain, sub))
 
     def triggers(self, table: str) -> bool:
         return any(r.fk.table in self.relevant for r in self.rules.get(table, ()))

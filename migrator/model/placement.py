@@ -51,16 +51,7 @@ def tree_roles(transform: Transform) -> list[TreeRole]:
 
 
 def tree_roles_of(p: CollectionPlan) -> list[TreeRole]:
-    out: list[TreeRole] = []
-    for top in p.embeds:
-        if top.simple:
-            continue
-        stack: list[tuple[EmbedPlan, ...]] = [(top,)]
-        while stack:
-            chain = stack.pop()
-            out.append(TreeRole(p, chain))
-            stack += [(*chain, sub) for sub in chain[-1].embeds]
-    return out
+    return [TreeRole(p, chain) for chain in p.chains() if not chain[0].simple]
 
 
 def root_path(p: CollectionPlan, col: str) -> tuple[str, Converter] | None:

@@ -348,6 +348,14 @@ class CollectionPlan:
         for e in self.embeds:
             yield from e.walk()
 
+    def chains(self) -> Iterator[tuple[EmbedPlan, ...]]:
+        """Every node with the nodes above it (the top-level embed first), parents first."""
+        stack: list[tuple[EmbedPlan, ...]] = [(e,) for e in reversed(self.embeds)]
+        while stack:
+            chain = stack.pop()
+            yield chain
+            stack += [(*chain, sub) for sub in reversed(chain[-1].embeds)]
+
     def doc_id(self, row: Row) -> Any:
         idx = self.root.index
         if len(self.pk) == 1:

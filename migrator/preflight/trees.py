@@ -79,19 +79,9 @@ def copies(p: CollectionPlan) -> list[str]:
     return out
 
 
-def chains(p: CollectionPlan) -> list[tuple[EmbedPlan, ...]]:
-    out: list[tuple[EmbedPlan, ...]] = []
-    stack: list[tuple[EmbedPlan, ...]] = [(e,) for e in p.embeds]
-    while stack:
-        chain = stack.pop(0)
-        out.append(chain)
-        stack += [(*chain, sub) for sub in chain[-1].embeds]
-    return out
-
-
 def node_stats(conn: Any, p: CollectionPlan) -> list[NodeStats]:
     out = []
-    for chain in chains(p):
+    for chain in p.chains():
         e = chain[-1]
         s = NodeStats(".".join(x.name for x in chain), e.view.table.name, kind(e))
         if e.many:

@@ -66,10 +66,8 @@ class ReverseApplier:
         self.transform = transform
         self.conn = conn
         tz = transform.mapping.source.timezone
-        self.inverses = {p.name: DocumentInverse(p, tz) for p in transform.collections}
-        homes = {p.table.name for p in transform.collections if not p.spec.filter}
-        for inv in self.inverses.values():
-            inv.homes = homes
+        homes = frozenset(p.table.name for p in transform.collections if not p.spec.filter)
+        self.inverses = {p.name: DocumentInverse(p, tz, homes) for p in transform.collections}
         cur = conn.cursor()
         cur.execute("SET SESSION foreign_key_checks = 0")
 

@@ -259,7 +259,9 @@ class DocumentInverse:
     fields and for every array at any depth; a sub-document or merged row only gives the
     enclosing row its reference columns (it is a copy); an array of values gives nothing."""
 
-    def __init__(self, plan: CollectionPlan, timezone: str = "UTC") -> None:
+    def __init__(
+        self, plan: CollectionPlan, timezone: str = "UTC", homes: frozenset[str] = frozenset()
+    ) -> None:
         self.plan = plan
         zone = zone_for(timezone)
         t = plan.table
@@ -268,7 +270,7 @@ class DocumentInverse:
         self.views = {e.slot: _ViewInverse(e.view, zone) for e in plan.nodes()}
         # tables with a collection of their own: copies of them are the application's to
         # keep (it updates them with the row's document); others have no MongoDB home
-        self.homes: set[str] = set()
+        self.homes = homes
 
     def rows(self, doc: dict[str, Any]) -> DocumentRows:
         plan = self.plan

@@ -278,37 +278,56 @@ def caught_up(env: Any, path: Any) -> list[str]:
     return dead_letters(env)
 
 
+def collated(collation: str = "", brand: str = "'acme'", more: str = "") -> list[str]:
+    """Orders, their items, each item's product and the product's brand joined on a text code
+    (with `collation` on both sides, and the product's code `brand`)."""
+    c = f" COLLATE {collation}" if collation else ""
+    fk = "" if "nopad" in collation else ", FOREIGN KEY (brand_code) REFERENCES brands(code)"
+    return [
+        f"CREATE TABLE brands (code VARCHAR(10){c} PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20),"
+        f" brand_code VARCHAR(10){c}{fk})",
+        "CREATE TABLE orders (id INT PRIMARY KEY)",
+        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
+        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
+        f"INSERT INTO products VALUES (1, 'anvil', {brand}){more}",
+        "INSERT INTO orders VALUES (1)",
+        "INSERT INTO items VALUES (10, 1, 1)",
+    ]
+
+
+COLLATED = collated()
+
+COLLATED_MAPPING = (
+    "  - name: orders\n    from: orders\n    embed:\n"
+    "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
+    "        embed:\n"
+    "          - as: product\n            from: products\n            on: {id: product_id}\n"
+    "            many: false\n"
+    "            embed: [{as: brand, from: brands, on: {code: brand_code}, many: false}]\n"
+)
+
+
+def first_brand_as_mysql_joins(env, expected: str | None) -> None:
+    """MySQL's own join gives item 10's product the brand `expected`; a backfill nests the
+    same."""
+    path = env.mapping(COLLATED_MAPPING)
+    assert env.sql(
+        "SELECT b.name FROM items i JOIN products p ON p.id = i.product_id"
+        " LEFT JOIN brands b ON b.code = p.brand_code WHERE i.id = 10"
+    ) == [(expected,)]
+    backfill(load_mapping(path), workers=1)
+    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
+    want = None if expected is None else {"code": "ACME", "name": expected}
+    assert product["brand"] == want, product
+
+
 def test_a_nested_parent_matched_through_the_collation_is_embedded(env):
     """MySQL's foreign key accepts products.brand_code = 'acme' for brands.code = 'ACME' (a
     case-insensitive collation) and its join matches them: the product nested in each item
     carries its brand, as the join says."""
-    env.sql(
-        "CREATE TABLE brands (code VARCHAR(10) PRIMARY KEY, name VARCHAR(20))",
-        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20), brand_code VARCHAR(10),"
-        " FOREIGN KEY (brand_code) REFERENCES brands(code))",
-        "CREATE TABLE orders (id INT PRIMARY KEY)",
-        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
-        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
-        "INSERT INTO products VALUES (1, 'anvil', 'acme')",
-        "INSERT INTO orders VALUES (1)",
-        "INSERT INTO items VALUES (10, 1, 1)",
-    )
-    path = env.mapping(
-        "  - name: orders\n    from: orders\n    embed:\n"
-        "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
-        "        embed:\n"
-        "          - as: product\n            from: products\n            on: {id: product_id}\n"
-        "            many: false\n"
-        "            embed: [{as: brand, from: brands, on: {code: brand_code}, many: false}]\n"
-    )
-    # what MySQL itself says the item's product's brand is
-    assert env.sql(
-        "SELECT b.name FROM items i JOIN products p ON p.id = i.product_id"
-        " JOIN brands b ON b.code = p.brand_code WHERE i.id = 10"
-    ) == [("acme inc",)]
-    backfill(load_mapping(path), workers=1)
-    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
-    assert product["brand"] == {"code": "ACME", "name": "acme inc"}, product
+    env.sql(*COLLATED)
+    first_brand_as_mysql_joins(env, "acme inc")
 
 
 def test_a_cascade_deleting_an_element_whose_value_is_null_shrinks_the_array_of_values(env):
@@ -366,28 +385,6 @@ def test_a_cascade_through_a_text_key_matched_by_collation_reaches_nested_join_r
     assert [t["tag_name"] for t in env.target.posts.find_one({"_id": 1})["tags"]] == ["sql"]
 
 
-COLLATED = [
-    "CREATE TABLE brands (code VARCHAR(10) PRIMARY KEY, name VARCHAR(20))",
-    "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20), brand_code VARCHAR(10),"
-    " FOREIGN KEY (brand_code) REFERENCES brands(code))",
-    "CREATE TABLE orders (id INT PRIMARY KEY)",
-    "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
-    "INSERT INTO brands VALUES ('ACME', 'acme inc')",
-    "INSERT INTO products VALUES (1, 'anvil', 'acme')",
-    "INSERT INTO orders VALUES (1)",
-    "INSERT INTO items VALUES (10, 1, 1)",
-]
-
-COLLATED_MAPPING = (
-    "  - name: orders\n    from: orders\n    embed:\n"
-    "      - as: items\n        from: items\n        on: {order_id: id}\n        many: true\n"
-    "        embed:\n"
-    "          - as: product\n            from: products\n            on: {id: product_id}\n"
-    "            many: false\n"
-    "            embed: [{as: brand, from: brands, on: {code: brand_code}, many: false}]\n"
-)
-
-
 def test_cdc_reaches_a_nested_parent_matched_through_the_collation(env):
     """A brand 'ACME' is nested under a product whose brand_code is 'acme' (MySQL's
     case-insensitive collation matches them): renaming the brand reaches the document, found
@@ -420,49 +417,16 @@ def test_verify_changed_rechecks_a_document_a_nested_change_reached(env):
 def test_a_nested_parent_matched_with_trailing_spaces_by_a_pad_space_collation(env):
     """A PAD SPACE collation (MariaDB's utf8mb4_bin) matches 'ACME ' to 'ACME' in the foreign key
     and the join: the nested brand is there, as the join says."""
-    env.sql(
-        "CREATE TABLE brands (code VARCHAR(10) COLLATE utf8mb4_bin PRIMARY KEY, name VARCHAR(20))",
-        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20),"
-        " brand_code VARCHAR(10) COLLATE utf8mb4_bin,"
-        " FOREIGN KEY (brand_code) REFERENCES brands(code))",
-        "CREATE TABLE orders (id INT PRIMARY KEY)",
-        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
-        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
-        "INSERT INTO products VALUES (1, 'anvil', 'ACME ')",
-        "INSERT INTO orders VALUES (1)",
-        "INSERT INTO items VALUES (10, 1, 1)",
-    )
-    path = env.mapping(COLLATED_MAPPING)
-    # what MySQL itself says the item's product's brand is
-    assert env.sql(
-        "SELECT b.name FROM items i JOIN products p ON p.id = i.product_id"
-        " JOIN brands b ON b.code = p.brand_code WHERE i.id = 10"
-    ) == [("acme inc",)]
-    backfill(load_mapping(path), workers=1)
-    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
-    assert product["brand"] == {"code": "ACME", "name": "acme inc"}, product
+    env.sql(*collated("utf8mb4_bin", "'ACME '"))
+    first_brand_as_mysql_joins(env, "acme inc")
 
 
 def test_a_nested_join_on_a_no_pad_collation_keeps_trailing_spaces_apart(env):
     """A NO PAD collation does not match 'acme ' to 'ACME': no brand is nested where MySQL's join
     finds none, even when another product of the chunk brings the brand row in."""
-    env.sql(
-        "CREATE TABLE brands (code VARCHAR(10) COLLATE utf8mb4_general_nopad_ci PRIMARY KEY,"
-        " name VARCHAR(20))",
-        "CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(20),"
-        " brand_code VARCHAR(10) COLLATE utf8mb4_general_nopad_ci)",
-        "CREATE TABLE orders (id INT PRIMARY KEY)",
-        "CREATE TABLE items (id INT PRIMARY KEY, order_id INT, product_id INT)",
-        "INSERT INTO brands VALUES ('ACME', 'acme inc')",
-        "INSERT INTO products VALUES (1, 'anvil', 'acme '), (2, 'bell', 'ACME')",
-        "INSERT INTO orders VALUES (1)",
-        "INSERT INTO items VALUES (10, 1, 1), (11, 1, 2)",
-    )
-    path = env.mapping(COLLATED_MAPPING)
-    assert env.sql(
-        "SELECT i.id, b.name FROM items i JOIN products p ON p.id = i.product_id"
-        " LEFT JOIN brands b ON b.code = p.brand_code ORDER BY i.id"
-    ) == [(10, None), (11, "acme inc")]
-    backfill(load_mapping(path), workers=1)
-    product = env.target.orders.find_one({"_id": 1})["items"][0]["product"]
-    assert product["brand"] is None, product
+    # product 2 brings the brand row into the chunk's read
+    env.sql(*collated("utf8mb4_general_nopad_ci", "'acme '", ", (2, 'bell', 'ACME')"))
+    env.sql("INSERT INTO items VALUES (11, 1, 2)")
+    first_brand_as_mysql_joins(env, None)
+    items = env.target.orders.find_one({"_id": 1})["items"]
+    assert items[1]["product"]["brand"] == {"code": "ACME", "name": "acme inc"}, items
