@@ -45,6 +45,7 @@ bench: setup
 	.venv/bin/python bench/verify.py
 	.venv/bin/python bench/memory.py
 	.venv/bin/python bench/cutover.py --rounds 5
+	.venv/bin/python bench/nested.py
 	.venv/bin/python bench/sandbox_server.py
 
 clean:
