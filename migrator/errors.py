@@ -62,3 +62,15 @@ def describe_server(kind: str) -> str:
         address, setting = SERVERS[kind]
         return f"{name} at {address} ({setting})"
     return name
+
+
+def server_kind(exc: BaseException) -> str | None:
+    """Which server a driver exception came from (by the driver's package), if any."""
+    mod = type(exc).__module__
+    if mod.startswith(("pymongo", "bson")):
+        return "mongodb"
+    if mod.startswith(("MySQLdb", "pymysql", "pymysqlreplication", "_mysql")):
+        return "mysql"
+    if mod.startswith("kafka"):
+        return "kafka"
+    return None

@@ -429,6 +429,7 @@ class ChangeLoop:
             self.state.save_cdc_status(
                 lag_seconds=st.lag_seconds,
                 events=s.events,
+                events_per_sec=round(st.events_per_sec, 1),
                 dead_letters=st.dead_letters,
                 pending=st.pending,
                 mode=s.mode,

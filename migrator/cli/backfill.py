@@ -14,9 +14,13 @@ from migrator.cli.common import (
     json_option,
     load,
     mapping_option,
+    metrics_port_option,
     out,
     print_json,
+    process_metrics,
 )
+from migrator.metrics import CountingProgress
+from migrator.progress import NullProgress
 
 
 @click.command("backfill")
@@ -52,6 +56,7 @@ from migrator.cli.common import (
 @click.option(
     "--collection", "collections", multiple=True, help="Only this collection (repeatable)."
 )
+@metrics_port_option
 @json_option
 @handle_errors
 def backfill_cmd(
@@ -62,6 +67,7 @@ def backfill_cmd(
     restart: bool,
     dry_run: bool,
     collections: tuple[str, ...],
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Copy every mapped table into MongoDB documents, resumably, in parallel.
@@ -73,9 +79,11 @@ def backfill_cmd(
 
     Example: migrator backfill -m shop.yaml --workers 2 --max-rows-per-sec 20000
     """
+    mapping = load(mapping_path)
+    rows = process_metrics(mapping, "backfill", metrics_port).get("migrator_backfill_rows_total")
     run = functools.partial(
         backfill,
-        load(mapping_path),
+        mapping,
         workers=workers,
         chunk_size=chunk_size,
         max_rows_per_sec=max_rows_per_sec,
@@ -84,11 +92,11 @@ def backfill_cmd(
         collections=list(collections) or None,
     )
     if as_json:
-        summary = run()
+        summary = run(progress=CountingProgress(NullProgress(), rows))
         print_json(summary.to_dict())
     else:
         with render.RichProgress(err) as progress:
-            summary = run(progress=progress)
+            summary = run(progress=CountingProgress(progress, rows))
         print_summary(summary)
     raise SystemExit(1 if summary.dead_letters else 0)
 

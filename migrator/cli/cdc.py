@@ -21,10 +21,13 @@ from migrator.cli.common import (
     json_option,
     load,
     mapping_option,
+    metrics_port_option,
     out,
     print_json,
+    process_metrics,
 )
-from migrator.metrics import CdcMetrics
+from migrator.metrics import CdcMetrics, CountingProgress, ProcessMetrics
+from migrator.progress import NullProgress
 
 
 def _stop_on_signals() -> threading.Event:
@@ -160,6 +163,7 @@ def _run(
     kafka_ssl_keyfile: str | None = None,
     dry_run: bool = False,
     metrics_port: int | None = None,
+    metrics: ProcessMetrics | None = None,
     pending_timeout: float = 600.0,
     max_events_in_memory: int = 10_000,
     decoders: int | None = None,
@@ -208,16 +212,14 @@ def _run(
             max_events_in_memory=max_events_in_memory,
             decoders=decoders,
         )
-    metrics = CdcMetrics()
-    if metrics_port:
-        metrics.serve(metrics_port)
+    cdc_metrics = CdcMetrics(metrics or process_metrics(mapping, "cdc", metrics_port))
     if as_json:
-        return run(on_batch=metrics.update)
+        return run(on_batch=cdc_metrics.update)
     with render.CdcView(err) as view:
 
         def both(stats: LiveStats) -> None:
             view.update(stats)
-            metrics.update(stats)
+            cdc_metrics.update(stats)
 
         return run(on_batch=both)
 
@@ -241,12 +243,7 @@ def print_cdc(s: CdcSummary) -> None:
 @click.command("cdc")
 @mapping_option
 @_with(cdc_options)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    help="Serve Prometheus metrics on this port (events by table/op, lag, dead "
-    "letters, pending children, checkpoint age).",
-)
+@metrics_port_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -280,9 +277,16 @@ def cdc_cmd(mapping_path: str, as_json: bool, **opts: Any) -> None:
 @mapping_option
 @_with(cdc_options)
 @click.option("--workers", type=click.IntRange(1, 64), help="Backfill workers.")
+@metrics_port_option
 @json_option
 @handle_errors
-def sync_cmd(mapping_path: str, workers: int | None, as_json: bool, **opts: Any) -> None:
+def sync_cmd(
+    mapping_path: str,
+    workers: int | None,
+    metrics_port: int | None,
+    as_json: bool,
+    **opts: Any,
+) -> None:
     """Backfill (resuming if started), then CDC from the position the backfill recorded.
 
     \b
@@ -290,13 +294,15 @@ def sync_cmd(mapping_path: str, workers: int | None, as_json: bool, **opts: Any)
       migrator sync -m shop.yaml --until-caught-up
     """
     mapping = load(mapping_path)
+    metrics = process_metrics(mapping, "sync", metrics_port)
+    rows = metrics.get("migrator_backfill_rows_total")
     if as_json:
-        b = backfill(mapping, workers=workers)
+        b = backfill(mapping, workers=workers, progress=CountingProgress(NullProgress(), rows))
     else:
         with render.RichProgress(err) as progress:
-            b = backfill(mapping, workers=workers, progress=progress)
+            b = backfill(mapping, workers=workers, progress=CountingProgress(progress, rows))
         print_summary(b)
-    summary = _run(mapping, as_json=as_json, **opts)
+    summary = _run(mapping, as_json=as_json, metrics=metrics, **opts)
     if as_json:
         print_json({"backfill": b.to_dict(), "cdc": summary.to_dict()})
     else:

@@ -16,7 +16,8 @@ from bson import json_util
 from rich.console import Console
 from rich.markup import escape
 
-from migrator.errors import MigratorError, describe_server
+from migrator.errors import MigratorError, describe_server, server_kind
+from migrator.metrics import ProcessMetrics
 from migrator.model.settings import Mapping, load_mapping
 from migrator.model.urls import redact
 
@@ -41,7 +42,7 @@ def handle_errors(fn: F) -> F:
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
         except Exception as exc:  # a driver error in the middle of a run: one line, exit 2
-            kind = _server_kind(exc)
+            kind = server_kind(exc)
             log.debug("error", exc_info=True)
             if kind is None:
                 _fail(
@@ -74,18 +75,6 @@ def _fail(message: str, hint: str | None, code: int) -> NoReturn:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
-
-
-def _server_kind(exc: BaseException) -> str | None:
-    """Which server a driver exception came from (by the driver's package)."""
-    mod = type(exc).__module__
-    if mod.startswith(("pymongo", "bson")):
-        return "mongodb"
-    if mod.startswith(("MySQLdb", "pymysql", "pymysqlreplication", "_mysql")):
-        return "mysql"
-    if mod.startswith("kafka"):
-        return "kafka"
-    return None
 
 
 def _default(o: Any) -> Any:
@@ -121,3 +110,26 @@ def json_option(fn: F) -> F:
 
 def load(mapping_path: str) -> Mapping:
     return load_mapping(mapping_path)
+
+
+def metrics_port_option(fn: F) -> F:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(1, 65535),
+        help="Serve Prometheus metrics on this port: this command's own counters and the "
+        "migration's state (phase, gates, lag, dead letters...; docs/guide/monitoring.md).",
+    )(fn)
+
+
+def process_metrics(settings: Mapping, command: str, port: int | None) -> ProcessMetrics:
+    """This command's metrics; served with the migration's state gauges when a port is given
+    (the built-in playbook's gates)."""
+    from migrator.cutover.playbook import load_playbook
+    from migrator.monitor.exporter import StateCollector
+
+    metrics = ProcessMetrics(settings.migration_name, command)
+    if port:
+        metrics.add_state(StateCollector(settings, load_playbook(None)))
+        metrics.serve(port)
+        log.info("serving metrics", extra={"port": port})
+    return metrics

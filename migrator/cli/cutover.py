@@ -39,13 +39,38 @@ def _gates_table(res: StepResult | None, gates: list[dict[str, Any]]) -> Any:
 @click.command("status")
 @mapping_option
 @playbook_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="A live view redrawn every second until Ctrl-C: gates, lag, rates, ETA, "
+    "verification, dead letters, servers down, and the next command to type.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between redraws with --watch.",
+)
 @json_option
 @handle_errors
-def status_cmd(mapping_path: str, playbook_path: str | None, as_json: bool) -> None:
+def status_cmd(
+    mapping_path: str, playbook_path: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
     """Where the migration is: phase, CDC lag, backfill, last verification, DLQ, gates, audit.
 
-    Example: migrator status -m shop.yaml --json
+    \b
+    Examples:
+      migrator status -m shop.yaml --json
+      migrator status -m shop.yaml --watch      # live, for on-call; Ctrl-C leaves
     """
+    if watch:
+        if as_json:
+            raise ConfigError("--watch draws a live view; --json prints once: pass one")
+        from migrator.monitor.watch import watch as live
+
+        live(load(mapping_path), load_playbook(playbook_path), mapping_path, out, interval=interval)
+        return
     m = Machine(load(mapping_path), load_playbook(playbook_path))
     try:
         st = m.status()

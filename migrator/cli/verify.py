@@ -15,10 +15,14 @@ from migrator.cli.common import (
     json_option,
     load,
     mapping_option,
+    metrics_port_option,
     out,
     print_json,
+    process_metrics,
 )
 from migrator.errors import ConfigError
+from migrator.metrics import CountingProgress, ProcessMetrics
+from migrator.progress import NullProgress
 from migrator.verify.checker import RECHECK_WAIT
 from migrator.verify.engine import parse_duration, verify
 from migrator.verify.report import junit, markdown
@@ -102,6 +106,7 @@ from migrator.verify.results import VerifyResult
 @click.option(
     "--report", "report_file", type=click.Path(dir_okay=False), help="Write a Markdown report here."
 )
+@metrics_port_option
 @json_option
 @handle_errors
 def verify_cmd(
@@ -120,6 +125,7 @@ def verify_cmd(
     recheck_wait: float,
     junit_file: str | None,
     report_file: str | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Prove, row by row, that MongoDB holds what MySQL holds (exit 0 clean, 1 differences).
@@ -154,14 +160,20 @@ def verify_cmd(
         shared=shared,
         recheck_wait=recheck_wait,
     )
+    metrics = process_metrics(mapping, "verify", metrics_port)
     if follow:
-        _follow(mapping, settle, as_json, recheck_wait)
+        _follow(mapping, settle, as_json, recheck_wait, metrics)
         return
+    checked = metrics.get("migrator_verify_documents_checked_total")
+    running = metrics.get("migrator_verify_running")
     if as_json:
-        result = verify(mapping, **kwargs)  # type: ignore[arg-type]
+        counting = CountingProgress(NullProgress(), checked, running)
+        result = verify(mapping, progress=counting, **kwargs)  # type: ignore[arg-type]
     else:
         with render.RichProgress(err) as progress:
-            result = verify(mapping, progress=progress, **kwargs)  # type: ignore[arg-type]
+            counting = CountingProgress(progress, checked, running)
+            result = verify(mapping, progress=counting, **kwargs)  # type: ignore[arg-type]
+    counting.done()
     if junit_file:
         Path(junit_file).write_text(junit(result))
     if report_file:
@@ -173,7 +185,9 @@ def verify_cmd(
     raise SystemExit(0 if result.ok else 1)
 
 
-def _follow(mapping: Any, settle: float, as_json: bool, recheck_wait: float) -> None:
+def _follow(
+    mapping: Any, settle: float, as_json: bool, recheck_wait: float, metrics: ProcessMetrics
+) -> None:
     import signal
     import threading
 
@@ -184,8 +198,13 @@ def _follow(mapping: Any, settle: float, as_json: bool, recheck_wait: float) -> 
         signal.signal(sig, lambda *_: stop.set())
     dirty = {"n": 0}
 
+    checked = metrics.get("migrator_verify_documents_checked_total")
+    metrics.get("migrator_verify_running").labels().set(1)
+
     def on_pass(r: VerifyResult) -> None:
         dirty["n"] = len(r.differences)
+        for c in r.collections:
+            checked.labels(c.name).inc(c.checked)
         if as_json:
             click.echo(json.dumps(r.to_dict(), default=str))
         elif r.differences or any(c.checked for c in r.collections):

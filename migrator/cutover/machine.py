@@ -111,6 +111,10 @@ class _Lease:
         self.control.release(self.holder)
 
 
+# what a verification counts as a difference (verify.results.CollectionResult.clean)
+DIFFERENCE_KINDS = ("missing", "extra", "different", "unconvertible")
+
+
 class Machine:
     def __init__(
         self, migration: Migration | Mapping, playbook: Playbook, *, actor: str | None = None
@@ -644,25 +648,33 @@ class Machine:
         return None
 
     def status(self) -> dict[str, Any]:
+        """Everything `status`, its live view and the metrics show. MySQL down leaves what it
+        measures (CDC lag, the gates) unknown and says so in `problems`; MongoDB down raises."""
         doc = self.control.get()
         st = self.state
-        backfill = {
-            b["_id"]: {"status": b.get("status"), "chunks": b.get("chunks")}
-            for b in st.backfill.find()
-        }
-        for name in backfill:
-            total, done = st.chunk_counts(name)
-            backfill[name].update(chunks_done=done, chunks_total=total)
+        problems: dict[str, str] = {}
         cp = st.meta_doc("cdc_checkpoint")
         cdc_status = st.cdc_status() or {}
         try:
             lag = cdc_lag_seconds(self.mapping, st)
-        except MigratorError:
-            lag = None
-        last = st.last_verify_run()
+        except MigratorError as exc:
+            lag, problems["mysql"] = None, exc.message
         nxt = next_phase(doc["phase"])
-        gates = evaluate(nxt, self.mapping, st, self.playbook) if nxt else []
-        audit = list(self.audit.find({}, {"_id": 0}).sort("at", -1).limit(20))
+        try:
+            gates = (
+                [g.to_dict() for g in evaluate(nxt, self.mapping, st, self.playbook)] if nxt else []
+            )
+        except MigratorError as exc:
+            problems.setdefault("mysql", exc.message)
+            gates = [
+                {
+                    "name": "gates",
+                    "ok": False,
+                    "measured": f"cannot measure: {exc.message}",
+                    "threshold": "-",
+                }
+            ]
+        alive = st.cdc_alive()
         return {
             "phase": doc["phase"],
             "version": doc["version"],
@@ -675,28 +687,86 @@ class Machine:
             "reason": doc.get("reason"),
             "lease": doc.get("lease"),
             "switch": self._switch_state(doc),
-            "backfill": backfill,
+            "backfill": self._backfill(),
             "cdc": {
                 "lag_seconds": lag,
                 "checkpoint_age_seconds": (now() - cp["saved_at"]).total_seconds() if cp else None,
                 "events": cdc_status.get("events"),
+                "events_per_sec": cdc_status.get("events_per_sec") if alive else None,
+                "source": cdc_status.get("source"),
                 "position": cp and cp.get("position"),
-                "alive": st.cdc_alive(),
-                "waiting_for": cdc_status.get("waiting_for") if st.cdc_alive() else None,
+                "alive": alive,
+                "waiting_for": cdc_status.get("waiting_for") if alive else None,
             },
             "reverse_sync": self._reverse_sync(),
-            "verification": None
-            if last is None
-            else {
-                "ok": last.get("ok"),
-                "mode": last.get("mode"),
-                "finished": last.get("finished"),
-                "age_seconds": (now() - last["finished"]).total_seconds(),
-                "totals": last.get("totals"),
-            },
+            "verification": self._verification(),
+            "verify_in_progress": self._verify_in_progress(),
             "dead_letters": st.dead_letter_count(),
+            "newest_dead_letter": st.newest_dead_letter(),
             "pending": st.pending.count_documents({}),
+            "last_write_pause": self._last_pause(),
             "next_phase": nxt,
-            "gates": [g.to_dict() for g in gates],
-            "audit": audit,
+            "gates": gates,
+            "problems": problems,
+            "audit": list(self.audit.find({}, {"_id": 0}).sort("at", -1).limit(20)),
+        }
+
+    def _backfill(self, window: float = 60.0) -> dict[str, Any]:
+        """Each collection's copy: chunks, rows, the rate over the last minute and an ETA."""
+        st, out = self.state, {}
+        for b in st.backfill.find():
+            name = b["_id"]
+            total, done = st.chunk_counts(name)
+            rows = st.done_rows(name)
+            rate = st.recent_rows(name, window) / window if b.get("status") != "complete" else 0.0
+            left = (total - done) * rows / done if done else None
+            out[name] = {
+                "status": b.get("status"),
+                "chunks": b.get("chunks"),
+                "chunks_done": done,
+                "chunks_total": total,
+                "rows_done": rows,
+                "rows_per_sec": rate,
+                "eta_seconds": left / rate if left is not None and rate else None,
+            }
+        return out
+
+    def _verification(self) -> dict[str, Any] | None:
+        last = self.state.last_verify_run()
+        if last is None:
+            return None
+        return {
+            "ok": last.get("ok"),
+            "mode": last.get("mode"),
+            "finished": last.get("finished"),
+            "age_seconds": (now() - last["finished"]).total_seconds(),
+            "totals": last.get("totals"),
+            "differences": {
+                name: sum(int(c.get(k) or 0) for k in DIFFERENCE_KINDS)
+                for name, c in (last.get("collections") or {}).items()
+                if isinstance(c, dict)
+            },
+        }
+
+    def _verify_in_progress(self) -> dict[str, Any] | None:
+        run = self.state.verify_in_progress()
+        if run is None:
+            return None
+        colls = run.get("collections") or {}
+        return {
+            "started": run.get("started"),
+            "updated_at": run.get("updated_at"),
+            "checked": sum(int(c.get("checked", 0)) for c in colls.values()),
+            "collections_done": sum(1 for c in colls.values() if c.get("done")),
+            "collections": len((run.get("params") or {}).get("collections") or colls),
+        }
+
+    def _last_pause(self) -> dict[str, Any] | None:
+        a = self.state.last_write_pause()
+        if a is None:
+            return None
+        return {
+            "at": a.get("at"),
+            "ms": a.get("write_pause_ms"),
+            "step": f"{a.get('from_phase')} -> {a.get('to_phase')}",
         }

@@ -362,6 +362,11 @@ class Mapping(_Model):
             self.target.database or mongo_database_from_url(self.target.url) or self.source_database
         )
 
+    @property
+    def migration_name(self) -> str:
+        """How logs, metrics and alerts name this migration: `sourcedb->targetdb`."""
+        return f"{self.source_database}->{self.target_database}"
+
     def where(self, *key: str | int) -> str:
         """`file:line key.path` for messages about a part of the mapping."""
         line = line_for(self.lines, tuple(key))

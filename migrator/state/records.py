@@ -43,6 +43,9 @@ class CdcStatus(TypedDict, total=False):
     position: PositionRecord
     lag_seconds: float | None
     events: int
+    events_per_sec: float
+    alive_at: datetime
+    waiting_for: Any
     alive: bool
     mode: str
     pid: int

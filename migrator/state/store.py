@@ -500,6 +500,15 @@ class StateStore:
         fields = {"done": True, "rows": rows, "docs": docs, "seconds": seconds, "done_at": now()}
         with_retry(lambda: self.chunks.update_one({"_id": chunk_id}, {"$set": fields}))
 
+    def recent_rows(self, collection: str, seconds: float) -> int:
+        """Rows the chunks done in the last `seconds` copied (the copy's current rate)."""
+        q = {
+            "collection": collection,
+            "done": True,
+            "done_at": {"$gte": now() - timedelta(seconds=seconds)},
+        }
+        return sum(int(c.get("rows", 0)) for c in self.chunks.find(q, {"rows": 1}))
+
     def done_rows(self, collection: str) -> int:
         done = self.chunks.find({"collection": collection, "done": True}, {"rows": 1})
         return sum(int(c.get("rows", 0)) for c in done)
@@ -711,6 +720,17 @@ class StateStore:
         over = [c for c in doc.get("collections", []) if collections is None or c in collections]
         return counts, over
 
+    def verify_in_progress(self) -> dict[str, Any] | None:
+        """The full verification running or interrupted (its checkpoint), if any."""
+        doc = self.meta_doc("verify_progress")
+        return doc if doc and doc.get("status") == "running" else None
+
+    def last_write_pause(self) -> dict[str, Any] | None:
+        """The audit entry of the last phase change that held application writes."""
+        return self.audit_log.find_one(
+            {"write_pause_ms": {"$ne": None}}, {"_id": 0}, sort=[("at", -1)]
+        )
+
     def last_verify_run(self) -> VerifyRun | None:
         return cast("VerifyRun | None", self.verify_runs.find_one({}, sort=[("finished", -1)]))
 
@@ -755,6 +775,10 @@ class StateStore:
 
     def dead_letter_count(self) -> int:
         return self.dead_letters.count_documents({})
+
+    def newest_dead_letter(self) -> DeadLetter | None:
+        doc = self.dead_letters.find_one({}, {"payload": 0}, sort=[("at", -1)])
+        return cast("DeadLetter | None", doc)
 
     def reverse_dead_letters(self, since: datetime) -> list[DeadLetter]:
         """MongoDB changes reverse sync could not write to MySQL since `since` and that no

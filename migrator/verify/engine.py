@@ -205,6 +205,7 @@ class _Run:
             "rechecked": res.rechecked,
             "diffs": [diff_doc(d) for d in found[: self.v.limit]],
         }
+        self.progress_doc["updated_at"] = now()  # the live view tells running from interrupted
         self.v.state.save_meta_doc("verify_progress", dict(self.progress_doc))
 
     def collection(self, p: CollectionPlan) -> tuple[list[Difference], list[Any]]:

@@ -154,7 +154,10 @@ def test_metrics_endpoint_and_json_logs(env):
             return ""
         return text if applied in text else ""
 
-    applied = 'migrator_cdc_events_applied_total{op="update",table="orders"} 1.0'
+    applied = (
+        f'migrator_cdc_events_applied_total{{migration="{env.db}->{env.db}",op="update",'
+        'table="orders"} 1.0'
+    )
     with cli_process(*args, "--metrics-port", str(port), pipe=True) as proc:
         env.sql("UPDATE orders SET note = 'metrics' WHERE id = 1")
         text = wait_until(metrics, "the metric", every=0.3)

@@ -1,0 +1,1 @@
+"""What on-call engineers see: the live status view, its advice, and the state metrics."""
