@@ -197,6 +197,7 @@ class CdcMetrics:
         self.m = metrics
         self._seen: dict[tuple[str, str], int] = {}
         self._reverse = 0
+        metrics.get("migrator_reverse_sync_changes_total").labels().inc(0)  # 0 until the switch
 
     def update(self, stats: Any) -> None:
         applied = self.m.get("migrator_cdc_events_applied_total")
@@ -209,7 +210,7 @@ class CdcMetrics:
         self.m.get("migrator_cdc_queue_depth").labels().set(stats.queue_depth)
         self.m.get("migrator_cdc_pending_children").labels().set(stats.pending)
         self.m.get("migrator_cdc_last_batch_timestamp_seconds").labels().set(time.time())
-        reverse = getattr(stats, "reverse_changes", 0)
+        reverse = stats.reverse_changes
         if reverse > self._reverse:
             self.m.get("migrator_reverse_sync_changes_total").labels().inc(reverse - self._reverse)
             self._reverse = reverse

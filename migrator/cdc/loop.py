@@ -71,6 +71,7 @@ class LiveStats:
     position: str = ""
     applied: dict[tuple[str, str], int] = field(default_factory=dict)
     checkpoint_at: datetime | None = None
+    reverse_changes: int = 0  # documents reverse sync wrote to MySQL (after the write switch)
 
 
 @dataclass(frozen=True)
@@ -470,6 +471,9 @@ class ChangeLoop:
             )
             self.summary.reverse_changes += rev.changes
             self.summary.dead_letters += rev.dead_letters
+            self.stats.reverse_changes = self.summary.reverse_changes
+            if self.s.on_batch:  # the metrics see the loop turn while it reverse-syncs
+                self.s.on_batch(self.stats)
             return follow and self.state.mongo_is_truth() is not None
 
         if not follow:

@@ -128,6 +128,7 @@ class _Demo:
         )
         self.mapping = parse_mapping(self.mapping_path.read_text(), str(self.mapping_path))
         say(f"mapping written to {self.mapping_path}")
+        say(f"watch it live from another terminal: migrator status -m {self.mapping_path} --watch")
         self.plan = preflight(self.mapping)
         self.machine = Machine(self.mapping, default_playbook(), actor="demo")
 
