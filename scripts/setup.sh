@@ -27,6 +27,17 @@ if [ ${#need[@]} -gt 0 ]; then
   # Debian starts a system mariadb on install in some setups; the project never uses it.
   $SUDO service mariadb stop >/dev/null 2>&1 || true
 fi
+# promtool checks and unit-tests the alert rules (deploy/prometheus) in `make test`; Debian ships
+# it in the prometheus package. The server that comes with it is never used: stop it, keep it off.
+if ! command -v promtool >/dev/null 2>&1; then
+  say "installing Debian package: prometheus (for promtool)"
+  [ ${#need[@]} -gt 0 ] || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $SUDO service prometheus stop >/dev/null 2>&1 || true
+  if command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable prometheus >/dev/null 2>&1 || true
+  fi
+fi
 
 # 2. The project venv (Python >= 3.11).
 PY="${PYTHON:-python3}"

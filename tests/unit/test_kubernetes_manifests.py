@@ -1,9 +1,12 @@
 """deploy/kubernetes: every manifest is valid Kubernetes (strict, against the schemas of
 kubernetes-validate), the mapping in the ConfigMap is a valid mapping, and every container's
-arguments are accepted by the CLI they run."""
+arguments are accepted by the CLI they run. deploy/kubernetes/monitoring (the Prometheus
+Operator's PodMonitor and PrometheusRule, which kubernetes-validate has no schema for) is
+checked for its shape and for scraping the CDC pods under their migration's name."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 import yaml
 
 from migrator.cli.main import cli
-from migrator.model.settings import parse_mapping
+from migrator.model.settings import Mapping, parse_mapping
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -40,14 +43,18 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(spec.get("template", {}).get("spec", {}).get("containers", []))
 
 
-def test_the_configmap_mapping_is_valid_with_its_secret_files(tmp_path: Path):
+def _configmap_mapping(tmp_path: Path) -> Mapping:
     (cm,) = _docs(DEPLOY / "configmap.yaml")
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     for name in ("source-password", "target-password", "kafka-password"):
         (secrets / name).write_text("from-the-secret\n")
     text = cm["data"]["mapping.yaml"].replace("/etc/migrator/secrets", str(secrets))
-    mapping = parse_mapping(text, "configmap.yaml")
+    return parse_mapping(text, "configmap.yaml")
+
+
+def test_the_configmap_mapping_is_valid_with_its_secret_files(tmp_path: Path):
+    mapping = _configmap_mapping(tmp_path)
     assert mapping.source_url.tls.effective_mode == "VERIFY_IDENTITY"
     assert mapping.debezium.security.kafka_python()["security_protocol"] == "SASL_SSL"
     # each password is a file of the Secret the pods mount
@@ -92,3 +99,56 @@ def test_container_arguments_are_accepted_by_the_cli(path: Path, tmp_path: Path)
             assert ctx.params["mapping_path"] == mapping.as_posix()
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             assert {"/etc/migrator/mapping.yaml", "/etc/migrator/secrets"} <= mounts
+
+
+MONITORING = DEPLOY / "monitoring"
+MONITORING_MANIFESTS = sorted(
+    p for p in MONITORING.glob("*.yaml") if p.name != "kustomization.yaml"
+)
+
+
+def test_the_monitoring_kustomization_lists_every_manifest():
+    """The Prometheus Operator's resources are applied apart (`kubectl apply -k
+    deploy/kubernetes/monitoring`), so a cluster without its CRDs can apply the rest."""
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == "migrator"
+    assert sorted(kustomization["resources"]) == [p.name for p in MONITORING_MANIFESTS]
+    assert {d["kind"] for p in MONITORING_MANIFESTS for d in _docs(p)} == {
+        "PodMonitor",
+        "PrometheusRule",
+    }
+
+
+@pytest.mark.parametrize("path", MONITORING_MANIFESTS, ids=lambda p: p.name)
+def test_monitoring_manifests_are_prometheus_operator_resources(path: Path):
+    """No schema to validate them against: their shape here, the rules in test_alert_rules.py."""
+    for doc in _docs(path):
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert doc["kind"] in {"PodMonitor", "PrometheusRule"}
+        assert doc["metadata"]["namespace"] == "migrator"
+
+
+def _meta_label(annotation: str) -> str:
+    """The label Prometheus's Kubernetes discovery gives a pod annotation."""
+    return "__meta_kubernetes_pod_annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", annotation)
+
+
+def test_the_podmonitor_scrapes_the_cdc_pods_under_their_migrations_name(tmp_path: Path):
+    (monitor,) = _docs(MONITORING / "podmonitor.yaml")
+    (cdc,) = _docs(DEPLOY / "cdc-deployment.yaml")
+    pod = cdc["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (container,) = pod["spec"]["containers"]
+    port = next(p for p in container["ports"] if p["name"] == endpoint["port"])
+    args = container["args"]
+    assert str(port["containerPort"]) == args[args.index("--metrics-port") + 1]
+    # the series keep the `migration` the tool gives them; `up` gets it from the annotation
+    assert endpoint["honorLabels"] is True
+    relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert relabel["job"]["replacement"].startswith("migrator-")  # up{job=~"migrator.*"}
+    (source,) = relabel["migration"]["sourceLabels"]
+    annotations = pod["metadata"]["annotations"]
+    (key,) = [k for k in annotations if _meta_label(k) == source]
+    assert annotations[key] == _configmap_mapping(tmp_path).migration_name
