@@ -11,6 +11,7 @@ would share one core (bench/backfill.py measures both).
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -25,6 +26,7 @@ import bson
 import MySQLdb
 from pymongo.errors import CollectionInvalid
 
+from migrator import logs
 from migrator.errors import CheckFailed, ConfigError, MigratorError
 from migrator.faults import fault_point
 from migrator.model.placement import discovery_indexes
@@ -42,6 +44,8 @@ from migrator.state.store import StateStore, decode_key, now, process_owner
 from migrator.ticker import Ticker
 
 BSON_MAX = 16 * 1024 * 1024
+
+log = logging.getLogger("migrator.backfill")
 
 
 @dataclass
@@ -138,6 +142,10 @@ class ChunkWorker:
                 except MySQLdb.OperationalError as exc:
                     if exc.args[0] not in (2006, 2013) or attempt == 3:
                         raise MigratorError(f"reading chunk {chunk.describe()}: {exc}") from None
+                    log.warning(
+                        "source connection lost; reconnecting to read the page again",
+                        extra={"chunk": chunk.id, "cause": str(exc), "attempt": attempt + 1},
+                    )
                     time.sleep(0.5 * 2**attempt)
                     self._connect_source()
             if rows:
@@ -235,6 +243,7 @@ def _worker_main(
     paused: Any,
     parent: int,
 ) -> None:
+    logs.inherit()
     try:
         # this process's own clients; the schema is the parent's (read once)
         migration = Migration(mapping, claim_state=False, schema=schema)
@@ -312,6 +321,17 @@ def _start(
     """Check the phase, take the copy fence, then copy (see _backfill)."""
     plans = [p for p in mig.transform.collections if not collections or p.name in collections]
     summary = BackfillSummary(dry_run=dry_run, workers=workers, chunk_size=chunk_size)
+    log.info(
+        "backfill started",
+        extra={
+            "collections": [p.name for p in plans],
+            "workers": workers,
+            "chunk_size": chunk_size,
+            "max_rows_per_sec": max_rows_per_sec,
+            "restart": restart,
+            "dry_run": dry_run,
+        },
+    )
     t_start = time.monotonic()
     meta_conn = mig.connect_source()
     state: StateStore | None = None
@@ -402,8 +422,10 @@ class CopyFence:
         self.copy_id, self.created = self.state.begin_copy(self.owner)
         self._ticker.start()
         if not self.created:
+            log.info("backfill joins another's copy", extra={"copy": self.copy_id})
             self.progress.note(f"joining the copy of another backfill ({self.copy_id})")
         if self.state.cdc_alive():
+            log.info("waiting for the running CDC to pause while this copies")
             self.progress.note("waiting for the running CDC to pause while this copies")
         self.state.wait_for_cdc_ack(self.copy_id, self.owner)
         return self
@@ -446,6 +468,18 @@ def _backfill(
     rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
 
     def record(res: ChunkResult) -> None:
+        log.debug(
+            "chunk written",
+            extra={
+                "chunk": res.chunk_id,
+                "collection": res.collection,
+                "rows": res.rows,
+                "docs": res.docs,
+                "dead_letters": res.dead,
+                "bytes": res.bytes,
+                "seconds": round(res.seconds, 3),
+            },
+        )
         cs = per_coll[res.collection]
         cs.rows += res.rows
         cs.documents += res.docs
@@ -488,6 +522,10 @@ def _prepare_target(
     """Reset what a restart forgets, record where CDC starts (once), check that a resume's
     done chunks are still in the target, and make its indexes; returns CDC's start."""
     if restart:
+        log.warning(
+            "backfill restart: forgetting the checkpoints and emptying the collections",
+            extra={"collections": [p.name for p in plans], "cdc_start_reset": not collections},
+        )
         state.reset_backfill([p.name for p in plans] if collections else None)
         if not collections:
             # a full restart starts CDC over from the new position too (the old one may
@@ -502,6 +540,7 @@ def _prepare_target(
         # Before any row is read: CDC replays from here and converges (with several
         # processes, the first one recorded stands: it lies before all their reads)
         position = state.record_backfill_position(current_position(meta_conn))
+        log.info("cdc start position recorded", extra={"position": _loggable(position)})
     if not restart:
         _check_target_holds_the_copy(mig.target, state, plans)
     _ensure_target_indexes(mig.target, plans)
@@ -528,6 +567,7 @@ def _plan_chunks(
                 bounds = chunk_bounds(list(ChunkReader(raw, p).boundaries(chunk_size)))
                 pending = _save_plan(state, p, bounds, chunk_size)
                 cs.chunks_total = len(bounds)
+                log.info("chunks planned", extra={"collection": p.name, "chunks": len(bounds)})
             else:
                 pending = state.pending_chunks(p.name) if state else []
                 cs.chunks_total = int(st.get("chunks", 0))
@@ -546,6 +586,14 @@ def _plan_chunks(
             est = max(p.table.rows_estimate, (cs.chunks_total - 1) * chunk_size, done_rows)
             progress.start(p.name, est, done_rows)
             if cs.chunks_skipped:
+                log.info(
+                    "backfill resuming",
+                    extra={
+                        "collection": p.name,
+                        "chunks_done": cs.chunks_skipped,
+                        "chunks_total": cs.chunks_total,
+                    },
+                )
                 progress.note(
                     f"{p.name}: resuming, {cs.chunks_skipped} of {cs.chunks_total} "
                     "chunks already done"
@@ -598,13 +646,33 @@ def _finish(
     summary.documents = sum(c.documents for c in summary.collections)
     summary.dead_letters = sum(c.dead_letters for c in summary.collections)
     summary.rows_per_sec = summary.rows / summary.seconds if summary.seconds else 0.0
+    log.info(
+        "backfill finished",
+        extra={
+            "rows": summary.rows,
+            "documents": summary.documents,
+            "dead_letters": summary.dead_letters,
+            "chunks": sum(c.chunks_run for c in summary.collections),
+            "seconds": round(summary.seconds, 3),
+            "rows_per_sec": round(summary.rows_per_sec),
+            "paused_seconds": summary.paused_seconds,
+            "dry_run": summary.dry_run,
+        },
+    )
+    if summary.dead_letters:
+        log.warning("rows went to the dead letters", extra={"dead_letters": summary.dead_letters})
     return summary
+
+
+def _loggable(position: dict[str, Any]) -> dict[str, Any]:
+    return {k: position.get(k) for k in ("file", "pos", "gtid")}
 
 
 def _wait_while_busy(monitor: LoadMonitor, progress: Progress) -> float:
     paused = 0.0
     reason = monitor.reason_to_pause()
     if reason:
+        log.info("backfill paused for the source's load", extra={"reason": reason})
         progress.note(f"paused: {reason}")
     while reason:
         time.sleep(monitor.spec.check_interval_seconds)
@@ -676,6 +744,7 @@ def _run_processes(
                 continue
             reason = monitor.reason_to_pause()
             if reason and not paused_flag.is_set():
+                log.info("backfill paused for the source's load", extra={"reason": reason})
                 progress.note(f"paused: {reason}")
                 paused_flag.set()
             elif not reason and paused_flag.is_set():
@@ -733,7 +802,10 @@ class ListedChunks(ChunkSource):
         self.todo = list(todo)
 
     def next(self, *, wait: bool) -> Chunk | None:
-        return self.todo.pop(0) if self.todo else None
+        chunk = self.todo.pop(0) if self.todo else None
+        if chunk is not None:
+            log.debug("chunk claimed", extra={"chunk": chunk.id, "collection": chunk.collection})
+        return chunk
 
     def finished(self) -> bool:
         return not self.todo
@@ -752,6 +824,9 @@ class ClaimedChunks(ChunkSource):
             self.fence.check()
             doc = with_retry(lambda: self.state.claim_chunk(self.collections, self.owner))
             if doc is not None:
+                log.debug(
+                    "chunk claimed", extra={"chunk": doc["_id"], "collection": doc["collection"]}
+                )
                 return Chunk(
                     id=doc["_id"],
                     collection=doc["collection"],

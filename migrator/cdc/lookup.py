@@ -4,6 +4,7 @@ whole aggregates to rebuild), through one connection that survives a server rest
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from migrator.source.connection import connect
 from migrator.source.reader import ChunkReader
 
 T = TypeVar("T")
+log = logging.getLogger("migrator.cdc")
 # server gone, restarting, connection dropped: worth waiting for
 _TRANSIENT = {2002, 2003, 2006, 2013, 1053}
 
@@ -42,6 +44,10 @@ class SourceLookup:
                 self.close_quietly()
                 if code not in _TRANSIENT or time.monotonic() + delay > deadline:
                     raise
+                log.warning(
+                    "source lookup failed; reconnecting",
+                    extra={"cause": str(exc)[:300], "wait_seconds": delay},
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -16,10 +17,12 @@ from bson import json_util
 from rich.console import Console
 from rich.markup import escape
 
+from migrator import logs
 from migrator.errors import MigratorError, describe_server, server_kind
 from migrator.metrics import ProcessMetrics
 from migrator.model.settings import Mapping, load_mapping
 from migrator.model.urls import redact
+from migrator.state.store import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("migrator.cli")
@@ -30,36 +33,79 @@ err = Console(stderr=True, highlight=False)
 
 
 def handle_errors(fn: F) -> F:
-    """MigratorError -> a red message on stderr and its exit code (2 usage/connection, 1 check)."""
+    """MigratorError -> a red message on stderr and its exit code (2 usage/connection, 1 check).
+    Every end is logged: `command finished` with the exit code, or `command failed` with the
+    error, its hint, exit code and type (an unexpected error's traceback at debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logs.bind(command=_command_path())
+        t0 = time.monotonic()
         try:
-            return fn(*args, **kwargs)
-        except MigratorError as exc:
-            _fail(exc.message, exc.hint, exc.exit_code)
+            result = fn(*args, **kwargs)
+        except SystemExit as exc:  # the command's own exit code (1: a check failed)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            log.info("command finished", extra={"exit_code": code, "seconds": _since(t0)})
+            raise
+        except MigratorError as exc:  # a user's error: its message says it all, no traceback
+            _fail(exc.message, exc.hint, exc.exit_code, exc, t0)
         except KeyboardInterrupt:
+            log.warning(
+                "interrupted", extra={"exit_code": 130, "seconds": _since(t0), **logs.ECHOED}
+            )
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
         except Exception as exc:  # a driver error in the middle of a run: one line, exit 2
             kind = server_kind(exc)
-            log.debug("error", exc_info=True)
+            log.debug("command failed: traceback", exc_info=True)
             if kind is None:
                 _fail(
                     f"internal error: {type(exc).__name__}: {_first_line(exc)}",
                     "rerun with --log-level debug for the traceback, and report it",
                     2,
+                    exc,
+                    t0,
                 )
             _fail(
                 f"{describe_server(kind)}: {_first_line(exc)}",
                 "the checkpoints are safe: rerun the command once the server is back",
                 2,
+                exc,
+                t0,
             )
+        log.info("command finished", extra={"exit_code": 0, "seconds": _since(t0)})
+        return result
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+def _command_path() -> str | None:
+    """The command's path below the program, e.g. `cutover`, `state dump` (however the
+    program was started)."""
+    ctx, names = click.get_current_context(silent=True), []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names)) or None
+
+
+def _since(t0: float) -> float:
+    return round(time.monotonic() - t0, 3)
+
+
+def _fail(message: str, hint: str | None, code: int, exc: BaseException, t0: float) -> NoReturn:
+    # logged first (JSON logs get it; text logs leave it to the red message below)
+    log.error(
+        "command failed",
+        extra={
+            "error": message,
+            "hint": hint,
+            "exit_code": code,
+            "error_type": type(exc).__name__,
+            "seconds": _since(t0),
+            **logs.ECHOED,
+        },
+    )
     # soft_wrap: a long path or URL stays on one line, as a user would copy it
     err.print(
         f"[bold red]error:[/] {escape(redact(message))}",
@@ -109,7 +155,25 @@ def json_option(fn: F) -> F:
 
 
 def load(mapping_path: str) -> Mapping:
-    return load_mapping(mapping_path)
+    """The mapping; from here on every log record carries the migration's identity."""
+    mapping = load_mapping(mapping_path)
+    logs.bind(**identity(mapping))
+    return mapping
+
+
+def identity(mapping: Mapping) -> dict[str, str | None]:
+    """Which migration a log line is about: source -> target database, where the source is
+    (host:port/db, never a password), the target and state databases."""
+    try:
+        name, source = mapping.migration_name, StateStore.identity_of(mapping)["source"]
+    except MigratorError:  # the command itself says what is wrong with the URL
+        return {"state_db": mapping.state.database}
+    return {
+        "migration": name,
+        "source": source,
+        "target": mapping.target_database,
+        "state_db": mapping.state.database,
+    }
 
 
 def metrics_port_option(fn: F) -> F:

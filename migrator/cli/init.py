@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -16,6 +17,8 @@ from migrator.preflight.scaffold import generate_mapping
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
 from migrator.source.schema import introspect
+
+log = logging.getLogger("migrator.init")
 
 
 @click.command("init")
@@ -111,6 +114,14 @@ def init_cmd(
         raise ConfigError("--source names no database: mysql://user:pw@host:3306/DATABASE")
     if output and Path(output).exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    log.info(
+        "init started",
+        extra={
+            "source": f"{url.address}/{url.database}",
+            "documents": documents,
+            "tables": list(tables) or "all",
+        },
+    )
     mongo_connect(connect_target, "--target").close()
     conn = connect(url, where="--source")
     try:
@@ -136,4 +147,9 @@ def init_cmd(
     else:
         click.echo(text, nl=False)
     for n in notes:
+        log.info("init note", extra={"note": n})
         err.print(f"[yellow]note:[/] {n}")
+    log.info(
+        "init finished",
+        extra={"output": output or "stdout", "tables": len(tables) or len(schema.tables)},
+    )

@@ -7,6 +7,7 @@ import click
 from migrator import __version__, logs
 from migrator.cli.backfill import backfill_cmd
 from migrator.cli.cdc import cdc_cmd, sync_cmd
+from migrator.cli.common import err
 from migrator.cli.cutover import cutover_cmd, rollback_cmd, status_cmd
 from migrator.cli.demo import demo_cmd
 from migrator.cli.init import init_cmd
@@ -50,6 +51,9 @@ def cli(log_format: str, log_level: str | None) -> None:
       migrator backfill -m shop.yaml --workers 2
     """
     logs.setup(log_format, log_level or ("info" if log_format == "json" else "warning"))
+    # JSON logs: stderr carries JSON lines only (no progress bars, notes or red messages:
+    # the records say it all, the failure included)
+    err.quiet = log_format.lower() == "json"
 
 
 cli.add_command(stack_group)

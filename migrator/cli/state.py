@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 
 import click
@@ -14,6 +15,8 @@ from migrator.errors import ConfigError
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.state.dump import dump
 from migrator.state.store import StateStore
+
+log = logging.getLogger("migrator.state")
 
 
 @click.group("state")
@@ -49,6 +52,10 @@ def claim_cmd(mapping_path: str, reason: str | None, actor: str | None, as_json:
         claimed = state.adopt(mapping, actor=actor or default_actor(), reason=reason)
     finally:
         client.close()
+    log.info(
+        "state database claimed" if claimed else "state database was already this migration's",
+        extra={"claimed": claimed, "reason": reason},
+    )
     if as_json:
         print_json({"state_database": mapping.state.database, "claimed": claimed})
     elif claimed:
@@ -81,6 +88,7 @@ def dump_cmd(mapping_path: str, newest: int, as_json: bool) -> None:
         data = dump(StateStore(client, mapping.state.database), newest=newest)
     finally:
         client.close()
+    log.debug("state dumped", extra={"newest": newest, "parts": list(data)})
     if as_json:
         print_json(data)
         return

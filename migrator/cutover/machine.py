@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -51,6 +52,8 @@ from migrator.runtime import Migration
 from migrator.sink.mongo import with_retry
 from migrator.state.store import now
 
+log = logging.getLogger("migrator.cutover")
+
 
 def _primary(phase: str) -> str:
     """The store writes go to first in a phase."""
@@ -87,6 +90,35 @@ class StepResult:
             "gates": [g.to_dict() for g in self.gates],
             "hooks": self.hooks,
         }
+
+
+def _decided(res: StepResult, decision: str, failing: list[str]) -> None:
+    log.info(
+        "cutover decision",
+        extra={
+            "from_phase": res.from_phase,
+            "to_phase": res.to_phase,
+            "decision": decision,
+            "failing": failing,
+        },
+    )
+
+
+def _changed(res: StepResult, seconds: float) -> None:
+    log.info(
+        "phase changed",
+        extra={
+            "from_phase": res.from_phase,
+            "to_phase": res.to_phase,
+            "forced": res.forced,
+            "seconds": round(seconds, 3),
+            "write_pause_ms": res.write_pause_ms,
+        },
+    )
+
+
+def _str(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) for k, v in d.items()}
 
 
 class _Lease:
@@ -164,6 +196,7 @@ class Machine:
             )
         except CheckFailed:
             return  # someone else changed it first
+        log.warning("cleared the write freeze of an interrupted switch", extra=_str(found))
         self._audit(
             kind="recovery",
             outcome="done",
@@ -226,6 +259,10 @@ class Machine:
         for a in actions:
             ok, what = run_action(a)
             res.hooks.append({"when": when, "hook": a.label, "ok": ok, "result": what})
+            level = logging.INFO if ok else logging.WARNING
+            log.log(
+                level, "hook ran", extra={"when": when, "hook": a.label, "ok": ok, "result": what}
+            )
             if not ok:
                 return False
         return True
@@ -247,6 +284,9 @@ class Machine:
             )
         res = StepResult(cur, target)
         res.gates = evaluate(target, self.mapping, self.state, self.playbook)
+        for g in res.gates:
+            gate = {"gate": g.name, "ok": g.ok, "measured": g.measured, "threshold": g.threshold}
+            log.info("gate judged", extra={**gate, "from_phase": cur, "to_phase": target})
         return res
 
     def step(
@@ -259,9 +299,15 @@ class Machine:
         confirm: Callable[[StepResult], bool] | None = None,
     ) -> StepResult:
         t0 = time.monotonic()
+        log.info(
+            "cutover started",
+            extra={"to": to or "next", "dry_run": dry_run, "force": force, "reason": reason},
+        )
         if dry_run:
             res = self.plan_step(to)
             res.dry_run = True
+            names = [g.name for g in res.gates if not g.ok]
+            _decided(res, "would be refused" if names else "would go ahead", names)
             return res
         if force and not reason:
             raise ConfigError("--force needs --reason: the audit must say why gates were skipped")
@@ -282,6 +328,8 @@ class Machine:
                 )
                 raise
             failing = [g for g in res.gates if not g.ok]
+            decision = "refused" if failing and not force else "go ahead"
+            _decided(res, decision, [g.name for g in failing])
             if failing and not force:
                 self._audit_step(
                     "cutover",
@@ -298,6 +346,11 @@ class Machine:
                     hint="fix the gates, or --force --reason '...' (audited)",
                 )
             res.forced = bool(failing)
+            if failing:
+                log.warning(
+                    "forced past failing gates",
+                    extra={"failing": [g.name for g in failing], "reason": reason},
+                )
             if confirm is not None and not confirm(res):
                 raise CheckFailed("not confirmed: nothing changed")
             step = self.playbook.step(res.to_phase)
@@ -321,6 +374,7 @@ class Machine:
             else:
                 self._set_phase(doc, res.to_phase, reason)
             res.changed = True
+            _changed(res, time.monotonic() - t0)
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
             self._audit_step(
@@ -342,6 +396,7 @@ class Machine:
 
     def _stage(self, stage: str, *, write: bool = True) -> None:
         """Where a fenced flip is, for `status` if its process dies (no version change)."""
+        log.info("switch stage", extra={"stage": stage})
         if write:
             with_retry(
                 lambda: self.control.coll.update_one(
@@ -397,6 +452,7 @@ class Machine:
             holder=self.holder,
         )
         phase = doc["phase"]
+        log.info("writes frozen", extra={"kind": switch["kind"], "to_phase": target})
         fenced = None
         try:
             self._stage("fence", write=False)
@@ -436,7 +492,11 @@ class Machine:
             }
             fault_point("flipped")
             return pause
-        except BaseException:
+        except BaseException as exc:
+            log.warning(
+                "switch stopped; writes unfrozen",
+                extra={"kind": switch["kind"], "phase": phase, "cause": str(exc)[:300]},
+            )
             cur = self.control.get()
             if cur.get("freeze") and cur.get("freeze_id") == fid:
                 with contextlib.suppress(CheckFailed):
@@ -548,6 +608,9 @@ class Machine:
             raise ConfigError(
                 "--force needs --reason: the audit must say why reverse sync was skipped"
             )
+        log.info(
+            "rollback started", extra={"to": to or "previous", "force": force, "reason": reason}
+        )
         lease = self._lease("rollback", to, reason)
         try:
             doc = self.control.get()
@@ -576,6 +639,10 @@ class Machine:
                 )
             doc = self.control.get()
             res.forced = force
+            if force:
+                log.warning(
+                    "rollback forced: reverse sync is not waited for", extra={"reason": reason}
+                )
             if _primary(cur) != _primary(target):
                 try:
                     res.write_pause_ms = self._fenced_flip(doc, target, reason, force)
@@ -587,6 +654,7 @@ class Machine:
             else:
                 self._set_phase(doc, target, reason)
             res.changed = True
+            _changed(res, time.monotonic() - t0)
             self._hooks(step.hooks.after, "after", res)
             res.seconds = time.monotonic() - t0
             self._audit_step(
@@ -675,6 +743,17 @@ class Machine:
                 }
             ]
         alive = st.cdc_alive()
+        log.debug(
+            "status read",
+            extra={
+                "phase": doc["phase"],
+                "version": doc["version"],
+                "freeze": doc.get("freeze", False),
+                "cdc_lag_seconds": lag,
+                "next_phase": nxt,
+                "gates_failing": [g["name"] for g in gates if not g["ok"]],
+            },
+        )
         return {
             "phase": doc["phase"],
             "version": doc["version"],

@@ -6,12 +6,14 @@ Each finding is a Check with a level: ok, info, warn, or block. Any block makes 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 
+from migrator import logs
 from migrator.backfill.copy import BSON_MAX, target_indexes
 from migrator.errors import MigratorError
 from migrator.model.schema import Schema
@@ -31,6 +33,8 @@ from migrator.source.reader import ChunkReader
 
 if TYPE_CHECKING:
     from migrator.cdc.cascade import Cascades
+
+log = logging.getLogger("migrator.plan")
 
 ASSUMED_ROWS_PER_SEC = 20_000  # conservative; bench/backfill.py measures the real figure
 
@@ -93,7 +97,27 @@ def preflight(
 ) -> PlanReport:
     """Every check `migrator plan` makes; reads the source and the target, writes nothing."""
     with opened(migration, claim_state=False) as mig:
-        return _preflight(mig, assume_rows_per_sec)
+        log.info("plan started", extra={"collections": len(mig.settings.collections)})
+        report = _preflight(mig, assume_rows_per_sec)
+    # the findings are the report's (text logs leave them to it)
+    for c in report.checks:
+        level = _LOG_LEVEL[c.level]
+        log.log(
+            level,
+            "plan check",
+            extra={"check": c.name, "finding": c.level, "detail": c.message, **logs.ECHOED},
+        )
+    counts = {lv: sum(c.level == lv for c in report.checks) for lv in _LOG_LEVEL}
+    log.info("plan finished", extra={"blocked": report.blocked, "checks": counts})
+    return report
+
+
+_LOG_LEVEL = {
+    "ok": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "block": logging.WARNING,
+}
 
 
 def _preflight(mig: Migration, assume_rows_per_sec: float) -> PlanReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -19,7 +20,13 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
 )
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from migrator.errors import ConnectError, remember_server
 from migrator.model.keys import dense
@@ -27,6 +34,20 @@ from migrator.model.secrets import TARGET_PASSWORD_FILE_ENV, file_password_to_us
 from migrator.model.urls import redact, register_url_password
 
 T = TypeVar("T")
+log = logging.getLogger("migrator.mongo")
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "MongoDB call failed; retrying",
+        extra={
+            "attempt": state.attempt_number,
+            "cause": f"{type(exc).__name__}: {exc}"[:300],
+            "wait_seconds": round(state.next_action.sleep, 2) if state.next_action else None,
+        },
+    )
+
 
 # Transient: a primary stepping down, a dropped socket. Writes here are idempotent, so retrying
 # a bulk that may have partly applied converges to the same documents.
@@ -34,6 +55,7 @@ _retry = retry(
     retry=retry_if_exception_type((AutoReconnect, NetworkTimeout)),
     wait=wait_exponential(multiplier=0.2, max=5),
     stop=stop_after_attempt(8),
+    before_sleep=_log_retry,
     reraise=True,
 )
 

@@ -21,6 +21,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne
 
+from migrator import logs
 from migrator.errors import CheckFailed, MigratorError
 from migrator.model.keys import id_key
 from migrator.model.settings import Mapping
@@ -165,6 +166,7 @@ class Verifier:
             rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
             diffs = self._compare(plan, self._expected(plan, rows), ids)
         caught_up: bool | None = None
+        found = len(diffs)
         for _ in range(self.recheck):
             if not diffs:
                 break
@@ -186,6 +188,16 @@ class Verifier:
             log.warning("verify: %s; %d difference(s) reported", why, len(diffs))
             for d in diffs.values():
                 d.reason, d.cdc_behind = d.reason or why, True
+        if found and self.recheck:
+            log.debug(
+                "re-checked",
+                extra={
+                    "collection": plan.name,
+                    "differences": found,
+                    "still_different": len(diffs),
+                    "cdc_behind": caught_up is False,
+                },
+            )
         return list(diffs.values())
 
     # -- walking a collection ----------------------------------------------------------------
@@ -436,6 +448,7 @@ def _start_worker(
     limit: int,
 ) -> None:
     global _WORKER
+    logs.inherit()
     _WORKER = Verifier(
         mapping,
         recheck=recheck,

@@ -104,13 +104,31 @@ def verify(
     )
     try:
         plans = run.plans(collections)
+        log.info(
+            "verify started",
+            extra={
+                "mode": mode,
+                "collections": [p.name for p in plans],
+                "sample_pct": sample_pct,
+                "repair": repair,
+                "workers": workers,
+                "shared": shared,
+            },
+        )
         if shared:
             start = run.op_start if v.toward_mysql else None
             complete = run.result.complete
-            return _shared(v, plans, complete, chunk_size, workers, repair, restart, start)
-        run.resume(plans, restart=restart)
-        tracked = {p.name: run.collection(p) for p in plans}
-        return run.finish(plans, tracked)
+            result = _shared(v, plans, complete, chunk_size, workers, repair, restart, start)
+        else:
+            run.resume(plans, restart=restart)
+            tracked = {p.name: run.collection(p) for p in plans}
+            result = run.finish(plans, tracked)
+        totals = result.to_dict()["totals"]
+        log.info(
+            "verify finished",
+            extra={"ok": result.ok, "mode": mode, **totals, "seconds": round(result.seconds, 3)},
+        )
+        return result
     finally:
         if verifier is None:
             v.close()
@@ -177,6 +195,7 @@ class _Run:
             and saved.get("params") == params
         )
         if self.resumed and saved is not None:
+            log.info("verify resuming the interrupted run", extra={"started": saved["started"]})
             self.progress_doc = saved
             self.result.started = saved["started"]
             self.v.progress.note("resuming the interrupted verification from its last checkpoint")
@@ -226,9 +245,22 @@ class _Run:
             before = len(diffs)
             diffs = v.repair(p, diffs, res)
             self.result.repaired += before - len(diffs)
+            log.warning(
+                "repaired",
+                extra={
+                    "collection": p.name,
+                    "toward": "mysql" if v.toward_mysql else "mongodb",
+                    "repaired": before - len(diffs),
+                    "still_different": len(diffs),
+                },
+            )
         for d in diffs:
             setattr(res, d.kind, getattr(res, d.kind) + 1)
             res.behind += d.cdc_behind
+        log.info(
+            "collection verified",
+            extra={"collection": p.name, "clean": res.clean, **_counts(res)},
+        )
         room = max(0, v.limit - len(self.result.differences))
         self.result.differences += diffs[:room]
         self.result.collections.append(res)
@@ -274,6 +306,11 @@ class _Run:
         return result
 
 
+def _counts(res: CollectionResult) -> dict[str, int]:
+    kinds = ("checked", "missing", "extra", "different", "unconvertible", "rechecked", "behind")
+    return {k: getattr(res, k) for k in kinds}
+
+
 def _shared(
     v: Verifier,
     plans: list[CollectionPlan],
@@ -289,6 +326,7 @@ def _shared(
 
     run = SharedRun(v, run_params(plans, repair=repair), op_start=op_start)
     if not run.join(plans, chunk_size=chunk_size or v.mapping.backfill.chunk_size, restart=restart):
+        log.info("verify joins a shared run", extra={"run": str(run.run)})
         v.progress.note(f"joining the shared verification {run.run}")
     for p in plans:
         v.progress.start(p.name, p.table.rows_estimate)
@@ -296,6 +334,10 @@ def _shared(
     result = run.finish([p.name for p in plans], complete)
     for res in result.collections:
         v.progress.finish(res.name, res.checked)
+        log.info(
+            "collection verified",
+            extra={"collection": res.name, "clean": res.clean, **_counts(res)},
+        )
     return result
 
 
