@@ -138,7 +138,12 @@ STATE = [
         "",
         "How far MySQL is behind MongoDB's changes after the write switch",
     ),
-    _m("migrator_sdk_failures", "gauge", "", "SDK writes to MySQL that failed, not yet repaired"),
+    _m(
+        "migrator_sdk_failures",
+        "gauge",
+        "",
+        "SDK writes to the second store that failed since the last clean full verification",
+    ),
     _m(
         "migrator_write_pause_seconds",
         "gauge",

@@ -677,12 +677,11 @@ class Machine:
     # -- status ------------------------------------------------------------------------------
     def _reverse_sync(self) -> dict[str, Any]:
         """From the write switch on, reverse sync (run by `cdc --follow`) writes MongoDB's
-        changes back to MySQL: its lag, where it is, and the SDK's own failed MySQL writes."""
+        changes back to MySQL: its lag and where it is (and, as at the top, the SDK's failed
+        writes to its second store)."""
         from migrator.reverse.runner import checkpoint
 
         cp = checkpoint(self.state)
-        failures = self.state.sdk_failures
-        q = {"store": "mysql", "repaired": False}
         running = self.state.mongo_is_truth() is not None
         lag = None  # before the switch and after a rollback nothing is reverse-synced
         if running:
@@ -698,7 +697,7 @@ class Machine:
             and cp.get("applied_through")
             and cp["applied_through"].as_datetime(),
             "lag_seconds": lag,
-            "sdk_failures": failures.count_documents(q),
+            "sdk_failures": self.state.unsettled_sdk_failures(),
         }
 
     def _switch_state(self, doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -783,6 +782,7 @@ class Machine:
             "dead_letters": st.dead_letter_count(),
             "newest_dead_letter": st.newest_dead_letter(),
             "pending": st.pending.count_documents({}),
+            "sdk_failures": st.unsettled_sdk_failures(),
             "last_write_pause": self._last_pause(),
             "next_phase": nxt,
             "gates": gates,

@@ -84,7 +84,7 @@ def _progress(put: Put, st: dict[str, Any]) -> None:
     put("migrator_reverse_sync_running", 1 if rs.get("running") else 0)
     if rs.get("running"):
         put("migrator_reverse_sync_lag_seconds", rs.get("lag_seconds"))
-    put("migrator_sdk_failures", rs.get("sdk_failures", 0))
+    put("migrator_sdk_failures", st.get("sdk_failures", 0))
 
 
 def _checks(put: Put, snap: Snapshot) -> None:

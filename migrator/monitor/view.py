@@ -175,6 +175,9 @@ def _dead_letters(st: dict[str, Any]) -> Text:
             f"{newest.get('collection')}): {str(newest.get('reason'))[:120]}"
         )
     t.append(f"   pending children {st.get('pending', 0)}")
+    failed = st.get("sdk_failures", 0)
+    if failed:
+        t.append(f"   SDK writes to the second store failed: {failed}", "red")
     return t
 
 
@@ -186,7 +189,7 @@ def _reverse(st: dict[str, Any]) -> list[Text]:
         out.append(
             Text(
                 f"reverse sync lag {'unknown' if lag is None else f'{lag:.1f}s'} "
-                f"(a rollback waits for 0); SDK failures {rs.get('sdk_failures', 0)}"
+                "(a rollback waits for 0)"
             )
         )
     pause = st.get("last_write_pause")

@@ -751,6 +751,17 @@ class StateStore:
             ),
         )
 
+    def unsettled_sdk_failures(self) -> int:
+        """SDK writes to the second store that failed (recorded for `verify --repair`) since
+        the last clean full verification, which found both stores equal after them."""
+        clean = self.verify_runs.find_one(
+            {"mode": "full", "ok": True, "complete": True}, {"started": 1}, sort=[("finished", -1)]
+        )
+        q: dict[str, Any] = {"repaired": {"$ne": True}}
+        if clean is not None:
+            q["at"] = {"$gt": clean["started"]}
+        return self.sdk_failures.count_documents(q)
+
     # -- dead letters ------------------------------------------------------------------------
     def dead_letter(
         self,

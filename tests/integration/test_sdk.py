@@ -7,6 +7,7 @@ children waiting for their parent across the switch."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from decimal import Decimal
@@ -29,6 +30,7 @@ from migrator.model.settings import load_mapping
 from migrator.state.store import now
 from migrator.verify.engine import verify
 
+from .conftest import migrator_cmd
 from .helpers import make_shop, switch, wait_until, walk_to
 
 
@@ -226,9 +228,18 @@ def test_a_failed_secondary_write_is_recorded_for_repair_not_raised(own_env):
     failure = env.state["sdk_failures"].find_one({})
     assert failure["store"] == "mongo" and failure["table"] == "order_items"
     assert failure["key"] == item and failure["error"] and failure["repaired"] is False
+    assert _sdk_failures(path) == 1  # on-call sees it (status, its metric and alert)
     res = verify(load_mapping(path), collections=["orders"], repair=True)
     (doc_item,) = [i for i in env.target.orders.find_one({"_id": 5})["items"] if i["line_no"] == 1]
     assert res.repaired == 1 and doc_item["qty"] == 77
+    assert _sdk_failures(path) == 1  # a run over some collections settles nothing
+    assert verify(load_mapping(path)).ok
+    assert _sdk_failures(path) == 0  # a clean full verification found both stores equal
+
+
+def _sdk_failures(path):
+    st = migrator_cmd("status", "-m", str(path), "--json", check=0)
+    return json.loads(st.stdout)["sdk_failures"]
 
 
 def _child_waiting_for(w, order_id):
