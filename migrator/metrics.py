@@ -122,7 +122,15 @@ STATE = [
         "migrator_verify_differences",
         "gauge",
         "collection",
-        "Differences the last verification found, by collection",
+        "Differences a verification found and no later check found equal, by collection "
+        "(what the verify_clean gate refuses on)",
+    ),
+    _m(
+        "migrator_verify_covered_timestamp_seconds",
+        "gauge",
+        "",
+        "When every collection was last covered by a full or --changed verification "
+        "(absent until each was; the verify_clean gate's age)",
     ),
     _m(
         "migrator_verify_in_progress_checked",

@@ -69,7 +69,14 @@ def status_cmd(
             raise ConfigError("--watch draws a live view; --json prints once: pass one")
         from migrator.monitor.watch import watch as live
 
-        live(load(mapping_path), load_playbook(playbook_path), mapping_path, out, interval=interval)
+        live(
+            load(mapping_path),
+            load_playbook(playbook_path),
+            mapping_path,
+            out,
+            interval=interval,
+            playbook_path=playbook_path,
+        )
         return
     m = Machine(load(mapping_path), load_playbook(playbook_path))
     try:

@@ -232,6 +232,7 @@ class Machine:
                 **routing_fields(phase),
                 "freeze": False,
                 "switch": None,
+                "interrupted_switch": None,  # a phase moved on since: the audit keeps it
                 "updated_at": now(),
                 "updated_by": self.actor,
                 "reason": reason,
@@ -811,9 +812,15 @@ class Machine:
         return out
 
     def _verification(self) -> dict[str, Any] | None:
+        """The last run; the differences still open (found by a run, not yet found equal by
+        a later check: what the verify_clean gate refuses on), by collection; and when every
+        collection was last covered by a full or --changed run (the gate's age)."""
         last = self.state.last_verify_run()
         if last is None:
             return None
+        names = [c.name for c in self.mapping.collections]
+        open_counts, _over = self.state.open_differences(names)
+        covering = [self.state.last_covering_run(n) for n in names]
         return {
             "ok": last.get("ok"),
             "mode": last.get("mode"),
@@ -825,6 +832,10 @@ class Machine:
                 for name, c in (last.get("collections") or {}).items()
                 if isinstance(c, dict)
             },
+            "open_differences": {n: open_counts.get(n, 0) for n in names},
+            "covered_at": None
+            if any(r is None for r in covering)
+            else min(r["finished"] for r in covering if r is not None),
         }
 
     def _verify_in_progress(self) -> dict[str, Any] | None:

@@ -4,9 +4,20 @@ the way back. Pure: a status (Machine.status()) in, advice out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from migrator.model.phases import index
+from migrator.model.phases import PHASES, index, next_phase
+
+# A full verification checkpoints after every group of chunks; one whose checkpoint is older
+# than this stopped (killed, its machine gone): it resumes when run again
+VERIFY_STOPPED_AFTER = timedelta(minutes=10)
+
+
+def verify_stopped(run: dict[str, Any]) -> bool:
+    at = run.get("updated_at")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return not isinstance(at, datetime) or now - at.replace(tzinfo=None) > VERIFY_STOPPED_AFTER
 
 
 @dataclass(frozen=True)
@@ -16,38 +27,44 @@ class Advice:
     kind: str = "next"  # next | repair | rollback | wait
 
 
-def advise(status: dict[str, Any], mapping_path: str, down: list[str]) -> list[Advice]:
+def advise(
+    status: dict[str, Any], mapping_path: str, down: list[str], playbook: str | None = None
+) -> list[Advice]:
+    """`playbook`: the file the gates were judged with; an advised `cutover` uses it too."""
     m = f"-m {mapping_path}"
-    out: list[Advice] = []
-    for server in down:
-        out.append(
+    cutover = f"migrator cutover {m}" + (f" --playbook {playbook}" if playbook else "")
+    if down:
+        return [
             Advice(
                 f"{server} does not answer: bring it back; the checkpoints are safe and every "
-                "command resumes",
+                "command resumes"
+                if server != "reading the status"
+                else "the status could not be read (above): rerun with --log-level debug",
                 "",
                 "repair",
             )
-        )
-    if down:
-        return out
+            for server in down
+        ]
     phase = status["phase"]
     sw = status.get("switch") or {}
     if sw.get("running"):
         return [Advice(f"a {sw.get('kind')} to {sw.get('to')} is running: wait", "", "wait")]
-    if sw.get("interrupted"):
-        out.append(
-            Advice(
-                f"the {sw.get('kind')} to {sw.get('to')} died at stage {sw.get('stage')}; "
-                "writes resumed and the phase stayed: retry it",
-                f"migrator cutover {m} --to {sw.get('to')} --reason 'retry'",
-                "repair",
-            )
-        )
-    out.extend(_repairs(status, m, phase))
-    failing = [g for g in status.get("gates", []) if not g.get("ok")]
+    out = _retry(sw, phase, m, cutover)
+    out += _repairs(status, m, phase)
     nxt = status.get("next_phase")
+    failing = [g for g in status.get("gates", []) if not g.get("ok")]
     if nxt and not failing and not out:
-        out.append(Advice(f"every gate of {nxt} passes", f"migrator cutover {m} --to {nxt}"))
+        out.append(Advice(f"every gate of {nxt} passes", f"{cutover} --to {nxt}"))
+    elif failing and not out:  # nothing to type: say what the step waits for
+        for g in failing:
+            out.append(
+                Advice(
+                    f"{nxt} waits for {g['name']}: {g.get('measured')} (needs "
+                    f"{g.get('threshold')}); see the runbook's `{g['name']}` section",
+                    "",
+                    "wait",
+                )
+            )
     if index(phase) >= index("dual_write"):
         out.append(
             Advice(
@@ -57,6 +74,22 @@ def advise(status: dict[str, Any], mapping_path: str, down: list[str]) -> list[A
             )
         )
     return out
+
+
+def _retry(sw: dict[str, Any], phase: str, m: str, cutover: str) -> list[Advice]:
+    """A switch or rollback whose process died, while retrying it still makes sense."""
+    to = sw.get("to")
+    if not sw.get("interrupted") or to not in PHASES:
+        return []
+    why = (
+        f"the {sw.get('kind')} to {to} died at stage {sw.get('stage')}; writes resumed and "
+        "the phase stayed: retry it"
+    )
+    if sw.get("kind") == "rollback" and index(to) < index(phase):
+        return [Advice(why, f"migrator rollback {m} --to {to} --reason 'retry'", "repair")]
+    if sw.get("kind") != "rollback" and to == next_phase(phase):
+        return [Advice(why, f"{cutover} --to {to} --reason 'retry'", "repair")]
+    return []
 
 
 def _repairs(status: dict[str, Any], m: str, phase: str) -> list[Advice]:
@@ -79,8 +112,19 @@ def _repairs(status: dict[str, Any], m: str, phase: str) -> list[Advice]:
                 "repair",
             )
         )
+    run = status.get("verify_in_progress") or {}
+    if run and verify_stopped(run):
+        out.append(
+            Advice(
+                f"a full verification stopped {run.get('checked', 0):,} documents in (its last "
+                "checkpoint is old): resume it",
+                f"migrator verify {m}",
+                "repair",
+            )
+        )
+        return out
     for g in status.get("gates", []):
-        if g.get("ok") or g.get("name") != "verify_clean" or status.get("verify_in_progress"):
+        if g.get("ok") or g.get("name") != "verify_clean" or run:
             continue
         v = status.get("verification")
         if v is None or v.get("ok"):

@@ -98,8 +98,10 @@ def _checks(put: Put, snap: Snapshot) -> None:
         if finished is not None:
             put("migrator_verify_last_run_timestamp_seconds", _epoch(finished), v["mode"])
         put("migrator_verify_last_run_ok", 1 if v.get("ok") else 0)
-        for name, n in (v.get("differences") or {}).items():
+        for name, n in (v.get("open_differences") or {}).items():
             put("migrator_verify_differences", n, name)
+        if v.get("covered_at") is not None:
+            put("migrator_verify_covered_timestamp_seconds", _epoch(v["covered_at"]))
     run = st.get("verify_in_progress")
     put("migrator_verify_in_progress_checked", run["checked"] if run else 0)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from migrator.cutover.machine import Machine
 from migrator.cutover.playbook import Playbook
-from migrator.errors import MigratorError, describe_server, server_kind
+from migrator.errors import ConnectError, MigratorError, describe_server, server_kind
 from migrator.model.settings import Mapping
 
 log = logging.getLogger("migrator.monitor")
@@ -30,7 +30,7 @@ class Outage:
 
     @property
     def name(self) -> str:
-        return describe_server(self.server)
+        return "reading the status" if self.server == "read" else describe_server(self.server)
 
 
 @dataclass
@@ -41,6 +41,15 @@ class Snapshot:
 
     def down(self, server: str) -> bool:
         return server in self.outages
+
+
+def _culprit(exc: BaseException) -> str:
+    """The server an error came from (mysql | mongodb), or "read" when it is none of theirs
+    (a bug, a configuration error): not reported as a server down."""
+    kind = server_kind(exc)
+    if kind is None and isinstance(exc, ConnectError):
+        kind = next((k for k in ("MongoDB", "MySQL") if k in exc.message), "").lower() or None
+    return kind or "read"
 
 
 class StatusReader:
@@ -57,9 +66,11 @@ class StatusReader:
             try:
                 if self.machine is None:
                     self.machine = Machine(self.settings, self.playbook)
+                else:  # a switch whose process died since: cleared and shown as interrupted
+                    self.machine.recover()
                 status = self.machine.status()
             except Exception as exc:  # a server down, or its driver failing mid-read
-                self._down(server_kind(exc) or "mongodb", exc)
+                self._down(_culprit(exc), exc)
                 self.close()
                 return self.snapshot
             self._up("mongodb")

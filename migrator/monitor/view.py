@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from migrator.monitor.advice import advise
+from migrator.monitor.advice import advise, verify_stopped
 from migrator.monitor.snapshot import Snapshot, utcnow
 
 
@@ -30,7 +30,9 @@ def duration(s: float | None) -> str:
     return f"{s // 3600:.0f}h{s % 3600 // 60:02.0f}m"
 
 
-def screen(snap: Snapshot, migration: str, mapping_path: str) -> RenderableType:
+def screen(
+    snap: Snapshot, migration: str, mapping_path: str, playbook: str | None = None
+) -> RenderableType:
     parts: list[RenderableType] = [_header(snap, migration), *_servers(snap)]
     st = snap.status
     if st is None:
@@ -44,7 +46,7 @@ def screen(snap: Snapshot, migration: str, mapping_path: str) -> RenderableType:
             *_verification(st),
             _dead_letters(st),
             *_reverse(st),
-            _next(st, snap, mapping_path),
+            _next(st, snap, mapping_path, playbook),
             _audit(st),
         ]
     parts.append(Text("Ctrl-C to leave (nothing stops)", style="dim"))
@@ -145,21 +147,26 @@ def _verification(st: dict[str, Any]) -> list[Text]:
     if v is None:
         out.append(Text("verification: never run", style="yellow"))
     else:
-        diffs = {k: n for k, n in (v.get("differences") or {}).items() if n}
+        diffs = {
+            k: n for k, n in (v.get("open_differences") or v.get("differences") or {}).items() if n
+        }
         t = Text("verification: ")
         t.append("clean" if v["ok"] else "DIFFERENCES", "green" if v["ok"] else "bold red")
         t.append(f" ({v.get('mode')}, {duration(v.get('age_seconds'))} ago)")
         if diffs:
-            t.append("  " + ", ".join(f"{k}: {n}" for k, n in diffs.items()), "red")
+            t.append(
+                "  open differences " + ", ".join(f"{k}: {n}" for k, n in diffs.items()), "red"
+            )
         out.append(t)
     run = st.get("verify_in_progress")
     if run:
+        what = "verify STOPPED" if verify_stopped(run) else "verify in progress"
         out.append(
             Text(
-                f"verify in progress: {run['checked']:,} checked, "
+                f"{what}: {run['checked']:,} checked, "
                 f"{run['collections_done']}/{run['collections']} collections, "
                 f"last checkpoint {ago(run.get('updated_at'))}",
-                style="cyan",
+                style="yellow" if verify_stopped(run) else "cyan",
             )
         )
     return out
@@ -200,15 +207,17 @@ def _reverse(st: dict[str, Any]) -> list[Text]:
     return out
 
 
-def _next(st: dict[str, Any], snap: Snapshot, mapping_path: str) -> RenderableType:
-    advice = advise(st, mapping_path, [o.name for o in snap.outages.values()])
+def _next(
+    st: dict[str, Any], snap: Snapshot, mapping_path: str, playbook: str | None
+) -> RenderableType:
+    advice = advise(st, mapping_path, [o.name for o in snap.outages.values()], playbook)
     style = {"repair": "yellow", "rollback": "magenta", "wait": "cyan", "next": "green"}
     lines = [Text("next", style="bold")]
     for a in advice:
         lines.append(Text(f"  {a.why}", style=style[a.kind]))
         if a.command:  # on a line of its own: copied whole
             lines.append(Text(f"    $ {a.command}", style="bold"))
-    if not advice:
+    if not advice and st.get("phase") == "done":
         lines.append(Text("  nothing to do: the migration is done", style="green"))
     return Group(*lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from migrator.monitor.advice import advise
@@ -62,7 +63,10 @@ def test_differences_say_recheck_then_repair():
 def test_no_verification_says_run_one_unless_one_runs():
     gate = [{"name": "verify_clean", "ok": False, "measured": "no full verification yet"}]
     assert commands(status("sync", verification=None, gates=gate)) == [f"migrator verify {M}"]
-    assert commands(status("sync", gates=gate, verify_in_progress={"checked": 5})) == []
+    running = {"checked": 5, "updated_at": datetime.now(UTC).replace(tzinfo=None)}
+    waiting = advise(status("sync", gates=gate, verify_in_progress=running), "shop.yaml", [])
+    assert [(a.kind, a.command) for a in waiting] == [("wait", "")]
+    assert "waits for verify_clean" in waiting[0].why
 
 
 def test_an_interrupted_switch_says_retry_it_and_roll_back_stays_open():
