@@ -141,19 +141,24 @@ def find_by_ids(
     `$in` of a thousand ids (SecantusDB: 3 s for the `$in`). Other ids: `$in` in batches."""
     if not ids:
         return []
-    if all(type(i) is int for i in ids):
+    if all(integer_id(i) for i in ids):
         lo, hi = min(ids), max(ids)
         if dense(lo, hi, len(ids)):
             wanted = set(ids)
             found = coll.find({"_id": {"$gte": lo, "$lte": hi}}, projection)
-            return [d for d in found if _number(d["_id"]) in wanted]
+            return [d for d in found if number_id(d["_id"]) in wanted]
     out: list[Any] = []
     for i in range(0, len(ids), 1000):
         out += list(coll.find({"_id": {"$in": list(ids[i : i + 1000])}}, projection))
     return out
 
 
-def _number(v: Any) -> Any:
+def integer_id(v: Any) -> bool:
+    """An integer `_id` (int or bson Int64, as the type rules give BIGINT keys), not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def number_id(v: Any) -> Any:
     """A numeric `_id` as a hashable Python number equal to the int it matches (as `$in`
     matches 5, 5.0 and Decimal128("5") alike); None for anything else (bools included)."""
     if isinstance(v, bool):

@@ -28,7 +28,8 @@ from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan
 from migrator.progress import NullProgress, Progress
 from migrator.runtime import Migration
-from migrator.sink.mongo import find_by_ids, with_retry
+from migrator.sink.mongo import find_by_ids, integer_id, number_id, with_retry
+from migrator.sink.stream import IdStream
 from migrator.source.connection import connect as mysql_connect
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.rebuild import key_params, rebuild_ops
@@ -86,6 +87,7 @@ class Verifier:
         self.limit = limit_differences
         self.toward_mysql = False  # verify --repair after the write switch
         self.progress = progress or NullProgress()
+        self._streams: dict[str, IdStream] = {}  # collection -> its walk's sorted scan
 
     @property
     def conn(self) -> Any:
@@ -97,6 +99,8 @@ class Verifier:
         return c
 
     def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
         for c in self._conns:
             c.close()
         if self._owns:
@@ -121,15 +125,25 @@ class Verifier:
         return _Expected({id_key(d["_id"]): d for d in docs}, bad)
 
     def _compare(
-        self, plan: CollectionPlan, expected: _Expected, ids: Iterable[Any]
+        self,
+        plan: CollectionPlan,
+        expected: _Expected,
+        ids: Iterable[Any],
+        stream: IdStream | None = None,
     ) -> dict[Any, Difference]:
-        """Differences between expected documents and the target, for `ids` (expected or not)."""
+        """Differences between expected documents and the target, for `ids` (expected or not);
+        read from `stream` when the walk reads the collection in order."""
         ids = list(ids)
         # Raw BSON: most documents are byte-identical to what the Transform builds (same field
         # order, same types), and comparing bytes costs nothing; only the others are decoded
         # and compared canonically (key order and int widths then do not matter).
         coll = self.db[plan.name].with_options(codec_options=_RAW)
-        actual = {id_key(d["_id"]): d for d in find_by_ids(coll, ids)}
+        if stream is not None and ids and all(integer_id(i) for i in ids):
+            wanted = set(ids)
+            found = [d for d in stream.take(min(ids), max(ids)) if number_id(d["_id"]) in wanted]
+        else:
+            found = find_by_ids(coll, ids)
+        actual = {id_key(d["_id"]): d for d in found}
         diffs: dict[Any, Difference] = {}
         for i in ids:
             k = id_key(i)
@@ -230,7 +244,9 @@ class Verifier:
             for i in range(0, len(chosen), max(1, workers)):
                 group = chosen[i : i + max(1, workers)]
                 los, his = [b[0] for b in group], [b[1] for b in group]
-                done = self.map_chunks(pool, [plan.name] * len(group), los, his)
+                done = self.map_chunks(
+                    pool, [plan.name] * len(group), los, his, in_order=sample_pct >= 100
+                )
                 for n, diffs, rechecked in done:
                     res.checked += n
                     res.chunks += 1
@@ -239,32 +255,52 @@ class Verifier:
                     self.progress.advance(plan.name, n)
                 if checkpoint is not None and group[-1][1] is not None:
                     checkpoint(plan.name, group[-1][1], res, found)
+        stream = self._streams.pop(plan.name, None)
+        if stream is not None:
+            stream.close()
         found += self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
         self.progress.finish(plan.name, res.checked)
         return found
 
     def check_chunk(
-        self, plan: CollectionPlan, lo: Any, hi: Any
+        self, plan: CollectionPlan, lo: Any, hi: Any, *, in_order: bool = False
     ) -> tuple[int, list[Difference], int]:
-        """One chunk: (rows read, differences that stayed after rechecks, rechecked)."""
+        """One chunk: (rows read, differences that stayed after rechecks, rechecked).
+        `in_order`: the chunks come in key order, one at a time: the documents are read by
+        one sorted scan of the collection (IdStream) instead of a query per chunk."""
         rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
         expected = self._expected(plan, rows)
         ids = [d["_id"] for d in expected.docs.values()]
         ids += [doc_id for doc_id, _reason in expected.bad.values()]
-        first = self._compare(plan, expected, ids)
+        stream = None
+        if in_order:
+            stream = self._streams.get(plan.name)
+            if stream is None:
+                coll = self.db[plan.name].with_options(codec_options=_RAW)
+                stream = self._streams[plan.name] = IdStream(coll)
+        first = self._compare(plan, expected, ids, stream)
         sub = CollectionResult(plan.name)
         diffs = self.check_keys(plan, ids, sub, first=first) if first else []
         self.limiter.account(len(rows))
         return len(rows), diffs, sub.rechecked
 
     def map_chunks(
-        self, pool: Any, names: list[str], los: list[Any], his: list[Any]
+        self,
+        pool: Any,
+        names: list[str],
+        los: list[Any],
+        his: list[Any],
+        *,
+        in_order: bool = False,
     ) -> Iterable[tuple[int, list[Difference], int]]:
-        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order."""
+        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order
+        (`in_order`: a walk of every chunk upwards, one at a time)."""
         if isinstance(pool, ProcessPoolExecutor):
             return pool.map(_check_chunk, names, los, his)
         return pool.map(
-            lambda n, lo, hi: self.check_chunk(self.transform.collection(n), lo, hi),
+            lambda n, lo, hi: self.check_chunk(
+                self.transform.collection(n), lo, hi, in_order=in_order
+            ),
             names,
             los,
             his,

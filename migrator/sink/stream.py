@@ -1,0 +1,86 @@
+"""A collection's documents in `_id` order, read by one sorted cursor and handed out by key
+range as a caller walks its keys upwards (verify's chunks): one scan of the collection instead
+of a query per chunk. Servers answer a sorted scan several times faster than many range
+queries (SecantusDB, 30k documents: a 5,000-id range 4,254 docs/s, a sorted scan 18,416).
+A reader thread keeps the next batches coming while the caller works on the last one."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from migrator.sink.mongo import number_id
+
+_END = object()
+
+
+class IdStream:
+    """`take(lo, hi)`: the documents with a numeric `_id` in [lo, hi], for ascending calls;
+    documents below `lo` are passed over (a caller finds extra documents its own way)."""
+
+    def __init__(self, coll: Collection[Any], batch: int = 2000, ahead: int = 4) -> None:
+        self.coll, self.batch = coll, batch
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+        self.head: deque[Any] = deque()
+        self.reader: threading.Thread | None = None
+        self.stop = threading.Event()
+
+    def _read(self, lo: Any) -> None:
+        """Batches of documents from `lo` on, then _END (or the error that ended it)."""
+        try:
+            cursor = self.coll.find({"_id": {"$gte": lo}}).sort("_id", 1).batch_size(self.batch)
+            out: list[Any] = []
+            for d in cursor:
+                out.append(d)
+                if len(out) >= self.batch:
+                    if not self._put(out):
+                        return
+                    out = []
+            self._put(out)
+            self._put(_END)
+        except PyMongoError as exc:
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next(self) -> Any:
+        """The next document, or None at the end."""
+        while not self.head:
+            item = self.q.get()
+            if item is _END:
+                self.q.put(_END)  # the end stays the end
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            self.head = deque(item)
+        return self.head.popleft()
+
+    def take(self, lo: Any, hi: Any) -> list[Any]:
+        if self.reader is None:
+            self.reader = threading.Thread(target=self._read, args=(lo,), daemon=True)
+            self.reader.start()
+        out: list[Any] = []
+        while (d := self._next()) is not None:
+            k = number_id(d["_id"])
+            # past the range, or not a number (numbers all sort before it): for a later call
+            if k is None or k > hi:
+                self.head.appendleft(d)
+                return out
+            if k >= lo:
+                out.append(d)
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
