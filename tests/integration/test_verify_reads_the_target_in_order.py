@@ -63,7 +63,7 @@ def test_one_sorted_scan_finds_every_difference(env):
             ("different", "900"),
         ]
     )
-    # 8 chunks of 50 rows (and the open end): one sorted scan (and the pass that looks for extra documents), not
-    # a query per chunk
+    # 8 chunks of 50 rows (and the open end): one sorted scan (and the pass that looks for
+    # extra documents), not a query per chunk
     assert res.collections[0].chunks >= 8
     assert finds.finds <= 3, finds.finds
