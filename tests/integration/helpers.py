@@ -376,3 +376,23 @@ def reverse_caught_up(env: Any, timeout: float = 60.0) -> None:
         return cp.get("applied_through") is not None and cp["applied_through"] >= target
 
     wait_until(there, "reverse sync to apply MongoDB's changes of now", timeout)
+
+
+def state_metric(path: Path, name: str) -> float:
+    """The sum of a state gauge's series (as an alert sums them) from one fresh read of the
+    migration's state, as a `--metrics-port` endpoint serves it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from migrator.monitor.exporter import StateCollector
+
+    reg = CollectorRegistry()
+    collector = StateCollector(load_mapping(path), default_playbook(), every=0.2)
+    try:
+        wait_until(lambda: collector.poller.current().status is not None, "a status read")
+        reg.register(collector)
+        lines = generate_latest(reg).decode().splitlines()
+    finally:
+        collector.close()
+    values = [float(ln.split()[-1]) for ln in lines if ln.startswith(name + "{")]
+    assert values, f"no {name}"
+    return sum(values)

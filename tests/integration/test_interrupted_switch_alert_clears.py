@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import json
 
-from prometheus_client import CollectorRegistry, generate_latest
-
-from migrator.cutover.playbook import default_playbook
-from migrator.model.settings import load_mapping
-from migrator.monitor.exporter import StateCollector
-
 from .conftest import migrator_cmd
-from .helpers import cli_process, to_read_mongo, wait_until
+from .helpers import cli_process, state_metric, to_read_mongo, wait_until
 
 
 def _interrupted_gauge(path) -> float:
-    reg = CollectorRegistry()
-    collector = StateCollector(load_mapping(path), default_playbook(), every=0.2)
-    try:
-        wait_until(lambda: collector.poller.current().status is not None, "a status read")
-        reg.register(collector)
-        for line in generate_latest(reg).decode().splitlines():
-            if line.startswith("migrator_switch_interrupted{"):
-                return float(line.split()[-1])
-    finally:
-        collector.close()
-    raise AssertionError("no migrator_switch_interrupted")
+    return state_metric(path, "migrator_switch_interrupted")
 
 
 def test_a_rollback_after_an_interrupted_switch_clears_it(env, tmp_path):

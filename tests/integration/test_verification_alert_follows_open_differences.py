@@ -4,29 +4,15 @@ clear because a later run looked at other collections or at a sample."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
-
-from migrator.cutover.playbook import default_playbook
 from migrator.model.settings import load_mapping
-from migrator.monitor.exporter import StateCollector
 from migrator.verify.engine import verify
 
-from .helpers import ready, wait_until
+from .helpers import ready, state_metric
 
 
 def _differences(path) -> float:
     """sum(migrator_verify_differences) as the alert sums it, from one fresh read."""
-    reg = CollectorRegistry()
-    collector = StateCollector(load_mapping(path), default_playbook(), every=0.2)
-    try:
-        wait_until(lambda: collector.poller.current().status is not None, "a status read")
-        reg.register(collector)
-        lines = generate_latest(reg).decode().splitlines()
-    finally:
-        collector.close()
-    return sum(
-        float(ln.split()[-1]) for ln in lines if ln.startswith("migrator_verify_differences{")
-    )
+    return state_metric(path, "migrator_verify_differences")
 
 
 def test_a_later_run_over_another_collection_does_not_hide_open_differences(env):
