@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from migrator import logs
-from migrator.errors import MigratorError, describe_server, server_kind
+from migrator.errors import ConfigError, MigratorError, describe_server, server_kind
 from migrator.metrics import ProcessMetrics
 from migrator.model.settings import Mapping, load_mapping
 from migrator.model.urls import redact
@@ -193,7 +193,13 @@ def process_metrics(settings: Mapping, command: str, port: int | None) -> Proces
 
     metrics = ProcessMetrics(settings.migration_name, command)
     if port:
+        try:
+            metrics.serve(port)  # first: a port in use stops the command before it starts
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {port}: cannot serve metrics there ({exc.strerror or exc})",
+                hint="pick a free port (each process needs its own)",
+            ) from None
         metrics.add_state(StateCollector(settings, load_playbook(None)))
-        metrics.serve(port)
         log.info("serving metrics", extra={"port": port})
     return metrics

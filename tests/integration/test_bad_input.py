@@ -142,3 +142,15 @@ def test_a_server_lost_mid_run_is_one_line_naming_it_exit_2(own_env, server):
     assert setting in lines[0], lines[0]
     password = parse_mysql_url(env.stack.mysql_url).password
     assert password not in err and password not in out
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_it_before_any_work(env):
+    env.sql("CREATE TABLE t (id INT PRIMARY KEY)", "INSERT INTO t VALUES (1)")
+    path = env.mapping("  - {name: t, from: t}\n")
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        p = migrator_cmd("backfill", "-m", str(path), "--metrics-port", port, check=2)
+    assert f"--metrics-port {port}" in p.stderr and "Traceback" not in p.stderr
+    assert env.target.t.count_documents({}) == 0  # it stopped before it started
