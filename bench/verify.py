@@ -8,8 +8,8 @@ for the embed case) it prints, from one run:
   3. the verification pipeline's source side: keyset read + Transform + BSON encoding (what is
      compared with the target's raw BSON), without and with an embed (rows/s, ratio to raw),
      and with the embed in 2 worker processes (`verify --workers 2`);
-  4. a full `verify` against the MongoDB server the stack gives (named), on --verify-rows rows,
-     with target documents looked up by `_id` range scans and, side by side, by `$in` lists.
+  4. a full `verify` against the MongoDB server the stack gives (named), on --verify-rows rows
+     (the target read in one sorted `_id` scan; bench/capacity.py sets it beside the server).
 
 Usage: .venv/bin/python bench/verify.py [--rows 200000] [--verify-rows 2000]
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import bson
 import pymysql
@@ -28,11 +27,9 @@ from migrator.devtools.sandbox import start_stack, url_with_database
 from migrator.model.settings import parse_mapping
 from migrator.model.transform import compile_transform
 from migrator.model.urls import parse_mysql_url
-from migrator.sink.mongo import find_by_ids
 from migrator.source.connection import connect
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.schema import introspect
-from migrator.verify import engine
 from migrator.verify.engine import verify
 
 DDL = [
@@ -135,10 +132,6 @@ def source_side_processes(url: str, mongo: str, embed: bool, workers: int) -> fl
         return sum(n for _r, n in shares) / (time.perf_counter() - t0)
 
 
-def _find_by_in(coll: Any, ids: Any, projection: Any = None) -> list[Any]:
-    return list(coll.find({"_id": {"$in": list(ids)}}, projection)) if ids else []
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -176,19 +169,13 @@ def main() -> None:
         n = min(args.verify_rows, args.rows)
         m = parse_mapping(mapping_text(url, stack.mongo_url, True, f"id <= {n}"), "bench.yaml")
         backfill(m, workers=2, chunk_size=500, restart=True)
-        for lookup in ("range", "in"):
-            # side by side: target documents read by `_id` range scans (the verifier's way
-            # for dense integer keys) and by `$in` lists of ids (its way before)
-            engine.find_by_ids = find_by_ids if lookup == "range" else _find_by_in
-            t0 = time.perf_counter()
-            res = verify(m, chunk_size=500)
-            secs = time.perf_counter() - t0
-            print(
-                f"full verify against {stack.mongo_kind} ({n:,} documents with items, "
-                f"_id lookups by {'range scan' if lookup == 'range' else '$in'}): "
-                f"{n / secs:,.0f} rows/s, clean={res.ok}"
-            )
-        engine.find_by_ids = find_by_ids
+        t0 = time.perf_counter()
+        res = verify(m, chunk_size=500)
+        secs = time.perf_counter() - t0
+        print(
+            f"full verify against {stack.mongo_kind} ({n:,} documents with items): "
+            f"{n / secs:,.0f} rows/s, clean={res.ok}"
+        )
     finally:
         stack.stop()
 

@@ -20,7 +20,7 @@ rebuilds (`rebuilds.py`), children waiting for a parent (`pending.py`), writing 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 from pymongo import DeleteOne, UpdateMany, UpdateOne
@@ -28,6 +28,7 @@ from pymongo.database import Database
 
 from migrator.cdc.cascade import Cascades, Rule
 from migrator.cdc.lookup import SourceLookup
+from migrator.cdc.newdocs import NewDocs, pull_element, set_fields, upsert_element
 from migrator.cdc.pending import Pending, Waiting
 from migrator.cdc.rebuilds import Rebuilds, value_at
 from migrator.cdc.roles import ChildRole, ParentRole, TableRoles, table_roles
@@ -160,6 +161,9 @@ class _Batch(Rebuilds, Waiting):
         self.n1_cache: dict[tuple[Any, ...], Any] = {}
         self.last_root: dict[str, tuple[Hashable, int, dict[str, Any]]] = {}
         self.touched: dict[tuple[str, Hashable], tuple[Any, Any]] = {}
+        self.new_docs = NewDocs()
+        # collection -> _id keys of roots this batch inserts that MongoDB did not hold
+        self.absent: dict[str, set[Hashable]] = {}
         # collection -> {id key: (document _id, primary-key params)}: rebuilt at the end
         self.rebuild: dict[str, dict[Hashable, tuple[Any, tuple[Any, ...]]]] = {}
         self.derived: list[Rule] = []  # cascade rules followed through rows documents held
@@ -175,7 +179,11 @@ class _Batch(Rebuilds, Waiting):
         self.touched[(collection, id_key(doc_id))] = (doc_id, at)
 
     # -- helpers -----------------------------------------------------------------------------
-    def add(self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position) -> None:
+    def add(
+        self, collection: str, op: Op, ev: ChangeEvent | None, pos: Position, doc: Any = None
+    ) -> None:
+        """Append an operation; `doc`: the one document's `_id` it changes (None: any)."""
+        self.new_docs.close(collection, None if doc is None else id_key(doc))
         self.ops.setdefault(collection, []).append(Tagged(op, ev, pos))
         self.last_root.pop(collection, None)
 
@@ -185,6 +193,21 @@ class _Batch(Rebuilds, Waiting):
         """Coalesce: a root update right after another one of the same document merges with
         it, so that the one write equals applying both (a hot row costs one write per batch)."""
         key = id_key(doc_id)
+        op = UpdateOne({"_id": doc_id}, update, upsert=True)
+        nd = self.new_docs.get(coll, key)
+        if nd is not None:  # a document this batch creates (newdocs.py)
+            set_fields(nd.doc, update)
+            self.new_docs.fold(nd, [Tagged(op, ev, pos)])
+            return
+        if ev.before is None and key in self.absent.get(coll, ()):
+            # new: written whole at the end of the batch's changes to it (newdocs.py)
+            self.absent[coll].discard(key)
+            self.last_root.pop(coll, None)
+            slot = Tagged(op, ev, pos)
+            self.ops.setdefault(coll, []).append(slot)
+            arrays = {k: list(v) for k, v in update.get("$setOnInsert", {}).items()}
+            self.new_docs.start(coll, key, {"_id": doc_id, **update["$set"], **arrays}, slot)
+            return
         last = self.last_root.get(coll)
         ops = self.ops.setdefault(coll, [])
         if last is not None and last[0] == key and last[1] == len(ops) - 1:
@@ -193,7 +216,7 @@ class _Batch(Rebuilds, Waiting):
             self.last_root[coll] = (key, len(ops) - 1, merged)
             self.result.coalesced += 1
             return
-        ops.append(Tagged(UpdateOne({"_id": doc_id}, update, upsert=True), ev, pos))
+        ops.append(Tagged(op, ev, pos))
         self.last_root[coll] = (key, len(ops) - 1, update)
 
     def dead(
@@ -251,6 +274,9 @@ class _Batch(Rebuilds, Waiting):
         roots: dict[str, dict[Hashable, Any]] = {}
         per_parent: dict[tuple[str, Hashable], int] = {}
         plans: dict[str, CollectionPlan] = {}
+        # roots inserted: written whole if new (newdocs.py); not where MongoDB is the truth
+        inserted: dict[str, dict[Hashable, Any]] = {}
+        fold = not self.a.dry_run and self.a.stored_pending != "adopt"
         for txn in txns:
             for ev in txn.events:
                 roles = self.a.roles.get(ev.table)
@@ -283,6 +309,10 @@ class _Batch(Rebuilds, Waiting):
                         except Exception:
                             continue
                         roots.setdefault(p.name, {})[id_key(rid)] = rid
+                        if ev.before is None and fold:
+                            inserted.setdefault(p.name, {})[id_key(rid)] = rid
+        for coll, ids in inserted.items():
+            want[coll] = {**want.get(coll, {}), **ids}
         for coll, ids in want.items():
             if self.a.dry_run:  # nothing is read either: take every parent as present
                 self.exists[coll] = set(ids)
@@ -290,6 +320,7 @@ class _Batch(Rebuilds, Waiting):
             self.exists[coll] = set()
             found = find_by_ids(self.a.db[coll], list(ids.values()), {"_id": 1})
             self.exists[coll] |= {id_key(d["_id"]) for d in found}
+            self.absent[coll] = set(inserted.get(coll, {})) - self.exists[coll]
         if self.a.dry_run or not roots or self.a.stored_pending == "leave":
             return
         if self.a.state.pending.find_one({}, {"_id": 1}) is None:
@@ -371,7 +402,7 @@ class _Batch(Rebuilds, Waiting):
         if ev.after is None:  # delete
             old_id = self._key_ids(p, ev.before or {})
             self.touch(p.name, old_id, ev)
-            self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
+            self.add(p.name, DeleteOne({"_id": old_id}), ev, pos, doc=old_id)
             exists.discard(id_key(old_id))
             self._end_wait(p, old_id)
             return
@@ -382,7 +413,7 @@ class _Batch(Rebuilds, Waiting):
         rekeyed = ev.before is not None and id_key(old_id) != id_key(new_id)
         if rekeyed:
             self.touch(p.name, old_id, ev)
-            self.add(p.name, DeleteOne({"_id": old_id}), ev, pos)
+            self.add(p.name, DeleteOne({"_id": old_id}), ev, pos, doc=old_id)
             exists.discard(id_key(old_id))
             self._end_wait(p, old_id)
         rejoined = ev.before is not None and any(
@@ -437,9 +468,8 @@ class _Batch(Rebuilds, Waiting):
                 if e.many and e.simple:
                     value = self.a.lookup.embedded(p, e, row)
                     if value:
-                        self.add(
-                            p.name, UpdateOne({"_id": new_id}, {"$set": {e.name: value}}), ev, pos
-                        )
+                        op = UpdateOne({"_id": new_id}, {"$set": {e.name: value}})
+                        self.add(p.name, op, ev, pos, doc=new_id)
         exists.add(id_key(new_id))
         self._release_waiting(p, new_id, pos)
 
@@ -541,44 +571,21 @@ class _Batch(Rebuilds, Waiting):
         *,
         many: bool,
     ) -> None:
-        Update = UpdateMany if many else UpdateOne
-        name = e.name
+        ops = element_updates(e, parent, kind, element, match, ev, many=many)
+        nd = None if many else self.new_docs.get(p.name, id_key(parent["_id"]))
+        if nd is None:
+            for op in ops:
+                self.add(p.name, op, ev, pos, doc=None if many else parent["_id"])
+            return
+        # a document this batch creates: the change is made to it here (newdocs.py)
         if not match:
-            # the child's key is its parent's: one element at most (a 1:1 table as an array)
-            value = [element] if kind == "upsert" else []
-            self.add(p.name, Update(parent, {"$set": {name: value}}), ev, pos)
-            return
-        if kind == "remove":
-            self.add(p.name, Update(parent, {"$pull": {name: match}}), ev, pos)
-            return
-        sort = {".".join(path): 1 for path in e.sort_fields}
-        # present: replace the element in place (only the fields of the columns written, when
-        # the event says which); absent: push it (the guard makes a replay a no-op instead of
-        # a duplicate); then keep the array in the embed's order
-        in_place: dict[str, Any] = {"$set": {f"{name}.$[el]": element}}
-        if ev is not None and ev.only is not None and element is not None:
-            tops = {f.path[0] for f in e.view.fields if f.column in ev.only}
-            in_place = {}
-            if tops & element.keys():
-                in_place["$set"] = {f"{name}.$[el].{k}": element[k] for k in tops & element.keys()}
-            if tops - element.keys():
-                in_place["$unset"] = {f"{name}.$[el].{k}": "" for k in tops - element.keys()}
-        if in_place:
-            self.add(
-                p.name,
-                Update(parent, in_place, array_filters=[{f"el.{k}": v for k, v in match.items()}]),
-                ev,
-                pos,
-            )
-        guard = {**parent, name: {"$not": {"$elemMatch": match}}}
-        push: dict[str, Any] = {"$each": [element]}
-        if sort:
-            push["$sort"] = sort
-        self.add(p.name, Update(guard, {"$push": {name: push}}), ev, pos)
-        if sort:
-            self.add(
-                p.name, Update(parent, {"$push": {name: {"$each": [], "$sort": sort}}}), ev, pos
-            )
+            nd.doc[e.name] = [element] if kind == "upsert" else []
+        elif kind == "remove":
+            pull_element(nd.doc, e.name, match)
+        else:
+            assert element is not None
+            upsert_element(nd.doc, e.name, element, match, _written(e, ev), e.sort_fields)
+        self.new_docs.fold(nd, [Tagged(op, ev, pos) for op in ops])
 
     def parent(self, pr: ParentRole, ev: ChangeEvent, pos: Position) -> None:
         p, e = pr.plan, pr.embed
@@ -612,6 +619,7 @@ class _Batch(Rebuilds, Waiting):
     # -- execution ---------------------------------------------------------------------------
     def flush_writes(self) -> None:
         """Write the operations built so far (in order), keeping the rest of the batch's work."""
+        self.new_docs.close_all()
         if self.a.dry_run:
             self.result.operations += sum(len(t) for t in self.ops.values())
         else:
@@ -623,6 +631,8 @@ class _Batch(Rebuilds, Waiting):
         return OpWriter(self.a.db, self.a.state, self.result, self.dead)
 
     def execute(self) -> None:
+        self.new_docs.close_all()
+        self.result.folded += self.new_docs.folded
         if self.a.dry_run:
             self.result.operations += sum(len(t) for t in self.ops.values())
             return
@@ -665,3 +675,68 @@ def merge_updates(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
     if on_insert:
         merged["$setOnInsert"] = on_insert
     return merged
+
+
+def _written(e: EmbedPlan, ev: ChangeEvent | None) -> set[str] | None:
+    """The element's top-level fields an event may change (None: all of them)."""
+    if ev is None or ev.only is None:
+        return None
+    return {f.path[0] for f in e.view.fields if f.column in ev.only}
+
+
+def _order_moved(e: EmbedPlan, ev: ChangeEvent | None) -> bool:
+    """Whether a change of an element may move it in its array's order."""
+    if ev is None or ev.before is None or ev.after is None:
+        return True
+    if ev.only is not None:
+        return any(c in ev.only for c in e.order_by)
+    return any(ev.before.get(c) != ev.after.get(c) for c in e.order_by)
+
+
+def element_updates(
+    e: EmbedPlan,
+    parent: dict[str, Any],
+    kind: str,
+    element: dict[str, Any] | None,
+    match: dict[str, Any],
+    ev: ChangeEvent | None,
+    *,
+    many: bool,
+) -> list[Op]:
+    """The statements that make one element change, each idempotent.
+
+    Present, the element is replaced in place (only the fields of the columns written, when
+    the event says which); absent, it is pushed (the guard makes a replay a no-op instead of a
+    duplicate, and `$sort` keeps the embed's order); then the array is sorted again if the
+    change may have moved the element. An inserted row's element is only pushed: if it is
+    there already, the copy or an earlier apply wrote it, and every later change of the row
+    follows in the stream (which sets it, and sorts again if it moves)."""
+    Update = UpdateMany if many else UpdateOne
+    name = e.name
+    if not match:
+        # the child's key is its parent's: one element at most (a 1:1 table as an array)
+        return [Update(parent, {"$set": {name: [element] if kind == "upsert" else []}})]
+    if kind == "remove":
+        return [Update(parent, {"$pull": {name: match}})]
+    ops: list[Op] = []
+    sort = {".".join(path): 1 for path in e.sort_fields}
+    inserted = ev is not None and ev.before is None
+    tops = _written(e, ev)
+    in_place: dict[str, Any] = {"$set": {f"{name}.$[el]": element}}
+    if tops is not None and element is not None:
+        in_place = {}
+        if tops & element.keys():
+            in_place["$set"] = {f"{name}.$[el].{k}": element[k] for k in tops & element.keys()}
+        if tops - element.keys():
+            in_place["$unset"] = {f"{name}.$[el].{k}": "" for k in tops - element.keys()}
+    if in_place and not inserted:
+        filters: list[Mapping[str, Any]] = [{f"el.{k}": v for k, v in match.items()}]
+        ops.append(Update(parent, in_place, array_filters=filters))
+    guard = {**parent, name: {"$not": {"$elemMatch": match}}}
+    push: dict[str, Any] = {"$each": [element]}
+    if sort:
+        push["$sort"] = sort
+    ops.append(Update(guard, {"$push": {name: push}}))
+    if sort and not inserted and _order_moved(e, ev):
+        ops.append(Update(parent, {"$push": {name: {"$each": [], "$sort": sort}}}))
+    return ops

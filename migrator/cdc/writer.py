@@ -31,6 +31,7 @@ class BatchResult:
     resolved_pending: int = 0
     operations: int = 0
     coalesced: int = 0
+    folded: int = 0  # changes made to a new document before it was written (newdocs.py)
     rebuilt: int = 0
     cascades: int = 0
     seconds: float = 0.0
@@ -43,6 +44,9 @@ class Tagged:
     op: Op
     event: ChangeEvent | None
     position: Position
+    # a new document written whole (newdocs.py): if the server refuses it (it exists after
+    # all), these statements make the same changes
+    fallback: list[Tagged] | None = None
 
 
 class OpWriter:
@@ -78,18 +82,24 @@ class OpWriter:
                     raise
                 bad = errors[0]["index"]
                 t = chunk[bad]
+                start += bad + 1
+                if t.fallback is not None:
+                    self._write(coll, t.fallback)
+                    continue
                 self.dead(
                     t.event,
                     t.position,
                     f"MongoDB refused the write: {errors[0].get('errmsg', errors[0])}",
                     coll,
                 )
-                start += bad + 1
             except (DocumentTooLarge, InvalidDocument, WriteError):
                 # refused before it reached the server: find the op by writing one at a time
                 for t in chunk:
                     try:
                         with_retry(partial(collection.bulk_write, [t.op], ordered=True))
                     except (BulkWriteError, DocumentTooLarge, InvalidDocument, WriteError) as e2:
-                        self.dead(t.event, t.position, f"cannot apply: {e2}", coll)
+                        if t.fallback is not None:
+                            self._write(coll, t.fallback)
+                        else:
+                            self.dead(t.event, t.position, f"cannot apply: {e2}", coll)
                 return

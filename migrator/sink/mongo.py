@@ -29,7 +29,6 @@ from tenacity import (
 )
 
 from migrator.errors import ConnectError, remember_server
-from migrator.model.keys import dense
 from migrator.model.secrets import TARGET_PASSWORD_FILE_ENV, file_password_to_use
 from migrator.model.urls import redact, register_url_password
 
@@ -136,17 +135,10 @@ def _unreachable(url: str, setting: str, detail: str) -> ConnectError:
 def find_by_ids(
     coll: Collection[Any], ids: Sequence[Any], projection: dict[str, Any] | None = None
 ) -> list[Any]:
-    """The documents with these `_id`s. Dense integer ids are read as one `_id` range scan and
-    filtered here (as VDiff merges a sorted range): servers answer a range much faster than an
-    `$in` of a thousand ids (SecantusDB: 3 s for the `$in`). Other ids: `$in` in batches."""
-    if not ids:
-        return []
-    if all(integer_id(i) for i in ids):
-        lo, hi = min(ids), max(ids)
-        if dense(lo, hi, len(ids)):
-            wanted = set(ids)
-            found = coll.find({"_id": {"$gte": lo, "$lte": hi}}, projection)
-            return [d for d in found if number_id(d["_id"]) in wanted]
+    """The documents with these `_id`s: `$in` in batches of 1,000, which every server answers
+    from the `_id` index. (A range scan filtered here is not: SecantusDB 0.7 scans the whole
+    collection for an `_id` range, 4 s on 300,000 documents against 0.06 s for an `$in` of
+    333; a walk over the whole collection reads it in one sorted scan instead, `stream.py`.)"""
     out: list[Any] = []
     for i in range(0, len(ids), 1000):
         out += list(coll.find({"_id": {"$in": list(ids[i : i + 1000])}}, projection))

@@ -1,5 +1,5 @@
-"""Looking documents up by _id: a range scan for dense integer ids, `$in` otherwise; the
-result is the same set either way (checked against the server's own `$in`)."""
+"""Looking documents up by _id (`$in`, in batches of 1,000): the result is the same set as the
+server's own `$in` gives, whatever the id types."""
 
 from __future__ import annotations
 
