@@ -15,15 +15,17 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 import bson
 import MySQLdb
+from bson.raw_bson import RawBSONDocument
 from pymongo.errors import CollectionInvalid
 
 from migrator import logs
@@ -164,12 +166,22 @@ class ChunkWorker:
         self.readers = {p.name: ChunkReader(self.conn, p) for p in self.transform.collections}
 
     def run(self, chunk: Chunk) -> ChunkResult:
+        """Copy one chunk: read, transform, write each page, then mark it done."""
         t0 = time.monotonic()
-        plan: CollectionPlan = self.readers[chunk.collection].plan
         res = ChunkResult(chunk.id, chunk.collection, 0, 0, 0, 0, 0.0)
+        for page in self.prepare(chunk, res):
+            self.write(chunk, page)
+        return self.finish(chunk, res, t0)
+
+    def prepare(self, chunk: Chunk, res: ChunkResult) -> Iterator[Page]:
+        """The chunk's pages read and transformed, ready to write (counted in `res`)."""
+        plan: CollectionPlan = self.readers[chunk.collection].plan
         for rows, children in self._pages(chunk):
-            self._copy(plan, chunk, rows, children, res)
+            yield self._transform(plan, rows, children, res)
             res.rows += len(rows)
+
+    def finish(self, chunk: Chunk, res: ChunkResult, t0: float) -> ChunkResult:
+        """After every write of the chunk was acknowledged: record it done."""
         if not self.dry_run:
             assert self.state is not None
             fault_point("chunk-copied")
@@ -178,50 +190,118 @@ class ChunkWorker:
         res.seconds = time.monotonic() - t0
         return res
 
-    def _copy(
-        self,
-        plan: CollectionPlan,
-        chunk: Chunk,
-        rows: list[Any],
-        children: dict[str, Any],
-        res: ChunkResult,
-    ) -> None:
-        dead: list[tuple[Any, str, Any]] = []
+    def _transform(
+        self, plan: CollectionPlan, rows: list[Any], children: dict[str, Any], res: ChunkResult
+    ) -> Page:
+        page = Page(plan.name)
 
         def on_error(row: Any, exc: MigratorError) -> None:
             try:
                 key = plan.doc_id(row)
             except Exception:  # the key itself does not convert: keep it as read
                 key = list(plan.root.params(row, plan.pk))
-            dead.append(
+            page.dead.append(
                 (key, exc.message, dict(zip(plan.root.columns, map(_preview, row), strict=True)))
             )
 
-        docs = plan.documents(rows, children, on_error=on_error)
-        kept = []
-        for d in docs:
-            n = len(bson.encode(d))  # the encoding the driver does; measured, and size-checked
-            if n > BSON_MAX:
-                dead.append((d["_id"], f"document is {n} bytes, over MongoDB's 16 MiB limit", None))
+        for d in plan.documents(rows, children, on_error=on_error):
+            # encoded once: measured, size-checked, and sent as these bytes (the driver does
+            # not encode a RawBSONDocument again)
+            raw = bson.encode(d)
+            if len(raw) > BSON_MAX:
+                reason = f"document is {len(raw)} bytes, over MongoDB's 16 MiB limit"
+                page.dead.append((d["_id"], reason, None))
                 continue
-            res.bytes += n
-            kept.append(d)
-        res.docs += len(kept)
-        res.dead += len(dead)
+            res.bytes += len(raw)
+            page.docs.append(RawBSONDocument(raw))
+        res.docs += len(page.docs)
+        res.dead += len(page.dead)
+        return page
+
+    def write(self, chunk: Chunk, page: Page) -> None:
         if self.dry_run:
             return
         assert self.target is not None and self.state is not None
-        if kept:
-            DocumentWriter(self.target[plan.name]).insert_or_replace(kept)
-        for key, reason, payload in dead:
+        if page.docs:
+            DocumentWriter(self.target[page.collection]).insert_or_replace(page.docs)
+        for key, reason, payload in page.dead:
             self.state.dead_letter(
                 source="backfill",
-                collection=plan.name,
+                collection=page.collection,
                 key=key,
                 reason=reason,
                 payload=payload,
                 position=chunk.id,
             )
+
+
+@dataclass
+class Page:
+    """A page of a chunk, transformed: the documents to write and the rows that could not be."""
+
+    collection: str
+    docs: list[RawBSONDocument] = field(default_factory=list)
+    dead: list[tuple[Any, str, Any]] = field(default_factory=list)
+
+
+class PipelinedWrites:
+    """A worker process's writes on their own thread, one chunk behind its reads: the next
+    chunk is read and transformed while the last one is written, so the server is not idle
+    while the worker computes (the driver waits for the server without the GIL). At most one
+    page waits to be written (memory stays bounded); a chunk is marked done and reported only
+    after its writes were acknowledged, so a crash loses nothing that was recorded."""
+
+    def __init__(self, worker: ChunkWorker, report: Callable[[str, Any, str | None], None]):
+        self.worker, self.report = worker, report
+        # a page to write, or a chunk whose pages are all queued (its result, its start)
+        self.queue: queue.Queue[tuple[Chunk, Page | tuple[ChunkResult, float]] | None] = (
+            queue.Queue(maxsize=1)
+        )
+        self.failed = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="chunk-writes", daemon=True)
+        self.thread.start()
+
+    def submit(self, chunk: Chunk) -> bool:
+        """Read and transform `chunk` here, page by page, queueing the writes; False once a
+        write failed."""
+        t0 = time.monotonic()
+        res = ChunkResult(chunk.id, chunk.collection, 0, 0, 0, 0, 0.0)
+        for page in self.worker.prepare(chunk, res):
+            if not self._put((chunk, page)):
+                return False
+        return self._put((chunk, (res, t0)))
+
+    def _put(self, item: tuple[Chunk, Page | tuple[ChunkResult, float]]) -> bool:
+        while not self.failed.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            chunk, work = item
+            try:
+                if isinstance(work, Page):
+                    self.worker.write(chunk, work)
+                else:
+                    self.report("done", self.worker.finish(chunk, *work), None)
+            except Exception as exc:
+                self.failed.set()
+                self.report("error", chunk, _failure(exc))
+                return
+
+    def close(self) -> None:
+        """Wait for the writes queued (none are, when the coordinator says stop)."""
+        if not self.failed.is_set():
+            self.queue.put(None)
+        self.thread.join()
+
+
+def _failure(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, MigratorError) else traceback.format_exc(limit=3)
 
 
 def _preview(v: Any, limit: int = 1024) -> Any:
@@ -261,25 +341,29 @@ def _worker_main(
 def _work(worker: ChunkWorker, tasks: Any, results: Any, paused: Any, parent: int) -> None:
     """A worker process's loop: chunks from `tasks`, results to `results`, until told to stop
     or orphaned."""
-    while True:
-        try:
-            chunk = tasks.get(timeout=1)
-        except queue.Empty:
-            if os.getppid() != parent:  # orphaned by a kill -9 of the coordinator
+    writes = PipelinedWrites(worker, lambda *r: results.put(r))
+    try:
+        while True:
+            try:
+                chunk = tasks.get(timeout=1)
+            except queue.Empty:
+                if os.getppid() != parent:  # orphaned by a kill -9 of the coordinator
+                    return
+                continue
+            if chunk is None or os.getppid() != parent:
                 return
-            continue
-        if chunk is None or os.getppid() != parent:
-            return
-        while paused.is_set():
-            if os.getppid() != parent:
+            while paused.is_set():
+                if os.getppid() != parent:
+                    return
+                time.sleep(0.2)
+            try:
+                if not writes.submit(chunk):
+                    return
+            except Exception as exc:
+                results.put(("error", chunk, _failure(exc)))
                 return
-            time.sleep(0.2)
-        try:
-            results.put(("done", worker.run(chunk), None))
-        except Exception as exc:
-            msg = str(exc) if isinstance(exc, MigratorError) else traceback.format_exc(limit=3)
-            results.put(("error", chunk, msg))
-            return
+    finally:
+        writes.close()
 
 
 def backfill(
@@ -717,9 +801,10 @@ def _run_processes(
     paused_flag = ctx.Event()
     outstanding = 0  # chunks handed to the workers and not finished
 
+    # two chunks per worker: one written while the next is read (PipelinedWrites)
     def feed() -> None:
         nonlocal outstanding
-        while outstanding < workers and (chunk := source.next(wait=False)) is not None:
+        while outstanding < 2 * workers and (chunk := source.next(wait=False)) is not None:
             tasks.put(chunk)
             outstanding += 1
 
@@ -737,7 +822,7 @@ def _run_processes(
     paused = 0.0
     try:
         while outstanding or not source.finished():
-            if outstanding < workers:
+            if outstanding < 2 * workers:
                 feed()  # chunks other processes held may have come free
             if not outstanding:
                 time.sleep(1.0)  # the rest is leased to other backfills: wait, reclaim

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -190,7 +190,7 @@ class DocumentWriter:
         self.collection = collection
         self.batch_size = batch_size
 
-    def insert_or_replace(self, docs: Sequence[dict[str, Any]]) -> int:
+    def insert_or_replace(self, docs: Sequence[Mapping[str, Any]]) -> int:
         """Write documents that are most likely new: `insert_many` (unordered), which servers
         take several times faster than upserts, and a replace only for the documents whose
         `_id` already exists (a retried chunk, a collection that held documents). The result
@@ -214,7 +214,7 @@ class DocumentWriter:
             written += len(batch)
         return written
 
-    def _insert(self, batch: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    def _insert(self, batch: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int]]:
         """Insert `batch`; the positions of the documents whose `_id` was already there, and of
         those another unique index refused (to be upserted after the first)."""
         try:
@@ -230,7 +230,7 @@ class DocumentWriter:
             return present, refused
         return [], []
 
-    def upsert(self, docs: Sequence[dict[str, Any]]) -> int:
+    def upsert(self, docs: Sequence[Mapping[str, Any]]) -> int:
         written = 0
         for i in range(0, len(docs), self.batch_size):
             batch = docs[i : i + self.batch_size]
