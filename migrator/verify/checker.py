@@ -9,7 +9,7 @@ import multiprocessing as mp
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,11 +107,13 @@ class Verifier:
             self.migration.close()
 
     # -- comparing a set of keys -------------------------------------------------------------
-    def _expected(self, plan: CollectionPlan, rows: Sequence[Any]) -> _Expected:
+    def _expected(
+        self, plan: CollectionPlan, rows: Sequence[Any], children: Any = None
+    ) -> _Expected:
         """The documents the source rows should be, and the rows that do not convert (what
         cannot be checked is reported, never skipped)."""
-        reader = ChunkReader(self.conn, plan)
-        children = reader.read_embeds(rows) if rows else {}
+        if children is None:
+            children = ChunkReader(self.conn, plan).read_embeds(rows) if rows else {}
         bad: dict[Any, tuple[Any, str]] = {}
 
         def unconvertible(row: Any, exc: MigratorError) -> None:
@@ -230,8 +232,7 @@ class Verifier:
     ) -> list[Difference]:
         """Walk the collection's chunks (from `after`, when resuming), `workers` at a time,
         checkpointing after each group of chunks; then look for extra documents."""
-        reader = ChunkReader(self.conn, plan)
-        bounds = chunk_bounds(list(reader.boundaries(chunk_size, start=after)))
+        bounds = chunk_bounds(list(ChunkReader(self.conn, plan).boundaries(chunk_size, after)))
         if after is not None:
             bounds[0] = (after, bounds[0][1])
         self.progress.start(
@@ -240,21 +241,31 @@ class Verifier:
         found = list(found or [])
         chosen = [b for b in bounds if sample_pct >= 100 or rnd.random() * 100 < sample_pct]
 
-        with self._pool(workers) as pool:
-            for i in range(0, len(chosen), max(1, workers)):
-                group = chosen[i : i + max(1, workers)]
-                los, his = [b[0] for b in group], [b[1] for b in group]
-                done = self.map_chunks(
-                    pool, [plan.name] * len(group), los, his, in_order=sample_pct >= 100
-                )
-                for n, diffs, rechecked in done:
-                    res.checked += n
-                    res.chunks += 1
-                    res.rechecked += rechecked
-                    found += diffs
-                    self.progress.advance(plan.name, n)
-                if checkpoint is not None and group[-1][1] is not None:
-                    checkpoint(plan.name, group[-1][1], res, found)
+        def tally(n: int, diffs: list[Difference], rechecked: int) -> None:
+            res.checked += n
+            res.chunks += 1
+            res.rechecked += rechecked
+            found.extend(diffs)
+            self.progress.advance(plan.name, n)
+
+        if workers <= 1 and sample_pct >= 100:
+
+            def save(hi: Any) -> None:
+                if checkpoint is not None and hi is not None:
+                    checkpoint(plan.name, hi, res, found)
+
+            self._walk_in_order(plan, chosen, tally, save)
+        else:
+            with self._pool(workers) as pool:
+                for i in range(0, len(chosen), max(1, workers)):
+                    group = chosen[i : i + max(1, workers)]
+                    los, his = [b[0] for b in group], [b[1] for b in group]
+                    for n, diffs, rechecked in self.map_chunks(
+                        pool, [plan.name] * len(group), los, his
+                    ):
+                        tally(n, diffs, rechecked)
+                    if checkpoint is not None and group[-1][1] is not None:
+                        checkpoint(plan.name, group[-1][1], res, found)
         stream = self._streams.pop(plan.name, None)
         if stream is not None:
             stream.close()
@@ -262,14 +273,47 @@ class Verifier:
         self.progress.finish(plan.name, res.checked)
         return found
 
+    def _walk_in_order(
+        self,
+        plan: CollectionPlan,
+        chunks: list[tuple[Any, Any]],
+        tally: Callable[[int, list[Difference], int], None],
+        checkpoint: Callable[[Any], None],
+    ) -> None:
+        """Every chunk upwards, one at a time: the target read by one sorted scan (IdStream),
+        and the source rows of the next chunk read on another thread (its own connection)
+        while this one is compared, so neither server waits for the other's turn."""
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            nxt = ahead.submit(self.read_chunk, plan, *chunks[0]) if chunks else None
+            for i, (lo, hi) in enumerate(chunks):
+                assert nxt is not None
+                read = nxt.result()
+                if i + 1 < len(chunks):
+                    nxt = ahead.submit(self.read_chunk, plan, *chunks[i + 1])
+                tally(*self.check_chunk(plan, lo, hi, in_order=True, read=read))
+                checkpoint(hi)
+
+    def read_chunk(self, plan: CollectionPlan, lo: Any, hi: Any) -> tuple[list[Any], Any]:
+        """A chunk's root rows and embedded rows, as read from the source."""
+        reader = ChunkReader(self.conn, plan)
+        rows = reader.read_rows(lo, hi)
+        return rows, (reader.read_embeds(rows) if rows else {})
+
     def check_chunk(
-        self, plan: CollectionPlan, lo: Any, hi: Any, *, in_order: bool = False
+        self,
+        plan: CollectionPlan,
+        lo: Any,
+        hi: Any,
+        *,
+        in_order: bool = False,
+        read: tuple[list[Any], Any] | None = None,
     ) -> tuple[int, list[Difference], int]:
         """One chunk: (rows read, differences that stayed after rechecks, rechecked).
         `in_order`: the chunks come in key order, one at a time: the documents are read by
-        one sorted scan of the collection (IdStream) instead of a query per chunk."""
-        rows = ChunkReader(self.conn, plan).read_rows(lo, hi)
-        expected = self._expected(plan, rows)
+        one sorted scan of the collection (IdStream) instead of a query per chunk. `read`:
+        the chunk's source rows, read already (`read_chunk`)."""
+        rows, children = read if read is not None else self.read_chunk(plan, lo, hi)
+        expected = self._expected(plan, rows, children)
         ids = [d["_id"] for d in expected.docs.values()]
         ids += [doc_id for doc_id, _reason in expected.bad.values()]
         stream = None
@@ -285,22 +329,13 @@ class Verifier:
         return len(rows), diffs, sub.rechecked
 
     def map_chunks(
-        self,
-        pool: Any,
-        names: list[str],
-        los: list[Any],
-        his: list[Any],
-        *,
-        in_order: bool = False,
+        self, pool: Any, names: list[str], los: list[Any], his: list[Any]
     ) -> Iterable[tuple[int, list[Difference], int]]:
-        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order
-        (`in_order`: a walk of every chunk upwards, one at a time)."""
+        """`check_chunk` of each (collection, lo, hi), in the pool `_pool` made, in order."""
         if isinstance(pool, ProcessPoolExecutor):
             return pool.map(_check_chunk, names, los, his)
         return pool.map(
-            lambda n, lo, hi: self.check_chunk(
-                self.transform.collection(n), lo, hi, in_order=in_order
-            ),
+            lambda n, lo, hi: self.check_chunk(self.transform.collection(n), lo, hi),
             names,
             los,
             his,

@@ -1,10 +1,13 @@
 """A full verification reads each collection's documents with one sorted scan as it walks the
 source's chunks upwards (not a query per chunk), and still finds every kind of difference:
 documents missing between chunks, extra documents in gaps, before the first key and after the
-last, an `_id` that is not a number, and a changed one; with BIGINT keys (Int64 `_id`s)."""
+last, an `_id` that is not a number, and a changed one; with BIGINT keys (Int64 `_id`s). The
+source rows of the next chunk are read while one is compared."""
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
 from bson.int64 import Int64
@@ -12,7 +15,9 @@ from pymongo import monitoring
 
 from migrator.backfill.copy import backfill
 from migrator.model.settings import load_mapping
+from migrator.verify.checker import Verifier
 from migrator.verify.engine import verify
+from migrator.verify.results import CollectionResult
 
 
 class Finds(monitoring.CommandListener):
@@ -67,3 +72,38 @@ def test_one_sorted_scan_finds_every_difference(env):
     # extra documents), not a query per chunk
     assert res.collections[0].chunks >= 8
     assert finds.finds <= 3, finds.finds
+
+
+def test_the_next_chunk_s_source_rows_are_read_while_this_one_is_compared(env):
+    """The walk does not leave MariaDB idle while it compares: each chunk's check waits until
+    the next chunk's source read has started (it would wait in vain if the walk read the
+    source only when it got there)."""
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_200",
+    )
+    path = env.mapping("  - {name: t, from: t}\n", backfill="{chunk_size: 50}")
+    backfill(load_mapping(path), workers=1)
+    reads: list[Any] = []
+
+    class Watched(Verifier):
+        def read_chunk(self, plan: Any, lo: Any, hi: Any) -> Any:
+            reads.append(hi)
+            return super().read_chunk(plan, lo, hi)
+
+        def check_chunk(self, plan: Any, lo: Any, hi: Any, **kw: Any) -> Any:
+            if hi is not None:  # not the last chunk: this one read, and the next one started
+                deadline = time.monotonic() + 30
+                while hi not in reads or reads[-1] == hi:
+                    assert time.monotonic() < deadline, f"chunk after {hi} was never read ahead"
+                    time.sleep(0.01)
+            return super().check_chunk(plan, lo, hi, **kw)
+
+    v = Watched(load_mapping(path))
+    try:
+        plan = v.transform.collection("t")
+        res = CollectionResult("t")
+        found = v.full(plan, res, sample_pct=100, chunk_size=50, rnd=random.Random(1))
+    finally:
+        v.close()
+    assert not found and res.checked == 200 and res.chunks >= 4
