@@ -45,7 +45,7 @@ from migrator.model.keys import id_key
 from migrator.model.placement import TreeRole
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
 from migrator.model.typerules import param_value
-from migrator.sink.mongo import find_by_ids, with_retry
+from migrator.sink.mongo import find_by_ids, has_unique_index, with_retry
 from migrator.state.store import StateStore, now, storable
 
 Op = Any  # a pymongo write model
@@ -311,6 +311,9 @@ class _Batch(Rebuilds, Waiting):
                         roots.setdefault(p.name, {})[id_key(rid)] = rid
                         if ev.before is None and fold:
                             inserted.setdefault(p.name, {})[id_key(rid)] = rid
+        # under a unique index of the user's, a document written whole could hold a value
+        # another one gives up only later in the batch: statements, in their order
+        inserted = {c: ids for c, ids in inserted.items() if not has_unique_index(self.a.db[c])}
         for coll, ids in inserted.items():
             want[coll] = {**want.get(coll, {}), **ids}
         for coll, ids in want.items():

@@ -145,6 +145,14 @@ def find_by_ids(
     return out
 
 
+def has_unique_index(coll: Collection[Any]) -> bool:
+    """Whether a unique index other than `_id`'s holds the collection's documents (a user's:
+    the tool makes none), under which writes to different documents do not commute."""
+    return any(
+        spec.get("unique") for name, spec in coll.index_information().items() if name != "_id_"
+    )
+
+
 def integer_id(v: Any) -> bool:
     """An integer `_id` (int or bson Int64, as the type rules give BIGINT keys), not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
