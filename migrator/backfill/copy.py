@@ -592,6 +592,10 @@ def _backfill(
             summary.paused_seconds = _run_processes(
                 settings, mig.schema, dry_run, rate, source, workers, record, monitor, progress
             )
+    if state is not None:
+        # after the copy (CDC waits for it), as DMS and mongorestore do: the server builds an
+        # index over the documents for much less than it costs to keep it through every insert
+        _ensure_target_indexes(mig.target, plans)
     return _finish(summary, per_coll, plans, state, progress, t_start)
 
 
@@ -604,7 +608,7 @@ def _prepare_target(
     collections: list[str] | None,
 ) -> dict[str, Any]:
     """Reset what a restart forgets, record where CDC starts (once), check that a resume's
-    done chunks are still in the target, and make its indexes; returns CDC's start."""
+    done chunks are still in the target; returns CDC's start."""
     if restart:
         log.warning(
             "backfill restart: forgetting the checkpoints and emptying the collections",
@@ -627,7 +631,6 @@ def _prepare_target(
         log.info("cdc start position recorded", extra={"position": _loggable(position)})
     if not restart:
         _check_target_holds_the_copy(mig.target, state, plans)
-    _ensure_target_indexes(mig.target, plans)
     _record_target_identity(mig.target, state, plans)
     return position
 

@@ -438,3 +438,20 @@ def test_a_backfill_rerun_after_a_crash_converges_when_a_unique_value_moved(env)
         (1, "c@x"),
         (2, "a@x"),
     ]
+
+
+def test_the_indexes_cdc_needs_are_built_after_the_copy(env):
+    """As DMS and mongorestore do: the server builds an index over the copied documents for
+    much less than keeping it through every insert (CDC waits for the copy, so nothing needs
+    it before). While chunks are written there is none; when the backfill ends it is there."""
+    path = make_shop(env, orders=30, chunk_size=10)
+    with cli_process("backfill", "-m", str(path), "--workers", "1", pause="chunk-copied:2") as bf:
+        wait_until(
+            lambda: env.target.orders.count_documents({}) > 0 or bf.poll() is not None,
+            "the first chunk to be written",
+        )
+        assert bf.poll() is None, bf.log_tail()
+        assert list(env.target.orders.index_information()) == ["_id_"]
+        assert bf.wait(timeout=120) == 0, bf.log_tail()
+    keys = [spec["key"] for spec in env.target.orders.index_information().values()]
+    assert [("customer.id", 1)] in keys
