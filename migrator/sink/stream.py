@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from pymongo.collection import Collection
@@ -20,11 +21,17 @@ _END = object()
 
 
 class IdStream:
-    """`take(lo, hi)`: the documents with a numeric `_id` in [lo, hi], for ascending calls;
-    documents below `lo` are passed over (a caller finds extra documents its own way)."""
+    """`take(lo, hi)`: the documents with a numeric `_id` in [lo, hi], for ascending calls.
+    The `_id`s of documents passed over (below `lo`) are kept in `passed`, and `rest()` gives
+    those never reached: with `whole=True` (the scan starts at the collection's first
+    document) the caller has then seen every document once, and needs no other scan to find
+    the ones its keys do not name."""
 
-    def __init__(self, coll: Collection[Any], batch: int = 2000, ahead: int = 4) -> None:
-        self.coll, self.batch = coll, batch
+    def __init__(
+        self, coll: Collection[Any], batch: int = 2000, ahead: int = 4, *, whole: bool = False
+    ) -> None:
+        self.coll, self.batch, self.whole = coll, batch, whole
+        self.passed: list[Any] = []
         self.q: queue.Queue[Any] = queue.Queue(maxsize=ahead)
         self.head: deque[Any] = deque()
         self.reader: threading.Thread | None = None
@@ -33,7 +40,8 @@ class IdStream:
     def _read(self, lo: Any) -> None:
         """Batches of documents from `lo` on, then _END (or the error that ended it)."""
         try:
-            cursor = self.coll.find({"_id": {"$gte": lo}}).sort("_id", 1).batch_size(self.batch)
+            flt = {} if self.whole or lo is None else {"_id": {"$gte": lo}}
+            cursor = self.coll.find(flt).sort("_id", 1).batch_size(self.batch)
             out: list[Any] = []
             for d in cursor:
                 out.append(d)
@@ -80,7 +88,23 @@ class IdStream:
                 return out
             if k >= lo:
                 out.append(d)
+            else:
+                self.passed.append(d["_id"])
         return out
+
+    @property
+    def started(self) -> bool:
+        """Whether a `take` started the scan."""
+        return self.reader is not None
+
+    def rest(self) -> Iterator[Any]:
+        """The `_id`s of the documents no `take` reached (numbers past the last range, and
+        every `_id` that is not a number)."""
+        if self.reader is None:  # nothing was taken: the whole scan is the rest
+            self.reader = threading.Thread(target=self._read, args=(None,), daemon=True)
+            self.reader.start()
+        while (d := self._next()) is not None:
+            yield d["_id"]
 
     def close(self) -> None:
         self.stop.set()

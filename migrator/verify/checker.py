@@ -87,7 +87,6 @@ class Verifier:
         self.limit = limit_differences
         self.toward_mysql = False  # verify --repair after the write switch
         self.progress = progress or NullProgress()
-        self._streams: dict[str, IdStream] = {}  # collection -> its walk's sorted scan
 
     @property
     def conn(self) -> Any:
@@ -99,8 +98,6 @@ class Verifier:
         return c
 
     def close(self) -> None:
-        for stream in self._streams.values():
-            stream.close()
         for c in self._conns:
             c.close()
         if self._owns:
@@ -142,7 +139,12 @@ class Verifier:
         coll = self.db[plan.name].with_options(codec_options=_RAW)
         if stream is not None and ids and all(integer_id(i) for i in ids):
             wanted = set(ids)
-            found = [d for d in stream.take(min(ids), max(ids)) if number_id(d["_id"]) in wanted]
+            found = []
+            for d in stream.take(min(ids), max(ids)):
+                if number_id(d["_id"]) in wanted:
+                    found.append(d)
+                else:  # in the range, named by no row: a candidate extra
+                    stream.passed.append(d["_id"])
         else:
             found = find_by_ids(coll, ids)
         actual = {id_key(d["_id"]): d for d in found}
@@ -254,8 +256,11 @@ class Verifier:
                 if checkpoint is not None and hi is not None:
                     checkpoint(plan.name, hi, res, found)
 
-            self._walk_in_order(plan, chosen, tally, save)
+            # from the start, the walk's sorted scan sees every document once: those no source
+            # row named are the only candidates for extras (no second scan of the collection)
+            extras = self._walk_in_order(plan, res, chosen, tally, save, whole=after is None)
         else:
+            extras = None
             with self._pool(workers) as pool:
                 for i in range(0, len(chosen), max(1, workers)):
                     group = chosen[i : i + max(1, workers)]
@@ -266,32 +271,51 @@ class Verifier:
                         tally(n, diffs, rechecked)
                     if checkpoint is not None and group[-1][1] is not None:
                         checkpoint(plan.name, group[-1][1], res, found)
-        stream = self._streams.pop(plan.name, None)
-        if stream is not None:
-            stream.close()
-        found += self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
+        if extras is None:
+            extras = self.extras(plan, res, sample_pct=sample_pct, rnd=rnd)
+        found += extras
         self.progress.finish(plan.name, res.checked)
         return found
 
     def _walk_in_order(
         self,
         plan: CollectionPlan,
+        res: CollectionResult,
         chunks: list[tuple[Any, Any]],
         tally: Callable[[int, list[Difference], int], None],
         checkpoint: Callable[[Any], None],
-    ) -> None:
+        *,
+        whole: bool,
+    ) -> list[Difference] | None:
         """Every chunk upwards, one at a time: the target read by one sorted scan (IdStream),
         and the source rows of the next chunk read on another thread (its own connection)
-        while this one is compared, so neither server waits for the other's turn."""
-        with ThreadPoolExecutor(max_workers=1) as ahead:
-            nxt = ahead.submit(self.read_chunk, plan, *chunks[0]) if chunks else None
-            for i, (lo, hi) in enumerate(chunks):
-                assert nxt is not None
-                read = nxt.result()
-                if i + 1 < len(chunks):
-                    nxt = ahead.submit(self.read_chunk, plan, *chunks[i + 1])
-                tally(*self.check_chunk(plan, lo, hi, in_order=True, read=read))
-                checkpoint(hi)
+        while this one is compared, so neither server waits for the other's turn. `whole`:
+        the scan covers the collection, and the extra documents it found are returned
+        (None: they are still to be looked for)."""
+        coll = self.db[plan.name].with_options(codec_options=_RAW)
+        stream = IdStream(coll, whole=whole)
+        extras: list[Difference] = []
+        try:
+            with ThreadPoolExecutor(max_workers=1) as ahead:
+                nxt = ahead.submit(self.read_chunk, plan, *chunks[0]) if chunks else None
+                for i, (lo, hi) in enumerate(chunks):
+                    assert nxt is not None
+                    read = nxt.result()
+                    if i + 1 < len(chunks):
+                        nxt = ahead.submit(self.read_chunk, plan, *chunks[i + 1])
+                    tally(*self.check_chunk(plan, lo, hi, read=read, stream=stream))
+                    checkpoint(hi)
+                    if whole and len(stream.passed) >= 1000:  # memory stays bounded
+                        extras += self._extras_among(plan, stream.passed, res)
+                        stream.passed = []
+            if not whole or not stream.started:  # keys that are not numbers: not read here
+                return None
+            rest = itertools.chain(stream.passed, stream.rest())
+            while batch := list(itertools.islice(rest, 1000)):
+                extras += self._extras_among(plan, batch, res)
+            return extras
+        finally:
+            stream.close()
 
     def read_chunk(self, plan: CollectionPlan, lo: Any, hi: Any) -> tuple[list[Any], Any]:
         """A chunk's root rows and embedded rows, as read from the source."""
@@ -305,23 +329,17 @@ class Verifier:
         lo: Any,
         hi: Any,
         *,
-        in_order: bool = False,
         read: tuple[list[Any], Any] | None = None,
+        stream: IdStream | None = None,
     ) -> tuple[int, list[Difference], int]:
         """One chunk: (rows read, differences that stayed after rechecks, rechecked).
-        `in_order`: the chunks come in key order, one at a time: the documents are read by
-        one sorted scan of the collection (IdStream) instead of a query per chunk. `read`:
-        the chunk's source rows, read already (`read_chunk`)."""
+        `read`: the chunk's source rows, read already (`read_chunk`). `stream`: the chunks
+        come in key order, one at a time, and the documents are read by one sorted scan of
+        the collection instead of a query per chunk."""
         rows, children = read if read is not None else self.read_chunk(plan, lo, hi)
         expected = self._expected(plan, rows, children)
         ids = [d["_id"] for d in expected.docs.values()]
         ids += [doc_id for doc_id, _reason in expected.bad.values()]
-        stream = None
-        if in_order:
-            stream = self._streams.get(plan.name)
-            if stream is None:
-                coll = self.db[plan.name].with_options(codec_options=_RAW)
-                stream = self._streams[plan.name] = IdStream(coll)
         first = self._compare(plan, expected, ids, stream)
         sub = CollectionResult(plan.name)
         diffs = self.check_keys(plan, ids, sub, first=first) if first else []
@@ -364,30 +382,31 @@ class Verifier:
     def extras(
         self, plan: CollectionPlan, res: CollectionResult, *, sample_pct: float, rnd: random.Random
     ) -> list[Difference]:
-        """Target documents whose source row does not exist (or is filtered out)."""
-        reader = ChunkReader(self.conn, plan)
+        """Target documents whose source row does not exist (or is filtered out), by a scan
+        of the collection's `_id`s."""
         found: list[Difference] = []
         batch: list[Any] = []
-
-        def flush() -> None:
-            if not batch:
-                return
-            if sample_pct >= 100 or rnd.random() * 100 < sample_pct:
-                rows = reader.read_by_keys([id_to_key(plan, i) for i in batch])
-                present = {id_key(plan.doc_id(r)) for r in rows}
-                suspects = [i for i in batch if id_key(i) not in present]
-                if suspects:
-                    found.extend(
-                        d for d in self.check_keys(plan, suspects, res) if d.kind == "extra"
-                    )
-            batch.clear()
-
         for d in self.db[plan.name].find({}, {"_id": 1}).batch_size(1000):
             batch.append(d["_id"])
             if len(batch) >= 1000:
-                flush()
-        flush()
+                if sample_pct >= 100 or rnd.random() * 100 < sample_pct:
+                    found += self._extras_among(plan, batch, res)
+                batch = []
+        if batch and (sample_pct >= 100 or rnd.random() * 100 < sample_pct):
+            found += self._extras_among(plan, batch, res)
         return found
+
+    def _extras_among(
+        self, plan: CollectionPlan, ids: list[Any], res: CollectionResult
+    ) -> list[Difference]:
+        """Which of these documents have no source row (checked again, as every difference)."""
+        ids = [bson.decode(i.raw, _PLAIN) if isinstance(i, RawBSONDocument) else i for i in ids]
+        rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
+        present = {id_key(plan.doc_id(r)) for r in rows}
+        suspects = [i for i in ids if id_key(i) not in present]
+        if not suspects:
+            return []
+        return [d for d in self.check_keys(plan, suspects, res) if d.kind == "extra"]
 
     def changed(
         self,
