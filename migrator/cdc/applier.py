@@ -51,6 +51,7 @@ from migrator.state.store import StateStore, now, storable
 Op = Any  # a pymongo write model
 # More element changes than this for one document in one batch: rebuild it instead.
 BULK_ELEMENTS = 32
+UNIQUE_INDEX_TTL = 30.0  # seconds a collection's unique indexes, as read, are trusted
 
 
 def _row(view_columns: Sequence[str], values: dict[str, Any]) -> tuple[Any, ...]:
@@ -78,6 +79,7 @@ class Applier:
         self.state = state
         self.lookup = lookup
         self.pending_bound = pending_bound_seconds
+        self._unique: dict[str, tuple[float, bool]] = {}  # collection -> (read at, unique index)
         self.set_transform(transform)
         self.pending_count = 0 if dry_run else state.pending.count_documents({})
         self.expired = 0  # waiting children turned into dead letters by this applier
@@ -87,6 +89,16 @@ class Applier:
         # the switch, when MySQL lags MongoDB and a rebuild lost the write); "leave" them for
         # CDC (the SDK before the switch: CDC releases them from the root's binlog event)
         self.stored_pending: Literal["rebuild", "adopt", "leave"] = "rebuild"
+
+    def unique_index(self, collection: str) -> bool:
+        """Whether a unique index of the user's is on the collection (read again after a
+        while: one may be added during a migration; not once per batch: the SDK applies one
+        write at a time)."""
+        at, unique = self._unique.get(collection, (0.0, False))
+        if time.monotonic() - at > UNIQUE_INDEX_TTL:
+            unique = has_unique_index(self.db[collection])
+            self._unique[collection] = (time.monotonic(), unique)
+        return unique
 
     def set_transform(self, transform: Transform) -> None:
         self.transform = transform
@@ -313,7 +325,7 @@ class _Batch(Rebuilds, Waiting):
                             inserted.setdefault(p.name, {})[id_key(rid)] = rid
         # under a unique index of the user's, a document written whole could hold a value
         # another one gives up only later in the batch: statements, in their order
-        inserted = {c: ids for c, ids in inserted.items() if not has_unique_index(self.a.db[c])}
+        inserted = {c: ids for c, ids in inserted.items() if not self.a.unique_index(c)}
         for coll, ids in inserted.items():
             want[coll] = {**want.get(coll, {}), **ids}
         for coll, ids in want.items():
