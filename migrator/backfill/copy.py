@@ -31,13 +31,12 @@ from pymongo.errors import CollectionInvalid
 from migrator import logs
 from migrator.errors import CheckFailed, ConfigError, MigratorError
 from migrator.faults import fault_point
-from migrator.model.placement import discovery_indexes
 from migrator.model.schema import Schema
 from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan, Transform
 from migrator.progress import NullProgress, Progress
 from migrator.runtime import Migration, opened
-from migrator.sink.mongo import DocumentWriter, with_retry
+from migrator.sink.mongo import DocumentWriter, ensure_indexes, with_retry
 from migrator.source.position import current_position
 from migrator.source.reader import ChunkReader, chunk_bounds
 from migrator.source.throttle import LoadMonitor, RateLimiter
@@ -251,8 +250,15 @@ class PipelinedWrites:
     page waits to be written (memory stays bounded); a chunk is marked done and reported only
     after its writes were acknowledged, so a crash loses nothing that was recorded."""
 
-    def __init__(self, worker: ChunkWorker, report: Callable[[str, Any, str | None], None]):
-        self.worker, self.report = worker, report
+    def __init__(
+        self,
+        worker: ChunkWorker,
+        report: Callable[[str, Any, str | None], None],
+        alive: Callable[[], bool] = lambda: True,
+    ):
+        # alive: whether the coordinator still runs; once it is gone its copy fence is too,
+        # and CDC may be applying newer changes to the rows read ahead: they are not written
+        self.worker, self.report, self.alive = worker, report, alive
         # a page to write, or a chunk whose pages are all queued (its result, its start)
         self.queue: queue.Queue[tuple[Chunk, Page | tuple[ChunkResult, float]] | None] = (
             queue.Queue(maxsize=1)
@@ -283,6 +289,9 @@ class PipelinedWrites:
     def _loop(self) -> None:
         while (item := self.queue.get()) is not None:
             chunk, work = item
+            if not self.alive():
+                self.failed.set()
+                return
             try:
                 if isinstance(work, Page):
                     self.worker.write(chunk, work)
@@ -341,7 +350,9 @@ def _worker_main(
 def _work(worker: ChunkWorker, tasks: Any, results: Any, paused: Any, parent: int) -> None:
     """A worker process's loop: chunks from `tasks`, results to `results`, until told to stop
     or orphaned."""
-    writes = PipelinedWrites(worker, lambda *r: results.put(r))
+    writes = PipelinedWrites(
+        worker, lambda *r: results.put(r), alive=lambda: os.getppid() == parent
+    )
     try:
         while True:
             try:
@@ -595,7 +606,7 @@ def _backfill(
     if state is not None:
         # after the copy (CDC waits for it), as DMS and mongorestore do: the server builds an
         # index over the documents for much less than it costs to keep it through every insert
-        _ensure_target_indexes(mig.target, plans)
+        ensure_indexes(mig.target, plans)
     return _finish(summary, per_coll, plans, state, progress, t_start)
 
 
@@ -1015,29 +1026,3 @@ def _record_target_identity(db: Any, state: StateStore, plans: list[CollectionPl
         uuid = _collection_uuid(db, p.name)
         if uuid:
             state.update_collection(p.name, target_uuid=uuid)
-
-
-def _ensure_target_indexes(db: Any, plans: list[CollectionPlan]) -> None:
-    """Indexes CDC needs to find documents by an embedded row's key (fan-out, array updates,
-    rows of nested trees)."""
-    from migrator.sink.mongo import with_retry
-
-    for p in plans:
-        for keys in target_indexes(p):
-            with_retry(partial(db[p.name].create_index, [(x, 1) for x in keys]))
-
-
-def target_indexes(p: CollectionPlan) -> list[list[str]]:
-    """The indexes `backfill` creates on a collection (plan lists them)."""
-    out: list[list[str]] = []
-    for e in p.embeds:
-        if e.many or not e.simple:
-            continue  # children are found through their parent's _id; trees below
-        paths = []
-        for c in e.child_columns:
-            f = e.view.field_for(c)
-            if f is not None:
-                paths.append(f"{e.name}.{f.name}")
-        if paths:
-            out.append(paths)
-    return out + [k for k in discovery_indexes(p) if k not in out]

@@ -27,6 +27,7 @@ from migrator.faults import fault_point
 from migrator.model.events import Position, Transaction
 from migrator.reverse.runner import run_reverse
 from migrator.runtime import Migration
+from migrator.sink.mongo import ensure_indexes
 from migrator.state.store import StateStore, now
 from migrator.ticker import Ticker
 
@@ -247,6 +248,9 @@ class ChangeLoop:
                 if not self.s.dry_run and self.state.copy_in_progress() is not None:
                     self._suspend(self._copy_wait)
                     continue
+                if not self.s.dry_run:
+                    # a backfill builds them after its copy: one that stopped early did not
+                    ensure_indexes(self.mig.target, self.applier.transform.collections)
                 try:
                     self._session()
                 except _Interrupted:

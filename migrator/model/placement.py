@@ -169,6 +169,23 @@ def _filter(
     return out
 
 
+def target_indexes(p: CollectionPlan) -> list[list[str]]:
+    """The indexes CDC finds documents by (each list one index; `backfill` makes them, `plan`
+    lists them): an N:1 sub-document's key (fan-out), and the paths of nested rows."""
+    out: list[list[str]] = []
+    for e in p.embeds:
+        if e.many or not e.simple:
+            continue  # children are found through their parent's _id; trees below
+        paths = []
+        for c in e.child_columns:
+            f = e.view.field_for(c)
+            if f is not None:
+                paths.append(f"{e.name}.{f.name}")
+        if paths:
+            out.append(paths)
+    return out + [k for k in discovery_indexes(p) if k not in out]
+
+
 def discovery_indexes(p: CollectionPlan) -> list[list[str]]:
     """The document paths CDC finds nested rows by (each list one index), `_id` left out."""
     out: list[list[str]] = []

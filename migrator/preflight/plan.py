@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from bson import json_util
 
 from migrator import logs
-from migrator.backfill.copy import BSON_MAX, target_indexes
+from migrator.backfill.copy import BSON_MAX
 from migrator.errors import MigratorError
+from migrator.model.placement import target_indexes
 from migrator.model.schema import Schema
 from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV
 from migrator.model.settings import Mapping, with_password_file

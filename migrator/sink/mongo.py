@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from bson.decimal128 import Decimal128
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -29,7 +30,9 @@ from tenacity import (
 )
 
 from migrator.errors import ConnectError, remember_server
+from migrator.model.placement import target_indexes
 from migrator.model.secrets import TARGET_PASSWORD_FILE_ENV, file_password_to_use
+from migrator.model.transform import CollectionPlan
 from migrator.model.urls import redact, register_url_password
 
 T = TypeVar("T")
@@ -143,6 +146,13 @@ def find_by_ids(
     for i in range(0, len(ids), 1000):
         out += list(coll.find({"_id": {"$in": list(ids[i : i + 1000])}}, projection))
     return out
+
+
+def ensure_indexes(db: Database[Any], plans: Sequence[CollectionPlan]) -> None:
+    """The indexes CDC finds documents by (`target_indexes`); a no-op where they exist."""
+    for p in plans:
+        for keys in target_indexes(p):
+            with_retry(partial(db[p.name].create_index, [(x, 1) for x in keys]))
 
 
 def has_unique_index(coll: Collection[Any]) -> bool:

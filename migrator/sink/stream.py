@@ -12,12 +12,21 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from bson.min_key import MinKey
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from migrator.sink.mongo import number_id
 
 _END = object()
+
+
+def _before_numbers(doc_id: Any, number: Any) -> bool:
+    """An `_id` MongoDB sorts before every number: MinKey, null, and NaN (the lowest number,
+    which no comparison orders)."""
+    if number is None:
+        return doc_id is None or isinstance(doc_id, MinKey)
+    return bool(number != number)
 
 
 class IdStream:
@@ -82,7 +91,10 @@ class IdStream:
         out: list[Any] = []
         while (d := self._next()) is not None:
             k = number_id(d["_id"])
-            # past the range, or not a number (numbers all sort before it): for a later call
+            if _before_numbers(d["_id"], k):
+                self.passed.append(d["_id"])  # a null, MinKey or NaN `_id`: no key names it
+                continue
+            # past the range, or not a number (sorting after the numbers): for a later call
             if k is None or k > hi:
                 self.head.appendleft(d)
                 return out
