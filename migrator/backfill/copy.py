@@ -31,6 +31,7 @@ from pymongo.errors import CollectionInvalid
 from migrator import logs
 from migrator.errors import CheckFailed, ConfigError, MigratorError
 from migrator.faults import fault_point
+from migrator.handoff import put_unless
 from migrator.model.schema import Schema
 from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan, Transform
@@ -278,13 +279,7 @@ class PipelinedWrites:
         return self._put((chunk, (res, t0)))
 
     def _put(self, item: tuple[Chunk, Page | tuple[ChunkResult, float]]) -> bool:
-        while not self.failed.is_set():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(self.queue, item, self.failed)
 
     def _loop(self) -> None:
         while (item := self.queue.get()) is not None:

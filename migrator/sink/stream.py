@@ -16,6 +16,7 @@ from bson.min_key import MinKey
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
+from migrator.handoff import put_unless
 from migrator.sink.mongo import number_id
 
 _END = object()
@@ -64,13 +65,7 @@ class IdStream:
             self._put(exc)
 
     def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(self.q, item, self.stop)
 
     def _next(self) -> Any:
         """The next document, or None at the end."""

@@ -47,9 +47,8 @@ def _table(env, n=200, chunk=50):
 
 
 def test_an_extra_document_with_a_null_id_hides_nothing(env):
-    """null (and MinKey) sort before every number: IdStream.take() puts that document back
-    and returns nothing, for every chunk, so every document is reported missing (with
-    re-checks: every document re-read, 0.5 s per chunk); rest() finds the extra at the end."""
+    """null (and MinKey) sort before every number: the scan passes over that document (an
+    extra) and goes on; no other document is reported."""
     path = _table(env)
     env.target.t.insert_one({"_id": None, "v": "ghost"})
     res = verify(load_mapping(path), recheck=0)
@@ -57,9 +56,8 @@ def test_an_extra_document_with_a_null_id_hides_nothing(env):
 
 
 def test_an_extra_document_with_a_nan_decimal_id_is_reported(env):
-    """NaN sorts before every number; number_id() gives Decimal('NaN') and `k > hi` raises
-    decimal.InvalidOperation: verify crashes instead of reporting the extra document (the
-    old scan started at `$gte` the first key and never met it)."""
+    """NaN sorts before every number and compares with none: the scan passes over that
+    document (an extra) instead of ordering it."""
     path = _table(env)
     env.target.t.insert_one({"_id": Decimal128("NaN"), "v": "ghost"})
     res = verify(load_mapping(path), recheck=0)
@@ -140,9 +138,8 @@ def test_an_empty_source_table_reports_every_document_as_extra(env):
 
 def test_cdc_after_a_killed_backfill_has_the_indexes_it_finds_documents_by(env):
     """A backfill killed mid-copy releases the copy fence at once (its process is gone), so
-    CDC applies again over the partial copy: fan-out updates find orders by `customer.id`.
-    Before 7a40f54 the index existed from the backfill's start; now it only comes at the end
-    of a copy that finishes, so CDC runs with collection scans until someone reruns it."""
+    CDC applies again over the partial copy: fan-out updates find orders by `customer.id`,
+    an index the backfill builds only at the end of its copy; CDC builds it when it starts."""
     path = make_shop(env, orders=60, chunk_size=10)
     args = ("--workers", "1", "--collection", "orders")
     with cli_process("backfill", "-m", str(path), *args, pause="chunk-copied:30") as bf:
@@ -163,11 +160,9 @@ def test_cdc_after_a_killed_backfill_has_the_indexes_it_finds_documents_by(env):
 
 def test_orphaned_workers_write_no_chunk_read_before_the_kill_over_cdc_s_changes(env):
     """kill -9 of the backfill coordinator ends the copy fence at once (a dead local process
-    holds nothing), so CDC applies again. Each orphaned worker must then write nothing it
-    read before the kill: with PipelinedWrites it has already read (and queued) the next
-    chunk while its writer thread finished the last one, and it writes that chunk after
-    CDC applied newer changes to it, then marks it done, so the resumed backfill skips it:
-    the stale documents stay."""
+    holds nothing), so CDC applies again. Each orphaned worker has read (and queued) its next
+    chunk already: it must write nothing of it, or it would put back rows older than CDC's
+    changes and mark the chunk done, and the resumed backfill would skip it."""
     path = make_shop(env, orders=80, chunk_size=10)
     args = ("--workers", "2", "--collection", "orders")
     with cli_process("backfill", "-m", str(path), *args, pause="chunk-copied:20") as bf:
