@@ -366,16 +366,23 @@ def test_a_killed_worker_process_ends_the_backfill_and_frees_the_copy(env):
             "a worker to take a chunk",
         )
         assert bf.poll() is None, bf.log_tail()
-        # both workers hold a chunk (the coordinator hands out one per worker at a time)
+
+        # both worker processes run, and chunks are held (two per worker are handed out, so
+        # the chunks alone do not say that the second process has started)
+        def workers() -> list[int]:
+            return [c for c in children(bf.pid) if "resource_tracker" not in cmdline(c)]
+
         wait_until(
             lambda: (
-                env.state.chunks.count_documents({"worker": {"$exists": True}, "done": False}) >= 2
+                len(workers()) == 2
+                and env.state.chunks.count_documents({"worker": {"$exists": True}, "done": False})
+                >= 2
             ),
-            "both workers to hold a chunk",
+            "both workers to run and chunks to be held",
         )
-        workers = [c for c in children(bf.pid) if "resource_tracker" not in cmdline(c)]
-        assert len(workers) == 2, [cmdline(c) for c in workers]
-        os.kill(workers[0], signal.SIGKILL)
+        running = workers()
+        assert len(running) == 2, [cmdline(c) for c in running]
+        os.kill(running[0], signal.SIGKILL)
         try:
             bf.wait(timeout=120)
         except subprocess.TimeoutExpired:
