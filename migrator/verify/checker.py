@@ -23,6 +23,7 @@ from pymongo import DeleteOne
 
 from migrator import logs
 from migrator.errors import CheckFailed, MigratorError
+from migrator.handoff import MadeAhead
 from migrator.model.keys import id_key
 from migrator.model.settings import Mapping
 from migrator.model.transform import CollectionPlan
@@ -37,6 +38,7 @@ from migrator.source.throttle import RateLimiter
 from migrator.state.store import now, storable
 from migrator.verify.canonical import doc_hash, field_diffs
 from migrator.verify.cdc_wait import CdcWait
+from migrator.verify.prepared import PreparedChunk, digest
 from migrator.verify.results import CollectionResult, Difference
 
 log = logging.getLogger("migrator.verify")
@@ -44,6 +46,11 @@ log = logging.getLogger("migrator.verify")
 # How long a re-check waits for CDC to apply past the rows it read (a lagging CDC, not a
 # difference); past it the difference is reported, saying so.
 RECHECK_WAIT = 30.0
+
+# How much of the next chunks an in-order walk reads and converts ahead while it waits for the
+# target's scan (a server that sorts the collection before its first answer takes seconds):
+# about the bytes of memory held, however many chunks that is (some 800,000 documents).
+PREPARE_AHEAD = 128 * 1024 * 1024
 
 
 _RAW: CodecOptions[Any] = CodecOptions(document_class=RawBSONDocument)
@@ -104,11 +111,11 @@ class Verifier:
             self.migration.close()
 
     # -- comparing a set of keys -------------------------------------------------------------
-    def _expected(
+    def _converted(
         self, plan: CollectionPlan, rows: Sequence[Any], children: Any = None
-    ) -> _Expected:
+    ) -> tuple[list[dict[str, Any]], dict[Any, tuple[Any, str]]]:
         """The documents the source rows should be, and the rows that do not convert (what
-        cannot be checked is reported, never skipped)."""
+        cannot be checked is reported, never skipped): id key -> (_id, why)."""
         if children is None:
             children = ChunkReader(self.conn, plan).read_embeds(rows) if rows else {}
         bad: dict[Any, tuple[Any, str]] = {}
@@ -120,8 +127,32 @@ class Verifier:
                 doc_id = list(plan.root.params(row, plan.pk))
             bad[id_key(doc_id)] = (doc_id, exc.message)
 
-        docs = plan.documents(rows, children, on_error=unconvertible)
-        return _Expected({id_key(d["_id"]): d for d in docs}, bad)
+        return plan.documents(rows, children, on_error=unconvertible), bad
+
+    def _expected(
+        self, plan: CollectionPlan, rows: Sequence[Any], children: Any = None
+    ) -> _Expected:
+        docs, bad = self._converted(plan, rows, children)
+        return _Expected({id_key(d["_id"]): bson.encode(d) for d in docs}, bad)
+
+    def _target(
+        self, plan: CollectionPlan, ids: list[Any], stream: IdStream | None
+    ) -> dict[Any, RawBSONDocument]:
+        """The target's documents for `ids` (id key -> raw document): from `stream` when the
+        walk reads the collection in order (the range's documents no id names are kept there
+        as candidate extras), else by a query."""
+        if stream is not None and ids and all(integer_id(i) for i in ids):
+            wanted = set(ids)
+            found = []
+            for doc_id, d in stream.take(min(ids), max(ids)):
+                if number_id(doc_id) in wanted:
+                    found.append((doc_id, d))
+                else:  # in the range, named by no row: a candidate extra
+                    stream.passed.append(doc_id)
+        else:
+            coll = self.db[plan.name].with_options(codec_options=_RAW)
+            found = [(d["_id"], d) for d in find_by_ids(coll, ids)]
+        return {id_key(doc_id): d for doc_id, d in found}
 
     def _compare(
         self,
@@ -130,24 +161,12 @@ class Verifier:
         ids: Iterable[Any],
         stream: IdStream | None = None,
     ) -> dict[Any, Difference]:
-        """Differences between expected documents and the target, for `ids` (expected or not);
-        read from `stream` when the walk reads the collection in order."""
+        """Differences between expected documents and the target, for `ids` (expected or not)."""
         ids = list(ids)
         # Raw BSON: most documents are byte-identical to what the Transform builds (same field
         # order, same types), and comparing bytes costs nothing; only the others are decoded
         # and compared canonically (key order and int widths then do not matter).
-        coll = self.db[plan.name].with_options(codec_options=_RAW)
-        if stream is not None and ids and all(integer_id(i) for i in ids):
-            wanted = set(ids)
-            found = []
-            for d in stream.take(min(ids), max(ids)):
-                if number_id(d["_id"]) in wanted:
-                    found.append(d)
-                else:  # in the range, named by no row: a candidate extra
-                    stream.passed.append(d["_id"])
-        else:
-            found = find_by_ids(coll, ids)
-        actual = {id_key(d["_id"]): d for d in found}
+        actual = self._target(plan, ids, stream)
         diffs: dict[Any, Difference] = {}
         for i in ids:
             k = id_key(i)
@@ -161,10 +180,10 @@ class Verifier:
                 diffs[k] = Difference(plan.name, i, "missing")
             elif e is None:
                 diffs[k] = Difference(plan.name, i, "extra")
-            elif bson.encode(e) != a.raw:
-                doc = bson.decode(a.raw, codec_options=_PLAIN)
-                if doc_hash(e) != doc_hash(doc):
-                    diffs[k] = Difference(plan.name, i, "different", field_diffs(e, doc))
+            elif e != a.raw:
+                want, doc = bson.decode(e, _PLAIN), bson.decode(a.raw, _PLAIN)
+                if doc_hash(want) != doc_hash(doc):
+                    diffs[k] = Difference(plan.name, i, "different", field_diffs(want, doc))
         return diffs
 
     def check_keys(
@@ -288,26 +307,25 @@ class Verifier:
         whole: bool,
     ) -> list[Difference] | None:
         """Every chunk upwards, one at a time: the target read by one sorted scan (IdStream),
-        and the source rows of the next chunk read on another thread (its own connection)
-        while this one is compared, so neither server waits for the other's turn. `whole`:
+        and the next chunks read from the source and converted on another thread (its own
+        connection; up to PREPARE_AHEAD of them) while this one is compared, so neither
+        server waits for the other's turn and the tool's work fills the wait for the scan's
+        first answer. `whole`:
         the scan covers the collection, and the extra documents it found are returned
         (None: they are still to be looked for)."""
         coll = self.db[plan.name].with_options(codec_options=_RAW)
         stream = IdStream(coll, whole=whole)
         extras: list[Difference] = []
+        ahead = MadeAhead(
+            partial(self.prepare_chunk, plan), chunks, size=_prepared_size, budget=PREPARE_AHEAD
+        )
         try:
-            with ThreadPoolExecutor(max_workers=1) as ahead:
-                nxt = ahead.submit(self.read_chunk, plan, *chunks[0]) if chunks else None
-                for i, (lo, hi) in enumerate(chunks):
-                    assert nxt is not None
-                    read = nxt.result()
-                    if i + 1 < len(chunks):
-                        nxt = ahead.submit(self.read_chunk, plan, *chunks[i + 1])
-                    tally(*self.check_chunk(plan, lo, hi, read=read, stream=stream))
-                    checkpoint(hi)
-                    if whole and len(stream.passed) >= 1000:  # memory stays bounded
-                        extras += self._extras_among(plan, stream.passed, res)
-                        stream.passed = []
+            for (lo, hi), prepared in zip(chunks, ahead, strict=True):
+                tally(*self.check_chunk(plan, lo, hi, prepared=prepared, stream=stream))
+                checkpoint(hi)
+                if whole and len(stream.passed) >= 1000:  # memory stays bounded
+                    extras += self._extras_among(plan, stream.passed, res)
+                    stream.passed = []
             if not whole or not stream.started:  # keys that are not numbers: not read here
                 return None
             rest = itertools.chain(stream.passed, stream.rest())
@@ -315,13 +333,17 @@ class Verifier:
                 extras += self._extras_among(plan, batch, res)
             return extras
         finally:
+            ahead.close()
             stream.close()
 
-    def read_chunk(self, plan: CollectionPlan, lo: Any, hi: Any) -> tuple[list[Any], Any]:
-        """A chunk's root rows and embedded rows, as read from the source."""
+    def prepare_chunk(self, plan: CollectionPlan, bounds: tuple[Any, Any]) -> PreparedChunk:
+        """A chunk's source rows (root and embedded) read, and the digests of the documents
+        they become."""
         reader = ChunkReader(self.conn, plan)
-        rows = reader.read_rows(lo, hi)
-        return rows, (reader.read_embeds(rows) if rows else {})
+        rows = reader.read_rows(*bounds)
+        docs, bad = self._converted(plan, rows, reader.read_embeds(rows) if rows else {})
+        self.limiter.account(len(rows))
+        return PreparedChunk.of(len(rows), docs, bad)
 
     def check_chunk(
         self,
@@ -329,22 +351,37 @@ class Verifier:
         lo: Any,
         hi: Any,
         *,
-        read: tuple[list[Any], Any] | None = None,
+        prepared: PreparedChunk | None = None,
         stream: IdStream | None = None,
     ) -> tuple[int, list[Difference], int]:
         """One chunk: (rows read, differences that stayed after rechecks, rechecked).
-        `read`: the chunk's source rows, read already (`read_chunk`). `stream`: the chunks
-        come in key order, one at a time, and the documents are read by one sorted scan of
-        the collection instead of a query per chunk."""
-        rows, children = read if read is not None else self.read_chunk(plan, lo, hi)
-        expected = self._expected(plan, rows, children)
-        ids = [d["_id"] for d in expected.docs.values()]
-        ids += [doc_id for doc_id, _reason in expected.bad.values()]
-        first = self._compare(plan, expected, ids, stream)
+        `prepared`: the chunk read and converted already (`prepare_chunk`). `stream`: the
+        chunks come in key order, one at a time, and the documents are read by one sorted
+        scan of the collection instead of a query per chunk.
+
+        Documents are compared by the digest of their bytes first: most are byte-identical
+        to what the rows become. The others are read again from both sides and compared in
+        full (field order and int widths do not matter there)."""
+        prepared = prepared or self.prepare_chunk(plan, (lo, hi))
+        named = prepared.doc_ids()
+        ids = list(named.values()) + [doc_id for doc_id, _reason in prepared.bad.values()]
+        actual = self._target(plan, ids, stream)
+        first: dict[Any, Difference] = {}
+        unlike = []
+        for k, (doc_id, reason) in prepared.bad.items():
+            first[k] = Difference(plan.name, doc_id, "unconvertible", reason=reason)
+        for k, want in prepared.sums.items():
+            a = actual.get(k)
+            if a is None:
+                first[k] = Difference(plan.name, named[k], "missing")
+            elif digest(a.raw) != want:
+                unlike.append(named[k])
+        if unlike:
+            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in unlike])
+            first.update(self._compare(plan, self._expected(plan, rows), unlike))
         sub = CollectionResult(plan.name)
         diffs = self.check_keys(plan, ids, sub, first=first) if first else []
-        self.limiter.account(len(rows))
-        return len(rows), diffs, sub.rechecked
+        return prepared.rows, diffs, sub.rechecked
 
     def map_chunks(
         self, pool: Any, names: list[str], los: list[Any], his: list[Any]
@@ -522,8 +559,14 @@ class Verifier:
 
 @dataclass
 class _Expected:
-    docs: dict[Any, dict[str, Any]]  # id key -> the document the row becomes
+    """What a set of source rows should be in the target."""
+
+    docs: dict[Any, bytes]  # id key -> the document the row becomes, encoded
     bad: dict[Any, tuple[Any, str]]  # id key -> (_id, why the row does not convert)
+
+
+def _prepared_size(p: PreparedChunk) -> int:
+    return p.size()
 
 
 _WORKER: Verifier | None = None  # a worker process's own (see Verifier._pool)
