@@ -18,9 +18,12 @@ from migrator.model.schema import Schema, Table
 from migrator.model.settings import CollectionSpec, EmbedSpec, Mapping, Projection
 from migrator.model.typerules import (
     Converter,
+    KeyRange,
     default_converter,
+    key_search,
     override_converter,
     param_value,
+    source_param,
     zone_for,
 )
 
@@ -327,6 +330,8 @@ class CollectionPlan:
     pk: list[str]
     id_converters: list[Converter]
     embeds: list[EmbedPlan]
+    # per key column, how a converted key value finds its row again (typerules.key_search)
+    key_searches: list[Converter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ids = [
@@ -361,6 +366,25 @@ class CollectionPlan:
         if len(self.pk) == 1:
             return self.id_converters[0](row[idx[self.pk[0]]])
         return {c: conv(row[idx[c]]) for c, conv in zip(self.pk, self.id_converters, strict=True)}
+
+    def key(self, doc_id: Any) -> tuple[Any, ...]:
+        """A document `_id` back to its source primary key, as query parameters (a KeyRange
+        for a column whose conversion keeps less than it holds)."""
+        values = [doc_id.get(c) for c in self.pk] if hasattr(doc_id, "get") else [doc_id]
+        searches = self.key_searches or [source_param] * len(values)
+        return tuple(search(v) for search, v in zip(searches, values, strict=False))
+
+    def id_of_key(self, key: Sequence[Any]) -> Any:
+        """The `_id` a row with this primary key gets (a KeyRange stands for its value)."""
+        idx = self.root.index
+        row: list[Any] = [None] * len(self.root.columns)
+        for c, v in zip(self.pk, key, strict=True):
+            row[idx[c]] = v
+        parts = [
+            v.value if isinstance(v, KeyRange) else conv(row[idx[c]])
+            for c, conv, v in zip(self.pk, self.id_converters, key, strict=True)
+        ]
+        return parts[0] if len(self.pk) == 1 else dict(zip(self.pk, parts, strict=True))
 
     def document(self, row: Row, groups: Groups) -> dict[str, Any]:
         try:
@@ -502,6 +526,7 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
         )
         tree.check_names(root, embeds, key)
         id_conv = [default_converter(table.column(c), zone) for c in table.primary_key]
+        searches = [key_search(table.column(c), zone) for c in table.primary_key]
         plans.append(
             CollectionPlan(
                 spec=coll,
@@ -509,6 +534,7 @@ def compile_transform(mapping: Mapping, schema: Schema) -> Transform:
                 pk=list(table.primary_key),
                 id_converters=id_conv,
                 embeds=embeds,
+                key_searches=searches,
             )
         )
     return Transform(mapping=mapping, schema=schema, collections=plans)

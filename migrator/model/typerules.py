@@ -17,6 +17,7 @@ import functools
 import json
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -331,3 +332,71 @@ def loss_notes(col: Column) -> list[str]:
     if t == "year" and "(2)" in col.column_type:
         notes.append("YEAR(2) is ambiguous")
     return notes
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """A key column's values a converted key value stands for, when the converter keeps less
+    than the column holds (a DATETIME(6)'s microseconds, a FLOAT's single precision): the
+    rows between `lo` and `hi` (as the column takes them in a query) whose own conversion
+    gives `value`."""
+
+    lo: Any
+    hi: Any
+    value: Any
+
+
+_DST_GAPS = (timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2))
+
+
+def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
+    """How a converted key value finds its source row again: the value as the column takes it
+    in a query, or a KeyRange. The inverse of `default_converter` for key columns."""
+    t = col.data_type
+    if t in ("datetime", "timestamp"):
+        local = zone if t == "datetime" else None  # TIMESTAMP is read in UTC
+        wide = (col.fsp if col.fsp is not None else 6) > 3
+
+        def when(v: Any) -> Any:
+            if not isinstance(v, datetime):
+                return source_param(v)
+            first = last = v
+            if local is not None:  # documents hold UTC; the column holds the source's zone
+                first = last = v.replace(tzinfo=UTC).astimezone(local).replace(tzinfo=None)
+                for gap in _DST_GAPS:  # a local time a DST change skips converts here too
+                    earlier = last - gap
+                    if earlier.replace(tzinfo=local).astimezone(UTC).replace(tzinfo=None) == v:
+                        first = min(first, earlier)
+            if wide:
+                last += timedelta(microseconds=999)
+            if first == last:
+                return first.isoformat(sep=" ", timespec="microseconds")
+            text = [t.isoformat(sep=" ", timespec="microseconds") for t in (first, last)]
+            return KeyRange(text[0], text[1], v)
+
+        return when
+    if t == "float":
+
+        def near(v: Any) -> Any:
+            if not isinstance(v, float) or v != v or v in (float("inf"), float("-inf")):
+                return source_param(v)
+            d = abs(v) * 2.0**-20 + 1e-40  # wider than single precision's rounding
+            return KeyRange(v - d, v + d, v)
+
+        return near
+    return source_param
+
+
+def source_param(v: Any) -> Any:
+    """A BSON key value as the source would take it in a query (and as converters accept)."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):  # Int64 too
+        return int(v)
+    if isinstance(v, Decimal128):
+        return str(v.to_decimal())
+    if isinstance(v, datetime):
+        return v.isoformat(sep=" ")
+    if isinstance(v, bytes):
+        return bytes(v)
+    return v

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from migrator.errors import MigratorError
 from migrator.model.keys import dense
 from migrator.model.transform import CollectionPlan, EmbedPlan, Row, TableView
+from migrator.model.typerules import KeyRange
 from migrator.source.connection import quote_ident
 
 Key = tuple[Any, ...]
@@ -202,6 +204,8 @@ class ChunkReader:
         """Root rows whose primary key is one of `keys` (and that pass the filter)."""
         if not keys:
             return []
+        if any(isinstance(v, KeyRange) for k in keys for v in k):
+            return self._read_by_ranges(keys, apply_filter)
         if len(self.pk) == 1:
             cond = f"{quote_ident(self.pk[0])} IN ({', '.join(['%s'] * len(keys))})"
             args: list[Any] = [k[0] for k in keys]
@@ -212,6 +216,40 @@ class ChunkReader:
         if self.plan.spec.filter and apply_filter:
             cond = f"{cond} AND ({self.plan.spec.filter})"
         return self._fetch(f"{self._select} WHERE {cond}{self._order}", args)
+
+    def _read_by_ranges(self, keys: Sequence[Key], apply_filter: bool) -> list[Row]:
+        """`read_by_keys` where a key column's values are ranges (KeyRange): the rows in them
+        whose own key is one of `keys` (a row that does not convert is kept: it is reported
+        as such)."""
+        terms, args = [], []
+        for k in keys:
+            parts = []
+            for c, v in zip(self.pk, k, strict=True):
+                if isinstance(v, KeyRange):
+                    parts.append(f"{quote_ident(c)} BETWEEN %s AND %s")
+                    args += [v.lo, v.hi]
+                else:
+                    parts.append(f"{quote_ident(c)} = %s")
+                    args.append(v)
+            terms.append("(" + " AND ".join(parts) + ")")
+        cond = "(" + " OR ".join(terms) + ")"
+        if self.plan.spec.filter and apply_filter:
+            cond = f"{cond} AND ({self.plan.spec.filter})"
+        wanted = set()
+        for k in keys:  # each key in the form a row's own key takes (a key given exactly too)
+            try:
+                wanted.add(self.plan.key(self.plan.id_of_key(k)))
+            except MigratorError:
+                wanted.add(tuple(k))
+        out = []
+        for row in self._fetch(f"{self._select} WHERE {cond}{self._order}", args):
+            try:
+                if self.plan.key(self.plan.doc_id(row)) not in wanted:
+                    continue  # in the range, but another key's row
+            except MigratorError:
+                pass
+            out.append(row)
+        return out
 
     def sample(self, limit: int = 1) -> list[Row]:
         where = f" WHERE ({self.plan.spec.filter})" if self.plan.spec.filter else ""

@@ -9,16 +9,14 @@ replayed over it applies that row's own later state, so the stream still converg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
-from bson.decimal128 import Decimal128
 from pymongo import DeleteOne, ReplaceOne
 
 from migrator.errors import ConversionError, MigratorError
 from migrator.model.keys import id_key
 from migrator.model.transform import CollectionPlan, EmbedPlan
-from migrator.model.typerules import param_value
+from migrator.model.typerules import param_value, source_param
 from migrator.source.connection import quote_ident
 from migrator.source.reader import ChunkReader
 
@@ -28,31 +26,17 @@ OnError = Callable[[Any, str], None]  # (document _id or key, reason)
 
 def key_params(plan: CollectionPlan, doc_id: Any) -> Key:
     """A document `_id` back to the source primary key, as query parameters."""
-    values = [doc_id.get(c) for c in plan.pk] if hasattr(doc_id, "get") else [doc_id]
-    return tuple(source_value(v) for v in values)
+    return plan.key(doc_id)
 
 
 def source_value(v: Any) -> Any:
     """A BSON key value as the source would take it in a query (and as converters accept)."""
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):  # Int64 too
-        return int(v)
-    if isinstance(v, Decimal128):
-        return str(v.to_decimal())
-    if isinstance(v, datetime):
-        return v.isoformat(sep=" ")
-    if isinstance(v, bytes):
-        return bytes(v)
-    return v
+    return source_param(v)
 
 
 def id_from_params(plan: CollectionPlan, key: Key) -> Any:
     """The `_id` a row with this primary key gets."""
-    row: list[Any] = [None] * len(plan.root.columns)
-    for c, v in zip(plan.pk, key, strict=True):
-        row[plan.root.index[c]] = v
-    return plan.doc_id(row)
+    return plan.id_of_key(key)
 
 
 def rebuild_docs(

@@ -377,11 +377,24 @@ class Verifier:
             elif digest(a.raw) != want:
                 unlike.append(named[k])
         if unlike:
-            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in unlike])
-            first.update(self._compare(plan, self._expected(plan, rows), unlike))
+            first.update(self._compare(plan, self._reread(plan, lo, hi, unlike), unlike))
         sub = CollectionResult(plan.name)
         diffs = self.check_keys(plan, ids, sub, first=first) if first else []
         return prepared.rows, diffs, sub.rechecked
+
+    def _reread(self, plan: CollectionPlan, lo: Any, hi: Any, ids: list[Any]) -> _Expected:
+        """The documents these `_id`s of the chunk should be, from its rows read again by the
+        chunk's range: an `_id` does not always name its row exactly (a DATETIME(6) key's
+        microseconds, a FLOAT key, a key in another time zone)."""
+        wanted = {id_key(i) for i in ids}
+        rows = []
+        for row in ChunkReader(self.conn, plan).read_rows(lo, hi):
+            try:
+                if id_key(plan.doc_id(row)) in wanted:
+                    rows.append(row)
+            except MigratorError:
+                continue  # a row that does not convert: not among these
+        return self._expected(plan, rows)
 
     def map_chunks(
         self, pool: Any, names: list[str], los: list[Any], his: list[Any]

@@ -39,6 +39,7 @@ class PreparedChunk:
     sums: dict[Any, bytes]  # id key -> digest of the encoded document
     ids: bytes | None  # the `_id`s in `sums`' order, as BSON, when the keys are not them
     bad: dict[Any, tuple[Any, str]]  # id key -> (_id, why the row does not convert)
+    keys_held: int = 0  # about the bytes of the keys beyond a small number's
 
     @classmethod
     def of(
@@ -47,6 +48,8 @@ class PreparedChunk:
         sums: dict[Any, bytes] = {}
         named: list[Any] = []
         plain = True
+        held = 0  # a text key holds its characters; another key its tuples (about 4 times
+        # its encoded `_id`, measured), beside the encoded `_id`s themselves
         for d in docs:
             doc_id = d["_id"]
             k = plain_key(doc_id)
@@ -55,7 +58,11 @@ class PreparedChunk:
             if k not in sums:
                 sums[k] = digest(bson.encode(d))
                 named.append(doc_id)
-        return cls(rows, sums, None if plain else bson.encode({"ids": named}), bad)
+                if k.__class__ is str:
+                    held += len(k)
+        ids = None if plain else bson.encode({"ids": named})
+        held += 4 * len(ids or b"") + sum(len(why) for _doc_id, why in bad.values())
+        return cls(rows, sums, ids, bad, held)
 
     def doc_ids(self) -> dict[Any, Any]:
         """id key -> `_id`, for every converted document."""
@@ -64,5 +71,6 @@ class PreparedChunk:
         return dict(zip(self.sums, bson.decode(self.ids)["ids"], strict=True))
 
     def size(self) -> int:
-        """About the bytes held: per document its key, its digest and a dict slot."""
-        return 150 * (len(self.sums) + len(self.bad)) + len(self.ids or b"")
+        """About the bytes held: per document its key, its digest and a dict slot, and what
+        long keys (text, composite) and the reasons of rows that do not convert hold."""
+        return 150 * (len(self.sums) + len(self.bad)) + len(self.ids or b"") + self.keys_held

@@ -11,6 +11,7 @@ import random
 import time
 from typing import Any
 
+import pytest
 from bson.int64 import Int64
 from pymongo import monitoring
 
@@ -113,3 +114,36 @@ def test_the_next_chunks_are_read_and_converted_while_the_walk_waits_for_the_tar
         v.close()
     assert not found and res.checked == 200 and res.chunks >= 4
     assert checked == prepared  # compared in key order, each once
+
+
+def test_a_source_read_that_fails_ahead_ends_the_walk_and_the_next_run_resumes_it(env):
+    """The connection the walk reads the next chunks on is killed: verify fails (no hang, no
+    clean result over chunks never compared), and the next run resumes from the last chunk
+    compared, finding the differences before and after the failure once each."""
+    env.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_300",
+    )
+    path = env.mapping("  - {name: t, from: t}\n", backfill="{chunk_size: 30}")
+    backfill(load_mapping(path), workers=1)
+    env.target.t.update_one({"_id": 10}, {"$set": {"v": "tampered"}})
+    env.target.t.delete_one({"_id": 250})
+    calls: list[Any] = []
+
+    class Killed(Verifier):
+        def prepare_chunk(self, plan: Any, bounds: Any) -> Any:
+            calls.append(bounds)
+            if len(calls) == 4:  # the producer's own connection dies under it
+                env.sql(f"KILL {self.conn.thread_id()}")
+            return super().prepare_chunk(plan, bounds)
+
+    v = Killed(load_mapping(path), recheck=0)
+    try:
+        with pytest.raises(Exception):  # noqa: B017  # the MySQL error, whatever its class
+            verify(v.migration, recheck=0, verifier=v)
+    finally:
+        v.close()
+    res = verify(load_mapping(path), recheck=0)
+    got = sorted((d.kind, d.id) for d in res.differences)
+    assert got == [("different", 10), ("missing", 250)], got
+    assert res.collections[0].checked == 300

@@ -42,3 +42,24 @@ def test_the_digest_is_of_the_document_s_bytes():
     p = PreparedChunk.of(1, [doc], {})
     assert p.sums[7] == digest(bson.encode(doc))
     assert p.sums[7] != digest(bson.encode({"_id": 7, "w": "x", "v": 1}))  # order is bytes
+
+
+def test_the_size_counted_is_about_the_memory_held_whatever_the_key():
+    """The walk holds chunks ahead up to a number of bytes by their `size()`: it must not
+    count a tenth of what they hold (long text keys, composite keys), or the bound lets
+    gigabytes wait."""
+    import tracemalloc
+
+    kinds = {
+        "int": lambda: list(range(10**9, 10**9 + 3000)),
+        "text": lambda: [f"https://example.com/{'p' * 400}/{n:08d}" for n in range(3000)],
+        "composite": lambda: [{"tenant": n % 7, "code": f"c{n:08d}", "at": n} for n in range(3000)],
+    }
+    for kind, ids in kinds.items():
+        tracemalloc.start()
+        docs = _docs(ids())  # as the walk makes them: the chunk's rows and documents go,
+        p = PreparedChunk.of(len(docs), docs, {})  # what the prepared chunk keeps stays
+        del docs
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert p.size() >= 0.7 * held, (kind, p.size(), held)

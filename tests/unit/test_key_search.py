@@ -1,0 +1,79 @@
+"""A document's key finds its source row again, also where the conversion keeps less than the
+column holds: seeded random DATETIME(6)/TIMESTAMP(6) values (microseconds, a source time zone
+with its DST changes) and FLOAT values; the search is the exact value, or a range holding the
+row's value and no other value that converts to another key."""
+
+from __future__ import annotations
+
+import random
+import struct
+from datetime import datetime, timedelta
+
+from migrator.model.schema import Column
+from migrator.model.typerules import KeyRange, default_converter, key_search, zone_for
+
+
+def _col(data_type: str, fsp: int | None = None) -> Column:
+    return Column("k", data_type, data_type, fsp=fsp)
+
+
+def _when(rnd: random.Random) -> datetime:
+    if rnd.random() < 0.3:  # around Europe/Paris's DST changes of 2023 (a gap, a repeat)
+        start = rnd.choice([datetime(2023, 3, 26, 1), datetime(2023, 10, 29, 1)])
+        return start + timedelta(microseconds=rnd.randrange(0, 3 * 3600 * 10**6))
+    start = datetime(2023, 3, 20)
+    return start + timedelta(microseconds=rnd.randrange(0, 250 * 86400 * 10**6))
+
+
+def _inside(search: object, text: str) -> bool:
+    if isinstance(search, KeyRange):
+        return search.lo <= text <= search.hi
+    return search == text
+
+
+def test_a_datetime_key_s_search_holds_its_row_s_value():
+    rnd = random.Random(7)
+    for zone_name in ("UTC", "Europe/Paris", "America/Lima"):
+        zone = zone_for(zone_name)
+        for fsp in (0, 3, 6):
+            col = _col("datetime", fsp)
+            conv, search = default_converter(col, zone), key_search(col, zone)
+            for _ in range(300):
+                local = _when(rnd)
+                if fsp == 0:
+                    local = local.replace(microsecond=0)
+                elif fsp == 3:
+                    local = local.replace(microsecond=local.microsecond // 1000 * 1000)
+                text = local.isoformat(sep=" ", timespec="microseconds")
+                doc_id = conv(text)
+                s = search(doc_id)
+                assert _inside(s, text), (zone_name, fsp, text, s)
+                if fsp > 3:
+                    assert isinstance(s, KeyRange)
+                if isinstance(s, KeyRange):  # the range's ends convert to the key
+                    assert conv(s.lo) == doc_id and conv(s.hi) == doc_id
+                    assert s.value == doc_id
+
+
+def test_a_float_key_s_search_holds_the_single_precision_value():
+    rnd = random.Random(8)
+    col = _col("float")
+    conv, search = default_converter(col), key_search(col)
+    for _ in range(2000):
+        f32 = struct.unpack(
+            "<f", struct.pack("<f", rnd.uniform(-1e6, 1e6) * 10 ** rnd.randint(-8, 8))
+        )[0]
+        printed = next(  # what MySQL prints: the shortest text that reads back the same float
+            t
+            for t in (f"{f32:.{p}g}" for p in range(1, 10))
+            if struct.unpack("<f", struct.pack("<f", float(t)))[0] == f32
+        )
+        s = search(conv(printed))
+        assert isinstance(s, KeyRange) and s.lo <= f32 <= s.hi, (printed, f32, s)
+        assert s.value == conv(printed)
+
+
+def test_other_keys_are_searched_by_their_exact_value():
+    assert key_search(_col("int"))(5) == 5
+    assert key_search(_col("varchar"))("a") == "a"
+    assert key_search(_col("date"))(datetime(2024, 1, 2)) == "2024-01-02 00:00:00"
