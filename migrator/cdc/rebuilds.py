@@ -69,12 +69,11 @@ class Rebuilds:
         def flush_writes(self) -> None: ...
 
     def rebuild_add(self, plan: CollectionPlan, doc_id: Any = None, key: Any = None) -> None:
-        """Rebuild this document from the source at the end of the batch. A key from a row
-        image is read again through the `_id` it gives: the form the source finds the row by
-        when the conversion keeps less than the column holds (a FLOAT, a key in another zone)."""
+        """Rebuild this document from the source at the end of the batch."""
+        if key is None:
+            key = key_params(plan, doc_id)
         if doc_id is None:
             doc_id = id_from_params(plan, key)
-        key = key_params(plan, doc_id)
         self.rebuild.setdefault(plan.name, {})[id_key(doc_id)] = (doc_id, key)
 
     def rebuilding(self, plan: CollectionPlan, doc_id: Any) -> bool:

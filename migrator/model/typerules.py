@@ -375,6 +375,15 @@ def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
             return KeyRange(text[0], text[1], v)
 
         return when
+    if t == "time" and (col.fsp or 0) > 3:  # kept as text with milliseconds
+
+        def clock(v: Any) -> Any:
+            if not isinstance(v, str) or "." not in v:
+                return source_param(v)
+            ends = (v + "000", v + "999")  # a negative time's larger digits are earlier
+            return KeyRange(*(ends[::-1] if v.startswith("-") else ends), v)
+
+        return clock
     if t == "float":
 
         def near(v: Any) -> Any:

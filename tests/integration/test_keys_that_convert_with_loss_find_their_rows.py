@@ -1,8 +1,8 @@
 """Keys whose `_id` keeps less than the column holds (a DATETIME(6) key's microseconds, a
-DATETIME key in the source's time zone) still find their rows wherever the tool
-goes from a document back to the source: CDC rebuilding a nested document (a change deep in
+DATETIME key in the source's time zone): CDC rebuilding a nested document (a change deep in
 its tree) keeps the document and its content, never deletes it for a row it could not find;
-verify afterwards is clean."""
+verify afterwards is clean (its re-checks and extras search find the rows by the values the
+`_id` stands for)."""
 
 from __future__ import annotations
 

@@ -77,3 +77,18 @@ def test_other_keys_are_searched_by_their_exact_value():
     assert key_search(_col("int"))(5) == 5
     assert key_search(_col("varchar"))("a") == "a"
     assert key_search(_col("date"))(datetime(2024, 1, 2)) == "2024-01-02 00:00:00"
+
+
+def test_a_time_key_with_microseconds_is_searched_by_its_millisecond():
+    col = _col("time", 6)
+    conv, search = default_converter(col), key_search(col)
+    for text in ("10:00:00.123456", "-01:02:03.500001", "838:59:59.000000"):
+        s = search(conv(text))
+        assert isinstance(s, KeyRange) and conv(s.lo) == conv(s.hi) == conv(text)
+        assert _seconds(s.lo) <= _seconds(text) <= _seconds(s.hi), (text, s)
+
+
+def _seconds(t: str) -> float:
+    sign = -1 if t.startswith("-") else 1
+    h, m, s = t.lstrip("-").split(":")
+    return sign * (int(h) * 3600 + int(m) * 60 + float(s))
