@@ -346,7 +346,28 @@ class KeyRange:
     value: Any
 
 
-_DST_GAPS = (timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2))
+# how far back a time zone's earlier offset is looked for: a gap (a DST change, a zone moving
+# its standard time, Samoa skipping a day) lies between a key's instant and at most this much
+# before it; each candidate is checked, so looking further than needed finds nothing wrong
+_LOOKBACKS = tuple(timedelta(minutes=m) for m in (1, 15, 30, 60, 120, 180, 360, 720, 1500, 2940))
+
+
+def _skipped_to(v: datetime, zone: tzinfo) -> list[datetime]:
+    """The wall-clock times a zone skipped (a gap) that convert to the UTC time `v` (naive)
+    as `default_converter` converts them: with the offset before the change."""
+    at = v.replace(tzinfo=UTC)
+    now = at.astimezone(zone).utcoffset()
+    out = []
+    for o in {(at - d).astimezone(zone).utcoffset() for d in _LOOKBACKS}:
+        if o is None or now is None or o >= now:
+            continue
+        local = v + o
+        if local.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None) == v:
+            out.append(local)
+    return out
+
+
+ZERO_DATETIME = "0000-00-00 00:00:00"  # what a null `_id` of a date key stands for
 
 
 def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
@@ -358,15 +379,15 @@ def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
         wide = (col.fsp if col.fsp is not None else 6) > 3
 
         def when(v: Any) -> Any:
+            if v is None:  # a key is never NULL: a zero date converts to null
+                return ZERO_DATETIME
             if not isinstance(v, datetime):
                 return source_param(v)
             first = last = v
             if local is not None:  # documents hold UTC; the column holds the source's zone
                 first = last = v.replace(tzinfo=UTC).astimezone(local).replace(tzinfo=None)
-                for gap in _DST_GAPS:  # a local time a DST change skips converts here too
-                    earlier = last - gap
-                    if earlier.replace(tzinfo=local).astimezone(UTC).replace(tzinfo=None) == v:
-                        first = min(first, earlier)
+                for earlier in _skipped_to(v, local):  # a skipped local time converts here too
+                    first = min(first, earlier)
             if wide:
                 last += timedelta(microseconds=999)
             if first == last:
@@ -375,6 +396,8 @@ def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
             return KeyRange(text[0], text[1], v)
 
         return when
+    if t == "date":
+        return lambda v: ZERO_DATETIME if v is None else source_param(v)
     if t == "time" and (col.fsp or 0) > 3:  # kept as text with milliseconds
 
         def clock(v: Any) -> Any:
@@ -389,7 +412,11 @@ def key_search(col: Column, zone: tzinfo | None = None) -> Converter:
         def near(v: Any) -> Any:
             if not isinstance(v, float) or v != v or v in (float("inf"), float("-inf")):
                 return source_param(v)
-            d = abs(v) * 2.0**-20 + 1e-40  # wider than single precision's rounding
+            # MariaDB prints a FLOAT with 6 significant digits (FLT_DIG): the printed value
+            # is within half a unit of its 6th digit of the stored one, less than 1e-5 of it
+            # (and wider than single precision's own rounding); the rows found are filtered
+            # by their own key
+            d = abs(v) * 1e-5 + 1e-40
             return KeyRange(v - d, v + d, v)
 
         return near

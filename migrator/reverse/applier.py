@@ -29,7 +29,7 @@ from MySQLdb import DataError, IntegrityError, MySQLError, OperationalError, Pro
 from migrator.errors import ConversionError
 from migrator.model.keys import id_key
 from migrator.model.transform import CollectionPlan, EmbedPlan, Transform
-from migrator.model.typerules import default_converter
+from migrator.model.typerules import KeyRange, default_converter, param_value
 from migrator.reverse.inverse import Copy, DocumentInverse, RowImage, get_path
 from migrator.source.connection import quote_ident as q
 from migrator.source.reader import ChunkReader
@@ -130,7 +130,7 @@ class ReverseApplier:
     ) -> None:
         """The rows of `doc`; `changed`: the paths an update changed (edits of copies are
         reported, not written)."""
-        rows = self.inverses[plan.name].rows(doc)
+        rows = self.inverses[plan.name].rows(doc, self._row_key(plan, doc["_id"]))
         self._upsert_row(cur, rows.root, plan.pk)
         res.rows_written += 1
         # every row first (parents first), updated in place where it is: a row an element
@@ -219,10 +219,29 @@ class ReverseApplier:
 
     def _delete(self, cur: Any, plan: CollectionPlan, doc_id: Any, res: Any) -> None:
         inv = self.inverses[plan.name]
-        ident = [doc_id] if len(plan.pk) == 1 else [doc_id[c] for c in plan.pk]
-        key = tuple(f(v) for f, v in zip(inv.id_inv, ident, strict=True))
-        where = dict(zip(plan.pk, key, strict=True))
+        where = self._row_key(plan, doc_id)
+        if where is None:
+            ident = [doc_id] if len(plan.pk) == 1 else [doc_id[c] for c in plan.pk]
+            key = tuple(f(v) for f, v in zip(inv.id_inv, ident, strict=True))
+            where = dict(zip(plan.pk, key, strict=True))
         res.rows_deleted += self._delete_tree(cur, plan.table.name, plan.embeds, where)
+
+    def _row_key(self, plan: CollectionPlan, doc_id: Any) -> dict[str, Any] | None:
+        """The key of the row a document's `_id` came from, when the `_id` keeps less than the
+        key (a DATETIME(6) key's microseconds, a FLOAT key): the row's own, not the `_id`
+        turned back (that names no row, and an upsert would add a second one). None: the
+        `_id` names its row exactly, or no row has it yet."""
+        try:
+            key = plan.key(doc_id)
+        except Exception:  # an `_id` of another shape: the inverse reports it
+            return None
+        if not any(isinstance(v, KeyRange) for v in key):
+            return None
+        found = ChunkReader(self.conn, plan).read_by_keys([key], False)
+        if not found:
+            return None
+        t, idx = plan.table, plan.root.index
+        return {c: param_value(t.column(c), found[0][idx[c]]) for c in plan.pk}
 
     def _delete_rows(self, cur: Any, node: EmbedPlan, where: dict[str, Any]) -> int:
         """Rows of an array's table (and every array nested under them)."""

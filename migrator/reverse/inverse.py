@@ -272,11 +272,14 @@ class DocumentInverse:
         # keep (it updates them with the row's document); others have no MongoDB home
         self.homes = homes
 
-    def rows(self, doc: dict[str, Any]) -> DocumentRows:
+    def rows(self, doc: dict[str, Any], key: dict[str, Any] | None = None) -> DocumentRows:
+        """`key`: the key of the row the document came from, when its `_id` keeps less."""
         plan = self.plan
         values = self.root.values(doc)
         ident = doc["_id"]
-        if len(plan.pk) == 1:
+        if key is not None:
+            values.update(key)
+        elif len(plan.pk) == 1:
             values[plan.pk[0]] = self.id_inv[0](ident)
         else:
             for c, inv in zip(plan.pk, self.id_inv, strict=True):

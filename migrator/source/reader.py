@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,6 +77,11 @@ class ChunkReader:
             f"FROM {quote_ident(plan.table.name)}"
         )
         self._order = " ORDER BY " + ", ".join(map(quote_ident, self.pk))
+        self._floats = [
+            i
+            for i, c in enumerate(self.pk)
+            if plan.table.column(c).data_type == "float" and plan.key_searches
+        ]
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
         cur = self.conn.cursor()
@@ -204,6 +210,8 @@ class ChunkReader:
         """Root rows whose primary key is one of `keys` (and that pass the filter)."""
         if not keys:
             return []
+        if self._floats:
+            keys = [self._float_ranges(k) for k in keys]
         if any(isinstance(v, KeyRange) for k in keys for v in k):
             return self._read_by_ranges(keys, apply_filter)
         if len(self.pk) == 1:
@@ -216,6 +224,19 @@ class ChunkReader:
         if self.plan.spec.filter and apply_filter:
             cond = f"{cond} AND ({self.plan.spec.filter})"
         return self._fetch(f"{self._select} WHERE {cond}{self._order}", args)
+
+    def _float_ranges(self, key: Key) -> Key:
+        """A FLOAT key part given exactly (the text MySQL printed, an event's value) as the
+        range its `_id` stands for: MySQL compares a FLOAT column as a double, and never
+        matches the single-precision value with the value it prints."""
+        out = list(key)
+        for i in self._floats:
+            v = out[i]
+            if v is not None and not isinstance(v, KeyRange):
+                # a value that is not a number is searched as given
+                with contextlib.suppress(MigratorError, ValueError, TypeError):
+                    out[i] = self.plan.key_searches[i](self.plan.id_converters[i](v))
+        return tuple(out)
 
     def _read_by_ranges(self, keys: Sequence[Key], apply_filter: bool) -> list[Row]:
         """`read_by_keys` where a key column's values are ranges (KeyRange): the rows in them
@@ -235,16 +256,26 @@ class ChunkReader:
         cond = "(" + " OR ".join(terms) + ")"
         if self.plan.spec.filter and apply_filter:
             cond = f"{cond} AND ({self.plan.spec.filter})"
+        cols = [self.plan.table.column(c) for c in self.pk]
+
+        def compared(key: Key) -> Key:
+            # text as its collation compares it: a key given as 'ACME' names the row 'acme'
+            # in a _ci collation, as the query's `=` found it
+            return tuple(
+                v if isinstance(v, KeyRange) else col.collate(v)
+                for col, v in zip(cols, key, strict=True)
+            )
+
         wanted = set()
         for k in keys:  # each key in the form a row's own key takes (a key given exactly too)
             try:
-                wanted.add(self.plan.key(self.plan.id_of_key(k)))
-            except MigratorError:
-                wanted.add(tuple(k))
+                wanted.add(compared(self.plan.key(self.plan.id_of_key(k))))
+            except (MigratorError, ValueError, TypeError):
+                wanted.add(compared(tuple(k)))
         out = []
         for row in self._fetch(f"{self._select} WHERE {cond}{self._order}", args):
             try:
-                if self.plan.key(self.plan.doc_id(row)) not in wanted:
+                if compared(self.plan.key(self.plan.doc_id(row))) not in wanted:
                     continue  # in the range, but another key's row
             except MigratorError:
                 pass

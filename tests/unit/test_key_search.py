@@ -92,3 +92,37 @@ def _seconds(t: str) -> float:
     sign = -1 if t.startswith("-") else 1
     h, m, s = t.lstrip("-").split(":")
     return sign * (int(h) * 3600 + int(m) * 60 + float(s))
+
+
+def test_a_datetime_key_in_a_gap_other_than_a_dst_change_s_holds_its_row_s_value():
+    # Samoa skipped 2011-12-30 (a day), Nepal skipped 15 minutes in 1986, the Netherlands 28
+    # seconds in 1937: a row at a wall-clock time such a change skipped converts like the
+    # time one gap later, and its `_id` must still lead back to it
+    for zone_name, text in (
+        ("Pacific/Apia", "2011-12-30 12:00:00.000000"),
+        ("Asia/Kathmandu", "1986-01-01 00:05:00.000000"),
+        ("Europe/Amsterdam", "1937-07-01 00:00:10.000000"),
+    ):
+        zone = zone_for(zone_name)
+        for fsp in (0, 6):
+            col = _col("datetime", fsp)
+            conv, search = default_converter(col, zone), key_search(col, zone)
+            s = search(conv(text))
+            assert _inside(s, text), (zone_name, fsp, text, s)
+            assert isinstance(s, KeyRange) and conv(s.lo) == conv(s.hi) == conv(text)
+
+
+def test_a_float_key_s_search_holds_the_value_mariadb_prints_with_six_digits():
+    # MariaDB prints a FLOAT with FLT_DIG = 6 significant digits (1234.567 as 1234.57,
+    # 1234567890 as 1234570000): the `_id` is that, further from the single-precision value
+    # than single precision's own rounding
+    rnd = random.Random(9)
+    col = _col("float")
+    conv, search = default_converter(col), key_search(col)
+    for _ in range(2000):
+        f32 = struct.unpack(
+            "<f", struct.pack("<f", rnd.uniform(-1e6, 1e6) * 10 ** rnd.randint(-8, 8))
+        )[0]
+        printed = f"{f32:.6g}"
+        s = search(conv(printed))
+        assert isinstance(s, KeyRange) and s.lo <= f32 <= s.hi, (printed, f32, s)

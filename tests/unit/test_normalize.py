@@ -69,9 +69,12 @@ def test_normalised_values_convert_like_select_values():
         assert conv(norm(col, binlog)) == conv(select), col
 
 
-def test_float32_text_shortest():
+def test_float32_text_is_what_the_server_prints():
+    # 6 significant digits, as a SELECT returns it (not the shortest text that reads back)
     assert float32_text(0.10000000149011612) == 0.1
-    assert float32_text(16777216.0) == 16777216.0
+    assert float32_text(16777216.0) == 16777200.0
+    assert float32_text(1234577.0) == 1234580.0
+    assert float32_text(3.4028234663852886e38) == 3.40282e38
 
 
 @pytest.mark.parametrize(
