@@ -7,10 +7,13 @@ returns (see typerules); compile-time checks name the mapping file, line and key
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from bson.decimal128 import Decimal128
 
 from migrator.errors import ConversionError, SchemaError
 from migrator.model.bsonorder import sort_key, sorter
@@ -28,6 +31,16 @@ from migrator.model.typerules import (
 )
 
 Row = Sequence[Any]
+
+
+def _finite(v: Any, integer: bool) -> bool:
+    """A number a key column could hold: finite, and whole for an integer column."""
+    if isinstance(v, float):
+        return math.isfinite(v) and (not integer or v.is_integer())
+    if isinstance(v, Decimal128):
+        d = v.to_decimal()
+        return d.is_finite() and (not integer or d == d.to_integral_value())
+    return True
 
 
 @dataclass
@@ -373,6 +386,21 @@ class CollectionPlan:
         values = [doc_id.get(c) for c in self.pk] if hasattr(doc_id, "get") else [doc_id]
         searches = self.key_searches or [source_param] * len(values)
         return tuple(search(v) for search, v in zip(searches, values, strict=False))
+
+    def names_a_row(self, doc_id: Any) -> bool:
+        """Whether some row's key could give this `_id`: the key's shape (a scalar, or exactly
+        the key's fields), no infinite or NaN number (no MySQL column holds one), no fraction
+        for an integer column."""
+        if len(self.pk) == 1:
+            if isinstance(doc_id, dict | list) or hasattr(doc_id, "keys"):
+                return False
+            parts = [doc_id]
+        else:
+            if not hasattr(doc_id, "keys") or sorted(doc_id.keys()) != sorted(self.pk):
+                return False
+            parts = [doc_id[c] for c in self.pk]
+        columns = [self.table.column(c) for c in self.pk]
+        return all(_finite(v, c.is_integer) for v, c in zip(parts, columns, strict=True))
 
     def id_of_key(self, key: Sequence[Any]) -> Any:
         """The `_id` a row with this primary key gets (a KeyRange stands for its value)."""

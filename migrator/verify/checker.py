@@ -186,6 +186,12 @@ class Verifier:
                     diffs[k] = Difference(plan.name, i, "different", field_diffs(want, doc))
         return diffs
 
+    def _rows_named(self, plan: CollectionPlan, ids: Sequence[Any]) -> list[Any]:
+        """The source rows of these `_id`s (an `_id` no key can give, an extra document's
+        infinity or odd shape, names none)."""
+        keys = [id_to_key(plan, i) for i in ids if plan.names_a_row(i)]
+        return ChunkReader(self.conn, plan).read_by_keys(keys)
+
     def check_keys(
         self,
         plan: CollectionPlan,
@@ -200,7 +206,7 @@ class Verifier:
         reported with that reason."""
         diffs = first
         if diffs is None:
-            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
+            rows = self._rows_named(plan, ids)
             diffs = self._compare(plan, self._expected(plan, rows), ids)
         caught_up: bool | None = None
         found = len(diffs)
@@ -210,7 +216,7 @@ class Verifier:
             time.sleep(self.recheck_delay)
             again = [d.id for d in diffs.values()]
             read_at = now()
-            rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in again])
+            rows = self._rows_named(plan, again)
             caught_up = self.cdc.after_read(self.conn, read_at)
             now_diffs = self._compare(plan, self._expected(plan, rows), again)
             res.rechecked += len(diffs) - len(now_diffs)
@@ -451,7 +457,7 @@ class Verifier:
     ) -> list[Difference]:
         """Which of these documents have no source row (checked again, as every difference)."""
         ids = [bson.decode(i.raw, _PLAIN) if isinstance(i, RawBSONDocument) else i for i in ids]
-        rows = ChunkReader(self.conn, plan).read_by_keys([id_to_key(plan, i) for i in ids])
+        rows = self._rows_named(plan, ids)
         present = {id_key(plan.doc_id(r)) for r in rows}
         suspects = [i for i in ids if id_key(i) not in present]
         if not suspects:
@@ -528,7 +534,9 @@ class Verifier:
             keep = {id_key(d.id) for d in todo if d.kind == "unconvertible"} | lettered
             self.reverse_repair(plan, ids, keep_rows=keep)
         else:
-            ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in ids])
+            named = [i for i in ids if plan.names_a_row(i)]
+            ops = rebuild_ops(self.conn, plan, [id_to_key(plan, i) for i in named])
+            ops += [DeleteOne({"_id": i}) for i in ids if not plan.names_a_row(i)]
             coll = self.db[plan.name]
             if ops:
                 self.state.note_deletes(plan.name, sum(isinstance(op, DeleteOne) for op in ops))

@@ -188,3 +188,34 @@ def test_orphaned_workers_write_no_chunk_read_before_the_kill_over_cdc_s_changes
     )
     assert stale == []  # e.g. [11, ..., 20, 21, ..., 30]: the chunks read ahead before the kill
     assert_orders_exact(env)
+
+
+def test_extra_documents_whose_id_no_key_can_have_are_reported(env):
+    """An `_id` no source key can give (an infinity or a fraction in an integer-keyed
+    collection; a scalar or other fields in a composite-keyed one) is an extra document,
+    reported, never a crash, and the repair deletes it; the other documents hide nothing."""
+    env.sql(
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR(20))",
+        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_60",
+        "CREATE TABLE c (a INT, b INT, v INT, PRIMARY KEY (a, b))",
+        "INSERT INTO c SELECT seq DIV 10, seq MOD 10, seq FROM seq_1_to_30",
+    )
+    path = env.mapping(
+        "  - {name: t, from: t}\n  - {name: c, from: c}\n", backfill="{chunk_size: 20}"
+    )
+    backfill(load_mapping(path), workers=1)
+    odd = [float("inf"), float("-inf"), 2.5]
+    env.target.t.insert_many([{"_id": i} for i in odd])
+    env.target.c.insert_many([{"_id": 7}, {"_id": {"a": 1}}, {"_id": {"a": 1, "b": 2, "z": 3}}])
+    for workers in (1, 2):
+        res = verify(load_mapping(path), recheck=0, workers=workers, restart=True)
+        got = sorted((d.collection, d.kind, repr(d.id)) for d in res.differences)
+        want = sorted(
+            [("t", "extra", repr(i)) for i in odd]
+            + [("c", "extra", "7"), ("c", "extra", "{'a': 1}")]
+            + [("c", "extra", "{'a': 1, 'b': 2, 'z': 3}")]
+        )
+        assert got == want, (workers, got)
+    verify(load_mapping(path), recheck=0, repair=True, restart=True)  # deletes them
+    assert verify(load_mapping(path), recheck=0, restart=True).ok
+    assert env.target.t.count_documents({}) == 60 and env.target.c.count_documents({}) == 30
