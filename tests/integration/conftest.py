@@ -83,10 +83,14 @@ class Env:
         self.admin.commit()
         return rows
 
-    def mapping(self, collections: str, name: str = "m.yaml", **extra: str) -> Path:
+    def mapping(
+        self, collections: str, name: str = "m.yaml", source: str = "", **extra: str
+    ) -> Path:
+        """A mapping file for this test's databases; `source`: more of the source block (e.g.
+        `, timezone: "Europe/Paris"`); `extra`: top-level blocks."""
         text = (
             "version: 1\n"
-            f'source: {{url: "{self.url}"}}\n'
+            f'source: {{url: "{self.url}"{source}}}\n'
             f'target: {{url: "{self.stack.mongo_url}", database: {self.db}}}\n'
             f"state: {{database: {self.state_db}}}\n"
             + "".join(f"{k}: {v}\n" for k, v in extra.items())

@@ -13,6 +13,22 @@ from migrator.cdc.runner import run_cdc
 from migrator.model.settings import load_mapping
 from migrator.verify.engine import verify
 
+
+def _nested(on: str, tag_on: str) -> str:
+    """`ev` documents with their `ev_lines` as an array, each line with its tag."""
+    return (
+        "  - name: ev\n"
+        "    from: ev\n"
+        "    embed:\n"
+        "      - as: lines\n"
+        "        from: ev_lines\n"
+        f"        on: {{{on}}}\n"
+        "        many: true\n"
+        "        embed:\n"
+        f"          - {{as: tag, from: tags, on: {{{tag_on}}}, many: false}}\n"
+    )
+
+
 KEYS = {
     "micros": (
         "DATETIME(6)",
@@ -34,23 +50,7 @@ def test_cdc_rebuilds_a_nested_document_whatever_its_key(env, kind):
         "INSERT INTO tags SELECT seq, CONCAT('t', seq) FROM seq_1_to_5",
         "INSERT INTO ev_lines SELECT seq, k, 1 + seq % 5 FROM ev JOIN seq_1_to_40 ON seq = n",
     )
-    path = env.tmp / "keys.yaml"
-    path.write_text(
-        "version: 1\n"
-        f'source: {{url: "{env.url}"{source}}}\n'
-        f'target: {{url: "{env.stack.mongo_url}", database: {env.db}}}\n'
-        f"state: {{database: {env.state_db}}}\n"
-        "collections:\n"
-        "  - name: ev\n"
-        "    from: ev\n"
-        "    embed:\n"
-        "      - as: lines\n"
-        "        from: ev_lines\n"
-        "        on: {ev_k: k}\n"
-        "        many: true\n"
-        "        embed:\n"
-        "          - {as: tag, from: tags, on: {id: tag_id}, many: false}\n"
-    )
+    path = env.mapping(_nested("ev_k: k", "id: tag_id"), source=source)
     backfill(load_mapping(path), workers=1)
     run_cdc(load_mapping(path), mode="until-caught-up")
     env.sql(
@@ -82,17 +82,7 @@ def test_cdc_rebuilds_a_document_with_a_float_key_found_through_mysql(env):
         "INSERT INTO ev_lines SELECT seq, CONCAT('c', seq), CONCAT('t', 1 + seq % 5)"
         " FROM seq_1_to_40",
     )
-    path = env.mapping(
-        "  - name: ev\n"
-        "    from: ev\n"
-        "    embed:\n"
-        "      - as: lines\n"
-        "        from: ev_lines\n"
-        "        on: {ev_code: code}\n"
-        "        many: true\n"
-        "        embed:\n"
-        "          - {as: tag, from: tags, on: {code: tag_code}, many: false}\n"
-    )
+    path = env.mapping(_nested("ev_code: code", "code: tag_code"))
     backfill(load_mapping(path), workers=1)
     run_cdc(load_mapping(path), mode="until-caught-up")
     coll = env.target.ev
@@ -173,15 +163,7 @@ def test_a_key_in_a_day_the_source_s_time_zone_skipped_finds_its_row(env):
         "CREATE TABLE ev (k DATETIME PRIMARY KEY, n INT NOT NULL)",
         "INSERT INTO ev SELECT '2011-12-29' + INTERVAL seq * 5 HOUR, seq FROM seq_1_to_12",
     )
-    path = env.tmp / "apia.yaml"
-    path.write_text(
-        "version: 1\n"
-        f'source: {{url: "{env.url}", timezone: "Pacific/Apia"}}\n'
-        f'target: {{url: "{env.stack.mongo_url}", database: {env.db}}}\n'
-        f"state: {{database: {env.state_db}}}\n"
-        "collections:\n"
-        "  - {name: ev, from: ev}\n"
-    )
+    path = env.mapping("  - {name: ev, from: ev}\n", source=', timezone: "Pacific/Apia"')
     backfill(load_mapping(path), workers=1)
     coll = env.target.ev
     assert coll.count_documents({}) == 12
@@ -208,17 +190,7 @@ def test_cdc_rebuilds_a_document_named_by_another_spelling_of_its_text_key(env):
         "INSERT INTO ev_lines VALUES (1, 'ACME', '2024-03-31 10:00:00.000250', 1),"
         " (2, 'beta', '2024-03-31 11:00:00.000250', 2)",
     )
-    path = env.mapping(
-        "  - name: ev\n"
-        "    from: ev\n"
-        "    embed:\n"
-        "      - as: lines\n"
-        "        from: ev_lines\n"
-        "        on: {ev_code: code, ev_ts: ts}\n"
-        "        many: true\n"
-        "        embed:\n"
-        "          - {as: tag, from: tags, on: {id: tag_id}, many: false}\n"
-    )
+    path = env.mapping(_nested("ev_code: code, ev_ts: ts", "id: tag_id"))
     backfill(load_mapping(path), workers=1)
     run_cdc(load_mapping(path), mode="until-caught-up")
     coll = env.target.ev

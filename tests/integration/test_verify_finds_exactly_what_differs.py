@@ -117,16 +117,7 @@ def test_a_document_whose_bytes_only_differ_is_no_difference_whatever_the_key(en
         f"CREATE TABLE tk (k {column} PRIMARY KEY, n INT NOT NULL, s VARCHAR(20))",
         f"INSERT INTO tk SELECT {values}, seq, CONCAT('s', seq) FROM seq_1_to_30",
     )
-    path = env.tmp / "keys.yaml"
-    path.write_text(
-        "version: 1\n"
-        f'source: {{url: "{env.url}"{source}}}\n'
-        f'target: {{url: "{env.stack.mongo_url}", database: {env.db}}}\n'
-        f"state: {{database: {env.state_db}}}\n"
-        "backfill: {chunk_size: 9}\n"
-        "collections:\n"
-        "  - {name: tk, from: tk}\n"
-    )
+    path = env.mapping("  - {name: tk, from: tk}\n", source=source, backfill="{chunk_size: 9}")
     backfill(load_mapping(path), workers=1)
     coll = env.target.tk
     docs = list(coll.find().sort("_id", 1))
