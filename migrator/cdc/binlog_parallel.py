@@ -163,6 +163,26 @@ def _size(unit: Unit | Tick) -> int:
     return sum(len(p) for p in unit.packets) if isinstance(unit, RawTransaction) else 64
 
 
+def _due(started: float, reader: BinlogReader) -> bool:
+    """Send the batch held: it is old enough, or nothing more of the stream is here yet."""
+    return (
+        time.monotonic() - started >= BATCH_SECONDS
+        or reader._stream is None
+        or not _more_waiting(reader._stream)
+    )
+
+
+def _ddl_handled(
+    control: multiprocessing.connection.Connection, lifeline: multiprocessing.connection.Connection
+) -> Any:
+    """Wait until the runner has handled a DDL (it may change the schema): the new schema, or
+    None if it did not change."""
+    while not control.poll(0.2):
+        if lifeline.poll():
+            raise _Orphaned()
+    return control.recv()
+
+
 def reader_main(
     args: _ReaderArgs,
     schema: Schema,
@@ -207,11 +227,7 @@ def reader_main(
         for unit in reader.units():
             if isinstance(unit, Tick):
                 # only unmapped events for a while: what is held must not wait for them
-                if batch and (
-                    time.monotonic() - started >= BATCH_SECONDS
-                    or reader._stream is None
-                    or not _more_waiting(reader._stream)
-                ):
+                if batch and _due(started, reader):
                     flush()
                 elif not batch and time.monotonic() - sent >= 0.1:
                     send("units", [unit])  # the runner's own batch must not wait either
@@ -226,19 +242,13 @@ def reader_main(
                 isinstance(unit, DDL | Heartbeat)
                 or size >= BATCH_BYTES
                 or len(batch) >= BATCH_UNITS
-                or time.monotonic() - started >= BATCH_SECONDS
-                or reader._stream is None
-                or not _more_waiting(reader._stream)
+                or _due(started, reader)
             ):
                 flush()
             if isinstance(unit, Heartbeat) and lifeline.poll():
                 raise _Orphaned()
             if isinstance(unit, DDL):
-                # wait until the runner has handled it: it may change the schema
-                while not control.poll(0.2):
-                    if lifeline.poll():
-                        raise _Orphaned()
-                changed = control.recv()
+                changed = _ddl_handled(control, lifeline)
                 if changed is not None:
                     schema, version = changed, version + 1
         flush()

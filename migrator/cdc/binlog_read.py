@@ -394,29 +394,7 @@ class BinlogReader:
                             txn.cut(), self.position, self.position, fmt, complete=False
                         )
                 continue
-            unreadable = _UNREADABLE_ANY.get(etype)
-            if etype in _UNREADABLE_ROWS and wanted.get(int.from_bytes(data[20:26], "little")):
-                unreadable = _UNREADABLE_ROWS[etype]
-            if unreadable:
-                what, setting, value = unreadable
-                raise CheckFailed(
-                    f"{what} at {file}:{pos} (after {self.position}) may hold mapped rows, "
-                    f"and the binlog source cannot read it: the server writes them because "
-                    f"{setting} is on",
-                    hint=f"SET GLOBAL {setting} = {value} (and in the server's config); CDC "
-                    "stays before this event, so nothing is skipped: re-copy what it changed "
-                    "with `migrator backfill --restart`, then CDC again",
-                )
-            if etype == BINLOG.XA_PREPARE_EVENT and txn.rows:
-                # its rows are applied at an `XA COMMIT` in another event group, or dropped at
-                # an `XA ROLLBACK`: following that is not built, and skipping would lose them
-                raise CheckFailed(
-                    f"an XA transaction changed mapped tables after {self.position} "
-                    f"(XA PREPARE at {file}:{pos}): the binlog source does not follow XA "
-                    "transactions",
-                    hint="write the mapped tables without XA; CDC stays before this "
-                    "transaction, so nothing is lost",
-                )
+            self._refuse_unreadable(etype, data, wanted, txn, f"{file}:{pos}")
             if etype not in _CONTROL_TYPES:
                 continue
             if etype == BINLOG.XID_EVENT:
@@ -443,21 +421,54 @@ class BinlogReader:
                         txn = _Open()
                     continue
                 # table definitions may have changed
-                self.generation += 1
                 wanted.clear()
                 fmt = None
-                schema = ev.schema.decode() if isinstance(ev.schema, bytes) else ev.schema
-                before = self.position
-                # DDL is its own transaction: what follows it starts after it
-                gtid = merge_gtid(before.gtid, txn.gtid) if txn.gtid else before.gtid
-                self.position = Position(file, pos, gtid)
-                yield DDL(
-                    statement=query,
-                    schema=schema or None,
-                    position=before,
-                    tables=tables_in(query),
-                    after=self.position,
-                )
+                yield self._ddl(ev, query, txn, file, pos)
+
+    def _refuse_unreadable(
+        self, etype: int, data: bytes, wanted: dict[int, bool], txn: _Open, where: str
+    ) -> None:
+        """Stop before an event that may hold mapped rows this reader cannot decode: skipping
+        it would lose them with the checkpoint past them."""
+        unreadable = _UNREADABLE_ANY.get(etype)
+        if etype in _UNREADABLE_ROWS and wanted.get(int.from_bytes(data[20:26], "little")):
+            unreadable = _UNREADABLE_ROWS[etype]
+        if unreadable:
+            what, setting, value = unreadable
+            raise CheckFailed(
+                f"{what} at {where} (after {self.position}) may hold mapped rows, "
+                f"and the binlog source cannot read it: the server writes them because "
+                f"{setting} is on",
+                hint=f"SET GLOBAL {setting} = {value} (and in the server's config); CDC "
+                "stays before this event, so nothing is skipped: re-copy what it changed "
+                "with `migrator backfill --restart`, then CDC again",
+            )
+        if etype == BINLOG.XA_PREPARE_EVENT and txn.rows:
+            # its rows are applied at an `XA COMMIT` in another event group, or dropped at
+            # an `XA ROLLBACK`: following that is not built, and skipping would lose them
+            raise CheckFailed(
+                f"an XA transaction changed mapped tables after {self.position} "
+                f"(XA PREPARE at {where}): the binlog source does not follow XA "
+                "transactions",
+                hint="write the mapped tables without XA; CDC stays before this "
+                "transaction, so nothing is lost",
+            )
+
+    def _ddl(self, ev: QueryEvent, query: str, txn: _Open, file: str, pos: int) -> DDL:
+        """A DDL statement: its own transaction (what follows starts after it), and table ids
+        read afresh after it."""
+        self.generation += 1
+        schema = ev.schema.decode() if isinstance(ev.schema, bytes) else ev.schema
+        before = self.position
+        gtid = merge_gtid(before.gtid, txn.gtid) if txn.gtid else before.gtid
+        self.position = Position(file, pos, gtid)
+        return DDL(
+            statement=query,
+            schema=schema or None,
+            position=before,
+            tables=tables_in(query),
+            after=self.position,
+        )
 
     def _mapped(self, data: bytes) -> bool:
         """Is this table map one of the mapped tables? (schema and name are at fixed places:

@@ -86,6 +86,11 @@ def status_cmd(
     if as_json:
         print_json(st)
         return
+    _print_status(st)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    """`status` for a person: one line per part, the next step's gates, the audit."""
     out.print(
         f"[bold]phase[/] {st['phase']}   (v{st['version']}, by {st['updated_by']} at "
         f"{st['updated_at']}{', reason: ' + st['reason'] if st['reason'] else ''})"

@@ -7,7 +7,7 @@ import click
 from migrator.cli import render
 from migrator.cli.backfill import print_summary
 from migrator.cli.common import err, handle_errors, out
-from migrator.devtools.demo import run_demo
+from migrator.devtools.demo import DemoResult, run_demo
 
 
 @click.command("demo")
@@ -39,6 +39,12 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
             say=lambda m: err.print(m, highlight=False),
             keep=keep,
         )
+    _print_walk(res)
+    _print_summary(res, keep)
+
+
+def _print_walk(res: DemoResult) -> None:
+    """What the demo decided and did: the plan's findings, the copy, each phase step."""
     out.rule("plan")
     for c in res.plan.checks:
         if c.level in ("block", "warn"):
@@ -64,6 +70,10 @@ def demo_cmd(orders: int, workers: int, keep: bool) -> None:
             ],
         )
     )
+
+
+def _print_summary(res: DemoResult, keep: bool) -> None:
+    """What the demo ended with: counts, the final verification, the pause, samples."""
     cdc = res.cdc
     out.rule("summary")
     diffs = 0

@@ -12,7 +12,7 @@ from migrator.cli.common import err, handle_errors, out
 from migrator.errors import ConfigError
 from migrator.model.secrets import SOURCE_PASSWORD_FILE_ENV, read_secret_file
 from migrator.model.settings import with_password_file
-from migrator.model.urls import parse_mysql_url
+from migrator.model.urls import MySQLURL, parse_mysql_url
 from migrator.preflight.scaffold import generate_mapping
 from migrator.sink.mongo import connect as mongo_connect
 from migrator.source.connection import connect
@@ -90,26 +90,8 @@ def init_cmd(
                     --target 'mongodb://app@mongo:27017/?tls=true&authSource=admin' \\
                     --target-password-file /run/secrets/mongo -o shop.yaml
     """
-    url = parse_mysql_url(source_url, "--source")
-    if source_password_file:
-        if url.password:
-            raise ConfigError("--source has a password and --source-password-file is given")
-        url = url.with_password(read_secret_file(source_password_file, "--source-password-file"))
-    else:
-        url = with_password_file(url, SOURCE_PASSWORD_FILE_ENV)
-    connect_target = target_url
-    if target_password_file:
-        parts = urlsplit(target_url)
-        if parts.password or not parts.username:
-            raise ConfigError(
-                "--target-password-file needs a --target URL with a user and no password"
-            )
-        secret = quote(read_secret_file(target_password_file, "--target-password-file"), safe="")
-        # the user part as written: urlsplit leaves it %-escaped, so quoting it again would
-        # turn `app%40corp` into another user
-        user, host = parts.netloc.rsplit("@", 1)
-        netloc = f"{user}:{secret}@{host}"
-        connect_target = urlunsplit(parts._replace(netloc=netloc))
+    url = _source_url(source_url, source_password_file)
+    connect_target = _target_url(target_url, target_password_file)
     if not url.database:
         raise ConfigError("--source names no database: mysql://user:pw@host:3306/DATABASE")
     if output and Path(output).exists() and not force:
@@ -153,3 +135,28 @@ def init_cmd(
         "init finished",
         extra={"output": output or "stdout", "tables": len(tables) or len(schema.tables)},
     )
+
+
+def _source_url(source_url: str, password_file: str | None) -> MySQLURL:
+    """The --source URL with its password from --source-password-file or the environment's
+    password file (the mapping written keeps the placeholder, not the secret)."""
+    url = parse_mysql_url(source_url, "--source")
+    if password_file:
+        if url.password:
+            raise ConfigError("--source has a password and --source-password-file is given")
+        return url.with_password(read_secret_file(password_file, "--source-password-file"))
+    return with_password_file(url, SOURCE_PASSWORD_FILE_ENV)
+
+
+def _target_url(target_url: str, password_file: str | None) -> str:
+    """The --target URL to connect with: the password of --target-password-file escaped in."""
+    if not password_file:
+        return target_url
+    parts = urlsplit(target_url)
+    if parts.password or not parts.username:
+        raise ConfigError("--target-password-file needs a --target URL with a user and no password")
+    secret = quote(read_secret_file(password_file, "--target-password-file"), safe="")
+    # the user part as written: urlsplit leaves it %-escaped, so quoting it again would
+    # turn `app%40corp` into another user
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))

@@ -328,46 +328,11 @@ class Machine:
                     detail=exc.message,
                 )
                 raise
-            failing = [g for g in res.gates if not g.ok]
-            decision = "refused" if failing and not force else "go ahead"
-            _decided(res, decision, [g.name for g in failing])
-            if failing and not force:
-                self._audit_step(
-                    "cutover",
-                    "refused",
-                    res,
-                    reason=reason,
-                    forced=False,
-                    gates=[g.to_dict() for g in res.gates],
-                    detail="gates failed: " + ", ".join(g.name for g in failing),
-                )
-                raise CheckFailed(
-                    f"{res.from_phase} -> {res.to_phase} refused: "
-                    + "; ".join(f"{g.name} is {g.measured} (needs {g.threshold})" for g in failing),
-                    hint="fix the gates, or --force --reason '...' (audited)",
-                )
-            res.forced = bool(failing)
-            if failing:
-                log.warning(
-                    "forced past failing gates",
-                    extra={"failing": [g.name for g in failing], "reason": reason},
-                )
+            self._judge_gates(res, reason, force)
             if confirm is not None and not confirm(res):
                 raise CheckFailed("not confirmed: nothing changed")
             step = self.playbook.step(res.to_phase)
-            if not self._hooks(step.hooks.before, "before", res):
-                self._audit_step(
-                    "cutover",
-                    "refused",
-                    res,
-                    reason=reason,
-                    hooks=res.hooks,
-                    detail="a before-hook failed",
-                )
-                raise CheckFailed(
-                    f"{res.from_phase} -> {res.to_phase} stopped: before-hook "
-                    f"{res.hooks[-1]['hook']!r} failed ({res.hooks[-1]['result']})"
-                )
+            self._before_hooks(step.hooks.before, res, reason)
             doc = self.control.get()
             if _primary(res.from_phase) != _primary(res.to_phase):
                 res.write_pause_ms = self._fenced_flip(doc, res.to_phase, reason)
@@ -394,6 +359,49 @@ class Machine:
             return res
         finally:
             lease.release()
+
+    def _judge_gates(self, res: StepResult, reason: str | None, force: bool) -> None:
+        """Refuse the step (audited) when a gate fails, unless forced (then say so)."""
+        failing = [g for g in res.gates if not g.ok]
+        decision = "refused" if failing and not force else "go ahead"
+        _decided(res, decision, [g.name for g in failing])
+        if failing and not force:
+            self._audit_step(
+                "cutover",
+                "refused",
+                res,
+                reason=reason,
+                forced=False,
+                gates=[g.to_dict() for g in res.gates],
+                detail="gates failed: " + ", ".join(g.name for g in failing),
+            )
+            raise CheckFailed(
+                f"{res.from_phase} -> {res.to_phase} refused: "
+                + "; ".join(f"{g.name} is {g.measured} (needs {g.threshold})" for g in failing),
+                hint="fix the gates, or --force --reason '...' (audited)",
+            )
+        res.forced = bool(failing)
+        if failing:
+            log.warning(
+                "forced past failing gates",
+                extra={"failing": [g.name for g in failing], "reason": reason},
+            )
+
+    def _before_hooks(self, hooks: list[Action], res: StepResult, reason: str | None) -> None:
+        """Run the step's before-hooks; one failing stops the step (audited)."""
+        if not self._hooks(hooks, "before", res):
+            self._audit_step(
+                "cutover",
+                "refused",
+                res,
+                reason=reason,
+                hooks=res.hooks,
+                detail="a before-hook failed",
+            )
+            raise CheckFailed(
+                f"{res.from_phase} -> {res.to_phase} stopped: before-hook "
+                f"{res.hooks[-1]['hook']!r} failed ({res.hooks[-1]['result']})"
+            )
 
     def _stage(self, stage: str, *, write: bool = True) -> None:
         """Where a fenced flip is, for `status` if its process dies (no version change)."""
@@ -432,6 +440,61 @@ class Machine:
         self.cdc_restart = None
         self._marks: list[tuple[str, float]] = [("freeze", t0)]
         deadline = t0 + timeout - FLIP_MARGIN  # writers give up the freeze after `timeout`
+        doc, switch = self._freeze(doc, fid, target, timeout)
+        phase = doc["phase"]
+        log.info("writes frozen", extra={"kind": switch["kind"], "to_phase": target})
+        fenced = None
+        try:
+            self._stage("fence", write=False)
+            self.fence = {**fence.wait(fid, deadline=deadline), "survey": round(surveyed, 3)}
+            if target == "write_mongo":
+                self._drain_forward(deadline, timeout, verifier)
+            elif _primary(phase) == "mongo":
+                fenced = self._drain_back(deadline, timeout, phase, skip_reverse)
+                if not skip_reverse:
+                    self._no_reverse_dead_letters(phase)
+                self.cdc_restart = self._cdc_restart_point()
+            if time.monotonic() > deadline:
+                raise CheckFailed(
+                    f"the switch took longer than its freeze allows ({timeout:g} s, less a "
+                    f"{FLIP_MARGIN:g} s margin): staying in {phase}"
+                )
+            self._stage("flip")
+            self._set_phase(self.control.get(), target, reason)
+            end = time.monotonic()
+            pause = (end - t0) * 1000
+            marks = [*self._marks, ("", end)]
+            self.pause_stages = {
+                name: round((b - a) * 1000, 1) for (name, a), (_, b) in itertools.pairwise(marks)
+            }
+            fault_point("flipped")
+            return pause
+        except BaseException as exc:
+            self._unfreeze(fid, switch["kind"], phase, exc)
+            raise
+        finally:
+            if verifier is not None:
+                verifier.close()
+            if fenced is not None:
+                fenced.close()  # releases the fence: after the flip, or after giving up
+
+    def _unfreeze(self, fid: str, kind: str, phase: str, exc: BaseException) -> None:
+        """A switch that stopped: unfreeze writes (if this freeze still holds), phase unchanged."""
+        log.warning(
+            "switch stopped; writes unfrozen",
+            extra={"kind": kind, "phase": phase, "cause": str(exc)[:300]},
+        )
+        cur = self.control.get()
+        if cur.get("freeze") and cur.get("freeze_id") == fid:
+            with contextlib.suppress(CheckFailed):
+                self.control.compare_and_set(
+                    cur["version"], {"freeze": False, "switch": None}, holder=self.holder
+                )
+
+    def _freeze(
+        self, doc: dict[str, Any], fid: str, target: str, timeout: float
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Freeze writes and record the switch running, in one compare-and-set."""
         switch = {
             "id": fid,
             "kind": "write switch" if target == "write_mongo" else "rollback",
@@ -452,64 +515,29 @@ class Machine:
             },
             holder=self.holder,
         )
-        phase = doc["phase"]
-        log.info("writes frozen", extra={"kind": switch["kind"], "to_phase": target})
-        fenced = None
-        try:
-            self._stage("fence", write=False)
-            self.fence = {**fence.wait(fid, deadline=deadline), "survey": round(surveyed, 3)}
-            if target == "write_mongo":
-                self._stage("catch_up")
-                self._catch_up(deadline, timeout)
-                self._stage("reverify")
-                self._reverify(verifier)
-                # nothing is written now: reverse sync starts from this moment
-                record_start(self.client, self.state, self.mapping)
-            elif _primary(phase) == "mongo":
-                if not skip_reverse:
-                    self._stage("reverse_catch_up")
-                    self._reverse_catch_up(deadline, timeout, phase)
-                # no reverse sync batch commits across the flip (reverse/runner.py)
-                fenced = hold_fence(
-                    self.mapping,
-                    wait=max(0.5, deadline - time.monotonic()),
-                    kill_after=2.0 if skip_reverse else None,
-                )
-                if not skip_reverse:
-                    self._no_reverse_dead_letters(phase)
-                self.cdc_restart = self._cdc_restart_point()
-            if time.monotonic() > deadline:
-                raise CheckFailed(
-                    f"the switch took longer than its freeze allows ({timeout:g} s, less a "
-                    f"{FLIP_MARGIN:g} s margin): staying in {phase}"
-                )
-            self._stage("flip")
-            self._set_phase(self.control.get(), target, reason)
-            end = time.monotonic()
-            pause = (end - t0) * 1000
-            marks = [*self._marks, ("", end)]
-            self.pause_stages = {
-                name: round((b - a) * 1000, 1) for (name, a), (_, b) in itertools.pairwise(marks)
-            }
-            fault_point("flipped")
-            return pause
-        except BaseException as exc:
-            log.warning(
-                "switch stopped; writes unfrozen",
-                extra={"kind": switch["kind"], "phase": phase, "cause": str(exc)[:300]},
-            )
-            cur = self.control.get()
-            if cur.get("freeze") and cur.get("freeze_id") == fid:
-                with contextlib.suppress(CheckFailed):
-                    self.control.compare_and_set(
-                        cur["version"], {"freeze": False, "switch": None}, holder=self.holder
-                    )
-            raise
-        finally:
-            if verifier is not None:
-                verifier.close()
-            if fenced is not None:
-                fenced.close()  # releases the fence: after the flip, or after giving up
+        return doc, switch
+
+    def _drain_forward(self, deadline: float, timeout: float, verifier: Any) -> None:
+        """The write switch, frozen: CDC applies everything, what changed is verified again."""
+        self._stage("catch_up")
+        self._catch_up(deadline, timeout)
+        self._stage("reverify")
+        self._reverify(verifier)
+        # nothing is written now: reverse sync starts from this moment
+        record_start(self.client, self.state, self.mapping)
+
+    def _drain_back(self, deadline: float, timeout: float, phase: str, skip_reverse: bool) -> Any:
+        """A rollback from MongoDB-first, frozen: reverse sync applies everything, then its
+        batches are fenced (the fence returned is held across the flip)."""
+        if not skip_reverse:
+            self._stage("reverse_catch_up")
+            self._reverse_catch_up(deadline, timeout, phase)
+        # no reverse sync batch commits across the flip (reverse/runner.py)
+        return hold_fence(
+            self.mapping,
+            wait=max(0.5, deadline - time.monotonic()),
+            kill_after=2.0 if skip_reverse else None,
+        )
 
     def _reverse_catch_up(self, deadline: float, timeout: float, phase: str) -> None:
         """A rollback to MySQL-first: every MongoDB change made up to the freeze must be in

@@ -182,27 +182,7 @@ def create_shop(
             for i in range(1, products + 1)
         ],
     )
-    order_rows, item_rows = [], []
-    for o in range(1, orders + 1):
-        lines = rnd.randrange(0, 5)
-        total = 0.0
-        for ln in range(1, lines + 1):
-            price = rnd.randrange(100, 10000) / 100
-            qty = rnd.randrange(1, 4)
-            total += price * qty
-            item_rows.append((o, ln, rnd.randrange(1, products + 1), qty, f"{price:.2f}"))
-        cust = rnd.randrange(1, customers + 1) if rnd.random() > 0.05 else None
-        order_rows.append(
-            (
-                o,
-                f"SO-{o:07d}",
-                cust,
-                rnd.choice(["new", "paid", "shipped"]),
-                f"{total:.2f}",
-                rnd.choice([None, "leave at door", "gift 🎁"]),
-                base + timedelta(hours=o),
-            )
-        )
+    order_rows, item_rows = _orders(rnd, base, orders, customers, products)
     cur.executemany(
         "INSERT INTO orders (id, order_no, customer_id, status, total, note, created_at) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -223,6 +203,35 @@ def create_shop(
         "order_items": len(item_rows),
         "product_categories": links,
     }
+
+
+def _orders(
+    rnd: random.Random, base: datetime, orders: int, customers: int, products: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Order rows and their item rows (0-4 lines each; 5% of orders without a customer)."""
+    order_rows: list[tuple[Any, ...]] = []
+    item_rows: list[tuple[Any, ...]] = []
+    for o in range(1, orders + 1):
+        lines = rnd.randrange(0, 5)
+        total = 0.0
+        for ln in range(1, lines + 1):
+            price = rnd.randrange(100, 10000) / 100
+            qty = rnd.randrange(1, 4)
+            total += price * qty
+            item_rows.append((o, ln, rnd.randrange(1, products + 1), qty, f"{price:.2f}"))
+        cust = rnd.randrange(1, customers + 1) if rnd.random() > 0.05 else None
+        order_rows.append(
+            (
+                o,
+                f"SO-{o:07d}",
+                cust,
+                rnd.choice(["new", "paid", "shipped"]),
+                f"{total:.2f}",
+                rnd.choice([None, "leave at door", "gift 🎁"]),
+                base + timedelta(hours=o),
+            )
+        )
+    return order_rows, item_rows
 
 
 DEPARTMENTS = ["Home", "Garden", "Kitchen"]
