@@ -140,6 +140,8 @@ class ChunkWorker:
                 try:
                     rows = reader.read_rows(lo, chunk.hi, limit=self.page_size)
                     children = reader.read_embeds(rows) if rows else {}
+                    # read after the page: a DDL before it cannot go unseen
+                    _refuse_changed(reader.changed_table())
                     break
                 except MySQLdb.OperationalError as exc:
                     if exc.args[0] not in (2006, 2013) or attempt == 3:
@@ -302,6 +304,27 @@ class PipelinedWrites:
         if not self.failed.is_set():
             self.queue.put(None)
         self.thread.join()
+
+
+def _refuse_changed(changed: tuple[str, list[str], list[str]] | None) -> None:
+    """A page read after a DDL changed one of its tables is not written with the schema the
+    copy started with: its documents would lack (or misplace) columns for rows CDC may only
+    push later, never rewrite. Chunks done so far are kept; the next run reads the schema
+    again and copies the rest."""
+    if changed is None:
+        return
+    table, then, now = changed
+    added = [c for c in now if c not in then]
+    dropped = [c for c in then if c not in now]
+    parts = [f"columns added: {', '.join(added)}"] if added else []
+    parts += [f"columns dropped: {', '.join(dropped)}"] if dropped else []
+    what = "; ".join(parts) or "columns reordered"
+    raise MigratorError(
+        f"the source table `{table}` changed during the backfill ({what}): stopping before "
+        "writing anything read since",
+        hint="run `migrator backfill` again: it keeps the chunks done and copies the rest with "
+        "the new columns (CDC follows an added nullable column with --on-ddl extend)",
+    )
 
 
 def _failure(exc: Exception) -> str:
@@ -836,30 +859,13 @@ def _run_processes(
             if not outstanding:
                 time.sleep(1.0)  # the rest is leased to other backfills: wait, reclaim
                 continue
-            reason = monitor.reason_to_pause()
-            if reason and not paused_flag.is_set():
-                log.info("backfill paused for the source's load", extra={"reason": reason})
-                progress.note(f"paused: {reason}")
-                paused_flag.set()
-            elif not reason and paused_flag.is_set():
-                paused_flag.clear()
+            _follow_load(monitor, progress, paused_flag)
             try:
                 kind, payload, err = results.get(timeout=monitor.spec.check_interval_seconds)
             except queue.Empty:
                 if paused_flag.is_set():
                     paused += monitor.spec.check_interval_seconds
-                if not any(pr.is_alive() for pr in procs):
-                    raise CheckFailed(
-                        "every backfill worker exited before the work was done"
-                    ) from None
-                dead = [pr.exitcode for pr in procs if pr.exitcode is not None]
-                if dead:
-                    # its chunk would stay leased (renewed by this process) and every
-                    # backfill of the copy would wait for it: stop, and give the chunks back
-                    raise MigratorError(
-                        f"a backfill worker process died (exit code {dead[0]}): stopping; "
-                        "its chunk is claimed again by the next run or another machine"
-                    ) from None
+                _stop_if_a_worker_died(procs)
                 continue
             if kind == "error":
                 where = f" during chunk {payload.describe()}" if payload else ""
@@ -876,6 +882,30 @@ def _run_processes(
         for pr in procs:
             pr.join(timeout=10)
     return paused
+
+
+def _follow_load(monitor: LoadMonitor, progress: Progress, paused_flag: Any) -> None:
+    """Pause the workers (between pages) while the source is too busy; resume after."""
+    reason = monitor.reason_to_pause()
+    if reason and not paused_flag.is_set():
+        log.info("backfill paused for the source's load", extra={"reason": reason})
+        progress.note(f"paused: {reason}")
+        paused_flag.set()
+    elif not reason and paused_flag.is_set():
+        paused_flag.clear()
+
+
+def _stop_if_a_worker_died(procs: list[Any]) -> None:
+    if not any(pr.is_alive() for pr in procs):
+        raise CheckFailed("every backfill worker exited before the work was done") from None
+    dead = [pr.exitcode for pr in procs if pr.exitcode is not None]
+    if dead:
+        # its chunk would stay leased (renewed by this process) and every backfill of the
+        # copy would wait for it: stop, and give the chunks back
+        raise MigratorError(
+            f"a backfill worker process died (exit code {dead[0]}): stopping; "
+            "its chunk is claimed again by the next run or another machine"
+        ) from None
 
 
 class ChunkSource:

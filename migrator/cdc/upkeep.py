@@ -332,7 +332,6 @@ def fill_added_columns(a: ApplierView, defaults: dict[str, dict[str, Any]]) -> N
         places: list[tuple[Any, str | None, bool]] = [(p.root, None, False)]
         places += [(e.view, e.name, e.many) for e in p.embeds if e.simple]
         for view, embed, many in places:
-            sets: dict[str, Any] = {}
             for col, raw in defaults.get(view.table.name, {}).items():
                 f = view.field_for(col)
                 if f is None:
@@ -340,16 +339,27 @@ def fill_added_columns(a: ApplierView, defaults: dict[str, dict[str, Any]]) -> N
                 value = None if raw is None else f.convert(raw)
                 if value is None and embed is None and view.omit_nulls:
                     continue
-                if embed is None:
-                    sets[f.name] = value
-                else:
-                    sets[f"{embed}{'.$[]' if many else ''}.{f.name}"] = value
-            if not sets:
-                continue
-            flt: dict[str, Any] = {}
-            if embed is not None:
-                flt = {embed: {"$type": "array"}} if many else {embed: {"$type": "object"}}
-            with_retry(partial(a.db[p.name].update_many, flt, {"$set": sets}))
+                _fill(a.db[p.name], embed, many, f.name, value)
+
+
+def _fill(coll: Any, embed: str | None, many: bool, name: str, value: Any) -> None:
+    """The default into every document or element that lacks the field, and only those: a
+    copy or a rebuild may have written documents ahead of the statement, whose rows hold
+    other values by now (an element CDC inserts later is only pushed, never rewritten)."""
+    missing = {"$exists": False}
+    if embed is None:
+        update = partial(coll.update_many, {name: missing}, {"$set": {name: value}})
+    elif many:
+        update = partial(
+            coll.update_many,
+            {embed: {"$elemMatch": {name: missing}}},
+            {"$set": {f"{embed}.$[el].{name}": value}},
+            array_filters=[{f"el.{name}": missing}],
+        )
+    else:
+        flt = {embed: {"$type": "object"}, f"{embed}.{name}": missing}
+        update = partial(coll.update_many, flt, {"$set": {f"{embed}.{name}": value}})
+    with_retry(update)
 
 
 def _rebuild_all(a: ApplierView, plan: Any, batch: int = 500) -> None:

@@ -83,6 +83,20 @@ class ChunkReader:
             if plan.table.column(c).data_type == "float" and plan.key_searches
         ]
 
+    def changed_table(self) -> tuple[str, list[str], list[str]] | None:
+        """A table of this tree whose columns are no longer the ones the copy was compiled
+        for (a DDL ran since): (table, columns then, columns now); None when all are."""
+        tables = {self.plan.table.name: self.plan.table}
+        tables.update((e.view.table.name, e.view.table) for e in self.plan.nodes())
+        for name, table in tables.items():
+            # the columns this user may read, as introspection saw them (SELECT * would fail
+            # under column grants)
+            shown = self._fetch(f"SHOW COLUMNS FROM {quote_ident(name)}", ())
+            now = [r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in shown]
+            if now != table.column_names:
+                return name, table.column_names, now
+        return None
+
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
         cur = self.conn.cursor()
         try:

@@ -14,7 +14,7 @@ from migrator.source.position import current_position
 
 from .cdc_helpers import assert_same_as_fresh_backfill
 from .conftest import migrator_cmd
-from .helpers import make_shop
+from .helpers import CliProcess, make_shop, wait_until
 
 
 def test_shop_changes_of_every_kind_converge(env):
@@ -361,3 +361,50 @@ def test_a_two_phase_xa_transaction_on_a_mapped_table_stops_cdc_before_it(env):
         with pytest.raises(CheckFailed, match="XA transaction changed mapped tables"):
             run_cdc(load_mapping(path), mode="until-caught-up", decoders=decoders)
     assert env.target.xa_a.count_documents({}) == 0  # stopped before it, not past it
+
+
+def test_a_column_added_during_the_backfill_reaches_every_document_and_element(env):
+    """An ADD COLUMN while the backfill copies, then CDC from the copy's position with
+    --on-ddl extend. A chunk read after the statement is never written with the schema the
+    copy started with (the backfill stops, naming the table, and the next run copies the
+    rest with the column); CDC's default for existing rows fills only what lacks the column:
+    the copy wrote documents ahead of the statement, whose rows may hold other values (an
+    element inserted after it is only pushed by CDC, so an overwritten value stayed wrong)."""
+    env.sql(
+        "CREATE TABLE p (id INT PRIMARY KEY, name VARCHAR(20))",
+        "CREATE TABLE c (id INT PRIMARY KEY, p_id INT NOT NULL, v INT,"
+        " FOREIGN KEY (p_id) REFERENCES p (id))",
+        "INSERT INTO p VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')",
+        "INSERT INTO c VALUES (10, 1, 1), (20, 2, 2), (30, 3, 3), (40, 4, 4)",
+    )
+    path = env.mapping(
+        "  - name: p\n    from: p\n    embed:\n"
+        "      - {as: items, from: c, on: {p_id: id}, many: true}\n"
+        "  - {name: c, from: c}\n"
+    )
+    first = CliProcess(
+        "backfill", "-m", str(path), "--workers", "1", "--chunk-size", "1",
+        pause="chunk-copied:4",
+    )  # fmt: skip
+    with first:
+        wait_until(lambda: env.target.p.count_documents({}) >= 1, first.log_tail)
+        env.sql(
+            "ALTER TABLE c ADD COLUMN note VARCHAR(20) NULL",
+            "INSERT INTO c VALUES (41, 4, 5, 'after')",
+            "INSERT INTO p VALUES (5, 'e')",
+            "INSERT INTO c VALUES (50, 5, 6, 'new')",
+        )
+        assert first.wait(120) == 2, first.log_tail()
+        said = first.log_tail()
+    assert "source table `c` changed during the backfill (columns added: note)" in said, said
+    migrator_cmd("backfill", "-m", str(path), "--workers", "1", check=0)
+    items = {i["id"]: i for i in env.target.p.find_one({"_id": 4})["items"]}
+    assert items[41]["note"] == "after"
+    migrator_cmd("cdc", "-m", str(path), "--until-caught-up", "--on-ddl", "extend", check=0)
+    items = {i["id"]: i for i in env.target.p.find_one({"_id": 4})["items"]}
+    assert items[41]["note"] == "after" and items[40]["note"] is None
+    assert env.target.c.find_one({"_id": 41})["note"] == "after"
+    assert env.target.p.find_one({"_id": 5})["items"][0]["note"] == "new"
+    assert_same_as_fresh_backfill(env, path)
+    p = migrator_cmd("verify", "-m", str(path), "--json", check=0)
+    assert json.loads(p.stdout)["ok"] is True
