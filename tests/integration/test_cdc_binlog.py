@@ -408,3 +408,49 @@ def test_a_column_added_during_the_backfill_reaches_every_document_and_element(e
     assert_same_as_fresh_backfill(env, path)
     p = migrator_cmd("verify", "-m", str(path), "--json", check=0)
     assert json.loads(p.stdout)["ok"] is True
+
+
+def test_a_column_added_while_cdc_rebuilds_a_document_reaches_its_elements(env):
+    """CDC started with the schema before an ADD COLUMN rebuilds a document (a root of a
+    filtered collection changed) after MySQL ran the statement and inserted a child with a
+    value for the column, but before CDC met the statement in the binlog. The rebuild reads
+    the child with the old column list; the statement's default must not land in that element
+    (the child's insert, replayed after it, is only pushed, a no-op on a present element)."""
+    env.sql(
+        "CREATE TABLE p (id INT PRIMARY KEY, name VARCHAR(20), active INT)",
+        "CREATE TABLE c (id INT PRIMARY KEY, p_id INT NOT NULL, v INT,"
+        " FOREIGN KEY (p_id) REFERENCES p (id))",
+        "INSERT INTO p VALUES (1, 'a', 1), (2, 'b', 1)",
+        "INSERT INTO c VALUES (10, 1, 1), (20, 2, 2)",
+    )
+    path = env.mapping(
+        "  - name: p\n    from: p\n    filter: 'active = 1'\n    embed:\n"
+        "      - {as: items, from: c, on: {p_id: id}, many: true}\n"
+    )
+    backfill(load_mapping(path), workers=1)
+    env.sql("UPDATE p SET name = 'z' WHERE id = 1")  # CDC rebuilds document 1
+    import migrator.cdc.rebuilds as rebuilds_mod
+
+    original = rebuilds_mod._rebuild_with
+    ran: list[bool] = []
+
+    def ddl_first(conn, **kw):
+        if not ran:  # MySQL moves on while CDC is still before the statement
+            ran.append(True)
+            env.sql(
+                "ALTER TABLE c ADD COLUMN note VARCHAR(20) NULL",
+                "INSERT INTO c VALUES (11, 1, 7, 'after')",
+            )
+        return original(conn, **kw)
+
+    rebuilds_mod._rebuild_with = ddl_first
+    try:
+        run_cdc(load_mapping(path), mode="until-caught-up", on_ddl="extend")
+    finally:
+        rebuilds_mod._rebuild_with = original
+    assert ran
+    run_cdc(load_mapping(path), mode="until-caught-up", on_ddl="extend")
+    items = {i["id"]: i for i in env.target.p.find_one({"_id": 1})["items"]}
+    assert items[11].get("note") == "after", items
+    assert items[10]["note"] is None
+    assert_same_as_fresh_backfill(env, path)
