@@ -140,8 +140,15 @@ class ChunkWorker:
                 try:
                     rows = reader.read_rows(lo, chunk.hi, limit=self.page_size)
                     children = reader.read_embeds(rows) if rows else {}
-                    # read after the page: a DDL before it cannot go unseen
-                    _refuse_changed(reader.changed_table())
+                    # read after the page: a DDL before it cannot go unseen. Its documents
+                    # would lack (or misplace) columns for rows CDC may only push later,
+                    # never rewrite; chunks done so far are kept
+                    reader.refuse_changed(
+                        "during the backfill",
+                        "run `migrator backfill` again: it keeps the chunks done and copies "
+                        "the rest with the new columns (CDC follows an added nullable column "
+                        "with --on-ddl extend)",
+                    )
                     break
                 except MySQLdb.OperationalError as exc:
                     if exc.args[0] not in (2006, 2013) or attempt == 3:
@@ -304,27 +311,6 @@ class PipelinedWrites:
         if not self.failed.is_set():
             self.queue.put(None)
         self.thread.join()
-
-
-def _refuse_changed(changed: tuple[str, list[str], list[str]] | None) -> None:
-    """A page read after a DDL changed one of its tables is not written with the schema the
-    copy started with: its documents would lack (or misplace) columns for rows CDC may only
-    push later, never rewrite. Chunks done so far are kept; the next run reads the schema
-    again and copies the rest."""
-    if changed is None:
-        return
-    table, then, now = changed
-    added = [c for c in now if c not in then]
-    dropped = [c for c in then if c not in now]
-    parts = [f"columns added: {', '.join(added)}"] if added else []
-    parts += [f"columns dropped: {', '.join(dropped)}"] if dropped else []
-    what = "; ".join(parts) or "columns reordered"
-    raise MigratorError(
-        f"the source table `{table}` changed during the backfill ({what}): stopping before "
-        "writing anything read since",
-        hint="run `migrator backfill` again: it keeps the chunks done and copies the rest with "
-        "the new columns (CDC follows an added nullable column with --on-ddl extend)",
-    )
 
 
 def _failure(exc: Exception) -> str:

@@ -97,6 +97,24 @@ class ChunkReader:
                 return name, table.column_names, now
         return None
 
+    def refuse_changed(self, when: str, hint: str) -> None:
+        """Raise when a table of this tree changed since its schema was read: rows read now
+        hold (or lack) columns the documents built from them would not show."""
+        changed = self.changed_table()
+        if changed is None:
+            return
+        table, then, now = changed
+        added = [c for c in now if c not in then]
+        dropped = [c for c in then if c not in now]
+        parts = [f"columns added: {', '.join(added)}"] if added else []
+        parts += [f"columns dropped: {', '.join(dropped)}"] if dropped else []
+        what = "; ".join(parts) or "columns reordered"
+        raise MigratorError(
+            f"the source table `{table}` changed {when} ({what}): stopping before writing "
+            "anything read since",
+            hint=hint,
+        )
+
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
         cur = self.conn.cursor()
         try:
