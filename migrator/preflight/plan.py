@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bson import json_util
 
 from migrator import logs
-from migrator.backfill.copy import BSON_MAX
+from migrator.backfill.worker import BSON_MAX
 from migrator.errors import MigratorError
 from migrator.model.placement import target_indexes
 from migrator.model.schema import Schema

@@ -179,7 +179,7 @@ def test_schema_of_demo_is_created_in_order(admin):
 
 
 def test_a_dropped_source_connection_is_reconnected_mid_backfill(env, stack):
-    from migrator.backfill.copy import Chunk, ChunkWorker
+    from migrator.backfill.worker import Chunk, ChunkWorker
     from migrator.runtime import Migration
     from migrator.source.schema import introspect
 

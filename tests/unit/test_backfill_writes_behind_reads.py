@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from migrator.backfill.copy import Chunk, ChunkResult, Page, PipelinedWrites
+from migrator.backfill.worker import Chunk, ChunkResult, Page, PipelinedWrites
 
 
 class Worker:
