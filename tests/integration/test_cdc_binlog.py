@@ -410,7 +410,7 @@ def test_a_column_added_during_the_backfill_reaches_every_document_and_element(e
     assert json.loads(p.stdout)["ok"] is True
 
 
-def test_a_column_added_while_cdc_rebuilds_a_document_reaches_its_elements(env):
+def test_a_column_added_while_cdc_rebuilds_a_document_reaches_its_elements(env, monkeypatch):
     """CDC started with the schema before an ADD COLUMN rebuilds a document (a root of a
     filtered collection changed) after MySQL ran the statement and inserted a child with a
     value for the column, but before CDC met the statement in the binlog. The rebuild reads
@@ -444,13 +444,11 @@ def test_a_column_added_while_cdc_rebuilds_a_document_reaches_its_elements(env):
             )
         return original(conn, **kw)
 
-    rebuilds_mod._rebuild_with = ddl_first
-    try:
-        # stopped before writing what it read with the old columns
-        with pytest.raises(MigratorError, match=r"source table `c` changed .*columns added: note"):
-            run_cdc(load_mapping(path), mode="until-caught-up", on_ddl="extend")
-    finally:
-        rebuilds_mod._rebuild_with = original
+    monkeypatch.setattr(rebuilds_mod, "_rebuild_with", ddl_first)
+    # stopped before writing what it read with the old columns
+    with pytest.raises(MigratorError, match=r"source table `c` changed .*columns added: note"):
+        run_cdc(load_mapping(path), mode="until-caught-up", on_ddl="extend")
+    monkeypatch.undo()
     assert ran and "items" in env.target.p.find_one({"_id": 1})
     assert [i["id"] for i in env.target.p.find_one({"_id": 1})["items"]] == [10]
     run_cdc(load_mapping(path), mode="until-caught-up", on_ddl="extend")
