@@ -332,7 +332,7 @@ class Machine:
             if confirm is not None and not confirm(res):
                 raise CheckFailed("not confirmed: nothing changed")
             step = self.playbook.step(res.to_phase)
-            self._before_hooks(step.hooks.before, res, reason)
+            self._before_hooks("cutover", step.hooks.before, res, reason)
             doc = self.control.get()
             if _primary(res.from_phase) != _primary(res.to_phase):
                 res.write_pause_ms = self._fenced_flip(doc, res.to_phase, reason)
@@ -387,20 +387,23 @@ class Machine:
                 extra={"failing": [g.name for g in failing], "reason": reason},
             )
 
-    def _before_hooks(self, hooks: list[Action], res: StepResult, reason: str | None) -> None:
+    def _before_hooks(
+        self, kind: str, hooks: list[Action], res: StepResult, reason: str | None
+    ) -> None:
         """Run the step's before-hooks; one failing stops the step (audited)."""
         if not self._hooks(hooks, "before", res):
             self._audit_step(
-                "cutover",
+                kind,
                 "refused",
                 res,
                 reason=reason,
                 hooks=res.hooks,
                 detail="a before-hook failed",
             )
+            what = "rollback" if kind == "rollback" else f"{res.from_phase} -> {res.to_phase}"
             raise CheckFailed(
-                f"{res.from_phase} -> {res.to_phase} stopped: before-hook "
-                f"{res.hooks[-1]['hook']!r} failed ({res.hooks[-1]['result']})"
+                f"{what} stopped: before-hook {res.hooks[-1]['hook']!r} "
+                f"failed ({res.hooks[-1]['result']})"
             )
 
     def _stage(self, stage: str, *, write: bool = True) -> None:
@@ -653,19 +656,7 @@ class Machine:
                 raise ConfigError(f"--to {target!r} is not behind {cur!r}")
             res = StepResult(cur, target)
             step = (rollback_playbook or Playbook(version=1)).step(target)
-            if not self._hooks(step.hooks.before, "before", res):
-                self._audit_step(
-                    "rollback",
-                    "refused",
-                    res,
-                    reason=reason,
-                    hooks=res.hooks,
-                    detail="a before-hook failed",
-                )
-                raise CheckFailed(
-                    f"rollback stopped: before-hook {res.hooks[-1]['hook']!r} "
-                    f"failed ({res.hooks[-1]['result']})"
-                )
+            self._before_hooks("rollback", step.hooks.before, res, reason)
             doc = self.control.get()
             res.forced = force
             if force:
