@@ -19,7 +19,7 @@ from migrator.cdc.upkeep import ApplierView
 from migrator.cdc.writer import BatchResult
 from migrator.model.events import ChangeEvent, Position
 from migrator.model.keys import id_key
-from migrator.model.placement import TreeRole, holder_filters, rows_in
+from migrator.model.placement import TreeRole, holder_filters, holder_queries, rows_in
 from migrator.model.transform import CollectionPlan
 from migrator.model.typerules import param_value
 from migrator.sink.mongo import with_retry
@@ -337,9 +337,7 @@ class Rebuilds:
             found.setdefault(plan.name, (plan, {}))[1][repr(sorted(flt.items()))] = flt
         self.rebuild_found = []
         for plan, unique in found.values():
-            filters = list(unique.values())
-            for i in range(0, len(filters), 200):
-                q = {"$or": filters[i : i + 200]}
+            for q in holder_queries(list(unique.values())):
                 docs: list[dict[str, Any]] = with_retry(
                     partial(_found_ids, self.a.db[plan.name], q)
                 )

@@ -107,6 +107,30 @@ def holder_filters(
     return copies(role, image), enclosing
 
 
+def holder_queries(filters: Sequence[dict[str, Any]], batch: int = 1000) -> list[dict[str, Any]]:
+    """Queries that together find the documents any of `filters` finds: the filters on one
+    path as one `$in` (what a path's index answers: SecantusDB scans the whole collection for
+    any `$or`, 6 s on 100,000 documents against 0.04 s), the others (several paths) as `$or`
+    batches."""
+    by_path: dict[str, list[Any]] = {}
+    others: list[dict[str, Any]] = []
+    for f in filters:
+        if len(f) == 1:
+            ((path, value),) = f.items()
+            by_path.setdefault(path, []).append(value)
+        else:
+            others.append(f)
+    out: list[dict[str, Any]] = []
+    for path, values in by_path.items():
+        for i in range(0, len(values), batch):
+            part = values[i : i + batch]
+            out.append({path: part[0]} if len(part) == 1 else {path: {"$in": part}})
+    for i in range(0, len(others), 200):
+        part = others[i : i + 200]
+        out.append(part[0] if len(part) == 1 else {"$or": part})
+    return out
+
+
 def copies(role: TreeRole, image: dict[str, Any]) -> list[dict[str, Any]]:
     """Filters for the documents holding a copy of this row: by its own link fields, or by
     the value an array of values took from it."""
