@@ -257,7 +257,9 @@ def _backfill(
     if state is not None and fence is not None and fence.created:
         state.mark_copy_planned(fence.copy_id)
 
-    monitor = LoadMonitor(meta_conn, mig.settings.throttle, mig.source_url.tls)
+    monitor = LoadMonitor(
+        meta_conn, mig.settings.throttle, mig.source_url.tls, reconnect=mig.connect_source
+    )
     rate = max_rows_per_sec / workers if max_rows_per_sec else 0.0
 
     def record(res: ChunkResult) -> None:

@@ -3,7 +3,11 @@ while the source is busy (Threads_running) or its replicas lag (gh-ost's --max-l
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from migrator.errors import MigratorError
@@ -12,6 +16,8 @@ from migrator.model.settings import ThrottleSpec, with_password_file
 from migrator.model.tls import TLSOptions
 from migrator.model.urls import parse_mysql_url
 from migrator.source.connection import as_text, connect, query
+
+log = logging.getLogger("migrator.backfill")
 
 
 class RateLimiter:
@@ -55,15 +61,24 @@ def replication_lag(conn: Any) -> float | None:
 class LoadMonitor:
     """Answers `reason_to_pause()` at most once per check interval."""
 
-    def __init__(self, source_conn: Any, spec: ThrottleSpec, tls: TLSOptions | None = None) -> None:
-        """`tls`: the source's TLS options, for replicas whose URLs set none (same CA)."""
+    def __init__(
+        self,
+        source_conn: Any,
+        spec: ThrottleSpec,
+        tls: TLSOptions | None = None,
+        reconnect: Callable[[], Any] | None = None,
+    ) -> None:
+        """`tls`: the source's TLS options, for replicas whose URLs set none (same CA);
+        `reconnect`: a new source connection, after a check failed (a restart drops it)."""
         self.spec = spec
         self.conns = [("source", source_conn)]
+        self.openers: list[Callable[[], Any] | None] = [reconnect]
         for i, url in enumerate(spec.replicas):
             u = parse_mysql_url(url, f"throttle.replicas[{i}]").with_tls(tls)
             if not u.password:  # replicas share the source's credentials, file included
                 u = with_password_file(u, SOURCE_PASSWORD_FILE_ENV)
             self.conns.append((u.address, connect(u, database=False)))
+            self.openers.append(partial(connect, u, database=False))
         self._last = 0.0
         self._reason: str | None = None
 
@@ -93,6 +108,16 @@ class LoadMonitor:
                     )
         except MigratorError:
             raise
-        except Exception as exc:  # a failed check must not stop the copy; say so instead
-            return f"load check failed: {exc}"
+        except Exception as exc:
+            # a failed check must not stop the copy (it paused it for good when a restart had
+            # dropped the connection): the copy's own reads fail and retry if the server is
+            # really away; the connections are opened again for the next check
+            log.warning("source load check failed; the copy goes on", extra={"cause": str(exc)})
+            self._reopen()
         return None
+
+    def _reopen(self) -> None:
+        for i, opener in enumerate(self.openers):
+            if opener is not None:
+                with contextlib.suppress(Exception):
+                    self.conns[i] = (self.conns[i][0], opener())

@@ -462,3 +462,24 @@ def test_the_indexes_cdc_needs_are_built_after_the_copy(env):
         assert bf.wait(timeout=120) == 0, bf.log_tail()
     keys = [spec["key"] for spec in env.target.orders.index_information().values()]
     assert [("customer.id", 1)] in keys
+
+
+def test_a_source_restart_never_pauses_the_copy_for_good(own_env):
+    """The load monitor's check on a connection a MariaDB restart dropped failed on every
+    later check, and a failed check paused the copy: a backfill with a source restart in it
+    waited for ever. A failed check lets the copy go on and opens the connection again."""
+    from migrator.devtools.sandbox import restart_mysql
+    from migrator.model.settings import ThrottleSpec
+    from migrator.source.connection import query
+    from migrator.source.throttle import LoadMonitor
+
+    def opener():
+        return connect(parse_mysql_url(own_env.stack.mysql_url), database=False)
+
+    monitor = LoadMonitor(opener(), ThrottleSpec(check_interval_seconds=0.001), reconnect=opener)
+    assert monitor.reason_to_pause() is None
+    restart_mysql(own_env.stack)
+    wait_until(lambda: monitor.reason_to_pause() is None, "a check after the restart", timeout=5)
+    # and the next checks read the server again, on the new connection
+    assert query(monitor.conns[0][1], "SELECT 1")[0][0] == 1
+    assert monitor.reason_to_pause() is None
